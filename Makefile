@@ -1,0 +1,43 @@
+# The two commands the README opens with: `make demo` and `make test`.
+# Everything is built from nothing; the Python environment is cached outside
+# the clone (see scripts/env.sh) and `.venv` points at it.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYO3_PYTHON := $(abspath $(PY))
+# Property tests run at least this many cases per property.
+export PROPTEST_CASES ?= 10000
+
+.PHONY: env build demo test test-rust test-python bench lint clean
+
+env:
+	@bash scripts/env.sh
+
+# Build the extension in release mode into the checkout's python/ tree.
+build: env
+	@$(VENV)/bin/maturin develop --release --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍\|^💻' || true
+	@$(PY) -c "import hypergpu._core as c; print('built hypergpu._core', c.__version__)"
+
+demo: build
+	$(VENV)/bin/hypergpu demo
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --release --all-targets -- -D warnings
+
+test-rust:
+	cargo test --release
+
+test-python: build
+	$(PY) -m mypy.stubtest hypergpu._core --allowlist .stubtest-allowlist
+	$(PY) -m pytest -q -W error
+	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
+
+test: env lint test-rust test-python
+
+bench: build
+	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,mean,max,rounds
+
+clean:
+	rm -rf target python/hypergpu/*.so

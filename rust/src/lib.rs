@@ -1,0 +1,19 @@
+//! `hypergpu._core`: the byte-level core of HyperGPU.
+//!
+//! This file only wires modules together; each concern lives in its own
+//! module and its Python face in `py/`.
+
+pub mod dtype;
+pub mod error;
+pub mod wire;
+
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py::wire::register(m)?;
+    Ok(())
+}
