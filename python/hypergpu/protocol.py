@@ -1,0 +1,132 @@
+"""Messages between coordinator and nodes, carried in wire frames.
+
+A message is a wire frame whose tensor table names the sections of its
+payload. The first section is always ``meta``: UTF-8 JSON describing the
+message. The remaining sections are named arrays (parameters, an update,
+a data shard). The frame's ``codec`` applies to the ``update`` section only;
+every other section travels raw. Decoding yields NumPy views into the
+received frame, so a 100 MB parameter vector is never copied on receipt.
+
+Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
+
+- ``hello``     node → coordinator: name, device, speed factor, resume id.
+- ``welcome``   coordinator → node: node id, training settings; sections
+  ``x``/``y`` hold the node's data shard.
+- ``params``    coordinator → node: a round's assignment (batch size, local
+  steps, codec); section ``params`` holds the flat float32 parameters.
+- ``update``    node → coordinator: samples, timings, losses; section
+  ``update`` holds the encoded update.
+- ``ack``       coordinator → node: whether an update was applied.
+- ``heartbeat`` both ways; ``control`` for shard changes and stop;
+  ``metrics`` node → coordinator; ``bye`` on orderly exit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hypergpu.errors import FrameError
+from hypergpu.wire import TensorSpec, decode_frame, encode_frame
+
+__all__ = ["Message", "decode", "encode"]
+
+_DTYPES = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(np.float64): "f64",
+    np.dtype(np.int8): "i8",
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+}
+_NUMPY = {v: k for k, v in _DTYPES.items()}
+# bf16 sections travel as their raw 16-bit patterns.
+_NUMPY["bf16"] = np.dtype(np.uint16)
+
+
+@dataclass
+class Message:
+    """A decoded (or to-be-encoded) coordinator/node message."""
+
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, np.ndarray] = field(default_factory=dict)
+    round: int = 0
+    node_id: int = 0
+    codec: str = "raw"
+    zstd: bool = False
+    # For an encoded ``update`` section: its original dtype and shape.
+    update_spec: TensorSpec | None = None
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise ``msg`` into one wire frame."""
+    meta = json.dumps(msg.meta, separators=(",", ":")).encode()
+    specs = [TensorSpec("meta", "u8", [len(meta)], len(meta))]
+    parts: list[Any] = [meta]
+    for name, arr in msg.sections.items():
+        if name == "update" and msg.update_spec is not None:
+            spec = msg.update_spec
+            specs.append(TensorSpec(name, spec.dtype, list(spec.shape), arr.nbytes))
+        else:
+            dtype = _DTYPES.get(arr.dtype)
+            if dtype is None:
+                raise FrameError(f"section {name!r} has unsupported dtype {arr.dtype}")
+            specs.append(TensorSpec(name, dtype, list(arr.shape), arr.nbytes))
+        parts.append(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+    payload = b"".join(memoryview(p) for p in parts) if len(parts) > 1 else meta
+    return encode_frame(
+        msg.kind, payload, round=msg.round, node_id=msg.node_id, codec=msg.codec, zstd=msg.zstd, tensors=specs
+    )
+
+
+def decode(frame: bytes | memoryview, max_payload: int | None = None) -> Message:
+    """Parse one wire frame into a :class:`Message` (sections are views)."""
+    header, payload = decode_frame(frame, max_payload)
+    if not header.tensors or header.tensors[0].name != "meta":
+        raise FrameError("message has no leading 'meta' section")
+    at = 0
+    sections: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
+    update_spec = None
+    for spec in header.tensors:
+        end = at + spec.nbytes
+        if end > len(payload):
+            raise FrameError(f"section {spec.name!r} runs past the payload ({end} > {len(payload)})")
+        raw = payload[at:end]
+        at = end
+        if spec.name == "meta":
+            try:
+                meta = json.loads(bytes(raw))
+            except ValueError as exc:
+                raise FrameError(f"meta section is not JSON: {exc}") from exc
+            if not isinstance(meta, dict):
+                raise FrameError("meta section is not a JSON object")
+        elif spec.name == "update" and header.codec != "raw":
+            update_spec = spec
+            sections[spec.name] = np.frombuffer(raw, dtype=np.uint8)
+        else:
+            dtype = _NUMPY[spec.dtype]
+            count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+            if count * dtype.itemsize != spec.nbytes:
+                raise FrameError(
+                    f"section {spec.name!r}: shape {list(spec.shape)} of {spec.dtype} needs "
+                    f"{count * dtype.itemsize} bytes, frame says {spec.nbytes}"
+                )
+            sections[spec.name] = np.frombuffer(raw, dtype=dtype).reshape(spec.shape)
+    if at != len(payload):
+        raise FrameError(f"{len(payload) - at} payload bytes belong to no section")
+    return Message(
+        kind=header.kind,
+        meta=meta,
+        sections=sections,
+        round=header.round,
+        node_id=header.node_id,
+        codec=header.codec,
+        zstd=header.zstd,
+        update_spec=update_spec,
+    )
