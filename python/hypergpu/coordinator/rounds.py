@@ -1,0 +1,120 @@
+"""Round bookkeeping: which updates a round accepts, so each is applied once.
+
+A round is open from the moment its parameters go out until it closes
+(every participant answered, or the timeout passed with a quorum). Each
+update is identified by ``(node_id, round)``; the book decides, for every
+update that arrives, whether it is folded in now, folded in later with a
+staleness weight, or refused — and counts every refusal by reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"  # fold into the open round at full weight
+    ACCEPT_STALE = "accept-stale"  # a late update folded in with a staleness weight
+    DUPLICATE = "duplicate"  # this (node, round) was already taken
+    LATE = "late"  # for a closed round, and the policy drops late updates
+    FUTURE = "future"  # for a round that has not started
+    NOT_PARTICIPANT = "not-participant"  # the node was not asked this round
+    CLOSED = "closed"  # no round is open
+
+
+class LatePolicy(str, enum.Enum):
+    DROP = "drop"
+    STALE_WEIGHTED = "stale-weighted"
+
+
+@dataclass
+class Decision:
+    verdict: Verdict
+    weight: float = 0.0
+    staleness: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict in (Verdict.ACCEPT, Verdict.ACCEPT_STALE)
+
+
+@dataclass
+class RoundBook:
+    """Exactly-once admission of updates across rounds.
+
+    ``max_staleness`` bounds how old a late update may be and still count
+    under the stale-weighted policy; its weight is ``decay ** staleness``.
+    """
+
+    quorum: float = 0.5
+    late_policy: LatePolicy = LatePolicy.DROP
+    decay: float = 0.5
+    max_staleness: int = 2
+    current: int = 0
+    is_open: bool = False
+    participants: set[int] = field(default_factory=set)
+    reported: set[int] = field(default_factory=set)
+    # Every (node, round) ever taken; trimmed to the staleness window.
+    _taken: set[tuple[int, int]] = field(default_factory=set)
+    # Who was asked in recent rounds, to judge late updates.
+    _asked: dict[int, set[int]] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
+
+    def open(self, round_id: int, participants: set[int]) -> None:
+        if round_id <= self.current and self.current:
+            raise ValueError(f"round {round_id} does not follow round {self.current}")
+        self.current = round_id
+        self.is_open = True
+        self.participants = set(participants)
+        self.reported = set()
+        self._asked[round_id] = set(participants)
+        horizon = round_id - self.max_staleness - 1
+        self._asked = {r: p for r, p in self._asked.items() if r >= horizon}
+        self._taken = {(n, r) for n, r in self._taken if r >= horizon}
+
+    def close(self) -> None:
+        self.is_open = False
+
+    @property
+    def quorum_count(self) -> int:
+        return max(1, math.ceil(self.quorum * len(self.participants)))
+
+    def has_quorum(self) -> bool:
+        return len(self.reported) >= self.quorum_count
+
+    def complete(self) -> bool:
+        return self.reported >= self.participants
+
+    def offer(self, node_id: int, round_id: int) -> Decision:
+        """Judge an update from ``node_id`` computed for ``round_id``."""
+        decision = self._judge(node_id, round_id)
+        if decision.accepted:
+            self._taken.add((node_id, round_id))
+            if round_id == self.current:
+                self.reported.add(node_id)
+        else:
+            self.refusals[decision.verdict.value] += 1
+        return decision
+
+    def _judge(self, node_id: int, round_id: int) -> Decision:
+        if (node_id, round_id) in self._taken:
+            return Decision(Verdict.DUPLICATE)
+        if round_id > self.current:
+            return Decision(Verdict.FUTURE)
+        if not self.is_open:
+            return Decision(Verdict.CLOSED)
+        if round_id == self.current:
+            if node_id not in self.participants:
+                return Decision(Verdict.NOT_PARTICIPANT)
+            return Decision(Verdict.ACCEPT, weight=1.0)
+        staleness = self.current - round_id
+        asked = self._asked.get(round_id)
+        if asked is None or node_id not in asked:
+            # Too old to judge, or never asked: either way not ours to apply.
+            return Decision(Verdict.LATE if asked is None else Verdict.NOT_PARTICIPANT, staleness=staleness)
+        if self.late_policy is LatePolicy.DROP or staleness > self.max_staleness:
+            return Decision(Verdict.LATE, staleness=staleness)
+        return Decision(Verdict.ACCEPT_STALE, weight=self.decay**staleness, staleness=staleness)
