@@ -58,19 +58,29 @@ class NodeInfo:
 
 
 class NodeRegistry:
-    """Nodes by id; a node that reconnects under the same name keeps its id."""
+    """Nodes by id; a node that reconnects under the same name keeps its id.
+
+    A node may ask for an id (a local run's node *i* asks for *i*, so the
+    per-node settings in the config refer to it); it gets it unless another
+    name holds it already.
+    """
 
     def __init__(self, max_failures: int = 3):
         self.max_failures = max_failures
         self._nodes: dict[int, NodeInfo] = {}
         self._by_name: dict[str, int] = {}
-        self._next_id = 1
 
-    def join(self, name: str, device: str = "cpu", speed_factor: float = 1.0) -> NodeInfo:
+    def join(
+        self, name: str, device: str = "cpu", speed_factor: float = 1.0, preferred_id: int | None = None
+    ) -> NodeInfo:
         node_id = self._by_name.get(name)
         if node_id is None:
-            node_id = self._next_id
-            self._next_id += 1
+            if preferred_id is not None and preferred_id >= 0 and preferred_id not in self._nodes:
+                node_id = preferred_id
+            else:
+                node_id = max(self._nodes, default=-1) + 1
+                while node_id in self._nodes:
+                    node_id += 1
             self._by_name[name] = node_id
             self._nodes[node_id] = NodeInfo(node_id, name, device, speed_factor)
         node = self._nodes[node_id]

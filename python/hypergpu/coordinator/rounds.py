@@ -89,15 +89,29 @@ class RoundBook:
         return self.reported >= self.participants
 
     def offer(self, node_id: int, round_id: int) -> Decision:
-        """Judge an update from ``node_id`` computed for ``round_id``."""
-        decision = self._judge(node_id, round_id)
+        """Judge an update from ``node_id`` for ``round_id`` and take it if admissible."""
+        decision = self.check(node_id, round_id)
         if decision.accepted:
-            self._taken.add((node_id, round_id))
-            if round_id == self.current:
-                self.reported.add(node_id)
-        else:
+            self.commit(node_id, round_id)
+        return decision
+
+    def check(self, node_id: int, round_id: int) -> Decision:
+        """Judge an update without taking it; refusals are counted.
+
+        The coordinator checks, then validates and folds the update, and
+        only then commits: an update that fails validation is not marked
+        taken, so a corrected resend can still be applied.
+        """
+        decision = self._judge(node_id, round_id)
+        if not decision.accepted:
             self.refusals[decision.verdict.value] += 1
         return decision
+
+    def commit(self, node_id: int, round_id: int) -> None:
+        """Record that ``(node_id, round_id)`` has been applied."""
+        self._taken.add((node_id, round_id))
+        if round_id == self.current and self.is_open:
+            self.reported.add(node_id)
 
     def _judge(self, node_id: int, round_id: int) -> Decision:
         if (node_id, round_id) in self._taken:

@@ -1,0 +1,63 @@
+"""What each node is asked to do in a round.
+
+The coordinator asks a *planner* before every round which nodes take part
+and what each one does. :class:`StaticPlanner` gives every live node the
+configured batch size, local steps and codec; the adaptive planner (in
+``hypergpu.adapt``) replaces it with decisions drawn from each link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from hypergpu.config.schema import HyperGPUConfig
+from hypergpu.coordinator.registry import NodeInfo
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One node's work for one round."""
+
+    batch_size: int
+    local_steps: int  # 0: the configured number of local epochs instead
+    accumulation: int = 1
+    codec: str = "raw"
+    codec_ratio: float | None = None  # top-k: fraction of coordinates sent
+    zstd: bool = False
+
+    def as_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    assignments: dict[int, Assignment] = field(default_factory=dict)
+    # node id -> why it sits this round out
+    excluded: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def participants(self) -> set[int]:
+        return set(self.assignments)
+
+
+class Planner(Protocol):
+    def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan: ...
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Learn from a finished round's record."""
+
+
+class StaticPlanner:
+    """Every live node, the configured batch size, local steps and codec."""
+
+    def __init__(self, config: HyperGPUConfig, codec: str = "raw"):
+        t = config.training
+        self.assignment = Assignment(batch_size=t.batch_size, local_steps=t.local_steps, codec=codec)
+
+    def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+        return RoundPlan(round_id, {n.node_id: self.assignment for n in nodes})
+
+    def observe(self, record: dict[str, Any]) -> None:
+        return None
