@@ -6,6 +6,14 @@ the durable, non-blocking way for the coordinator to send writes;
 ``chain_up`` starts a local anvil and deploys (``hypergpu chain up``).
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # web3 imports websockets' deprecated legacy client; that is web3's to fix,
+    # and it must not break programs (or tests) that run with warnings as errors.
+    warnings.filterwarnings("ignore", message="websockets.legacy is deprecated", category=DeprecationWarning)
+    import web3  # noqa: F401
+
 from hypergpu.chain.anvil import AnvilProcess
 from hypergpu.chain.client import ChainClient
 from hypergpu.chain.config import ChainConfig

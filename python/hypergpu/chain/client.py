@@ -391,23 +391,31 @@ class ChainClient:
         """The contracts' events in chain order; with ``session_id``, only the
         events naming that session (pooled claims name session 0)."""
         self._require_deployed()
-        rows: list[dict[str, Any]] = []
+        decoders: dict[tuple[str, bytes], Any] = {}
         for contract in (self.registry, self.tracker, self.distributor):
             for event in contract.events:
-                logs = self._retry(f"get_logs {event.event_name}", lambda e=event: e.get_logs(from_block=from_block))
-                for entry in logs:
-                    args = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in entry["args"].items()}
-                    if session_id is not None and args.get("sessionId") != session_id:
-                        continue
-                    rows.append(
-                        {
-                            "event": entry["event"],
-                            "block": entry["blockNumber"],
-                            "log_index": entry["logIndex"],
-                            "tx_hash": "0x" + bytes(entry["transactionHash"]).hex(),
-                            "args": args,
-                        }
-                    )
+                topic = bytes(self.w3.keccak(text=event.abi_element_identifier))
+                decoders[(contract.address, topic)] = event
+        params = {"address": [c.address for c in (self.registry, self.tracker, self.distributor)], "fromBlock": from_block}
+        logs = self._retry("eth_getLogs", lambda: self.w3.eth.get_logs(params))  # one request for all events
+        rows: list[dict[str, Any]] = []
+        for raw in logs:
+            event = decoders.get((to_checksum_address(raw["address"]), bytes(raw["topics"][0])))
+            if event is None:
+                continue
+            entry = event.process_log(raw)
+            args = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in entry["args"].items()}
+            if session_id is not None and args.get("sessionId") != session_id:
+                continue
+            rows.append(
+                {
+                    "event": entry["event"],
+                    "block": entry["blockNumber"],
+                    "log_index": entry["logIndex"],
+                    "tx_hash": "0x" + bytes(entry["transactionHash"]).hex(),
+                    "args": args,
+                }
+            )
         rows.sort(key=lambda r: (r["block"], r["log_index"]))
         return rows
 
