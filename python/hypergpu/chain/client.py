@@ -89,7 +89,8 @@ class ChainClient:
         deployment: Deployment | None = None,
     ) -> ChainClient:
         """Connects as configured. Local chains (embedded, anvil) without a
-        configured key use a throwaway key funded from the node's dev account."""
+        configured key use a throwaway key; on them an unfunded signer is
+        funded from the node's dev account."""
         config = config or ChainConfig()
         w3 = w3 or make_web3(config)
         local = config.kind in ("embedded", "anvil")
@@ -101,6 +102,7 @@ class ChainClient:
             signer = load_signer(config, required=not local)
         if signer is None:
             signer = Signer.create()
+        if local and w3.eth.get_balance(signer.address) == 0:
             fund_from_dev_account(w3, signer.address, _DEV_FUNDING_WEI)
         return cls(w3, signer, config, deployment or _deployment_from(config))
 

@@ -51,6 +51,8 @@ class ChainConfig(BaseModel):
     def _refuse_secrets(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key in data:
+                if key in cls.model_fields:
+                    continue  # e.g. keystore_password_env names a variable, it holds no secret
                 if any(hint in str(key).lower().replace("-", "_") for hint in _SECRET_FIELD_HINTS):
                     raise ValueError(
                         f"chain config must not contain {key!r}: put the key in the environment "
