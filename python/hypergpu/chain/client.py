@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 # Faults of the link, not of the request: worth retrying.
 _RETRYABLE: tuple[type[BaseException], ...] = (OSError, requests.RequestException, TimeExhausted)
-_DEV_FUNDING_WEI = 10_000 * 10**18
+_DEV_FUNDING_WEI = 100 * 10**18
 
 
 def checksum(address: str, what: str = "address") -> str:
