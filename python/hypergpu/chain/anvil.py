@@ -35,12 +35,15 @@ def ensure_node_modules(directory: Path | None = None) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise ChainError("npm not found: install Node.js, then run `npm ci` in contracts/")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=600
-    )
-    if done.returncode != 0:
-        raise ChainError(f"npm ci in {directory} failed: {done.stderr.strip()[-2000:]}")
-    return directory
+    # `npm ci` can refuse a lock file that lacks other platforms' optional anvil
+    # binaries; `npm install` then resolves the same exact versions package.json pins.
+    for command in ("ci", "install"):
+        done = subprocess.run(
+            [npm, command, "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=600
+        )
+        if done.returncode == 0:
+            return directory
+    raise ChainError(f"npm install in {directory} failed: {done.stderr.strip()[-2000:]}")
 
 
 def anvil_binary() -> Path:
