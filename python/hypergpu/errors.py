@@ -36,6 +36,8 @@ __all__ = [
     "MessageTooLargeError",
     "ConnectionClosedError",
     "ChainError",
+    "ContractRevertError",
+    "ChainUnavailableError",
     "CheckpointError",
     "UnknownNodeError",
     "StaleUpdateError",
@@ -154,6 +156,19 @@ class ConnectionClosedError(TransportError):
 
 class ChainError(HyperGPUError):
     """A chain call failed or a transaction reverted."""
+
+
+class ContractRevertError(ChainError):
+    """A contract call reverted; ``error_name``/``error_args`` decode its custom error."""
+
+    def __init__(self, message: str, error_name: str | None = None, error_args: dict | None = None):
+        super().__init__(message)
+        self.error_name = error_name
+        self.error_args = error_args or {}
+
+
+class ChainUnavailableError(ChainError, ConnectionError):
+    """The chain's RPC endpoint could not be reached, even after retries."""
 
 
 class CheckpointError(HyperGPUError):

@@ -1,0 +1,192 @@
+"""Contribution scoring: what each node's work in an epoch is worth.
+
+score = base credit x quality multiplier (0.5-1.5) x reliability multiplier (0.8-1.2)
+
+* Base credit counts only verified work: samples whose update the
+  coordinator accepted, and compute time the coordinator measured (a node's
+  own report can lower it, never raise it).
+* Quality comes from measured agreement with the robust aggregate (cosine
+  similarity) and the update's effect on validation loss.
+* Reliability comes from uptime and the share of exchanges that succeeded.
+* Outliers (robust z-score on median and MAD) are flagged; a node whose
+  agreement with the aggregate is an outlier on the low side gets the
+  minimum quality multiplier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import median
+
+from hypergpu.chain.types import ContributionEntry
+from hypergpu.errors import InvalidArgumentError
+
+QUALITY_MIN, QUALITY_MAX = 0.5, 1.5
+RELIABILITY_MIN, RELIABILITY_MAX = 0.8, 1.2
+# On chain, compute credit is stored in milliseconds of verified compute.
+CREDIT_SCALE = 1000
+
+
+@dataclass(frozen=True)
+class NodeEpochStats:
+    """What the coordinator measured about one node during one epoch."""
+
+    node: str
+    samples_accepted: int
+    compute_seconds: float  # measured by the coordinator
+    reported_seconds: float | None = None  # the node's own claim, if it sent one
+    rounds_succeeded: int = 0
+    cosine: float | None = None  # mean cosine similarity of its updates to the robust aggregate
+    val_loss_delta: float | None = None  # validation loss before minus after its update (> 0 helped)
+    uptime: float = 1.0  # share of the epoch it was reachable
+    exchanges_ok: int = 0
+    exchanges_total: int = 0
+
+    def validate(self) -> None:
+        def bad(what: str) -> InvalidArgumentError:
+            return InvalidArgumentError(f"node {self.node!r}: {what}")
+
+        if self.samples_accepted < 0 or self.rounds_succeeded < 0:
+            raise bad("sample and round counts must be non-negative")
+        for name in ("compute_seconds", "reported_seconds", "cosine", "val_loss_delta", "uptime"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise bad(f"{name} is not finite: {value}")
+        if self.compute_seconds < 0 or (self.reported_seconds is not None and self.reported_seconds < 0):
+            raise bad("compute time must be non-negative")
+        if self.cosine is not None and not -1.0 - 1e-9 <= self.cosine <= 1.0 + 1e-9:
+            raise bad(f"cosine similarity {self.cosine} is outside [-1, 1]")
+        if not 0.0 <= self.uptime <= 1.0:
+            raise bad(f"uptime {self.uptime} is outside [0, 1]")
+        if not 0 <= self.exchanges_ok <= self.exchanges_total:
+            raise bad(f"exchanges_ok={self.exchanges_ok} must lie in [0, exchanges_total={self.exchanges_total}]")
+
+
+@dataclass(frozen=True)
+class ScoringWeights:
+    per_sample: float = 1.0  # credit per accepted sample
+    per_second: float = 1.0  # credit per verified compute second
+    val_loss_scale: float = 0.05  # a loss improvement of this size moves quality by ~0.19
+    outlier_z: float = 3.5  # modified z-score beyond which a value is an outlier
+    report_tolerance: float = 0.10  # self-reported time this far above measured is flagged
+
+
+@dataclass(frozen=True)
+class NodeScore:
+    node: str
+    samples_accepted: int
+    verified_seconds: float
+    rounds_succeeded: int
+    base_credit: float
+    quality: float
+    reliability: float
+    score: float
+    outlier: bool = False
+    reasons: tuple[str, ...] = ()
+
+    def to_entry(self, node_id: int) -> ContributionEntry:
+        """This score in the contract's units, for the node's on-chain id."""
+        return ContributionEntry(
+            node_id=node_id,
+            compute_credit=round(self.verified_seconds * CREDIT_SCALE),
+            updates_accepted=self.samples_accepted,
+            successful_rounds=self.rounds_succeeded,
+            quality_bps=round(self.quality * 10_000),
+        )
+
+
+@dataclass(frozen=True)
+class EpochScores:
+    epoch: int
+    nodes: dict[str, NodeScore] = field(default_factory=dict)
+
+    @property
+    def total_score(self) -> float:
+        return sum(s.score for s in self.nodes.values())
+
+    @property
+    def outliers(self) -> list[str]:
+        return [n for n, s in self.nodes.items() if s.outlier]
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def quality_multiplier(cosine: float | None, val_loss_delta: float | None, val_loss_scale: float = 0.05) -> float:
+    """0.5..1.5: cosine 1 -> 1.5, 0 -> 1.0, -1 -> 0.5, nudged by the validation-loss effect."""
+    quality = 1.0 if cosine is None else 1.0 + 0.5 * _clip(cosine, -1.0, 1.0)
+    if val_loss_delta is not None:
+        quality += 0.25 * math.tanh(val_loss_delta / val_loss_scale)
+    return _clip(quality, QUALITY_MIN, QUALITY_MAX)
+
+
+def reliability_multiplier(uptime: float, exchanges_ok: int, exchanges_total: int) -> float:
+    """0.8..1.2 from uptime and exchange success (no exchanges counts as uptime alone)."""
+    success = exchanges_ok / exchanges_total if exchanges_total else uptime
+    return _clip(RELIABILITY_MIN + 0.4 * (0.5 * uptime + 0.5 * success), RELIABILITY_MIN, RELIABILITY_MAX)
+
+
+def robust_z(values: Mapping[str, float]) -> dict[str, float]:
+    """Modified z-scores (0.6745 (x - median) / MAD); all zero when fewer than 3 values or MAD is 0."""
+    if len(values) < 3:
+        return {k: 0.0 for k in values}
+    mid = median(values.values())
+    mad = median(abs(v - mid) for v in values.values())
+    if mad == 0:
+        return {k: 0.0 for k in values}
+    return {k: 0.6745 * (v - mid) / mad for k, v in values.items()}
+
+
+def score_epoch(epoch: int, stats: Sequence[NodeEpochStats], weights: ScoringWeights | None = None) -> EpochScores:
+    weights = weights or ScoringWeights()
+    seen: set[str] = set()
+    for s in stats:
+        s.validate()
+        if s.node in seen:
+            raise InvalidArgumentError(f"node {s.node!r} appears twice in epoch {epoch}")
+        seen.add(s.node)
+
+    cos_z = robust_z({s.node: s.cosine for s in stats if s.cosine is not None})
+    throughput_z = robust_z({s.node: s.samples_accepted / s.compute_seconds for s in stats if s.compute_seconds > 0})
+
+    nodes: dict[str, NodeScore] = {}
+    for s in stats:
+        reasons: list[str] = []
+        verified = s.compute_seconds
+        if s.reported_seconds is not None:
+            if s.reported_seconds > s.compute_seconds * (1 + weights.report_tolerance):
+                reasons.append(f"reported {s.reported_seconds:.1f}s of compute, measured {s.compute_seconds:.1f}s")
+            verified = min(verified, s.reported_seconds)
+        quality = quality_multiplier(s.cosine, s.val_loss_delta, weights.val_loss_scale)
+        if cos_z.get(s.node, 0.0) < -weights.outlier_z:
+            reasons.append(f"update disagrees with the aggregate (cosine {s.cosine:.3f}, z {cos_z[s.node]:.1f})")
+            quality = QUALITY_MIN
+        if throughput_z.get(s.node, 0.0) > weights.outlier_z:
+            reasons.append(f"implausible throughput (z {throughput_z[s.node]:.1f})")
+        reliability = reliability_multiplier(s.uptime, s.exchanges_ok, s.exchanges_total)
+        base = weights.per_sample * s.samples_accepted + weights.per_second * verified
+        nodes[s.node] = NodeScore(
+            node=s.node,
+            samples_accepted=s.samples_accepted,
+            verified_seconds=verified,
+            rounds_succeeded=s.rounds_succeeded,
+            base_credit=base,
+            quality=quality,
+            reliability=reliability,
+            score=base * quality * reliability,
+            outlier=bool(reasons),
+            reasons=tuple(reasons),
+        )
+    return EpochScores(epoch, nodes)
+
+
+def session_totals(epochs: Iterable[EpochScores]) -> dict[str, float]:
+    """Each node's summed score over the given epochs."""
+    totals: dict[str, float] = {}
+    for e in epochs:
+        for node, s in e.nodes.items():
+            totals[node] = totals.get(node, 0.0) + s.score
+    return totals
