@@ -37,6 +37,7 @@ __all__ = [
     "ConnectionClosedError",
     "ChainError",
     "CheckpointError",
+    "DataError",
     "UnknownNodeError",
     "StaleUpdateError",
 ]
@@ -158,6 +159,10 @@ class ChainError(HyperGPUError):
 
 class CheckpointError(HyperGPUError):
     """A checkpoint is missing, corrupt or incompatible."""
+
+
+class DataError(HyperGPUError, ValueError):
+    """A dataset file, shard or data cache entry is missing, malformed or tampered with."""
 
 
 class UnknownNodeError(HyperGPUError, KeyError):
