@@ -97,7 +97,7 @@ def make_synthetic(samples: int, features: int, classes: int, seed: int) -> Data
 
 # --- IDX (MNIST, Fashion-MNIST) -----------------------------------------------
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
     0x0B: np.dtype(">i2"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -120,9 +120,9 @@ class LocalTrainer:
         if steps is not None and epochs is not None:
             raise InvalidArgumentError("pass steps or epochs, not both")
         batch = self.training.batch_size if batch_size is None else batch_size
-        for name, value in (("batch_size", batch), ("accumulation", accumulation)):
-            if value < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
+        for name, count in (("batch_size", batch), ("accumulation", accumulation)):
+            if count < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {count}")
         effective = batch * accumulation
         n = len(self._y)
         if steps is None and epochs is None:
@@ -142,7 +142,7 @@ class LocalTrainer:
         received = self._load(flat_params)
         optimizer = make_optimizer(self.training, self.model.parameters())
         self.model.train()
-        totals = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
+        totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
         for _ in range(steps):
@@ -246,7 +246,7 @@ class LocalTrainer:
         return time.perf_counter()
 
 
-def make_optimizer(training: TrainingConfig, params: object) -> torch.optim.Optimizer:
+def make_optimizer(training: TrainingConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer the config names."""
     if training.optimizer == "sgd":
         return torch.optim.SGD(
