@@ -313,3 +313,18 @@ def test_checkpoint_config_mismatch_and_empty_dir(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit this model"):
         CheckpointManager(tmp_path, config_hash="a").resume(cnn)
     assert os.listdir(tmp_path) == ["ckpt-00000001.safetensors"]
+
+
+def test_checkpoint_manager_from_config(tmp_path):
+    cfg = load_config(None, [f"coordinator.checkpoint_dir='{tmp_path}'", "coordinator.checkpoint_every=3",
+                             "coordinator.keep_checkpoints=4"])
+    ckpts = CheckpointManager.from_config(cfg)
+    assert (ckpts.directory, ckpts.every, ckpts.keep) == (tmp_path, 3, 4)
+    assert [r for r in range(1, 10) if ckpts.due(r)] == [3, 6, 9]
+    ckpts.save(_mlp_manager(), 3)
+    # Changing a port does not block resuming; changing the learning rate does.
+    moved = load_config(None, [f"coordinator.checkpoint_dir='{tmp_path}'", "api.port=9999"])
+    assert CheckpointManager.from_config(moved).resume(_mlp_manager()).round == 3
+    retuned = load_config(None, [f"coordinator.checkpoint_dir='{tmp_path}'", "training.lr=0.5"])
+    with pytest.raises(CheckpointError, match="different configuration"):
+        CheckpointManager.from_config(retuned).resume(_mlp_manager())

@@ -205,6 +205,15 @@ class HyperGPUConfig(_Section):
         """sha256 of the canonical JSON form; equal configs hash equal."""
         return _hash_json(self.model_dump(mode="json"))
 
+    def run_hash(self) -> str:
+        """sha256 of what decides the training trajectory (training + data sections).
+
+        Checkpoints are tagged with this, so a run may resume after ports,
+        timeouts or network profiles changed, but not after the model or
+        data did.
+        """
+        return _hash_json(self.model_dump(mode="json", include={"training", "data"}))
+
 
 def data_hash(data: DataConfig, seed: int, num_shards: int) -> str:
     """Key of prepared shards: everything that changes their content."""

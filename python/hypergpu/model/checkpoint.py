@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.data.shards import safetensors_metadata
 from hypergpu.errors import CheckpointError, HyperGPUError
 from hypergpu.model.manager import ModelManager, params_hash
@@ -84,6 +85,12 @@ class CheckpointManager:
         self.config_hash = config_hash
         #: (path, reason) of checkpoints :meth:`resume` refused.
         self.skipped: list[tuple[Path, str]] = []
+
+    @classmethod
+    def from_config(cls, cfg: HyperGPUConfig) -> CheckpointManager:
+        """The coordinator section's directory, retention and interval; tagged with ``cfg.run_hash()``."""
+        c = cfg.coordinator
+        return cls(c.checkpoint_dir, keep=c.keep_checkpoints, every=c.checkpoint_every, config_hash=cfg.run_hash())
 
     def due(self, round: int) -> bool:
         return self.every > 0 and round > 0 and round % self.every == 0
