@@ -39,6 +39,7 @@ __all__ = [
     "ContractRevertError",
     "ChainUnavailableError",
     "CheckpointError",
+    "DataError",
     "UnknownNodeError",
     "StaleUpdateError",
 ]
@@ -173,6 +174,10 @@ class ChainUnavailableError(ChainError, ConnectionError):
 
 class CheckpointError(HyperGPUError):
     """A checkpoint is missing, corrupt or incompatible."""
+
+
+class DataError(HyperGPUError, ValueError):
+    """A dataset file, shard or data cache entry is missing, malformed or tampered with."""
 
 
 class UnknownNodeError(HyperGPUError, KeyError):

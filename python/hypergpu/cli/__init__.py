@@ -1,0 +1,41 @@
+"""The ``hypergpu`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hypergpu.config import config_schema, load_config
+from hypergpu.errors import ConfigError
+
+
+@click.group()
+def main() -> None:
+    """HyperGPU: network-aware distributed PyTorch training."""
+
+
+@main.group()
+def config() -> None:
+    """Inspect and validate configuration files."""
+
+
+@config.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON schema of the configuration."""
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a field, e.g. --set training.lr=0.01 (repeatable)")
+def config_check(file: str, overrides: tuple[str, ...]) -> None:
+    """Validate FILE (TOML) with overrides and print the resolved config."""
+    try:
+        cfg = load_config(file, overrides)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(cfg.model_dump_json(indent=2))

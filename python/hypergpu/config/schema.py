@@ -1,0 +1,226 @@
+"""The configuration model: one pydantic model, one section per concern.
+
+Every field has a default that runs on a laptop, unknown keys are refused
+(``extra="forbid"``) and ranges are declared on the fields so the JSON
+schema and the error messages both state them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelKind = Literal["mlp", "cnn", "custom"]
+OptimizerKind = Literal["sgd", "adam", "adamw"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic"]
+ProfileName = Literal["perfect", "good", "average", "poor", "unstable", "custom"]
+Device = Literal["auto", "cpu", "cuda"]
+LatePolicy = Literal["drop", "stale-weighted"]
+
+NodeId = Annotated[int, Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65535, description="0 picks a free port")]
+Host = Annotated[str, Field(min_length=1)]
+
+#: Datasets read from files under ``data.path``.
+FILE_DATASETS = frozenset({"mnist", "fashion-mnist", "cifar10"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainingConfig(_Section):
+    """What is trained and how each node trains locally."""
+
+    model: ModelKind = "cnn"
+    custom_model: str | None = Field(
+        None,
+        min_length=3,
+        pattern=r"^[\w.]+:[\w.]+$",
+        description="'package.module:factory' returning an nn.Module; "
+        "called as factory(input_shape, num_classes). Required when model = 'custom'.",
+    )
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [128, 64], min_length=1, description="MLP hidden layer widths"
+    )
+    optimizer: OptimizerKind = "adam"
+    lr: float = Field(1e-3, gt=0, le=10, description="learning rate of the local optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(32, ge=1, le=65536)
+    epochs: int = Field(
+        1, ge=1, le=10_000, description="local passes over the shard per round when local_steps = 0"
+    )
+    rounds: int = Field(20, ge=1, le=1_000_000, description="global training rounds")
+    local_steps: int = Field(
+        20, ge=0, le=1_000_000, description="optimizer steps per node per round (0: use epochs)"
+    )
+    server_lr: float = Field(
+        1.0, gt=0, le=10, description="scale applied to the aggregated update on the coordinator"
+    )
+    eval_interval: int = Field(1, ge=1, le=1_000_000, description="rounds between evaluations")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="stop once the test accuracy reaches this"
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_factory(self) -> TrainingConfig:
+        if self.model == "custom" and self.custom_model is None:
+            raise ValueError("custom_model is required when model = 'custom'")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the training data comes from and how it is prepared."""
+
+    dataset: DatasetName = "digits"
+    path: Path | None = Field(
+        None, description="directory holding the files of mnist / fashion-mnist / cifar10"
+    )
+    synthetic_samples: int = Field(2000, ge=10, le=100_000_000)
+    synthetic_features: int = Field(32, ge=1, le=1_000_000)
+    synthetic_classes: int = Field(10, ge=2, le=10_000)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    cache_dir: Path | None = Field(
+        Path(".hypergpu/cache"), description="prepared-shard cache; unset to disable caching"
+    )
+
+    @model_validator(mode="after")
+    def _files_need_path(self) -> DataConfig:
+        if self.dataset in FILE_DATASETS and self.path is None:
+            raise ValueError(f"path is required for dataset '{self.dataset}'")
+        if self.path is not None and str(self.path).strip() in ("", "."):
+            raise ValueError("path must name a directory, got an empty path")
+        return self
+
+
+class CustomProfile(_Section):
+    """Link characteristics used wherever the profile name is ``custom``."""
+
+    latency_ms: float = Field(20.0, ge=0, le=60_000)
+    jitter_ms: float = Field(0.0, ge=0, le=60_000)
+    loss: float = Field(0.0, ge=0, lt=1, description="packet loss probability")
+    bandwidth_mbps: float = Field(100.0, gt=0, le=1_000_000)
+
+
+class NetworkEvent(_Section):
+    """Switch one node's link to another profile at a time or a round."""
+
+    node: NodeId
+    profile: ProfileName
+    at_s: float | None = Field(None, ge=0, description="seconds after the run starts")
+    at_round: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _exactly_one_trigger(self) -> NetworkEvent:
+        if (self.at_s is None) == (self.at_round is None):
+            raise ValueError("needs exactly one of at_s or at_round")
+        return self
+
+
+class NetworkConfig(_Section):
+    """Per-link network emulation applied to each node's connection."""
+
+    default_profile: ProfileName = "perfect"
+    node_profiles: dict[NodeId, ProfileName] = Field(default_factory=dict)
+    custom: CustomProfile = Field(default_factory=CustomProfile)
+    events: list[NetworkEvent] = Field(default_factory=list)
+
+    def profile_of(self, node: int) -> str:
+        """The profile a node starts with."""
+        return self.node_profiles.get(node, self.default_profile)
+
+
+class NodesConfig(_Section):
+    """The node processes of a local run."""
+
+    count: int = Field(4, ge=1, le=4096)
+    speed_factors: dict[NodeId, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="per node; < 1 emulates a slower GPU (1 is full speed)"
+    )
+    device: Device = "auto"
+
+    def speed_factor(self, node: int) -> float:
+        return self.speed_factors.get(node, 1.0)
+
+
+class CoordinatorConfig(_Section):
+    """The round loop, fault handling and checkpoints."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 7070
+    round_timeout_s: float = Field(30.0, gt=0, le=86_400)
+    quorum: float = Field(
+        0.75, gt=0, le=1, description="fraction of the round's nodes needed to aggregate"
+    )
+    late_updates: LatePolicy = "stale-weighted"
+    staleness_decay: float = Field(
+        0.5, gt=0, le=1, description="weight factor per round of staleness (stale-weighted)"
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)
+    max_consecutive_failures: int = Field(3, ge=1, le=1000)
+    checkpoint_dir: Path = Path("runs/checkpoints")
+    checkpoint_every: int = Field(5, ge=0, le=1_000_000, description="rounds; 0 disables")
+    keep_checkpoints: int = Field(3, ge=1, le=10_000)
+    metric_history: int = Field(1000, ge=1, le=10_000_000)
+
+
+class ApiConfig(_Section):
+    """The control plane (REST + WebSocket)."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 8080
+    token: str | None = Field(None, min_length=8, description="bearer token; unset disables auth")
+    cors_origins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+
+class HyperGPUConfig(_Section):
+    """The whole configuration of a HyperGPU run."""
+
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    nodes: NodesConfig = Field(default_factory=NodesConfig)
+    coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+
+    @model_validator(mode="after")
+    def _node_ids_exist(self) -> HyperGPUConfig:
+        count = self.nodes.count
+        named = [
+            ("network.node_profiles", n) for n in self.network.node_profiles
+        ] + [("nodes.speed_factors", n) for n in self.nodes.speed_factors]
+        named += [(f"network.events.{i}.node", e.node) for i, e in enumerate(self.network.events)]
+        for where, node in named:
+            if node >= count:
+                raise ValueError(f"{where}: node {node} does not exist (nodes.count = {count})")
+        return self
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON form; equal configs hash equal."""
+        return _hash_json(self.model_dump(mode="json"))
+
+    def run_hash(self) -> str:
+        """sha256 of what decides the training trajectory (training + data sections).
+
+        Checkpoints are tagged with this, so a run may resume after ports,
+        timeouts or network profiles changed, but not after the model or
+        data did.
+        """
+        return _hash_json(self.model_dump(mode="json", include={"training", "data"}))
+
+
+def data_hash(data: DataConfig, seed: int, num_shards: int) -> str:
+    """Key of prepared shards: everything that changes their content."""
+    fields = data.model_dump(mode="json", exclude={"cache_dir"})
+    return _hash_json({"data": fields, "seed": seed, "num_shards": num_shards})
+
+
+def _hash_json(obj: object) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,39 @@
+"""Datasets, the train/test split, shards and their on-disk cache.
+
+The coordinator calls :func:`prepare_data` once, hands each node
+``manager.data_for(node).to_bytes()``, and the node rebuilds it with
+:meth:`Shard.from_bytes` (which verifies the checksum).
+"""
+
+from hypergpu.data.datasets import (
+    Dataset,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_idx_dir,
+    make_synthetic,
+    read_cifar_batch,
+    read_idx,
+    split_train_test,
+)
+from hypergpu.data.prepare import CacheStats, PreparedData, ShardCache, prepare_data
+from hypergpu.data.shards import Shard, ShardManager, partition
+
+__all__ = [
+    "CacheStats",
+    "Dataset",
+    "PreparedData",
+    "Shard",
+    "ShardCache",
+    "ShardManager",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_idx_dir",
+    "make_synthetic",
+    "partition",
+    "prepare_data",
+    "read_cifar_batch",
+    "read_idx",
+    "split_train_test",
+]

@@ -1,0 +1,104 @@
+"""One flat float32 vector per model, and the layout that maps it back.
+
+The Rust core aggregates and compresses flat buffers; coordinator and
+nodes derive the same :class:`ParamLayout` from the same architecture, and
+compare :attr:`ParamLayout.digest` before exchanging vectors. The layout
+covers every floating-point entry of ``state_dict()`` in its order:
+parameters and float buffers (e.g. batch-norm statistics), so averaging
+the vector averages those too. Integer buffers stay local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import nn
+
+from hypergpu.errors import DtypeMismatchError, ShapeMismatchError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Where one named tensor lives in the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    specs: tuple[ParamSpec, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ParamLayout:
+        specs, offset = [], 0
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            specs.append(ParamSpec(name, tuple(t.shape), offset, t.numel()))
+            offset += t.numel()
+        return cls(tuple(specs))
+
+    @property
+    def total(self) -> int:
+        """Length of the flat vector."""
+        last = self.specs[-1] if self.specs else None
+        return last.offset + last.numel if last else 0
+
+    def to_json(self) -> str:
+        return json.dumps([[s.name, list(s.shape)] for s in self.specs], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ParamLayout:
+        specs, offset = [], 0
+        for name, shape in json.loads(text):
+            numel = int(np.prod(shape, dtype=np.int64))
+            specs.append(ParamSpec(str(name), tuple(int(d) for d in shape), offset, numel))
+            offset += numel
+        return cls(tuple(specs))
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the names and shapes: equal digests mean compatible vectors."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def flatten(self, model: nn.Module) -> np.ndarray:
+        """A fresh contiguous float32 vector of the model's entries (on CPU)."""
+        state = model.state_dict()
+        parts = [state[s.name].detach().reshape(-1).to(torch.float32) for s in self.specs]
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return torch.cat(parts).cpu().numpy()
+
+    def load_into(self, model: nn.Module, flat: np.ndarray) -> None:
+        """Copy ``flat`` into the model's tensors (shape/dtype checked first)."""
+        self.check(flat)
+        state = model.state_dict()
+        device = next(iter(state.values())).device if state else torch.device("cpu")
+        source = torch.from_numpy(np.ascontiguousarray(flat)).to(device)
+        with torch.no_grad():
+            for s in self.specs:
+                target = state[s.name]
+                target.copy_(source[s.offset : s.offset + s.numel].view(s.shape))
+
+    def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Name → view of ``flat`` in its tensor shape (no copy)."""
+        self.check(flat)
+        return {s.name: flat[s.offset : s.offset + s.numel].reshape(s.shape) for s in self.specs}
+
+    def check(self, flat: np.ndarray, what: str = "parameters") -> None:
+        if not isinstance(flat, np.ndarray):
+            raise DtypeMismatchError(f"{what}: expected a numpy array, got {type(flat).__name__}")
+        if flat.dtype != np.float32:
+            raise DtypeMismatchError(f"{what}: expected float32, got {flat.dtype}")
+        if flat.shape != (self.total,):
+            raise ShapeMismatchError(
+                f"{what}: expected a flat vector of shape ({self.total},), got {flat.shape}"
+            )

@@ -1,0 +1,256 @@
+"""Train a model on a node's shard for one round and return the update.
+
+The update is ``params_after - params_received`` (float32, the model's flat
+layout): the coordinator *adds* a weighted average of these to the global
+parameters. A ``speed_factor`` below 1 emulates a slower GPU by sleeping
+``compute * (1/speed_factor - 1)`` after each step, so a node at 0.5 takes
+twice as long as its hardware would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hypergpu.config.schema import TrainingConfig
+from hypergpu.data.shards import Shard
+from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
+from hypergpu.model.layout import ParamLayout
+from hypergpu.node.metrics import RollingMetrics
+
+
+class RoundResult(NamedTuple):
+    update: np.ndarray  # float32, params_after - params_received
+    samples_seen: int
+    metrics: dict[str, float]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' requested but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+class LocalTrainer:
+    """A node's local trainer: one model, one shard, fresh optimizer per round."""
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        shard: Shard | Sequence[Shard] | None,
+        training: TrainingConfig,
+        *,
+        device: str = "auto",
+        speed_factor: float = 1.0,
+        seed: int | None = None,
+        metrics_window: int = 100,
+        threads: int | None = None,
+    ):
+        if threads is not None:
+            # Process-wide: several node processes on one host each want few
+            # intra-op threads, or they oversubscribe the cores badly.
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        module = model if isinstance(model, nn.Module) else model()
+        self.model = module.to(self.device)
+        self.layout = ParamLayout.from_model(self.model)
+        self.training = training
+        self.metrics = RollingMetrics(metrics_window)
+        self.set_speed_factor(speed_factor)
+        self._gen = torch.Generator().manual_seed(training.seed if seed is None else seed)
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        if shard is not None:
+            self.set_shard(shard)
+
+    # --- between rounds -------------------------------------------------------
+
+    def set_shard(self, shard: Shard | Sequence[Shard]) -> None:
+        """Train on ``shard`` (or several) from the next round on; verifies checksums."""
+        shards = [shard] if isinstance(shard, Shard) else list(shard)
+        for s in shards:
+            s.verify()
+        merged = Shard.concat(shards)
+        if len(merged) == 0:
+            raise DataError("cannot train on an empty shard")
+        self._x = torch.from_numpy(merged.x).to(self.device)
+        self._y = torch.from_numpy(merged.y).to(self.device)
+        self._perm, self._pos = None, 0
+
+    def set_speed_factor(self, speed_factor: float) -> None:
+        if not (0 < speed_factor <= 1) or math.isnan(speed_factor):
+            raise InvalidArgumentError(f"speed_factor must be in (0, 1], got {speed_factor}")
+        self.speed_factor = speed_factor
+
+    # --- one round ------------------------------------------------------------
+
+    def train_round(
+        self,
+        flat_params: np.ndarray,
+        *,
+        steps: int | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        accumulation: int = 1,
+    ) -> RoundResult:
+        """Load ``flat_params``, train, and return the update and the round's figures.
+
+        ``steps`` optimizer steps, or ``epochs`` passes over the shard
+        (default: the config's ``local_steps``, or its ``epochs`` when that
+        is 0; an epoch is ``ceil(len(shard) / effective batch)`` steps). Each step sees ``batch_size * accumulation`` samples in
+        ``accumulation`` micro-batches whose gradients are summed, so a
+        smaller per-step batch can keep the same effective batch.
+        """
+        if self._x is None or self._y is None:
+            raise DataError("no shard assigned to this trainer")
+        if steps is not None and epochs is not None:
+            raise InvalidArgumentError("pass steps or epochs, not both")
+        batch = self.training.batch_size if batch_size is None else batch_size
+        for name, count in (("batch_size", batch), ("accumulation", accumulation)):
+            if count < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {count}")
+        effective = batch * accumulation
+        n = len(self._y)
+        if steps is None and epochs is None:
+            if self.training.local_steps > 0:
+                steps = self.training.local_steps
+            else:
+                epochs = self.training.epochs
+        if epochs is not None:
+            if epochs < 1:
+                raise InvalidArgumentError(f"epochs must be >= 1, got {epochs}")
+            steps = math.ceil(n / effective) * epochs
+            self._perm, self._pos = None, 0  # whole passes from a fresh shuffle
+        assert steps is not None
+        if steps < 1:
+            raise InvalidArgumentError(f"steps must be >= 1, got {steps}")
+
+        received = self._load(flat_params)
+        optimizer = make_optimizer(self.training, self.model.parameters())
+        self.model.train()
+        totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
+        loss_sum, correct, seen = 0.0, 0, 0
+        started = time.perf_counter()
+        for _ in range(steps):
+            idx = self._next_indices(effective)
+            timings, step_loss, step_correct = self._step(optimizer, idx, accumulation)
+            compute = sum(timings.values())
+            throttle = compute * (1.0 / self.speed_factor - 1.0)
+            if throttle > 0:
+                time.sleep(throttle)
+            for key, value in timings.items():
+                totals[key] += value
+            totals["throttle_s"] += throttle
+            loss_sum += step_loss * len(idx)
+            correct += step_correct
+            seen += len(idx)
+            self.metrics.record("loss", step_loss)
+            self.metrics.record("forward_s", timings["forward_s"])
+            self.metrics.record("backward_s", timings["backward_s"])
+            self.metrics.record("step_s", timings["step_s"])
+            self.metrics.record("compute_s", compute)
+            self.metrics.record("throttle_s", throttle)
+        self.metrics.record("accuracy", correct / seen)
+
+        update = self.layout.flatten(self.model) - received
+        if not np.isfinite(update).all():
+            raise NonFiniteError("the round produced a non-finite update")
+        figures = {
+            "loss": loss_sum / seen,
+            "accuracy": correct / seen,
+            "steps": float(steps),
+            "samples": float(seen),
+            "batch_size": float(batch),
+            "accumulation": float(accumulation),
+            "compute_s": totals["forward_s"] + totals["backward_s"] + totals["step_s"],
+            "wall_s": time.perf_counter() - started,
+            **totals,
+        }
+        return RoundResult(update, seen, figures)
+
+    # --- internals --------------------------------------------------------------
+
+    def _load(self, flat_params: np.ndarray) -> np.ndarray:
+        self.layout.check(flat_params, "received parameters")
+        if not np.isfinite(flat_params).all():
+            raise NonFiniteError("received parameters hold NaN or Inf")
+        received = np.array(flat_params, dtype=np.float32, copy=True)
+        self.layout.load_into(self.model, received)
+        return received
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, idx: torch.Tensor, accumulation: int
+    ) -> tuple[dict[str, float], float, int]:
+        assert self._x is not None and self._y is not None
+        timings = {"forward_s": 0.0, "backward_s": 0.0, "step_s": 0.0}
+        optimizer.zero_grad(set_to_none=True)
+        loss_total, correct = 0.0, 0
+        for micro in torch.tensor_split(idx, min(accumulation, len(idx))):
+            x, y = self._x[micro], self._y[micro]
+            t0 = self._clock()
+            logits = self.model(x)
+            # Each micro-batch's mean loss is weighted by its share of the step,
+            # so the summed gradients equal those of the whole batch.
+            loss = F.cross_entropy(logits, y) * (len(micro) / len(idx))
+            t1 = self._clock()
+            loss.backward()
+            t2 = self._clock()
+            timings["forward_s"] += t1 - t0
+            timings["backward_s"] += t2 - t1
+            loss_total += float(loss.detach())
+            correct += int((logits.detach().argmax(dim=1) == y).sum())
+        if not math.isfinite(loss_total):
+            raise NonFiniteError(f"training diverged: loss is {loss_total}")
+        t0 = self._clock()
+        optimizer.step()
+        timings["step_s"] = self._clock() - t0
+        return timings, loss_total, correct
+
+    def _next_indices(self, count: int) -> torch.Tensor:
+        """The next ``count`` indices of a seeded shuffle, always a full batch.
+
+        A batch that runs past the end of a pass continues into the next
+        shuffle: short batches would make batch-norm statistics noisy (or
+        fail outright on one sample).
+        """
+        assert self._y is not None
+        n = len(self._y)
+        parts = []
+        while count > 0:
+            if self._perm is None or self._pos >= n:
+                self._perm = torch.randperm(n, generator=self._gen).to(self.device)
+                self._pos = 0
+            part = self._perm[self._pos : self._pos + count]
+            self._pos += len(part)
+            count -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def make_optimizer(training: TrainingConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer the config names."""
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+    cls = torch.optim.Adam if training.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=training.lr, weight_decay=training.weight_decay)
