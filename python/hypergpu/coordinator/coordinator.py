@@ -95,9 +95,7 @@ class Coordinator:
         if model is None:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)
         self.model = ModelManager(model)
-        self.checkpoints = CheckpointManager(
-            c.checkpoint_dir, keep=c.keep_checkpoints, every=c.checkpoint_every, config_hash=config.config_hash()
-        )
+        self.checkpoints = CheckpointManager.from_config(config)
         self.registry = NodeRegistry(c.max_consecutive_failures)
         self.book = RoundBook(
             quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay

@@ -180,7 +180,7 @@ class Node:
                 with contextlib.suppress(HyperGPUError):
                     await self._link.close("node finished")
         if self._trainer is not None:
-            self.report.metrics = self._trainer.metrics.summary()
+            self.report.metrics = self._trainer.metrics.snapshot()
         return self.report
 
     async def _heartbeats(self) -> None:
@@ -245,9 +245,10 @@ class Node:
             "version": meta.get("version"),
         }
         update = self._encode(result.update, codec_name, meta)
+        retries_before = self.report.retries
         comm = await self._send(Message("update", out_meta, update.sections, round=msg.round, codec=update.codec,
                                         zstd=update.zstd, update_spec=update.update_spec))
-        trainer.metrics.record("comm_s", comm)
+        trainer.metrics.record_comm(comm, self.report.retries - retries_before)
         self.report.rounds += 1
         self.report.samples += result.samples_seen
 
