@@ -4,37 +4,42 @@
 the durable, non-blocking way for the coordinator to send writes;
 ``RewardTree`` builds the per-epoch Merkle root for O(1) settlement;
 ``chain_up`` starts a local anvil and deploys (``hypergpu chain up``).
+
+Names are imported on first use, so reading the configuration
+(``hypergpu.chain.config``) does not pull in web3.
 """
 
+from __future__ import annotations
+
+import importlib
 import warnings
+from typing import Any
 
-with warnings.catch_warnings():
-    # web3 imports websockets' deprecated legacy client; that is web3's to fix,
-    # and it must not break programs (or tests) that run with warnings as errors.
-    warnings.filterwarnings("ignore", message="websockets.legacy is deprecated", category=DeprecationWarning)
-    import web3  # noqa: F401
+_EXPORTS = {
+    "AnvilProcess": "anvil",
+    "ChainClient": "client",
+    "ChainConfig": "config",
+    "ContributionEntry": "types",
+    "ContributionRecord": "types",
+    "Deployment": "types",
+    "RewardTree": "merkle",
+    "SessionInfo": "types",
+    "SettlementQueue": "queue",
+    "Signer": "keys",
+    "TxResult": "types",
+    "chain_up": "up",
+    "load_signer": "keys",
+}
 
-from hypergpu.chain.anvil import AnvilProcess
-from hypergpu.chain.client import ChainClient
-from hypergpu.chain.config import ChainConfig
-from hypergpu.chain.keys import Signer, load_signer
-from hypergpu.chain.merkle import RewardTree
-from hypergpu.chain.queue import SettlementQueue
-from hypergpu.chain.types import ContributionEntry, ContributionRecord, Deployment, SessionInfo, TxResult
-from hypergpu.chain.up import chain_up
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "AnvilProcess",
-    "ChainClient",
-    "ChainConfig",
-    "ContributionEntry",
-    "ContributionRecord",
-    "Deployment",
-    "RewardTree",
-    "SessionInfo",
-    "SettlementQueue",
-    "Signer",
-    "TxResult",
-    "chain_up",
-    "load_signer",
-]
+# web3 imports websockets' deprecated legacy client; that is web3's to fix,
+# and it must not break programs (or tests) run with warnings as errors.
+warnings.filterwarnings("ignore", message="websockets.legacy is deprecated", category=DeprecationWarning)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hypergpu.chain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hypergpu.chain.{module}"), name)

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hypergpu.chain.config import ChainConfig
+
 ModelKind = Literal["mlp", "cnn", "custom"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic"]
@@ -188,6 +190,7 @@ class HyperGPUConfig(_Section):
     nodes: NodesConfig = Field(default_factory=NodesConfig)
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    chain: ChainConfig = Field(default_factory=ChainConfig)
 
     @model_validator(mode="after")
     def _node_ids_exist(self) -> HyperGPUConfig:
