@@ -36,19 +36,29 @@ pub struct KrumOutcome {
     pub skipped: Vec<usize>,
 }
 
-/// Check `updates`, find the non-finite ones, and return the finite ones
-/// with their original indices.
-fn finite_updates<'a>(
-    updates: &[Values<'a>],
-    skip_nonfinite: bool,
-) -> Result<(usize, Vec<usize>, Vec<Values<'a>>, Vec<usize>)> {
+/// The finite updates of a list, with their original indices.
+struct Finite<'a> {
+    len: usize,
+    kept: Vec<usize>,
+    values: Vec<Values<'a>>,
+    skipped: Vec<usize>,
+}
+
+/// Check `updates` and set aside the ones holding non-finite values (or
+/// fail on the first of them unless skipping).
+fn finite_updates<'a>(updates: &[Values<'a>], skip_nonfinite: bool) -> Result<Finite<'a>> {
     let len = check_updates(updates)?;
     let skipped = nonfinite_updates(&scan(updates, len), skip_nonfinite)?;
     let kept: Vec<usize> = (0..updates.len())
         .filter(|i| !skipped.contains(i))
         .collect();
     let values = kept.iter().map(|&i| updates[i]).collect();
-    Ok((len, kept, values, skipped))
+    Ok(Finite {
+        len,
+        kept,
+        values,
+        skipped,
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -113,10 +123,10 @@ fn order_statistic(updates: &[Values<'_>], len: usize, reduce: Reduce) -> Vec<f3
 /// Coordinate-wise median (the mean of the two middle values for an even
 /// number of updates, as `numpy.median`).
 pub fn coordinate_median(updates: &[Values<'_>], skip_nonfinite: bool) -> Result<RobustOutcome> {
-    let (len, _, values, skipped) = finite_updates(updates, skip_nonfinite)?;
+    let fin = finite_updates(updates, skip_nonfinite)?;
     Ok(RobustOutcome {
-        result: order_statistic(&values, len, Reduce::Median),
-        skipped,
+        result: order_statistic(&fin.values, fin.len, Reduce::Median),
+        skipped: fin.skipped,
     })
 }
 
@@ -133,11 +143,11 @@ pub fn trimmed_mean(
             "trim must be in [0, 0.5) (the fraction cut from each end), got {trim}"
         )));
     }
-    let (len, _, values, skipped) = finite_updates(updates, skip_nonfinite)?;
-    let k = (trim * values.len() as f64).floor() as usize;
+    let fin = finite_updates(updates, skip_nonfinite)?;
+    let k = (trim * fin.values.len() as f64).floor() as usize;
     Ok(RobustOutcome {
-        result: order_statistic(&values, len, Reduce::Trimmed(k)),
-        skipped,
+        result: order_statistic(&fin.values, fin.len, Reduce::Trimmed(k)),
+        skipped: fin.skipped,
     })
 }
 
@@ -151,7 +161,12 @@ pub fn krum(
     m: usize,
     skip_nonfinite: bool,
 ) -> Result<KrumOutcome> {
-    let (len, kept, values, skipped) = finite_updates(updates, skip_nonfinite)?;
+    let Finite {
+        len,
+        kept,
+        values,
+        skipped,
+    } = finite_updates(updates, skip_nonfinite)?;
     let n = values.len();
     if n < 2 * f + 3 {
         return Err(Error::InvalidArgument(format!(
