@@ -44,10 +44,8 @@ fn lanes_sum_sq(x: &[f32]) -> f64 {
             lanes[k] += c[k] * c[k];
         }
     }
-    for (k, v) in it.remainder().iter().enumerate() {
-        lanes[k] += v * v;
-    }
-    lanes.iter().map(|&l| l as f64).sum()
+    let tail: f32 = it.remainder().iter().map(|v| v * v).sum();
+    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
 }
 
 /// Sum of squares of one block, or the offset of its first non-finite value.
@@ -72,6 +70,27 @@ pub(crate) fn axpy(acc: &mut [f32], x: &[f32], k: f32) {
     }
 }
 
+/// `acc = 0 + k * x`: the same value [`axpy`] gives on a zeroed `acc`
+/// (`0 + -0` is `+0`), without reading `acc`. A fresh output buffer is then
+/// first touched by a write, which costs one page fault per page instead
+/// of two (a read maps the shared zero page, the write then copies it).
+#[inline]
+fn assign_scaled(acc: &mut [f32], x: &[f32], k: f32) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = 0.0 + k * v;
+    }
+}
+
+/// Fold `x` into a chunk of a fresh sum: the first term assigns.
+#[inline]
+fn fold_term(acc: &mut [f32], x: &[f32], k: f32, first: bool) {
+    if first {
+        assign_scaled(acc, x, k);
+    } else {
+        axpy(acc, x, k);
+    }
+}
+
 /// Sum of squares of a chunk, or the offset of its first non-finite value.
 fn chunk_sum_sq(x: &[f32]) -> Result<f64, usize> {
     let mut total = 0f64;
@@ -84,10 +103,10 @@ fn chunk_sum_sq(x: &[f32]) -> Result<f64, usize> {
 /// `acc += k * x` and the sum of squares of `x`, block by block so each
 /// block is read from memory once. Stops at a non-finite block (the caller
 /// then discards `acc`).
-fn chunk_axpy_sum_sq(acc: &mut [f32], x: &[f32], k: f32) -> Result<f64, usize> {
+fn chunk_axpy_sum_sq(acc: &mut [f32], x: &[f32], k: f32, first: bool) -> Result<f64, usize> {
     let mut total = 0f64;
     for (b, (a_blk, x_blk)) in acc.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).enumerate() {
-        axpy(a_blk, x_blk, k);
+        fold_term(a_blk, x_blk, k, first);
         total += block_sum_sq(x_blk).map_err(|p| b * BLOCK + p)?;
     }
     Ok(total)
@@ -153,22 +172,36 @@ pub(crate) fn fused_weighted_sum(
             updates
                 .iter()
                 .zip(coeffs)
-                .map(|(u, &k)| chunk_axpy_sum_sq(out, widen(u, range.clone(), scratch), k))
+                .enumerate()
+                .map(|(i, (u, &k))| {
+                    chunk_axpy_sum_sq(out, widen(u, range.clone(), scratch), k, i == 0)
+                })
                 .collect()
         })
         .collect();
     (acc, merge(per_chunk, updates.len()))
 }
 
+/// `Σ k_i · x_i` over `terms`, in order, into a fresh buffer.
+pub(crate) fn weighted_sum(terms: &[(Values<'_>, f32)], len: usize) -> Vec<f32> {
+    let mut acc = vec![0f32; len];
+    weighted_sum_impl(&mut acc, terms, true);
+    acc
+}
+
 /// `acc += Σ k_i · x_i` over `terms`, in order.
 pub(crate) fn weighted_sum_into(acc: &mut [f32], terms: &[(Values<'_>, f32)]) {
+    weighted_sum_impl(acc, terms, false);
+}
+
+fn weighted_sum_impl(acc: &mut [f32], terms: &[(Values<'_>, f32)], fresh: bool) {
     let len = acc.len();
     acc.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each_init(Vec::new, |scratch, (c, out)| {
             let range = chunk_range(c, len);
-            for (u, k) in terms {
-                axpy(out, widen(u, range.clone(), scratch), *k);
+            for (i, (u, k)) in terms.iter().enumerate() {
+                fold_term(out, widen(u, range.clone(), scratch), *k, fresh && i == 0);
             }
         });
 }
@@ -211,11 +244,13 @@ fn dist_sq(a: &[f32], b: &[f32]) -> f64 {
                 lanes[k] += d * d;
             }
         }
-        for (k, (x, y)) in ia.remainder().iter().zip(ib.remainder()).enumerate() {
-            let d = x - y;
-            lanes[k] += d * d;
-        }
-        total += lanes.iter().map(|&l| l as f64).sum::<f64>();
+        let tail: f32 = ia
+            .remainder()
+            .iter()
+            .zip(ib.remainder())
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum();
+        total += lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64;
     }
     total
 }
@@ -298,8 +333,10 @@ mod tests {
         let ups = [values(&a), values(&b)];
         let (acc, scans) = fused_weighted_sum(&ups, &[0.3, 1.7], len);
         assert_eq!(scans, scan(&ups, len));
+        let terms = [(ups[0], 0.3), (ups[1], 1.7)];
+        assert_eq!(acc, weighted_sum(&terms, len));
         let mut acc2 = vec![0f32; len];
-        weighted_sum_into(&mut acc2, &[(ups[0], 0.3), (ups[1], 1.7)]);
+        weighted_sum_into(&mut acc2, &terms);
         assert_eq!(acc, acc2);
     }
 

@@ -2,7 +2,7 @@
 //! per-update norm clipping, and non-finite detection, in one pass over
 //! the data whenever possible.
 
-use super::kernels::{divide_in_place, fused_weighted_sum, scan, weighted_sum_into, Scan};
+use super::kernels::{divide_in_place, fused_weighted_sum, scan, weighted_sum, Scan};
 use super::{check_clip_norm, check_updates, check_weight, coefficient};
 use crate::dtype::Values;
 use crate::error::{Error, Result};
@@ -100,9 +100,7 @@ pub fn weighted_mean(
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut acc = vec![0f32; len];
-            weighted_sum_into(&mut acc, &terms);
-            acc
+            weighted_sum(&terms, len)
         }
     };
     divide_in_place(&mut sum, total);

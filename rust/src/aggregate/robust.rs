@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{divide_in_place, pairwise_dist_sq, scan, weighted_sum_into};
+use super::kernels::{divide_in_place, pairwise_dist_sq, scan, weighted_sum};
 use super::mean::nonfinite_updates;
 use super::network::{batcher_pairs, sort_columns};
 use super::{check_updates, widen_into, CHUNK};
@@ -194,9 +194,8 @@ pub fn krum(
     order.sort_by(|&a, &b| local_scores[a].total_cmp(&local_scores[b]));
     let best = &order[..m];
 
-    let mut result = vec![0f32; len];
     let terms: Vec<(Values<'_>, f32)> = best.iter().map(|&i| (values[i], 1.0)).collect();
-    weighted_sum_into(&mut result, &terms);
+    let mut result = weighted_sum(&terms, len);
     if m > 1 {
         divide_in_place(&mut result, m as f64);
     }
