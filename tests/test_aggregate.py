@@ -111,6 +111,17 @@ def test_skip_with_nothing_left():
         weighted_mean([ups[0], ok], weights=[1.0, 0.0], on_nonfinite="skip")
 
 
+def test_overflowing_weighted_sum_is_an_error_not_inf():
+    ups = [np.full(10, 2.0, np.float32)] * 2
+    with pytest.raises(errors.WeightsError, match="overflows float32"):
+        weighted_mean(ups, weights=[3e38, 3e38])
+    acc = Accumulator(10)
+    for u in ups:
+        acc.add(u, 3e38)
+    with pytest.raises(errors.WeightsError, match="overflows float32"):
+        acc.finalize()
+
+
 def test_multi_threaded_size():
     """Several million elements: many parallel chunks, a non-finite value late on."""
     ups = _updates(4, (3_000_001,), seed=6)
@@ -292,6 +303,10 @@ def test_accumulator_bad_construction_and_empty_finalize():
         Accumulator((-1, 3))
     with pytest.raises(errors.EmptyInputError):
         Accumulator((0, 3))
+    with pytest.raises(errors.InvalidArgumentError, match="too large"):
+        Accumulator((2**40, 2**40))
+    with pytest.raises(errors.InvalidArgumentError, match="cannot allocate"):
+        Accumulator((2**61,))
     acc = Accumulator(3)
     with pytest.raises(errors.EmptyInputError, match="no updates"):
         acc.finalize()
@@ -359,7 +374,9 @@ def test_bad_weights(weights, match):
         (lambda u: trimmed_mean(u, trim=0.5), "trim"),
         (lambda u: trimmed_mean(u, trim=-0.1), "trim"),
         (lambda u: trimmed_mean(u, trim="a lot"), "trim"),
-        (lambda u: krum(u, f=-1), "f must be >= 0"),
+        (lambda u: krum(u, f=-1), "f must be between 0"),
+        (lambda u: krum(u, f=2**70), "f must be between 0"),
+        (lambda u: krum(u, f=2**62), "2f"),
         (lambda u: krum(u, f=1.5), "f must be an integer"),
         (lambda u: krum(u, f=2), r"2f\+3 = 7"),
         (lambda u: krum(u, f=1, m=0), "m must be"),

@@ -14,6 +14,7 @@ they are left out instead and listed in the result's ``skipped``.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -97,8 +98,8 @@ def _count(name: str, value: Any) -> int:
         n = operator.index(value)
     except TypeError:
         raise InvalidArgumentError(f"{name} must be an integer, got {value!r}") from None
-    if n < 0:
-        raise InvalidArgumentError(f"{name} must be >= 0, got {n}")
+    if not 0 <= n <= sys.maxsize:
+        raise InvalidArgumentError(f"{name} must be between 0 and {sys.maxsize}, got {n}")
     return n
 
 

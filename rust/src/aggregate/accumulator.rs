@@ -2,7 +2,7 @@
 //! coordinator never holds a round's updates all at once.
 
 use super::kernels::{divide_into, scan, weighted_sum_into};
-use super::{check_clip_norm, check_weight, coefficient};
+use super::{check_clip_norm, check_weight, coefficient, overflow_error};
 use crate::dtype::Values;
 use crate::error::{Error, Result};
 
@@ -24,14 +24,23 @@ pub struct Accumulator {
 impl Accumulator {
     /// An empty accumulator for updates of `shape`.
     pub fn new(shape: Vec<usize>) -> Result<Self> {
-        let len = shape.iter().product::<usize>();
+        let len = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} is too large")))?;
         if len == 0 {
             return Err(Error::Empty(format!(
                 "an accumulator for shape {shape:?} would hold no elements"
             )));
         }
+        // Refuse a shape the machine cannot hold rather than abort the process.
+        let mut sum = Vec::new();
+        sum.try_reserve_exact(len).map_err(|_| {
+            Error::InvalidArgument(format!("cannot allocate an accumulator of shape {shape:?}"))
+        })?;
+        sum.resize(len, 0.0);
         Ok(Accumulator {
-            sum: vec![0.0; len],
+            sum,
             shape,
             dtype: None,
             count: 0,
@@ -126,7 +135,9 @@ impl Accumulator {
             return Err(Error::Weights("all weights are zero".into()));
         }
         let mut out = vec![0f32; self.sum.len()];
-        divide_into(&mut out, &self.sum, self.total_weight);
+        if !divide_into(&mut out, &self.sum, self.total_weight) {
+            return Err(overflow_error());
+        }
         Ok(out)
     }
 

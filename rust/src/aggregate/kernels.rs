@@ -211,24 +211,36 @@ fn divide(a: f32, total: f64) -> f32 {
     (a as f64 / total) as f32
 }
 
-/// `acc[j] /= total`, rounded once from f64.
-pub(crate) fn divide_in_place(acc: &mut [f32], total: f64) {
-    acc.par_chunks_mut(CHUNK).for_each(|a| {
-        for a in a.iter_mut() {
-            *a = divide(*a, total);
-        }
-    });
+/// `acc[j] /= total`, rounded once from f64. Returns whether every
+/// result is finite (a sum can overflow f32 even when the mean would not).
+#[must_use]
+pub(crate) fn divide_in_place(acc: &mut [f32], total: f64) -> bool {
+    acc.par_chunks_mut(CHUNK)
+        .map(|a| {
+            let mut finite = true;
+            for a in a.iter_mut() {
+                *a = divide(*a, total);
+                finite &= a.is_finite();
+            }
+            finite
+        })
+        .reduce(|| true, |x, y| x && y)
 }
 
-/// `out[j] = acc[j] / total`, rounded once from f64, as [`divide_in_place`].
-pub(crate) fn divide_into(out: &mut [f32], acc: &[f32], total: f64) {
+/// `out[j] = acc[j] / total`, as [`divide_in_place`].
+#[must_use]
+pub(crate) fn divide_into(out: &mut [f32], acc: &[f32], total: f64) -> bool {
     out.par_chunks_mut(CHUNK)
         .zip(acc.par_chunks(CHUNK))
-        .for_each(|(o, a)| {
+        .map(|(o, a)| {
+            let mut finite = true;
             for (o, &a) in o.iter_mut().zip(a) {
                 *o = divide(a, total);
+                finite &= o.is_finite();
             }
-        });
+            finite
+        })
+        .reduce(|| true, |x, y| x && y)
 }
 
 /// Squared L2 distance of two equally long slices, f32 lanes per block.

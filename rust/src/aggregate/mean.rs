@@ -3,7 +3,7 @@
 //! the data whenever possible.
 
 use super::kernels::{divide_in_place, fused_weighted_sum, scan, weighted_sum, Scan};
-use super::{check_clip_norm, check_updates, check_weight, coefficient};
+use super::{check_clip_norm, check_updates, check_weight, coefficient, overflow_error};
 use crate::dtype::Values;
 use crate::error::{Error, Result};
 
@@ -103,7 +103,9 @@ pub fn weighted_mean(
             weighted_sum(&terms, len)
         }
     };
-    divide_in_place(&mut sum, total);
+    if !divide_in_place(&mut sum, total) {
+        return Err(overflow_error());
+    }
 
     let clipped = match opts.clip_norm {
         Some(c) => (0..updates.len())

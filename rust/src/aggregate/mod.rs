@@ -90,6 +90,13 @@ pub(crate) fn widen_into(v: &Values<'_>, range: Range<usize>, dst: &mut [f32]) {
     }
 }
 
+/// The error for a weighted sum that overflowed f32.
+pub(crate) fn overflow_error() -> Error {
+    Error::Weights(
+        "the weighted sum overflows float32; use smaller weights (only their ratios matter)".into(),
+    )
+}
+
 /// Validate a clipping threshold: finite and positive.
 pub(crate) fn check_clip_norm(clip_norm: Option<f64>) -> Result<()> {
     match clip_norm {

@@ -168,10 +168,10 @@ pub fn krum(
         skipped,
     } = finite_updates(updates, skip_nonfinite)?;
     let n = values.len();
-    if n < 2 * f + 3 {
+    let needed = f.saturating_mul(2).saturating_add(3);
+    if n < needed {
         return Err(Error::InvalidArgument(format!(
-            "krum with f={f} needs at least 2f+3 = {} finite updates, got {n}",
-            2 * f + 3
+            "krum with f={f} needs at least 2f+3 = {needed} finite updates, got {n}"
         )));
     }
     if m == 0 || m > n - f {
@@ -196,8 +196,10 @@ pub fn krum(
 
     let terms: Vec<(Values<'_>, f32)> = best.iter().map(|&i| (values[i], 1.0)).collect();
     let mut result = weighted_sum(&terms, len);
-    if m > 1 {
-        divide_in_place(&mut result, m as f64);
+    if m > 1 && !divide_in_place(&mut result, m as f64) {
+        return Err(Error::InvalidArgument(
+            "the mean of the selected updates overflows float32".into(),
+        ));
     }
 
     let mut scores = vec![f64::NAN; updates.len()];
