@@ -258,6 +258,21 @@ def test_incremental_equals_batch(clip):
     assert acc.count == 0 and acc.dtype is None
 
 
+def test_incremental_skipping_equals_batch_skip_mode():
+    ups = _updates(5, (50_000,), seed=55)
+    ups[1][40_000] = np.inf
+    batch = weighted_mean(ups, weights=[1, 2, 3, 4, 5], clip_norm=200.0, on_nonfinite="skip")
+    acc = Accumulator(50_000)
+    rejected = []
+    for i, (u, w) in enumerate(zip(ups, [1, 2, 3, 4, 5])):
+        try:
+            acc.add(u, w, clip_norm=200.0)
+        except errors.NonFiniteError:
+            rejected.append(i)
+    assert tuple(rejected) == batch.skipped == (1,)
+    np.testing.assert_array_equal(acc.finalize(), batch.mean)
+
+
 def test_accumulator_rejects_bad_updates_atomically():
     ups = _updates(2, (4, 5), seed=60)
     acc = Accumulator([4, 5])
