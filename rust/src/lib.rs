@@ -3,6 +3,7 @@
 //! This file only wires modules together; each concern lives in its own
 //! module and its Python face in `py/`.
 
+pub mod aggregate;
 pub mod dtype;
 pub mod error;
 pub mod wire;
@@ -15,5 +16,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::wire::register(m)?;
+    py::aggregate::register(m)?;
     Ok(())
 }

@@ -57,6 +57,16 @@ impl<'py> Array<'py> {
     /// The elements as a slice; fails for non-contiguous arrays.
     pub fn values(&self, index: usize) -> Result<Values<'_>> {
         let err = |_| Error::NonContiguous { index };
+        // `as_slice` also accepts Fortran order, whose memory order is not
+        // the logical (C) order the kernels assume.
+        let c_order = match self {
+            Array::F32(a) => a.is_c_contiguous(),
+            Array::F16(a) => a.is_c_contiguous(),
+            Array::Bf16(a) => a.is_c_contiguous(),
+        };
+        if !c_order {
+            return Err(Error::NonContiguous { index });
+        }
         Ok(match self {
             Array::F32(a) => Values::F32(a.as_slice().map_err(err)?),
             Array::F16(a) => Values::F16(a.as_slice().map_err(err)?),

@@ -1,6 +1,7 @@
 //! PyO3 bindings, one file per exposed concern. Kernels and protocol code
 //! elsewhere in the crate know nothing of Python.
 
+pub mod aggregate;
 pub mod buffers;
 pub mod errors;
 pub mod wire;
