@@ -137,7 +137,7 @@ def test_bad_files(tmp_path):
         load_config(bad)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[trainig]\nlr = 1\n")
-    with pytest.raises(ConfigError, match="trainig: unknown field; known fields: api, coordinator"):
+    with pytest.raises(ConfigError, match="trainig: unknown field; known fields: api, chain, coordinator"):
         load_config(unknown)
 
 
