@@ -1,7 +1,10 @@
 # Type stubs for the compiled extension hypergpu._core.
 # Kept honest by `python -m mypy.stubtest hypergpu._core` in `make test`.
 
-from collections.abc import Buffer, Sequence
+from collections.abc import Sequence
+from typing import final
+
+from typing_extensions import Buffer
 
 __version__: str
 

@@ -106,7 +106,7 @@ impl PyFrameHeader {
 }
 
 /// Read-only view of a contiguous bytes-like object's memory.
-pub fn bytes_of<'a>(buf: &'a PyBuffer<u8>) -> Result<&'a [u8]> {
+pub fn bytes_of(buf: &PyBuffer<u8>) -> Result<&[u8]> {
     if !buf.is_c_contiguous() {
         return Err(Error::NonContiguous { index: 0 });
     }
