@@ -3,6 +3,7 @@
 //! This file only wires modules together; each concern lives in its own
 //! module and its Python face in `py/`.
 
+pub mod compress;
 pub mod dtype;
 pub mod error;
 pub mod wire;
