@@ -16,5 +16,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::wire::register(m)?;
+    py::compress::register(m)?;
     Ok(())
 }

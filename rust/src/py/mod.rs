@@ -2,5 +2,6 @@
 //! elsewhere in the crate know nothing of Python.
 
 pub mod buffers;
+pub mod compress;
 pub mod errors;
 pub mod wire;
