@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 /// 65504 and 65536; ties go to the even pattern, which is infinity).
 pub const FP16_OVERFLOW: f32 = 65520.0;
 /// Same for bf16: halfway between bf16::MAX and 2¹²⁸.
-pub const BF16_OVERFLOW: f32 = f32::from_bits(0x7f7f_8000);
+/// (bit pattern 0x7f7f_8000; a test checks the literal).
+pub const BF16_OVERFLOW: f32 = 3.396_177_5e38;
 
 pub fn encode_raw(values: Values<'_>, out: &mut [u8]) -> Result<()> {
     let results = out
@@ -109,7 +110,7 @@ pub fn encode_bf16(values: Values<'_>, out: &mut [u8]) -> Result<()> {
     )
 }
 
-fn element_count(payload: &[u8], size: usize, codec: &str) -> Result<usize> {
+pub fn element_count(payload: &[u8], size: usize, codec: &str) -> Result<usize> {
     if payload.is_empty() {
         return Err(Error::Codec(format!("{codec} payload is empty")));
     }
@@ -128,9 +129,8 @@ fn corrupt_value(codec: &str, position: usize) -> Error {
     ))
 }
 
-pub fn decode_raw(payload: &[u8]) -> Result<Vec<f32>> {
-    let n = element_count(payload, 4, "raw")?;
-    let mut out = vec![0f32; n];
+/// Decode into `out`, which holds [`element_count`] elements.
+pub fn decode_raw(payload: &[u8], out: &mut [f32]) -> Result<()> {
     let results = out
         .par_chunks_mut(CHUNK)
         .zip(payload.par_chunks(CHUNK * 4))
@@ -146,21 +146,18 @@ pub fn decode_raw(payload: &[u8]) -> Result<Vec<f32>> {
             }
         })
         .collect();
-    first_error(results)?;
-    Ok(out)
+    first_error(results)
 }
 
 /// Decode a 16-bit float payload; `exp_mask` is the type's exponent field,
 /// all ones for infinity and NaN.
-fn decode_half<H: Copy + Default + Send>(
+fn decode_half<H: bytemuck::Pod>(
     payload: &[u8],
+    out: &mut [f32],
     codec: &str,
     exp_mask: u16,
-    from_bits: impl Fn(u16) -> H + Sync,
     convert: impl Fn(&[H], &mut [f32]) + Sync,
-) -> Result<Vec<f32>> {
-    let n = element_count(payload, 2, codec)?;
-    let mut out = vec![0f32; n];
+) -> Result<()> {
     let results = out
         .par_chunks_mut(CHUNK)
         .zip(payload.par_chunks(CHUNK * 2))
@@ -177,31 +174,21 @@ fn decode_half<H: Copy + Default + Send>(
                 let p = raw.iter().position(|b| b & exp_mask == exp_mask);
                 return Err(corrupt_value(codec, i * CHUNK + p.unwrap_or(0)));
             }
-            let halves: Vec<H> = raw.into_iter().map(&from_bits).collect();
-            convert(&halves, dst);
+            convert(bytemuck::cast_slice(&raw), dst);
             Ok(())
         })
         .collect();
-    first_error(results)?;
-    Ok(out)
+    first_error(results)
 }
 
-pub fn decode_fp16(payload: &[u8]) -> Result<Vec<f32>> {
-    decode_half(
-        payload,
-        "fp16",
-        0x7c00,
-        f16::from_bits,
-        |src: &[f16], dst| src.convert_to_f32_slice(dst),
-    )
+pub fn decode_fp16(payload: &[u8], out: &mut [f32]) -> Result<()> {
+    decode_half(payload, out, "fp16", 0x7c00, |src: &[f16], dst| {
+        src.convert_to_f32_slice(dst)
+    })
 }
 
-pub fn decode_bf16(payload: &[u8]) -> Result<Vec<f32>> {
-    decode_half(
-        payload,
-        "bf16",
-        0x7f80,
-        bf16::from_bits,
-        |src: &[bf16], dst| src.convert_to_f32_slice(dst),
-    )
+pub fn decode_bf16(payload: &[u8], out: &mut [f32]) -> Result<()> {
+    decode_half(payload, out, "bf16", 0x7f80, |src: &[bf16], dst| {
+        src.convert_to_f32_slice(dst)
+    })
 }

@@ -90,7 +90,16 @@ pub fn encode_into(values: Values<'_>, block_size: usize, out: &mut [u8]) -> Res
     first_error(results)
 }
 
-pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
+/// A validated int8 payload's fields.
+pub struct Parsed<'a> {
+    pub n: usize,
+    block_size: usize,
+    scales: &'a [u8],
+    qs: &'a [u8],
+}
+
+/// Check the header and length of an int8 payload.
+pub fn parse(payload: &[u8]) -> Result<Parsed<'_>> {
     let mut r = Reader::new(payload, "int8");
     let block_size = r.u32("block_size")?;
     if block_size == 0 || block_size > MAX_BLOCK_SIZE {
@@ -101,11 +110,6 @@ pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
     let n = r.u64("element count")?;
     if n == 0 {
         return Err(Error::Codec("int8 payload declares 0 elements".into()));
-    }
-    if let Some(expected) = numel.filter(|&e| e as u64 != n) {
-        return Err(Error::Codec(format!(
-            "int8 payload holds {n} elements, expected {expected}"
-        )));
     }
     let n = usize::try_from(n)
         .ok()
@@ -125,9 +129,18 @@ pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
     let scales = r.take(blocks * 4, "scales")?;
     let qs = r.take(n, "values")?;
     r.finish()?;
+    Ok(Parsed {
+        n,
+        block_size,
+        scales,
+        qs,
+    })
+}
 
+/// Dequantise into `out`, which holds `p.n` elements.
+pub fn decode_into(p: &Parsed<'_>, out: &mut [f32]) -> Result<()> {
+    let (block_size, scales, qs) = (p.block_size, p.scales, p.qs);
     let per_task = blocks_per_task(block_size);
-    let mut out = vec![0f32; n];
     let results = out
         .par_chunks_mut(per_task * block_size)
         .zip(scales.par_chunks(per_task * 4))
@@ -162,8 +175,7 @@ pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
             Ok(())
         })
         .collect();
-    first_error(results)?;
-    Ok(out)
+    first_error(results)
 }
 
 /// Dequantise without validation, for the reference check in tests.

@@ -174,22 +174,64 @@ pub fn encode(values: Values<'_>, codec: Codec, residual: Option<&mut [f32]>) ->
 }
 
 /// Decode a payload of codec `id` to f32. `numel`, when given, is the
-/// element count the caller expects; a payload of any other size is refused.
+/// element count the caller expects; a payload of any other size is refused
+/// before anything is allocated.
 pub fn decode(payload: &[u8], id: CodecId, numel: Option<usize>) -> Result<Vec<f32>> {
-    let out = match id {
-        CodecId::Raw => cast::decode_raw(payload)?,
-        CodecId::Fp16 => cast::decode_fp16(payload)?,
-        CodecId::Bf16 => cast::decode_bf16(payload)?,
-        CodecId::Int8 => int8::decode(payload, numel)?,
-        CodecId::TopK => topk::decode(payload, numel)?,
-    };
+    let n = decoded_len(payload, id)?;
+    check_numel(id, n, numel)?;
+    let mut out = vec![0f32; n];
+    decode_checked(payload, id, &mut out, true)?;
+    Ok(out)
+}
+
+/// Refuse a payload whose element count `n` differs from the expected one.
+pub fn check_numel(id: CodecId, n: usize, numel: Option<usize>) -> Result<()> {
     match numel {
-        Some(n) if n != out.len() => Err(Error::Codec(format!(
-            "{} payload holds {} elements, expected {n}",
-            id.name(),
-            out.len()
+        Some(expected) if expected != n => Err(Error::Codec(format!(
+            "{} payload holds {n} elements, expected {expected}",
+            id.name()
         ))),
-        _ => Ok(out),
+        _ => Ok(()),
+    }
+}
+
+/// Elements a payload decodes to, from its header and length (the rest is
+/// validated by [`decode_into`]).
+pub fn decoded_len(payload: &[u8], id: CodecId) -> Result<usize> {
+    match id {
+        CodecId::Raw => cast::element_count(payload, 4, "raw"),
+        CodecId::Fp16 => cast::element_count(payload, 2, "fp16"),
+        CodecId::Bf16 => cast::element_count(payload, 2, "bf16"),
+        CodecId::Int8 => Ok(int8::parse(payload)?.n),
+        CodecId::TopK => Ok(topk::parse(payload)?.n),
+    }
+}
+
+/// Decode into `out`, which must hold [`decoded_len`] elements; every
+/// element is written, so `out` may hold anything beforehand. Lets the
+/// caller choose the allocation, e.g. NumPy's, which asks the kernel for
+/// huge pages (a fresh Vec of 64 MiB page-faults 4 KiB at a time).
+pub fn decode_into(payload: &[u8], id: CodecId, out: &mut [f32]) -> Result<()> {
+    decode_checked(payload, id, out, false)
+}
+
+/// `zeroed`: `out` is known to be all zeros, so sparse codecs only scatter
+/// (a zeroed Vec stays lazily mapped until written).
+fn decode_checked(payload: &[u8], id: CodecId, out: &mut [f32], zeroed: bool) -> Result<()> {
+    let n = decoded_len(payload, id)?;
+    if out.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "output holds {} elements, the {} payload decodes to {n}",
+            out.len(),
+            id.name()
+        )));
+    }
+    match id {
+        CodecId::Raw => cast::decode_raw(payload, out),
+        CodecId::Fp16 => cast::decode_fp16(payload, out),
+        CodecId::Bf16 => cast::decode_bf16(payload, out),
+        CodecId::Int8 => int8::decode_into(&int8::parse(payload)?, out),
+        CodecId::TopK => topk::decode_into(&topk::parse(payload)?, out, zeroed),
     }
 }
 

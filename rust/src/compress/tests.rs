@@ -98,6 +98,15 @@ fn bf16_relative_error_within_2_pow_minus_8() {
 }
 
 #[test]
+fn overflow_thresholds_are_the_halfway_points() {
+    assert_eq!(cast::BF16_OVERFLOW.to_bits(), 0x7f7f_8000);
+    assert!(bf16::from_f32(f32::from_bits(0x7f7f_7fff)).is_finite());
+    assert!(bf16::from_f32(cast::BF16_OVERFLOW).is_infinite());
+    assert!(f16::from_f32(cast::FP16_OVERFLOW).is_infinite());
+    assert!(f16::from_f32(65519.99).is_finite());
+}
+
+#[test]
 fn bf16_refuses_overflow_to_infinity() {
     let x = [1.0, f32::MAX];
     match encode(Values::F32(&x), Codec::Bf16, None) {

@@ -266,17 +266,20 @@ fn write_payload(out: &mut [u8], n: usize, indices: &[u32], acc: &[f32]) {
         });
 }
 
-pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
+/// A top-k payload whose header and length are valid.
+pub struct Parsed<'a> {
+    pub n: usize,
+    idx_bytes: &'a [u8],
+    val_bytes: &'a [u8],
+}
+
+/// Check the header and length of a top-k payload.
+pub fn parse(payload: &[u8]) -> Result<Parsed<'_>> {
     let mut r = Reader::new(payload, "topk");
     let n = r.u64("element count")?;
     if n == 0 || n > MAX_TOPK_NUMEL {
         return Err(Error::Codec(format!(
             "topk payload declares {n} elements, outside 1..={MAX_TOPK_NUMEL}"
-        )));
-    }
-    if let Some(expected) = numel.filter(|&e| e as u64 != n) {
-        return Err(Error::Codec(format!(
-            "topk payload holds {n} elements, expected {expected}"
         )));
     }
     let k = r.u32("k")? as u64;
@@ -296,7 +299,17 @@ pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
     let idx_bytes = r.take(4 * k, "indices")?;
     let val_bytes = r.take(4 * k, "values")?;
     r.finish()?;
+    Ok(Parsed {
+        n: n as usize,
+        idx_bytes,
+        val_bytes,
+    })
+}
 
+/// Scatter into `out` (`p.n` elements, zeroed here first unless `zeroed`).
+pub fn decode_into(p: &Parsed<'_>, out: &mut [f32], zeroed: bool) -> Result<()> {
+    let (n, idx_bytes, val_bytes) = (p.n as u64, p.idx_bytes, p.val_bytes);
+    let k = idx_bytes.len() / 4;
     let indices: Vec<u32> = idx_bytes
         .chunks_exact(4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -325,9 +338,11 @@ pub fn decode(payload: &[u8], numel: Option<usize>) -> Result<Vec<f32>> {
             indices[p]
         )));
     }
-    let mut out = vec![0f32; n as usize];
+    if !zeroed {
+        out.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+    }
     for (&i, &v) in indices.iter().zip(&values) {
         out[i as usize] = v;
     }
-    Ok(out)
+    Ok(())
 }

@@ -34,17 +34,17 @@ fn codec_of(name: &str, block_size: i64, k: Option<i64>) -> Result<Codec> {
 
 /// Borrow the caller's residual: a writeable, contiguous 1-D float32 array
 /// (argument 1 in error messages) that shares no memory with the update.
-fn residual_slice<'a, 'py>(
-    obj: &'a Bound<'py, PyAny>,
-) -> Result<numpy::PyReadwriteArray1<'py, f32>> {
-    let any = obj.cast::<PyArrayDyn<f32>>().map_err(|_| Error::DtypeMismatch {
-        index: 1,
-        expected: "float32 (the residual)".into(),
-        got: obj
-            .getattr("dtype")
-            .and_then(|d| d.str().map(|s| s.to_string()))
-            .unwrap_or_else(|_| "a non-array".into()),
-    })?;
+fn residual_slice<'py>(obj: &Bound<'py, PyAny>) -> Result<numpy::PyReadwriteArray1<'py, f32>> {
+    let any = obj
+        .cast::<PyArrayDyn<f32>>()
+        .map_err(|_| Error::DtypeMismatch {
+            index: 1,
+            expected: "float32 (the residual)".into(),
+            got: obj
+                .getattr("dtype")
+                .and_then(|d| d.str().map(|s| s.to_string()))
+                .unwrap_or_else(|_| "a non-array".into()),
+        })?;
     let shape = any.shape().to_vec();
     let arr = any
         .cast::<PyArray1<f32>>()
@@ -81,7 +81,10 @@ fn compress_encode<'py>(
     let values = array.values(0)?;
     let mut residual = residual.map(residual_slice).transpose()?;
     let mut residual = match residual.as_mut() {
-        Some(r) => Some(r.as_slice_mut().map_err(|_| Error::NonContiguous { index: 1 })?),
+        Some(r) => Some(
+            r.as_slice_mut()
+                .map_err(|_| Error::NonContiguous { index: 1 })?,
+        ),
         None => None,
     };
     if zstd {
@@ -112,22 +115,34 @@ fn compress_decode<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let id = CodecId::from_name(codec)?;
     let bytes = bytes_of(&payload)?;
-    let decoded = py.detach(|| -> Result<Vec<f32>> {
-        if zstd {
+    let unpacked = match zstd {
+        true => {
             let cap = numel.map_or(UNSIZED_ZSTD_CAP, |n| compress::max_encoded_len(id, n));
-            let raw = compress::zstd_decompress(bytes, cap)?;
-            compress::decode(&raw, id, numel)
-        } else {
-            compress::decode(bytes, id, numel)
+            Some(py.detach(|| compress::zstd_decompress(bytes, cap))?)
         }
-    })?;
-    Ok(PyArray1::from_vec(py, decoded))
+        false => None,
+    };
+    let raw = unpacked.as_deref().unwrap_or(bytes);
+    let n = compress::decoded_len(raw, id)?;
+    compress::check_numel(id, n, numel)?;
+    // NumPy allocates the output (with huge pages for large arrays); the
+    // decoder writes every element before Python can see it.
+    // SAFETY: the array is new, so nothing else references its memory.
+    let out = unsafe { PyArray1::<f32>::new(py, n, false) };
+    let slice = unsafe { out.as_slice_mut() }.map_err(|_| Error::NonContiguous { index: 0 })?;
+    py.detach(|| compress::decode_into(raw, id, slice))?;
+    Ok(out)
 }
 
 /// Bytes of the payload (before zstd) for `numel` elements.
 #[pyfunction]
 #[pyo3(signature = (codec, numel, *, block_size=256, k=None))]
-fn compress_encoded_len(codec: &str, numel: usize, block_size: i64, k: Option<i64>) -> Result<usize> {
+fn compress_encoded_len(
+    codec: &str,
+    numel: usize,
+    block_size: i64,
+    k: Option<i64>,
+) -> Result<usize> {
     codec_of(codec, block_size, k)?.encoded_len(numel)
 }
 
