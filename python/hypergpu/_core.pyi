@@ -84,4 +84,29 @@ class UpdateAccumulator:
 
 # ---- compress -----------------------------------------------------------------
 
+from typing import Any as _Any
+
+import numpy as _np
+import numpy.typing as _npt
+
+COMPRESS_MAX_BLOCK_SIZE: int
+COMPRESS_DEFAULT_ZSTD_LEVEL: int
+
+def compress_encode(
+    update: _Any,
+    codec: str,
+    *,
+    block_size: int = 256,
+    k: int | None = None,
+    residual: _Any | None = None,
+    zstd: bool = False,
+    zstd_level: int = ...,
+) -> bytes: ...
+def compress_decode(
+    payload: Buffer, codec: str, *, zstd: bool = False, numel: int | None = None
+) -> _npt.NDArray[_np.float32]: ...
+def compress_encoded_len(
+    codec: str, numel: int, *, block_size: int = 256, k: int | None = None
+) -> int: ...
+
 # ---- transport ----------------------------------------------------------------

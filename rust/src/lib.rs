@@ -4,6 +4,7 @@
 //! module and its Python face in `py/`.
 
 pub mod aggregate;
+pub mod compress;
 pub mod dtype;
 pub mod error;
 pub mod wire;
@@ -17,5 +18,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::wire::register(m)?;
     py::aggregate::register(m)?;
+    py::compress::register(m)?;
     Ok(())
 }

@@ -3,5 +3,6 @@
 
 pub mod aggregate;
 pub mod buffers;
+pub mod compress;
 pub mod errors;
 pub mod wire;
