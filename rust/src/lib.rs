@@ -5,6 +5,8 @@
 
 pub mod dtype;
 pub mod error;
+pub mod shaping;
+pub mod transport;
 pub mod wire;
 
 mod py;
@@ -15,5 +17,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::wire::register(m)?;
+    py::transport::register(m)?;
     Ok(())
 }

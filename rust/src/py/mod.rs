@@ -3,4 +3,5 @@
 
 pub mod buffers;
 pub mod errors;
+pub mod transport;
 pub mod wire;
