@@ -35,7 +35,7 @@ async def send_raw(conn: Connection, data: bytes) -> None:
     QUIC may acknowledge them before the receiver finds them malformed, so
     the send itself may succeed or see the connection closing."""
     try:
-        await conn._inner.send_unchecked(data, 5.0)
+        await conn._inner.send_unchecked(data, 5.0, acked=True)
     except errors.TransportError:
         pass
 
@@ -138,9 +138,15 @@ async def test_oversized_messages_are_refused_unread(server):
     # A sender that ignores the limit is refused by the receiver, which stops
     # the stream after reading only the header.
     with pytest.raises(errors.MessageTooLargeError):
-        await node._inner.send_unchecked(too_big, 10.0)
+        await node._inner.send_unchecked(too_big, 10.0, acked=True)
+    # Without waiting for the acknowledgement, the refusal is counted.
+    await node._inner.send_unchecked(too_big, 10.0)
+    deadline = time.monotonic() + 5
+    while node.stats()["refused_by_peer"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert node.stats()["refused_by_peer"] == 1
     stats = peer.stats()
-    assert stats["refused_too_large"] == 1
+    assert stats["refused_too_large"] == 2
     assert stats["bytes_received"] == 0
     assert "exceeds the limit" in server.rejections()[-1]["reason"]
     # The link is still fine.

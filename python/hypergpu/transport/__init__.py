@@ -17,6 +17,8 @@ on a real WAN::
 
 from __future__ import annotations
 
+import atexit
+import time
 from typing import Any
 
 from hypergpu import _core
@@ -51,15 +53,19 @@ class Connection:
     def is_closed(self) -> bool:
         return self._inner.is_closed
 
-    async def send(self, frame: Any, timeout: float | None = None) -> None:
+    async def send(self, frame: Any, timeout: float | None = None, *, acked: bool = False) -> None:
         """Send one wire frame on its own stream.
 
         The frame is checked first (header, payload checksum, the peer's size
         limit: :class:`~hypergpu.errors.FrameError` or
-        :class:`~hypergpu.errors.MessageTooLargeError`). Returns once the peer
-        has acknowledged every byte; waits while the peer is behind.
+        :class:`~hypergpu.errors.MessageTooLargeError`). Waits while the peer
+        is behind (flow control), then returns once QUIC holds every byte: it
+        retransmits them until acknowledged, and :meth:`close` waits for
+        that. With ``acked=True`` it returns only once the peer has
+        acknowledged every byte. ``timeout`` bounds the whole call
+        (:class:`~hypergpu.errors.TimeoutError`).
         """
-        await self._inner.send(frame, timeout)
+        await self._inner.send(frame, timeout, acked=acked)
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next complete, verified frame.
@@ -200,3 +206,13 @@ async def connect(
         recv_queue=recv_queue,
     )
     return Connection(inner)
+
+
+def _settle_runtime() -> None:
+    # A runtime thread that has just handed a result to the event loop may
+    # still be finishing that call (it released the GIL while waking the
+    # loop); let it finish before the interpreter tears down.
+    time.sleep(0.05)
+
+
+atexit.register(_settle_runtime)

@@ -12,7 +12,8 @@ use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::error::{Error, Result};
 use crate::shaping::{
-    BurstLoss, DirectionShape, DirectionStats, DropCause, JitterDist, LinkShape, Outage, PROFILES,
+    BurstLoss, DirectionShape, DirectionStats, DropCause, JitterDist, LinkShape, LinkShaper,
+    Outage, Verdict, PROFILES,
 };
 use crate::transport::{self, Config, Link, Server};
 
@@ -198,6 +199,51 @@ impl PyLinkShape {
         let mut inner = self.inner.clone();
         inner.seed = seed;
         PyLinkShape { inner }
+    }
+
+    /// Run this shape's shaper on a virtual clock, with no network: for each
+    /// `(arrival_s, size)` datagram (in order), its delivery time in seconds
+    /// or the name of the drop cause. Same seed, same answers.
+    #[pyo3(signature = (datagrams, direction="egress"))]
+    fn simulate<'py>(
+        &self,
+        py: Python<'py>,
+        datagrams: Vec<(f64, usize)>,
+        direction: &str,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let egress = match direction {
+            "egress" => true,
+            "ingress" => false,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "direction must be \"egress\" or \"ingress\", got {other:?}"
+                ))
+                .into())
+            }
+        };
+        let mut link = LinkShaper::new(self.inner.clone(), Duration::ZERO);
+        let mut last = Duration::ZERO;
+        let mut out = Vec::with_capacity(datagrams.len());
+        for (i, (at, len)) in datagrams.into_iter().enumerate() {
+            let now = seconds(&format!("datagrams[{i}].arrival_s"), at)?;
+            if now < last {
+                return Err(Error::InvalidArgument(format!(
+                    "datagrams[{i}] arrives before the one before it"
+                ))
+                .into());
+            }
+            last = now;
+            let verdict = if egress {
+                link.decide_egress(now, len)
+            } else {
+                link.decide_ingress(now, len)
+            };
+            out.push(match verdict {
+                Verdict::DeliverAt(t) => t.as_secs_f64().into_pyobject(py)?.into_any(),
+                Verdict::Drop(cause) => cause.name().into_pyobject(py)?.into_any(),
+            });
+        }
+        Ok(out)
     }
 
     #[getter]
@@ -495,28 +541,31 @@ impl PyConnection {
     }
 
     /// Awaitable: send one wire frame on its own stream, after checking it
-    /// (header, payload checksum, the peer's size limit). Resolves once the
-    /// peer has acknowledged every byte.
-    #[pyo3(signature = (frame, timeout=None))]
+    /// (header, payload checksum, the peer's size limit). Resolves once QUIC
+    /// holds every byte (waiting while the peer is behind), or with `acked`
+    /// once the peer has acknowledged every byte.
+    #[pyo3(signature = (frame, timeout=None, *, acked=false))]
     fn send<'py>(
         &self,
         py: Python<'py>,
         frame: PyBuffer<u8>,
         timeout: Option<f64>,
+        acked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.send_impl(py, frame, timeout, true)
+        self.send_impl(py, frame, timeout, true, acked)
     }
 
     /// Like `send` but without checking the frame: for testing how peers
     /// handle bad input.
-    #[pyo3(signature = (frame, timeout=None))]
+    #[pyo3(signature = (frame, timeout=None, *, acked=false))]
     fn send_unchecked<'py>(
         &self,
         py: Python<'py>,
         frame: PyBuffer<u8>,
         timeout: Option<f64>,
+        acked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.send_impl(py, frame, timeout, false)
+        self.send_impl(py, frame, timeout, false, acked)
     }
 
     /// Awaitable: the next complete, verified frame, as bytes.
@@ -547,6 +596,8 @@ impl PyConnection {
         d.set_item("goodput_bps", s.app_bytes_received as f64 * 8.0 / age)?;
         d.set_item("send_goodput_bps", s.app_bytes_sent as f64 * 8.0 / age)?;
         d.set_item("refused_too_large", s.refused_too_large)?;
+        d.set_item("refused_by_peer", s.refused_by_peer)?;
+        d.set_item("unacked_messages", s.unacked_messages)?;
         d.set_item("udp_bytes_sent", s.udp_bytes_sent)?;
         d.set_item("udp_bytes_received", s.udp_bytes_received)?;
         d.set_item("udp_datagrams_sent", s.udp_datagrams_sent)?;
@@ -605,6 +656,7 @@ impl PyConnection {
         frame: PyBuffer<u8>,
         timeout: Option<f64>,
         check: bool,
+        acked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let timeout = opt_timeout(timeout)?;
@@ -613,9 +665,9 @@ impl PyConnection {
         future_into_py(py, async move {
             let bytes = held.bytes();
             if check {
-                link.send(bytes, timeout).await?;
+                link.send(bytes, timeout, acked).await?;
             } else {
-                link.send_unchecked(bytes, timeout).await?;
+                link.send_unchecked(bytes, timeout, acked).await?;
             }
             drop(held);
             Ok(())

@@ -3,12 +3,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint, ReadError, RecvStream, WriteError};
-use tokio::sync::mpsc;
+use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
+use tokio::sync::{mpsc, Notify};
 
 use super::endpoint::Rejections;
 use super::{code, connection_error, Config};
@@ -27,6 +27,7 @@ struct Counters {
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
     refused_too_large: AtomicU64,
+    refused_by_peer: AtomicU64,
 }
 
 struct State {
@@ -39,6 +40,10 @@ struct State {
     peer_name: String,
     peer_addr: SocketAddr,
     max_message_bytes: u64,
+    /// Streams handed to QUIC and not yet acknowledged.
+    inflight: AtomicUsize,
+    delivered: Notify,
+    close_grace: Duration,
 }
 
 /// A snapshot of a link's metrics.
@@ -53,6 +58,10 @@ pub struct LinkStats {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub refused_too_large: u64,
+    /// Messages this side sent that the peer refused as too large.
+    pub refused_by_peer: u64,
+    /// Streams sent and not yet acknowledged by the peer.
+    pub unacked_messages: u64,
     pub udp_bytes_sent: u64,
     pub udp_bytes_received: u64,
     pub udp_datagrams_sent: u64,
@@ -98,6 +107,9 @@ impl Link {
             peer_name,
             peer_addr: conn.remote_address(),
             max_message_bytes: cfg.max_message_bytes,
+            inflight: AtomicUsize::new(0),
+            delivered: Notify::new(),
+            close_grace: cfg.idle_timeout.min(Duration::from_secs(5)),
         });
         let (tx, rx) = mpsc::channel(cfg.recv_queue);
         tokio::spawn(accept_streams(conn.clone(), tx, state.clone()));
@@ -131,10 +143,17 @@ impl Link {
         wire::decode_frame(frame, self.peer_max_message_bytes).map(|_| ())
     }
 
-    /// Send one frame on its own stream. Returns once the peer has
-    /// acknowledged all of it; waits while flow control says the peer is
-    /// behind. The frame is not checked (see [`Link::check_frame`]).
-    pub async fn send_unchecked(&self, frame: &[u8], timeout: Option<Duration>) -> Result<()> {
+    /// Send one frame on its own stream. Waits while flow control says the
+    /// peer is behind; returns once QUIC holds every byte (it retransmits
+    /// them until acknowledged, and [`Link::close`] waits for that), or, with
+    /// `acked`, once the peer has acknowledged them all (so a refusal by the
+    /// peer surfaces here). The frame is not checked (see [`Link::check_frame`]).
+    pub async fn send_unchecked(
+        &self,
+        frame: &[u8],
+        timeout: Option<Duration>,
+        acked: bool,
+    ) -> Result<()> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let timed_out = || {
             Error::Timeout(format!(
@@ -148,33 +167,46 @@ impl Link {
             Some(s) => s.map_err(|e| self.error_from(&e))?,
             None => return Err(timed_out()),
         };
-        let sent = until(deadline, async {
+        let written = until(deadline, async {
             stream.write_all(frame).await?;
-            stream.finish().map_err(|_| WriteError::ClosedStream)?;
-            stream.stopped().await.map_err(|e| match e {
-                quinn::StoppedError::ConnectionLost(c) => WriteError::ConnectionLost(c),
-                quinn::StoppedError::ZeroRttRejected => WriteError::ZeroRttRejected,
-            })
+            stream.finish().map_err(|_| WriteError::ClosedStream)
         })
         .await;
-        match sent {
+        match written {
             None => {
                 // Tell the peer to drop the partial message.
                 let _ = stream.reset(code::ABANDONED);
+                return Err(timed_out());
+            }
+            Some(Err(e)) => return Err(self.write_error(e, frame)),
+            Some(Ok(())) => {}
+        }
+        let c = &self.state.counters;
+        c.app_bytes_sent
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        c.messages_sent.fetch_add(1, Ordering::Relaxed);
+        if !acked {
+            self.state.inflight.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(await_delivery(stream, self.state.clone()));
+            return Ok(());
+        }
+        match until(deadline, stream.stopped()).await {
+            None => {
+                let _ = stream.reset(code::ABANDONED);
                 Err(timed_out())
             }
-            Some(Ok(None)) => {
-                let c = &self.state.counters;
-                c.app_bytes_sent
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                c.messages_sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Some(Ok(Some(code))) | Some(Err(WriteError::Stopped(code))) => {
-                Err(self.stopped_error(code, frame))
-            }
-            Some(Err(WriteError::ConnectionLost(e))) => Err(self.error_from(&e)),
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(code))) => Err(self.stopped_error(code, frame)),
+            Some(Err(quinn::StoppedError::ConnectionLost(e))) => Err(self.error_from(&e)),
             Some(Err(e)) => Err(Error::Transport(e.to_string())),
+        }
+    }
+
+    fn write_error(&self, e: WriteError, frame: &[u8]) -> Error {
+        match e {
+            WriteError::Stopped(code) => self.stopped_error(code, frame),
+            WriteError::ConnectionLost(e) => self.error_from(&e),
+            other => Error::Transport(other.to_string()),
         }
     }
 
@@ -193,9 +225,9 @@ impl Link {
     }
 
     /// Check, then send, one frame.
-    pub async fn send(&self, frame: &[u8], timeout: Option<Duration>) -> Result<()> {
+    pub async fn send(&self, frame: &[u8], timeout: Option<Duration>, acked: bool) -> Result<()> {
         self.check_frame(frame)?;
-        self.send_unchecked(frame, timeout).await
+        self.send_unchecked(frame, timeout, acked).await
     }
 
     /// The next complete, verified frame.
@@ -264,6 +296,8 @@ impl Link {
             messages_sent: c.messages_sent.load(Ordering::Relaxed),
             messages_received: c.messages_received.load(Ordering::Relaxed),
             refused_too_large: c.refused_too_large.load(Ordering::Relaxed),
+            refused_by_peer: c.refused_by_peer.load(Ordering::Relaxed),
+            unacked_messages: self.state.inflight.load(Ordering::Relaxed) as u64,
             udp_bytes_sent: q.udp_tx.bytes,
             udp_bytes_received: q.udp_rx.bytes,
             udp_datagrams_sent: q.udp_tx.datagrams,
@@ -281,6 +315,17 @@ impl Link {
     /// Close the link, telling the peer why; waits briefly for the close to
     /// leave when this link owns its endpoint.
     pub async fn close(&self, reason: &str) {
+        // Let what `send` handed to QUIC reach the peer first (bounded).
+        let drained = async {
+            loop {
+                let changed = self.state.delivered.notified();
+                if self.state.inflight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.state.close_grace, drained).await;
         self.conn.close(code::NORMAL, reason.as_bytes());
         if let Some(ep) = &self.endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
@@ -312,6 +357,20 @@ async fn until<F: std::future::Future>(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Follow a sent stream until the peer has it all (or refused it).
+async fn await_delivery(mut stream: SendStream, state: Arc<State>) {
+    if let Ok(Some(code)) = stream.stopped().await {
+        if code == code::TOO_LARGE {
+            state
+                .counters
+                .refused_by_peer
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    state.inflight.fetch_sub(1, Ordering::AcqRel);
+    state.delivered.notify_waiters();
 }
 
 async fn accept_streams(conn: Connection, tx: mpsc::Sender<Vec<u8>>, state: Arc<State>) {
