@@ -100,6 +100,7 @@ class TransportServer:
         recv_queue: int = 64,
         name: str = ...,
         shape: LinkShape | None = None,
+        segmentation_offload: bool = True,
     ) -> Awaitable[TransportServer]: ...
     @property
     def join_string(self) -> str: ...
@@ -144,4 +145,5 @@ def transport_connect(
     handshake_timeout: float = 10.0,
     ping_interval: float = 0.5,
     recv_queue: int = 64,
+    segmentation_offload: bool = True,
 ) -> Awaitable[TransportConnection]: ...

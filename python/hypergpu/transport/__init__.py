@@ -122,10 +122,13 @@ class Server:
         recv_queue: int = 64,
         name: str = "coordinator",
         shape: LinkShape | None = None,
+        segmentation_offload: bool = True,
     ) -> Server:
         """Listen on ``host:port`` (port 0 picks a free one) with a fresh
         self-signed certificate. ``shape`` shapes every peer's link at this
-        end until a connection is given its own shape."""
+        end until a connection is given its own shape. ``segmentation_offload``
+        lets the kernel split batches of datagrams (off: one packet per
+        datagram, as kernel-level shapers such as tc and nftables expect)."""
         inner = await _core.TransportServer.listen(
             host,
             port,
@@ -137,6 +140,7 @@ class Server:
             recv_queue=recv_queue,
             name=name,
             shape=shape,
+            segmentation_offload=segmentation_offload,
         )
         return cls(inner)
 
@@ -187,6 +191,7 @@ async def connect(
     handshake_timeout: float = 10.0,
     ping_interval: float = 0.5,
     recv_queue: int = 64,
+    segmentation_offload: bool = True,
 ) -> Connection:
     """Join the coordinator named by ``join_string``.
 
@@ -204,6 +209,7 @@ async def connect(
         handshake_timeout=handshake_timeout,
         ping_interval=ping_interval,
         recv_queue=recv_queue,
+        segmentation_offload=segmentation_offload,
     )
     return Connection(inner)
 

@@ -334,6 +334,7 @@ fn config(
     handshake_timeout: f64,
     ping_interval: f64,
     recv_queue: usize,
+    segmentation_offload: bool,
 ) -> Result<Config> {
     let cfg = Config {
         max_message_bytes,
@@ -341,6 +342,7 @@ fn config(
         handshake_timeout: positive_seconds("handshake_timeout", handshake_timeout)?,
         ping_interval: positive_seconds("ping_interval", ping_interval)?,
         recv_queue,
+        segmentation_offload,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -357,7 +359,8 @@ impl PyServer {
     /// Awaitable: listen on `host:port` (0 picks a free port).
     #[staticmethod]
     #[pyo3(signature = (host, port, *, token, max_message_bytes=256 << 20, idle_timeout=10.0,
-        handshake_timeout=10.0, ping_interval=0.5, recv_queue=64, name="coordinator".to_string(), shape=None))]
+        handshake_timeout=10.0, ping_interval=0.5, recv_queue=64, name="coordinator".to_string(), shape=None,
+        segmentation_offload=true))]
     #[allow(clippy::too_many_arguments)]
     fn listen<'py>(
         py: Python<'py>,
@@ -371,6 +374,7 @@ impl PyServer {
         recv_queue: usize,
         name: String,
         shape: Option<PyRef<'_, PyLinkShape>>,
+        segmentation_offload: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let cfg = config(
@@ -379,6 +383,7 @@ impl PyServer {
             handshake_timeout,
             ping_interval,
             recv_queue,
+            segmentation_offload,
         )?;
         let shape = shape.map(|s| s.inner.clone()).unwrap_or_default();
         future_into_py(py, async move {
@@ -461,7 +466,7 @@ impl PyServer {
 /// Awaitable: join the coordinator named by `join`.
 #[pyfunction]
 #[pyo3(signature = (join, *, token, name, shape=None, max_message_bytes=256 << 20,
-    idle_timeout=10.0, handshake_timeout=10.0, ping_interval=0.5, recv_queue=64))]
+    idle_timeout=10.0, handshake_timeout=10.0, ping_interval=0.5, recv_queue=64, segmentation_offload=true))]
 #[allow(clippy::too_many_arguments)]
 fn transport_connect<'py>(
     py: Python<'py>,
@@ -474,6 +479,7 @@ fn transport_connect<'py>(
     handshake_timeout: f64,
     ping_interval: f64,
     recv_queue: usize,
+    segmentation_offload: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     fork_guard()?;
     let cfg = config(
@@ -482,6 +488,7 @@ fn transport_connect<'py>(
         handshake_timeout,
         ping_interval,
         recv_queue,
+        segmentation_offload,
     )?;
     let shape = shape.map(|s| s.inner.clone()).unwrap_or_default();
     future_into_py(py, async move {

@@ -96,9 +96,23 @@ impl Rejections {
     }
 }
 
+/// Socket buffers big enough for a burst at full speed; the kernel caps
+/// them at its `rmem_max`/`wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 fn bind_socket(addr: SocketAddr, shape: LinkShape) -> Result<Arc<ShapedSocket>> {
-    let std_sock = std::net::UdpSocket::bind(addr)
-        .map_err(|e| Error::Transport(format!("cannot bind UDP {addr}: {e}")))?;
+    let bind_err = |e: std::io::Error| Error::Transport(format!("cannot bind UDP {addr}: {e}"));
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    // Best effort: a smaller buffer only costs speed.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.bind(&addr.into()).map_err(bind_err)?;
+    let std_sock: std::net::UdpSocket = sock.into();
     let inner = quinn::Runtime::wrap_udp_socket(&TokioRuntime, std_sock)
         .map_err(|e| Error::Transport(format!("cannot use UDP socket {addr}: {e}")))?;
     Ok(ShapedSocket::new(inner, shape))

@@ -33,6 +33,9 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Complete frames held for `recv` before readers stop reading (backpressure).
     pub recv_queue: usize,
+    /// Let the kernel split batches of datagrams (UDP GSO). Off makes each
+    /// datagram its own packet everywhere, as kernel-level shapers need.
+    pub segmentation_offload: bool,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_millis(500),
             recv_queue: 64,
+            segmentation_offload: true,
         }
     }
 }
@@ -85,6 +89,7 @@ impl Config {
         t.receive_window(VarInt::from_u32(64 << 20));
         t.send_window(64 << 20);
         t.datagram_receive_buffer_size(Some(64 * 1024));
+        t.enable_segmentation_offload(self.segmentation_offload);
         t
     }
 }
