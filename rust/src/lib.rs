@@ -7,6 +7,8 @@ pub mod aggregate;
 pub mod compress;
 pub mod dtype;
 pub mod error;
+pub mod shaping;
+pub mod transport;
 pub mod wire;
 
 mod py;
@@ -19,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::wire::register(m)?;
     py::aggregate::register(m)?;
     py::compress::register(m)?;
+    py::transport::register(m)?;
     Ok(())
 }

@@ -5,4 +5,5 @@ pub mod aggregate;
 pub mod buffers;
 pub mod compress;
 pub mod errors;
+pub mod transport;
 pub mod wire;

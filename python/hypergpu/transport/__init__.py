@@ -1,0 +1,224 @@
+"""The QUIC transport between coordinator and nodes, with link shaping.
+
+A coordinator listens and prints its join string; nodes connect with it
+(which pins the coordinator's certificate) and a join token. Each message
+is one :mod:`hypergpu.wire` frame on its own QUIC stream, so a large update
+never holds up a heartbeat. Links can be shaped (delay, jitter, loss, bursty
+loss, bandwidth, outages, scheduled changes) below QUIC, so QUIC reacts as
+on a real WAN::
+
+    server = await Server.listen("127.0.0.1", 0, token="s3cret")
+    conn = await connect(server.join_string, token="s3cret", name="node-3",
+                         shape=LinkShape.profile("poor", seed=1))
+    await conn.send(encode_frame("heartbeat", b""))
+    peer = await server.accept()
+    frame = await peer.recv(timeout=5.0)
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+from typing import Any
+
+from hypergpu import _core
+from hypergpu._core import LINK_PROFILES, LinkShape
+
+__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "Server", "connect"]
+
+
+class Connection:
+    """One authenticated link to a peer."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: _core.TransportConnection):
+        self._inner = inner
+
+    @property
+    def peer_name(self) -> str:
+        """The name the peer gave when it joined (a node's name, or the coordinator's)."""
+        return self._inner.peer_name
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return self._inner.remote_address
+
+    @property
+    def peer_max_message_bytes(self) -> int:
+        """The largest payload the peer accepts."""
+        return self._inner.peer_max_message_bytes
+
+    @property
+    def is_closed(self) -> bool:
+        return self._inner.is_closed
+
+    async def send(self, frame: Any, timeout: float | None = None, *, acked: bool = False) -> None:
+        """Send one wire frame on its own stream.
+
+        The frame is checked first (header, payload checksum, the peer's size
+        limit: :class:`~hypergpu.errors.FrameError` or
+        :class:`~hypergpu.errors.MessageTooLargeError`). Waits while the peer
+        is behind (flow control), then returns once QUIC holds every byte: it
+        retransmits them until acknowledged, and :meth:`close` waits for
+        that. With ``acked=True`` it returns only once the peer has
+        acknowledged every byte. ``timeout`` bounds the whole call
+        (:class:`~hypergpu.errors.TimeoutError`).
+        """
+        await self._inner.send(frame, timeout, acked=acked)
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """The next complete, verified frame.
+
+        Raises :class:`~hypergpu.errors.TimeoutError` when nothing arrives in
+        ``timeout`` seconds and :class:`~hypergpu.errors.ConnectionClosedError`
+        (or the error that ended the link) once the link is down.
+        """
+        return await self._inner.recv(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Link metrics: ``srtt_ms``, ``rtt_samples_ms``, ``bytes_sent``,
+        ``bytes_received``, ``goodput_bps``, ``lost_packets``, ``lost_bytes``,
+        ``congestion_events``, ``cwnd``, ``shaper_drops`` (per direction, per
+        cause) and more."""
+        return self._inner.stats()
+
+    @property
+    def shape(self) -> LinkShape:
+        """The shape currently applied to this link (at this end)."""
+        return self._inner.shape
+
+    def set_shape(self, shape: LinkShape) -> None:
+        """Reshape this link now, e.g. when a round starts."""
+        self._inner.set_shape(shape)
+
+    async def close(self, reason: str = "") -> None:
+        await self._inner.close(reason)
+
+    def __repr__(self) -> str:
+        host, port = self.remote_address
+        return f"Connection(peer_name={self.peer_name!r}, remote={host}:{port})"
+
+
+class Server:
+    """The coordinator's endpoint. Create it with :meth:`Server.listen`."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: _core.TransportServer):
+        self._inner = inner
+
+    @classmethod
+    async def listen(
+        cls,
+        host: str,
+        port: int,
+        *,
+        token: str,
+        max_message_bytes: int = 256 << 20,
+        idle_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        ping_interval: float = 0.5,
+        recv_queue: int = 64,
+        name: str = "coordinator",
+        shape: LinkShape | None = None,
+        segmentation_offload: bool = True,
+    ) -> Server:
+        """Listen on ``host:port`` (port 0 picks a free one) with a fresh
+        self-signed certificate. ``shape`` shapes every peer's link at this
+        end until a connection is given its own shape. ``segmentation_offload``
+        lets the kernel split batches of datagrams (off: one packet per
+        datagram, as kernel-level shapers such as tc and nftables expect)."""
+        inner = await _core.TransportServer.listen(
+            host,
+            port,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            ping_interval=ping_interval,
+            recv_queue=recv_queue,
+            name=name,
+            shape=shape,
+            segmentation_offload=segmentation_offload,
+        )
+        return cls(inner)
+
+    @property
+    def join_string(self) -> str:
+        """``quic://host:port#<sha256 of the certificate>``: what nodes need to join."""
+        return self._inner.join_string
+
+    @property
+    def fingerprint(self) -> str:
+        return self._inner.fingerprint
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._inner.address
+
+    async def accept(self, timeout: float | None = None) -> Connection:
+        """The next peer that passed the certificate and token checks."""
+        return Connection(await self._inner.accept(timeout))
+
+    def rejections(self) -> list[dict[str, Any]]:
+        """Peers turned away or cut off (wrong token, TLS failure, malformed
+        frames, oversized messages), most recent last."""
+        return self._inner.rejections()
+
+    @property
+    def rejection_count(self) -> int:
+        return self._inner.rejection_count
+
+    def set_default_shape(self, shape: LinkShape) -> None:
+        self._inner.set_default_shape(shape)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def __repr__(self) -> str:
+        return f"Server({self.join_string!r})"
+
+
+async def connect(
+    join_string: str,
+    *,
+    token: str,
+    name: str,
+    shape: LinkShape | None = None,
+    max_message_bytes: int = 256 << 20,
+    idle_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
+    ping_interval: float = 0.5,
+    recv_queue: int = 64,
+    segmentation_offload: bool = True,
+) -> Connection:
+    """Join the coordinator named by ``join_string``.
+
+    ``shape`` shapes both directions of this endpoint (egress and ingress).
+    A wrong token or fingerprint raises :class:`~hypergpu.errors.AuthError`
+    saying which.
+    """
+    inner = await _core.transport_connect(
+        join_string,
+        token=token,
+        name=name,
+        shape=shape,
+        max_message_bytes=max_message_bytes,
+        idle_timeout=idle_timeout,
+        handshake_timeout=handshake_timeout,
+        ping_interval=ping_interval,
+        recv_queue=recv_queue,
+        segmentation_offload=segmentation_offload,
+    )
+    return Connection(inner)
+
+
+def _settle_runtime() -> None:
+    # A runtime thread that has just handed a result to the event loop may
+    # still be finishing that call (it released the GIL while waking the
+    # loop); let it finish before the interpreter tears down.
+    time.sleep(0.05)
+
+
+atexit.register(_settle_runtime)

@@ -1,0 +1,130 @@
+//! The QUIC transport between coordinator and nodes.
+//!
+//! One [`Server`] listens; nodes [`connect`] with a join string that pins the
+//! server's certificate, then present a join token. Every message is one
+//! wire frame on its own unidirectional stream, so a large update never holds
+//! up a heartbeat; receivers check the header (and the size limit) before
+//! reading the payload, and verify the payload before delivering it.
+
+mod endpoint;
+mod hello;
+mod link;
+pub mod tls;
+
+use std::time::Duration;
+
+use quinn::{ConnectionError, VarInt};
+
+use crate::error::Error;
+
+pub use endpoint::{connect, JoinString, Rejection, Server};
+pub use link::{Link, LinkStats};
+
+/// Settings shared by both ends.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest payload accepted; larger messages are refused unread.
+    pub max_message_bytes: u64,
+    /// A peer silent this long is dead; its link fails with a timeout.
+    pub idle_timeout: Duration,
+    /// Bound on the TLS handshake plus the join-token exchange.
+    pub handshake_timeout: Duration,
+    /// How often each side sends an RTT probe.
+    pub ping_interval: Duration,
+    /// Complete frames held for `recv` before readers stop reading (backpressure).
+    pub recv_queue: usize,
+    /// Let the kernel split batches of datagrams (UDP GSO). Off makes each
+    /// datagram its own packet everywhere, as kernel-level shapers need.
+    pub segmentation_offload: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_bytes: 256 << 20,
+            idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_millis(500),
+            recv_queue: 64,
+            segmentation_offload: true,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if self.max_message_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_message_bytes must be positive".into(),
+            ));
+        }
+        for (name, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be in (0, 3600] seconds, got {:?}",
+                    d
+                )));
+            }
+        }
+        if self.recv_queue == 0 {
+            return Err(Error::InvalidArgument("recv_queue must be positive".into()));
+        }
+        Ok(())
+    }
+
+    fn transport(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        // Within the QUIC limit of 2^62 ms; validated above.
+        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        t.keep_alive_interval(Some(self.idle_timeout / 3));
+        t.max_concurrent_uni_streams(VarInt::from_u32(256));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+        // Enough window to fill a long fat pipe; memory is bounded by the
+        // receive queue, not by these.
+        t.stream_receive_window(VarInt::from_u32(16 << 20));
+        t.receive_window(VarInt::from_u32(64 << 20));
+        t.send_window(64 << 20);
+        t.datagram_receive_buffer_size(Some(64 * 1024));
+        t.enable_segmentation_offload(self.segmentation_offload);
+        t
+    }
+}
+
+/// Application close codes.
+pub(crate) mod code {
+    use quinn::VarInt;
+    pub const NORMAL: VarInt = VarInt::from_u32(0);
+    pub const AUTH: VarInt = VarInt::from_u32(1);
+    pub const MALFORMED: VarInt = VarInt::from_u32(2);
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// Stream codes.
+    pub const TOO_LARGE: VarInt = VarInt::from_u32(10);
+    pub const ABANDONED: VarInt = VarInt::from_u32(11);
+}
+
+/// The typed error for a connection that has failed.
+pub(crate) fn connection_error(e: &ConnectionError) -> Error {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            if c.error_code == code::AUTH {
+                Error::Auth(format!("the coordinator refused this node: {reason}"))
+            } else {
+                Error::Closed(format!("peer closed the connection: {reason}"))
+            }
+        }
+        ConnectionError::TimedOut => {
+            Error::Timeout("peer did not answer within the idle timeout".into())
+        }
+        ConnectionError::LocallyClosed => Error::Closed("connection closed locally".into()),
+        ConnectionError::Reset => Error::Closed("connection reset by peer".into()),
+        ConnectionError::ConnectionClosed(c) => {
+            Error::Transport(format!("peer closed the connection: {c}"))
+        }
+        other => Error::Transport(other.to_string()),
+    }
+}
