@@ -46,3 +46,22 @@ def test_encoded_update_keeps_its_original_spec():
 def test_malformed_messages_are_frame_errors(tensors, payload, match):
     with pytest.raises(errors.FrameError, match=match):
         protocol.decode(encode_frame("control", payload, tensors=tensors))
+
+
+def test_sections_are_aligned_for_the_core():
+    """Every section starts on an 8-byte boundary, so the Rust core can borrow it."""
+    from hypergpu.update.aggregate import Accumulator
+
+    rng = np.random.default_rng(1)
+    for meta_len in range(9):
+        update = rng.standard_normal(101).astype(np.float32)
+        odd = np.arange(3, dtype=np.uint8)
+        frame = protocol.encode(Message("update", {"x": "y" * meta_len}, {"odd": odd, "update": update}))
+        msg = protocol.decode(frame)
+        base = np.frombuffer(frame, dtype=np.uint8).ctypes.data
+        for name, arr in msg.sections.items():
+            assert (arr.ctypes.data - base) % protocol.ALIGN == 0, name
+        acc = Accumulator(update.shape)
+        acc.add(msg.sections["update"])
+        np.testing.assert_array_equal(acc.finalize(), update)
+        assert "_pad" not in msg.sections

@@ -6,6 +6,9 @@ message. The remaining sections are named arrays (parameters, an update,
 a data shard). The frame's ``codec`` applies to the ``update`` section only;
 every other section travels raw. Decoding yields NumPy views into the
 received frame, so a 100 MB parameter vector is never copied on receipt.
+For those views to be usable by the Rust core every section starts on an
+8-byte boundary of the frame: the encoder inserts ``_pad`` sections (and
+pads the meta JSON with spaces), and the decoder skips them.
 
 Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
 
@@ -63,11 +66,14 @@ class Message:
     update_spec: TensorSpec | None = None
 
 
+ALIGN = 8
+_PAD = "_pad"
+
+
 def encode(msg: Message) -> bytes:
     """Serialise ``msg`` into one wire frame."""
-    meta = json.dumps(msg.meta, separators=(",", ":")).encode()
-    specs = [TensorSpec("meta", "u8", [len(meta)], len(meta))]
-    parts: list[Any] = [meta]
+    specs: list[TensorSpec] = []
+    parts: list[Any] = []
     for name, arr in msg.sections.items():
         if name == "update" and msg.update_spec is not None:
             spec = msg.update_spec
@@ -78,6 +84,18 @@ def encode(msg: Message) -> bytes:
                 raise FrameError(f"section {name!r} has unsupported dtype {arr.dtype}")
             specs.append(TensorSpec(name, dtype, list(arr.shape), arr.nbytes))
         parts.append(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+        if arr.nbytes % ALIGN and len(parts) < len(msg.sections):
+            pad = ALIGN - arr.nbytes % ALIGN
+            specs.append(TensorSpec(_PAD, "u8", [pad], pad))
+            parts.append(bytes(pad))
+    # The header's length does not depend on the sizes it records (fixed-width
+    # fields), so an empty-payload frame measures it, and the meta is padded
+    # to end header + meta on a boundary.
+    meta = json.dumps(msg.meta, separators=(",", ":")).encode()
+    head = len(encode_frame(msg.kind, b"", tensors=[TensorSpec("meta", "u8", [0], 0), *specs]))
+    meta += b" " * (-(head + len(meta)) % ALIGN)
+    specs.insert(0, TensorSpec("meta", "u8", [len(meta)], len(meta)))
+    parts.insert(0, meta)
     payload = b"".join(memoryview(p) for p in parts) if len(parts) > 1 else meta
     return encode_frame(
         msg.kind, payload, round=msg.round, node_id=msg.node_id, codec=msg.codec, zstd=msg.zstd, tensors=specs
@@ -99,6 +117,8 @@ def decode(frame: bytes | memoryview, max_payload: int | None = None) -> Message
             raise FrameError(f"section {spec.name!r} runs past the payload ({end} > {len(payload)})")
         raw = payload[at:end]
         at = end
+        if spec.name == _PAD:
+            continue
         if spec.name == "meta":
             try:
                 meta = json.loads(bytes(raw))

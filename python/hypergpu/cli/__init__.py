@@ -39,3 +39,13 @@ def config_check(file: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(cfg.model_dump_json(indent=2))
+
+
+def _register() -> None:
+    from hypergpu.cli.run import coordinator_cmd, demo_cmd, node_cmd, train_cmd
+
+    for cmd in (coordinator_cmd, node_cmd, train_cmd, demo_cmd):
+        main.add_command(cmd)
+
+
+_register()

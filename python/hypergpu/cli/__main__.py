@@ -1,0 +1,3 @@
+from hypergpu.cli import main
+
+main()
