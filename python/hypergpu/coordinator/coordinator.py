@@ -117,6 +117,11 @@ class Coordinator:
         self._plan: RoundPlan | None = None
         self._round_samples = 0
         self._round_losses: list[float] = []
+        # node id -> what its update for the open round looked like
+        self._round_nodes: dict[int, dict[str, Any]] = {}
+        self._sent_at: dict[int, float] = {}
+        #: Called with each finished round's record (sync callables or coroutines).
+        self.observers: list[Any] = []
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -193,6 +198,10 @@ class Coordinator:
                 record.update(test_loss=result.loss, test_accuracy=result.accuracy)
             self.history.append(record)
             self.planner.observe(record)
+            for observer in self.observers:
+                result = observer(self, record)
+                if asyncio.iscoroutine(result):
+                    await result
             self.events.publish("training", type="round", **record)
             if self.checkpoints.due(round_id):
                 await asyncio.to_thread(self.checkpoints.save, self.model, round_id)
@@ -217,6 +226,11 @@ class Coordinator:
         return summary
 
     # --- status ---------------------------------------------------------------
+
+    def link_stats(self, node_id: int) -> dict[str, Any] | None:
+        """The transport's measurements of a node's link (None if not connected)."""
+        link = self._links.get(node_id)
+        return link.stats() if link is not None else None
 
     def status(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -248,6 +262,8 @@ class Coordinator:
         self._progress.clear()
         self._round_samples = 0
         self._round_losses = []
+        self._round_nodes = {}
+        self._sent_at = {}
 
         sends = [self._send_params(node_id, round_id, params, plan) for node_id in plan.participants]
         await asyncio.gather(*sends)
@@ -291,6 +307,7 @@ class Coordinator:
             "duration_s": time.perf_counter() - started,
             "model_version": self.model.version,
             "assignments": {str(k): a.as_meta() for k, a in plan.assignments.items()},
+            "nodes": {str(k): v for k, v in self._round_nodes.items()},
         }
 
     async def _send_params(self, node_id: int, round_id: int, params: np.ndarray, plan: RoundPlan) -> None:
@@ -300,6 +317,7 @@ class Coordinator:
         meta = {"round": round_id, "version": self.model.version, **plan.assignments[node_id].as_meta()}
         frame = protocol.encode(Message("params", meta, {"params": params}, round=round_id, node_id=node_id))
         try:
+            self._sent_at[node_id] = time.perf_counter()
             await link.send(frame)
             self.registry.get(node_id).bytes_sent += len(frame)
         except HyperGPUError as exc:
@@ -335,6 +353,19 @@ class Coordinator:
                     if msg.round == self.round:
                         self._round_losses.append(float(loss))
                 self._round_samples += samples
+                if msg.round == self.round:
+                    sent = self._sent_at.get(node.node_id)
+                    self._round_nodes[node.node_id] = {
+                        "samples": samples,
+                        "loss": node.last_loss,
+                        "compute_s": float(msg.meta.get("compute_s", 0.0)),
+                        "wall_s": float(msg.meta.get("wall_s", 0.0)),
+                        # params sent -> update in: compute, waiting and both transfers
+                        "turnaround_s": time.perf_counter() - sent if sent is not None else None,
+                        "update_bytes": size,
+                        "codec": msg.codec,
+                        "weight": decision.weight,
+                    }
                 self._progress.set()
         if reason is not None:
             node.refusals[reason] += 1
