@@ -69,11 +69,12 @@ class LocalNodes:
         # Node processes import this very package, wherever it was imported from.
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        out: int | object = subprocess.DEVNULL
-        if self.log_dir is not None:
+        if self.log_dir is None:
+            proc = subprocess.Popen(self.command(index), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        else:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"node-{index}.log", "wb")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(self.command(index), env=env, stdout=out, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
+            with open(self.log_dir / f"node-{index}.log", "ab") as out:  # the child keeps its own descriptor
+                proc = subprocess.Popen(self.command(index), env=env, stdout=out, stderr=subprocess.STDOUT)
         self.procs[index] = proc
         return proc
 

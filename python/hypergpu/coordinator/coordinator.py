@@ -120,6 +120,7 @@ class Coordinator:
         # node id -> what its update for the open round looked like
         self._round_nodes: dict[int, dict[str, Any]] = {}
         self._sent_at: dict[int, float] = {}
+        self._sending: dict[int, asyncio.Task[Any]] = {}
         #: Called with each finished round's record (sync callables or coroutines).
         self.observers: list[Any] = []
 
@@ -159,11 +160,16 @@ class Coordinator:
         return not self._running.is_set()
 
     async def close(self) -> None:
-        for node_id, link in list(self._links.items()):
+        async def farewell(node_id: int, link: Connection) -> None:
+            # Wait for the node to hold the bye before closing, or it would
+            # see a dropped link and try to reconnect.
             with contextlib.suppress(HyperGPUError):
-                await link.send(protocol.encode(Message("bye", {"reason": "training finished"}, node_id=node_id)))
+                bye = Message("bye", {"reason": "training finished"}, node_id=node_id)
+                await link.send(protocol.encode(bye), timeout=5.0, acked=True)
             with contextlib.suppress(HyperGPUError):
                 await link.close("coordinator shutting down")
+
+        await asyncio.gather(*(farewell(n, link) for n, link in list(self._links.items())))
         self._links.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -258,6 +264,13 @@ class Coordinator:
         self._plan = plan
         params = self.model.flat_parameters()
         self._acc = Accumulator(params.shape)
+        # A node still receiving an earlier round's parameters sits this one
+        # out rather than queue a second copy behind the first on a slow link.
+        for node_id in list(plan.assignments):
+            pending = self._sending.get(node_id)
+            if pending is not None and not pending.done():
+                del plan.assignments[node_id]
+                plan.excluded[node_id] = "still receiving the previous parameters"
         self.book.open(round_id, plan.participants)
         self._progress.clear()
         self._round_samples = 0
@@ -265,8 +278,10 @@ class Coordinator:
         self._round_nodes = {}
         self._sent_at = {}
 
-        sends = [self._send_params(node_id, round_id, params, plan) for node_id in plan.participants]
-        await asyncio.gather(*sends)
+        # Sends run on their own: a slow link must not hold up the others,
+        # and the round's deadline runs from its start.
+        for node_id in plan.participants:
+            self._sending[node_id] = self._spawn(self._send_params(node_id, round_id, params, plan))
 
         deadline = started + c.round_timeout_s
         while not self.book.complete() and not self._stop.is_set():
@@ -540,10 +555,11 @@ class Coordinator:
                         "alert", level="warning", node=node.node_id, message="no heartbeat for 3 intervals"
                     )
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -249,6 +249,7 @@ class Node:
         comm = await self._send(Message("update", out_meta, update.sections, round=msg.round, codec=update.codec,
                                         zstd=update.zstd, update_spec=update.update_spec))
         trainer.metrics.record_comm(comm, self.report.retries - retries_before)
+        log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, msg.round, codec_name, result.metrics["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
 
