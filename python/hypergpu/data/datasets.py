@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split as _sk_split
 
 from hypergpu.config.schema import DataConfig
 from hypergpu.errors import DataError
@@ -65,6 +64,9 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 def split_train_test(data: Dataset, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """A stratified split that depends only on ``seed``."""
+    # Imported here: node processes never split data and skip sklearn's import cost.
+    from sklearn.model_selection import train_test_split as _sk_split
+
     idx = np.arange(len(data))
     try:
         train, test = _sk_split(
