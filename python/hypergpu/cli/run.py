@@ -221,7 +221,8 @@ def _print_summary(summary: Any, wall_s: float | None = None) -> None:
         f"[bold]accuracy {acc}[/]  rounds {summary.rounds}  wall {wall_s or summary.wall_s:.1f} s  "
         f"samples {summary.samples}  samples/s {summary.samples_per_s:.0f}"
         + ("  (target reached)" if summary.reached_target else "")
-        + ("  (stopped early)" if summary.stopped_early else "")
+        + ("  (stopped early)" if summary.stopped_early else ""),
+        soft_wrap=True,
     )
     table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
                   "MB sent", "MB recv", "refused")

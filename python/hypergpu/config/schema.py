@@ -212,10 +212,14 @@ class HyperGPUConfig(_Section):
         """sha256 of what decides the training trajectory (training + data sections).
 
         Checkpoints are tagged with this, so a run may resume after ports,
-        timeouts or network profiles changed, but not after the model or
-        data did.
+        timeouts or network profiles changed, or to train for more rounds,
+        but not after the model or data did.
         """
-        return _hash_json(self.model_dump(mode="json", include={"training", "data"}))
+        # How long to train does not change what was trained so far.
+        when_to_stop = {"rounds", "target_accuracy", "eval_interval"}
+        return _hash_json(
+            self.model_dump(mode="json", include={"training", "data"}, exclude={"training": when_to_stop})
+        )
 
 
 def data_hash(data: DataConfig, seed: int, num_shards: int) -> str:
