@@ -246,13 +246,16 @@ class ChainRecorder:
 
     def _register_new(self, coordinator: Any) -> None:
         assert self.queue is not None
+        joined = []
         for node in coordinator.registry.all():
             if node.node_id not in self._names:
                 self._names[node.node_id] = node.name
             if node.name not in self._accounts:
                 self._accounts[node.name] = account = self._account_of(node.name)
-                self.queue.enqueue_nodes([account])
+                joined.append(account)
                 self._publish("node-queued", node=node.node_id, name=node.name, account=account)
+        if joined:
+            self.queue.enqueue_nodes(joined)  # one registration transaction for all newcomers
 
     def _add_round(self, coordinator: Any, record: dict[str, Any]) -> None:
         self._epoch_rounds_seen += 1
