@@ -156,7 +156,7 @@ def test_config_hash_is_stable_and_sensitive():
 def test_schema_describes_sections_and_ranges():
     schema = config_schema()
     json.dumps(schema)
-    assert set(schema["properties"]) == {"training", "data", "network", "nodes", "coordinator", "api", "chain"}
+    assert set(schema["properties"]) == {"training", "data", "network", "nodes", "coordinator", "api", "chain", "rewards"}
     training = schema["$defs"]["TrainingConfig"]["properties"]
     assert training["lr"]["exclusiveMinimum"] == 0
     assert set(training["optimizer"]["enum"]) == {"sgd", "adam", "adamw"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypergpu.chain.client import ChainClient
+from hypergpu.chain.client import ChainClient, checksum
 from hypergpu.chain.types import ContributionEntry, TxResult
 from hypergpu.errors import ChainError, ChainUnavailableError, ContractRevertError, HyperGPUError
 
@@ -75,6 +75,23 @@ def _apply_record(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
     return c.record_contributions(p["session_id"], p["epoch"], entries)
 
 
+def _apply_record_accounts(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
+    # Node ids are assigned on chain at registration, so they are looked up
+    # (registering any account still missing) only when the batch is sent.
+    ids = c.register_nodes([row[0] for row in p["rows"]])
+    entries = [ContributionEntry(ids[checksum(row[0])], *row[1:]) for row in p["rows"]]
+    return c.record_contributions(p["session_id"], p["epoch"], entries)
+
+
+def _apply_fund(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
+    # Tops the pool up to a total rather than adding an amount, so a resend
+    # after a crash cannot fund twice.
+    funded, _ = c.pool(p["session_id"])
+    if funded >= p["total"]:
+        return None
+    return c.fund_pool(p["session_id"], p["total"] - funded)
+
+
 def _apply_rewards(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
     return c.post_rewards(p["session_id"], p["epoch"], p["amounts"])
 
@@ -91,6 +108,8 @@ _APPLY: dict[str, Callable[[ChainClient, dict[str, Any]], TxResult | None]] = {
     "create_session": _apply_create_session,
     "register_nodes": _apply_register,
     "record": _apply_record,
+    "record_accounts": _apply_record_accounts,
+    "fund": _apply_fund,
     "rewards": _apply_rewards,
     "reward_root": _apply_root,
     "complete_session": _apply_complete,
@@ -148,6 +167,19 @@ class SettlementQueue:
         """Queues one epoch's batch; returns False if that epoch was already queued."""
         payload = {"session_id": session_id, "epoch": epoch, "entries": [list(e.as_tuple()) for e in entries]}
         return self._enqueue("record", f"record:{session_id}:{epoch}", payload)
+
+    def enqueue_account_contributions(
+        self, session_id: int, epoch: int, rows: Sequence[tuple[str, int, int, int, int]]
+    ) -> bool:
+        """Like :meth:`enqueue_contributions`, naming nodes by account:
+        (account, compute_credit, updates_accepted, successful_rounds, quality_bps).
+        Shares the idempotency key of :meth:`enqueue_contributions`."""
+        payload = {"session_id": session_id, "epoch": epoch, "rows": [list(r) for r in rows]}
+        return self._enqueue("record_accounts", f"record:{session_id}:{epoch}", payload)
+
+    def enqueue_funding(self, session_id: int, total: int) -> bool:
+        """Tops the session's pool up to ``total`` wei (funded so far counts)."""
+        return self._enqueue("fund", f"fund:{session_id}:{total}", {"session_id": session_id, "total": total})
 
     def enqueue_rewards(self, session_id: int, epoch: int, amounts: Mapping[str, int]) -> bool:
         payload = {"session_id": session_id, "epoch": epoch, "amounts": dict(amounts)}

@@ -58,12 +58,14 @@ def _on_signals(handler: Any) -> None:
 @click.option("--resume", is_flag=True, help="continue from the newest valid checkpoint")
 def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | None, resume: bool) -> None:
     """Run a coordinator; nodes join with the printed join string and token."""
+    from hypergpu.cli.chain import attach_recorder, finish_recorder
     from hypergpu.coordinator import Coordinator
 
     cfg = _config(file, overrides)
 
     async def main() -> None:
         coord = Coordinator(cfg, token=token)
+        recorder = await attach_recorder(cfg, coord, resume=resume)
         join = await coord.start()
         click.echo(f"join: {join}")
         if token is None:
@@ -74,6 +76,7 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
         finally:
             await coord.close()
         _print_summary(summary)
+        await finish_recorder(recorder, coord, summary)
 
     asyncio.run(main())
 
@@ -173,11 +176,13 @@ def demo_cmd(overrides: tuple[str, ...]) -> None:
 def _train(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from hypergpu.cli.chain import attach_recorder, finish_recorder
     from hypergpu.cluster import LocalNodes
     from hypergpu.coordinator import Coordinator
 
     async def main() -> int:
         coord = Coordinator(cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})}))
+        recorder = await attach_recorder(cfg, coord)
         join = await coord.start()
         nodes = LocalNodes(cfg, join, coord.token, log_dir)
         nodes.start_all()
@@ -206,6 +211,7 @@ def _train(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
             await coord.close()
             await asyncio.to_thread(nodes.stop)
         _print_summary(summary, time.perf_counter() - started)
+        await finish_recorder(recorder, coord, summary)
         return 0
 
     return asyncio.run(main())

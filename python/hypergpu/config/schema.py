@@ -181,6 +181,24 @@ class ApiConfig(_Section):
     cors_origins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
+class RewardsConfig(_Section):
+    """Contribution scoring and on-chain settlement (the chain itself is ``chain``)."""
+
+    enabled: bool = Field(True, description="record contributions and pay rewards on the chain")
+    epoch_rounds: int = Field(5, ge=1, le=1_000_000, description="rounds per scored and settled epoch")
+    pool_wei: int = Field(
+        10**18, gt=0, lt=2**256, description="session reward pool in wei, funded at start, split over the epochs"
+    )
+    policy: Literal["proportional", "performance", "tiered", "minimum"] = "performance"
+    settlement: Literal["per-node", "merkle"] = Field(
+        "per-node", description="credit each node per epoch, or post one Merkle root per epoch"
+    )
+    payout_addresses: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]] = Field(
+        default_factory=dict, description="node name -> the node's own payout address (else one is derived)"
+    )
+    flush_timeout_s: float = Field(60.0, ge=0, le=3600, description="how long the end of a run waits for the chain")
+
+
 class HyperGPUConfig(_Section):
     """The whole configuration of a HyperGPU run."""
 
@@ -191,6 +209,7 @@ class HyperGPUConfig(_Section):
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
 
     @model_validator(mode="after")
     def _node_ids_exist(self) -> HyperGPUConfig:

@@ -121,6 +121,8 @@ class Coordinator:
         self._round_nodes: dict[int, dict[str, Any]] = {}
         self._sent_at: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[Any]] = {}
+        # node id -> its accepted update for the open round, to measure agreement with the mean
+        self._round_updates: dict[int, np.ndarray] = {}
         #: Called with each finished round's record (sync callables or coroutines).
         self.observers: list[Any] = []
 
@@ -277,6 +279,7 @@ class Coordinator:
         self._round_losses = []
         self._round_nodes = {}
         self._sent_at = {}
+        self._round_updates = {}
 
         # Sends run on their own: a slow link must not hold up the others,
         # and the round's deadline runs from its start.
@@ -300,6 +303,11 @@ class Coordinator:
             mean = acc.finalize()
             await asyncio.to_thread(self.model.apply_update, mean, lr_scale=self.config.training.server_lr)
             applied = True
+            cosines = await asyncio.to_thread(_cosines, self._round_updates, mean)
+            for node_id, cosine in cosines.items():
+                if node_id in self._round_nodes:
+                    self._round_nodes[node_id]["cosine"] = cosine
+        self._round_updates = {}
         round_samples = self._round_samples
         self.samples += round_samples if applied else 0
 
@@ -369,6 +377,7 @@ class Coordinator:
                         self._round_losses.append(float(loss))
                 self._round_samples += samples
                 if msg.round == self.round:
+                    self._round_updates[node.node_id] = update
                     sent = self._sent_at.get(node.node_id)
                     self._round_nodes[node.node_id] = {
                         "samples": samples,
@@ -560,6 +569,17 @@ class Coordinator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _cosines(updates: dict[int, np.ndarray], mean: np.ndarray) -> dict[int, float]:
+    """Each update's cosine similarity with the round's mean (its agreement with the aggregate)."""
+    mean_norm = float(np.linalg.norm(mean))
+    out: dict[int, float] = {}
+    for node_id, update in updates.items():
+        norm = float(np.linalg.norm(update)) * mean_norm
+        if norm > 0 and math.isfinite(norm):
+            out[node_id] = max(-1.0, min(1.0, float(np.dot(update.astype(np.float32, copy=False), mean)) / norm))
+    return out
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
