@@ -26,8 +26,9 @@ from hypergpu import DistributedOptimizer
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Assignment, Coordinator, RoundPlan
 from hypergpu.coordinator.registry import NodeInfo
-from hypergpu.errors import ShapeMismatchError
+from hypergpu.errors import InvalidArgumentError, ShapeMismatchError, TimeoutError
 from hypergpu.model.layout import ParamLayout
+from hypergpu.node.runtime import Node
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_model.py"
 
@@ -154,6 +155,68 @@ async def test_wrapper_drives_rounds_and_the_global_model_improves(tmp_path: Pat
     assert opt.report.rounds == rounds and not np.array_equal(before, layout.flatten(model))
 
 
+async def test_a_lost_link_is_reconnected_and_training_goes_on(tmp_path: Path) -> None:
+    rounds = 3
+    coord = Coordinator(make_config(tmp_path, rounds=rounds, local_steps=4), model=TinyNet())
+    join = await coord.start()
+
+    async def drop_link_after_round_1(c: Coordinator, record: dict[str, Any]) -> None:
+        if record["round"] != 1:
+            return
+        (node_id,) = record["reported"]
+        link = c._links[node_id]
+        await link.close("dropped by the test")
+        # Let the node come back before round 2 is planned.
+        for _ in range(200):
+            if c.link_stats(node_id) is not None and c._links[node_id] is not link:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the node did not reconnect within 10 s")
+
+    coord.observers.append(drop_link_after_round_1)
+    model = TinyNet()
+
+    def user() -> DistributedOptimizer:
+        opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, join=join,
+                                   token=coord.token, name="flaky", round_timeout_s=30.0)
+        with opt:
+            train_loop(opt, model)
+        return opt
+
+    summary, opt = await run_with(coord, user)
+    assert opt.links_lost == 1
+    assert opt.report.rounds == rounds and opt.accepted == rounds
+    assert summary.rounds == rounds and all(rec["applied"] for rec in coord.history)
+    assert len(coord.registry.all()) == 1  # the same node came back, not a new one
+
+
+async def test_step_times_out_clearly_when_no_next_round_comes(tmp_path: Path) -> None:
+    coord = Coordinator(make_config(tmp_path, rounds=3, local_steps=2), model=TinyNet())
+    join = await coord.start()
+    coord.observers.append(lambda c, record: c.pause())  # no round 2 until resumed
+    model = TinyNet()
+    errors: list[str] = []
+
+    def user() -> None:
+        opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, join=join,
+                                   token=coord.token, name="waiting", round_timeout_s=1.0)
+        with opt:
+            with pytest.raises(InvalidArgumentError, match="pass step\\(batch_size=...\\)"):
+                opt.step()  # no forward pass ran: the wrapper cannot count samples
+            x, y = next(iter(opt.dataloader()))
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            F.cross_entropy(model(x), y).backward()
+            with pytest.raises(TimeoutError, match="no parameters for the next round within 1 s") as caught:
+                opt.step()
+            errors.append(str(caught.value))
+        loop.call_soon_threadsafe(coord.request_stop)
+
+    loop = asyncio.get_running_loop()
+    await run_with(coord, user)
+    assert errors and coord.round == 1
+
+
 class TopKPlanner:
     """Every node, 5 local steps, top-k updates of 20 % of the coordinates."""
 
@@ -206,6 +269,23 @@ async def test_a_different_model_is_refused_with_a_clear_error(tmp_path: Path) -
         await coord.close()
 
 
+async def test_the_builtin_node_shares_the_session_and_still_trains(tmp_path: Path) -> None:
+    """The runtime Node runs on the same session pieces (hello, welcome, encoder)."""
+    coord = Coordinator(make_config(tmp_path, rounds=2, local_steps=5), model=TinyNet(), planner=TopKPlanner())
+    join = await coord.start()
+    node = Node(join, token=coord.token, name="builtin", model_factory=lambda shape, classes: TinyNet(),
+                device="cpu")
+    running = asyncio.ensure_future(node.run())
+    try:
+        summary = await coord.run(join_timeout_s=30.0)
+    finally:
+        await coord.close()
+    report = await asyncio.wait_for(running, 30.0)
+    assert summary.rounds == 2 and report.rounds == 2 and report.acks["accepted"] == 2
+    assert all(next(iter(r["nodes"].values()))["codec"] == "topk" for r in coord.history)
+
+
+@pytest.mark.slow
 def test_example_trains_a_custom_model_end_to_end(tmp_path: Path) -> None:
     package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=package_root)

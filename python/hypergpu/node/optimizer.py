@@ -151,6 +151,8 @@ class DistributedOptimizer:
         # The round's side: used by the caller's thread only.
         self.round = 0
         self.rounds_skipped = 0
+        #: Times the link broke and was re-established (hello and welcome again).
+        self.links_lost = 0
         self._assignment: dict[str, Any] = {}
         self._received: np.ndarray | None = None
         self._round_started = 0.0
@@ -413,6 +415,7 @@ class DistributedOptimizer:
                         break
                     log.info("%s: link lost (%s); reconnecting", self.name, exc)
                     await session.connect()
+                    self.links_lost += 1
                     continue
                 if not self._handle(msg):
                     break
