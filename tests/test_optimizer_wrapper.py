@@ -249,7 +249,7 @@ async def test_local_steps_override_explicit_samples_and_topk(tmp_path: Path) ->
         node = next(iter(record["nodes"].values()))
         assert record["applied"] and node["samples"] == 3 * 7 and node["codec"] == "topk"
     # The residual of what top-k left out is carried between rounds.
-    residual = opt._encoder.residual
+    residual = opt._encoder.residual  # noqa: SLF001 - the residual is internal state
     assert residual is not None and np.count_nonzero(residual) > 0
 
 

@@ -43,13 +43,8 @@ local steps of the wrapped optimizer, so a loop should check ``finished``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,33 +54,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hypergpu import protocol
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
-from hypergpu.errors import (
-    DataError,
-    HyperGPUError,
-    InvalidArgumentError,
-    NonFiniteError,
-    TimeoutError,
-    TransportError,
-)
+from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
-from hypergpu.node.session import (
-    Backoff,
-    NodeReport,
-    Session,
-    UpdateEncoder,
-    Welcome,
-    hello_meta,
-    shards_of,
-)
-from hypergpu.protocol import Message
+from hypergpu.node.background import BackgroundLink
+from hypergpu.node.session import Backoff, NodeReport, Session, UpdateEncoder, hello_meta
 from hypergpu.transport import LinkShape
 
 __all__ = ["DistributedOptimizer"]
-
-log = logging.getLogger("hypergpu.node")
 
 
 class DistributedOptimizer:
@@ -125,7 +102,7 @@ class DistributedOptimizer:
         self.report = NodeReport(node_id=None)
 
         device = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
-        self._session = Session(
+        session = Session(
             join,
             token=token,
             name=self.name,
@@ -134,25 +111,11 @@ class DistributedOptimizer:
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             report=self.report,
-            on_welcome=self._on_welcome,
         )
+        self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
         self._encoder = UpdateEncoder()
-        # The link's side: filled by the background thread.
-        self._lock = threading.Lock()
-        self._welcome: Welcome | None = None
-        self._welcomed = threading.Event()
-        self._shards: list[Shard] = []
-        self.shard_version = 0
-        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._failure: BaseException | None = None
-        self._driver_task: asyncio.Task[None] | None = None
-        self._finished = threading.Event()
-        self._closing = False
-        # The round's side: used by the caller's thread only.
+        self._closed = False
         self.round = 0
-        self.rounds_skipped = 0
-        #: Times the link broke and was re-established (hello and welcome again).
-        self.links_lost = 0
         self._assignment: dict[str, Any] = {}
         self._received: np.ndarray | None = None
         self._round_started = 0.0
@@ -162,17 +125,9 @@ class DistributedOptimizer:
         self._round_loss_samples = 0
         self._forward_samples = 0
         self._hook = model.register_forward_pre_hook(self._count_forward)
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"hypergpu-{self.name}", daemon=True)
-        self._thread.start()
-        self._driver = asyncio.run_coroutine_threadsafe(self._drive(), self._loop)
         try:
-            if not self._welcomed.wait(connect_timeout_s):
-                raise TimeoutError(f"{self.name}: no welcome from the coordinator within {connect_timeout_s:g} s")
-            if self._failure is not None:
-                raise self._failure
-            self._await_round(round_timeout_s)
+            self._welcome = self._link.start(connect_timeout_s)
+            self._load_next_round()
         except BaseException:
             self.close()
             raise
@@ -182,7 +137,7 @@ class DistributedOptimizer:
     @property
     def finished(self) -> bool:
         """True once the coordinator said the training is over (``bye`` or ``stop``)."""
-        return self._finished.is_set()
+        return self._link.finished
 
     @property
     def node_id(self) -> int | None:
@@ -191,17 +146,30 @@ class DistributedOptimizer:
     @property
     def training(self) -> TrainingConfig:
         """The coordinator's training settings (from the welcome)."""
-        assert self._welcome is not None
         return self._welcome.training
 
     @property
     def shard(self) -> Shard:
         """The data the coordinator assigned this node now (several shards merged)."""
-        with self._lock:
-            shards = list(self._shards)
+        shards = self._link.shards
         if not shards:
             raise DataError(f"{self.name}: the coordinator assigned no data to this node")
         return Shard.concat(shards)
+
+    @property
+    def shard_version(self) -> int:
+        """Counts the shard assignments received (the welcome's, then each change)."""
+        return self._link.shard_version
+
+    @property
+    def links_lost(self) -> int:
+        """Times the link broke and was re-established."""
+        return self._link.links_lost
+
+    @property
+    def rounds_skipped(self) -> int:
+        """Rounds that were over before this node finished the one before."""
+        return self._link.rounds_skipped
 
     @property
     def batch_size(self) -> int:
@@ -278,8 +246,8 @@ class DistributedOptimizer:
         :class:`~hypergpu.errors.TimeoutError` when none come within
         ``round_timeout_s`` and the link's error when it cannot be kept up.
         """
-        if self._failure is not None:
-            raise self._failure
+        if self._link.failure is not None:
+            raise self._link.failure
         result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
         counted, self._forward_samples = self._forward_samples, 0
         if self.finished or self._received is None:
@@ -303,19 +271,12 @@ class DistributedOptimizer:
         return result
 
     def close(self) -> None:
-        """Leave: say bye (unless the coordinator already did), close the link, stop the thread."""
-        if self._closing:
+        """Leave: say bye (unless the coordinator already did), close the link, stop its thread."""
+        if self._closed:
             return
-        self._closing = True
+        self._closed = True
         self._hook.remove()
-        if self._loop.is_running():
-            done = asyncio.run_coroutine_threadsafe(self._leave(), self._loop)
-            with contextlib.suppress(Exception):
-                done.result(timeout=10.0)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10.0)
-        if not self._loop.is_running():
-            self._loop.close()
+        self._link.close()
 
     def __enter__(self) -> DistributedOptimizer:
         return self
@@ -346,45 +307,17 @@ class DistributedOptimizer:
             "wall_s": elapsed,
             "version": self._assignment.get("version"),
         }
-        msg = self._encoder.message(update, self._assignment, meta, self.round)
-        sending = asyncio.run_coroutine_threadsafe(self._session.send(msg, reconnect=False), self._loop)
-        try:
-            sending.result(timeout=self.round_timeout_s)
-        except TransportError:
-            raise
-        except BaseException as exc:
-            sending.cancel()
-            raise TimeoutError(f"{self.name}: could not send round {self.round}'s update: {exc!r}") from exc
+        self._link.send(self._encoder.message(update, self._assignment, meta, self.round), self.round_timeout_s)
         self.report.rounds += 1
         self.report.samples += self._round_samples
         self._received = None
-        self._await_round(self.round_timeout_s)
+        self._load_next_round()
 
-    def _await_round(self, timeout_s: float) -> None:
-        """Block until the next round's parameters (loaded into the model) or the end."""
-        try:
-            kind, value = self._inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            if self.finished:
-                return
-            raise TimeoutError(
-                f"{self.name}: no parameters for the next round within {timeout_s:g} s "
-                f"(after round {self.round}); is the coordinator still running?"
-            ) from None
-        # Rounds that opened while this node was still busy are skipped: only the newest counts.
-        while True:
-            try:
-                newer = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "params" and newer[0] == "params":
-                self.rounds_skipped += 1
-            kind, value = newer
-        if kind == "error":
-            raise value
-        if kind == "end":
+    def _load_next_round(self) -> None:
+        """Block until the next round's parameters (then load them into the model) or the end."""
+        msg = self._link.next_round(self.round_timeout_s, after=self.round)
+        if msg is None:
             return
-        msg: Message = value
         params = np.asarray(msg.sections["params"])
         self.layout.check(params, "received parameters")
         if not np.isfinite(params).all():
@@ -397,99 +330,3 @@ class DistributedOptimizer:
         self._round_steps = self._round_samples = self._round_loss_samples = 0
         self._round_loss = 0.0
         self._forward_samples = 0
-
-    # --- the link (the background thread) -------------------------------------
-
-    async def _drive(self) -> None:
-        self._driver_task = asyncio.current_task()
-        session = self._session
-        heartbeat: asyncio.Future[None] | None = None
-        try:
-            await session.connect()
-            heartbeat = asyncio.ensure_future(session.heartbeats())
-            while not self._closing:
-                try:
-                    msg = await session.recv(timeout=self.idle_timeout_s)
-                except TransportError as exc:
-                    if self._closing:
-                        break
-                    log.info("%s: link lost (%s); reconnecting", self.name, exc)
-                    await session.connect()
-                    self.links_lost += 1
-                    continue
-                if not self._handle(msg):
-                    break
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            self._fail(exc)
-        finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(BaseException):
-                    await heartbeat
-            if self._failure is not None:
-                await session.close(f"node failed: {self._failure}")
-
-    def _handle(self, msg: Message) -> bool:
-        """Act on one message; False ends the session."""
-        if msg.kind == "welcome":
-            self._on_welcome(msg)
-        elif msg.kind == "params":
-            self._inbox.put(("params", msg))
-        elif msg.kind == "ack":
-            self.report.record_ack(msg)
-        elif msg.kind == "control":
-            kind = msg.meta.get("type")
-            if kind == "shard":
-                self._set_shards(shards_of(msg))
-            elif kind == "shape":
-                self._session.set_shape(str(msg.meta["profile"]), seed=self.seed or 0)
-            elif kind == "stop":
-                self._end()
-                return False
-        elif msg.kind == "bye":
-            self._end()
-            return False
-        return True
-
-    def _on_welcome(self, msg: Message) -> None:
-        welcome = Welcome.parse(msg)
-        try:
-            welcome.check_layout(self.layout.digest, self.name, self.layout.total)
-        except HyperGPUError as exc:
-            self._fail(exc)
-            raise
-        self._welcome = welcome
-        self.report.node_id = welcome.node_id
-        if welcome.shards:
-            self._set_shards(welcome.shards)
-        self._welcomed.set()
-
-    def _set_shards(self, shards: list[Shard]) -> None:
-        with self._lock:
-            self._shards = shards
-            self.shard_version += 1
-
-    def _end(self) -> None:
-        self._finished.set()
-        self._inbox.put(("end", None))
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._failure is None:
-            self._failure = exc
-        self._inbox.put(("error", exc))
-        self._welcomed.set()
-
-    async def _leave(self) -> None:
-        if not self.finished and self._session.link is not None:
-            with contextlib.suppress(HyperGPUError):
-                await self._session.link.send(protocol.encode(Message("bye", {"reason": "leaving"})))
-        await self._session.close("node leaving")
-        task = self._driver_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-
