@@ -1,1 +1,3 @@
-"""The node side: local training on a shard and the node's own metrics."""
+"""The node side: the built-in node process (``runtime``), a wrapped optimizer
+for a user's own model and loop (``optimizer``), the protocol session both
+use (``session``, ``background``), local training and the node's metrics."""

@@ -1,0 +1,227 @@
+"""A node's :class:`~hypergpu.node.session.Session` on its own thread, for synchronous callers.
+
+:class:`BackgroundLink` runs an asyncio loop on a daemon thread. That loop
+connects, keeps the link up (reconnecting after a loss), sends heartbeats,
+counts acks and follows shard and shape changes; a ``params`` message, the
+end of the training (``bye`` or ``stop``) or a fatal error reaches the
+caller's thread through :meth:`BackgroundLink.next_round`, so a plain
+PyTorch loop can block on it without ever touching asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from typing import Any
+
+from hypergpu import protocol
+from hypergpu.data.shards import Shard
+from hypergpu.errors import HyperGPUError, TimeoutError, TransportError
+from hypergpu.model.layout import ParamLayout
+from hypergpu.node.session import Session, Welcome, shards_of
+from hypergpu.protocol import Message
+
+__all__ = ["BackgroundLink"]
+
+log = logging.getLogger("hypergpu.node")
+
+
+class BackgroundLink:
+    """Keeps ``session`` up on a background thread; hands rounds to the caller's thread."""
+
+    def __init__(self, session: Session, layout: ParamLayout, *, idle_timeout_s: float = 600.0, seed: int = 0):
+        self.session = session
+        self.layout = layout
+        self.idle_timeout_s = idle_timeout_s
+        self.seed = seed
+        session.on_welcome = self._on_welcome
+        self.welcome: Welcome | None = None
+        self.shard_version = 0
+        #: Times the link broke and was re-established (hello and welcome again).
+        self.links_lost = 0
+        #: Rounds whose parameters were superseded before the caller got to them.
+        self.rounds_skipped = 0
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self._shards: list[Shard] = []
+        self._welcomed = threading.Event()
+        self._finished = threading.Event()
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._closing = False
+        self._driver_task: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"hypergpu-{session.name}", daemon=True)
+
+    # --- the caller's thread --------------------------------------------------
+
+    def start(self, timeout_s: float) -> Welcome:
+        """Connect and wait for the welcome (layout checked); raises what went wrong."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._drive(), self._loop)
+        if not self._welcomed.wait(timeout_s):
+            raise TimeoutError(f"{self.session.name}: no welcome from the coordinator within {timeout_s:g} s")
+        if self.failure is not None:
+            raise self.failure
+        assert self.welcome is not None
+        return self.welcome
+
+    @property
+    def finished(self) -> bool:
+        """True once the coordinator ended the training (``bye`` or a ``stop`` control)."""
+        return self._finished.is_set()
+
+    @property
+    def shards(self) -> list[Shard]:
+        with self._lock:
+            return list(self._shards)
+
+    def next_round(self, timeout_s: float, after: int) -> Message | None:
+        """The newest ``params`` message, or None once the training has ended.
+
+        Raises :class:`~hypergpu.errors.TimeoutError` when neither comes
+        within ``timeout_s``, and the link's fatal error if it failed.
+        """
+        try:
+            kind, value = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            if self.finished:
+                return None
+            raise TimeoutError(
+                f"{self.session.name}: no parameters for the next round within {timeout_s:g} s "
+                f"(after round {after}); is the coordinator still running?"
+            ) from None
+        # Rounds that opened while the caller was still busy are skipped: only the newest counts.
+        while True:
+            try:
+                newer = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "params" and newer[0] == "params":
+                self.rounds_skipped += 1
+            kind, value = newer
+        if kind == "error":
+            raise value
+        return value if kind == "params" else None
+
+    def send(self, msg: Message, timeout_s: float) -> float:
+        """Send ``msg`` (resent over a new link if this one breaks); seconds spent."""
+        sending = asyncio.run_coroutine_threadsafe(self.session.send(msg, reconnect=False), self._loop)
+        try:
+            return sending.result(timeout=timeout_s)
+        except TransportError:
+            raise
+        except BaseException as exc:
+            sending.cancel()
+            raise TimeoutError(f"{self.session.name}: could not send a {msg.kind} message: {exc!r}") from exc
+
+    def close(self) -> None:
+        """Say bye (unless the coordinator already did), close the link, stop the thread."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._loop.is_running():
+            done = asyncio.run_coroutine_threadsafe(self._leave(), self._loop)
+            with contextlib.suppress(Exception):
+                done.result(timeout=10.0)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10.0)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    # --- the background thread ------------------------------------------------
+
+    async def _drive(self) -> None:
+        self._driver_task = asyncio.current_task()
+        session = self.session
+        heartbeat: asyncio.Future[None] | None = None
+        try:
+            await session.connect()
+            heartbeat = asyncio.ensure_future(session.heartbeats())
+            while not self._closing:
+                try:
+                    msg = await session.recv(timeout=self.idle_timeout_s)
+                except TransportError as exc:
+                    if self._closing:
+                        break
+                    log.info("%s: link lost (%s); reconnecting", session.name, exc)
+                    await session.connect()
+                    self.links_lost += 1
+                    continue
+                if not self._handle(msg):
+                    break
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            self._fail(exc)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(BaseException):
+                    await heartbeat
+            if self.failure is not None:
+                await session.close(f"node failed: {self.failure}")
+
+    def _handle(self, msg: Message) -> bool:
+        """Act on one message; False ends the session."""
+        if msg.kind == "welcome":
+            self._on_welcome(msg)
+        elif msg.kind == "params":
+            self._inbox.put(("params", msg))
+        elif msg.kind == "ack":
+            self.session.report.record_ack(msg)
+        elif msg.kind == "control":
+            kind = msg.meta.get("type")
+            if kind == "shard":
+                self._set_shards(shards_of(msg))
+            elif kind == "shape":
+                self.session.set_shape(str(msg.meta["profile"]), seed=self.seed)
+            elif kind == "stop":
+                self._end()
+                return False
+        elif msg.kind == "bye":
+            self._end()
+            return False
+        return True
+
+    def _on_welcome(self, msg: Message) -> None:
+        welcome = Welcome.parse(msg)
+        try:
+            welcome.check_layout(self.layout.digest, self.session.name, self.layout.total)
+        except HyperGPUError as exc:
+            self._fail(exc)
+            raise
+        self.welcome = welcome
+        self.session.report.node_id = welcome.node_id
+        if welcome.shards:
+            self._set_shards(welcome.shards)
+        self._welcomed.set()
+
+    def _set_shards(self, shards: list[Shard]) -> None:
+        with self._lock:
+            self._shards = shards
+            self.shard_version += 1
+
+    def _end(self) -> None:
+        self._finished.set()
+        self._inbox.put(("end", None))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._inbox.put(("error", exc))
+        self._welcomed.set()
+
+    async def _leave(self) -> None:
+        link = self.session.link
+        if not self.finished and link is not None:
+            with contextlib.suppress(HyperGPUError):
+                await link.send(protocol.encode(Message("bye", {"reason": "leaving"})))
+        await self.session.close("node leaving")
+        task = self._driver_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

@@ -1,0 +1,332 @@
+"""Bring your own model and training loop: a wrapped optimizer joins the rounds.
+
+::
+
+    opt = hypergpu.DistributedOptimizer(torch.optim.Adam(model.parameters()), model,
+                                        join=join, token=token, name="gpu-7")
+    while not opt.finished:
+        for x, y in opt.dataloader():          # the coordinator's shard (or your own data)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step(loss=loss)                # a round boundary every `local_steps` steps
+            opt.zero_grad()
+            if opt.finished:
+                break
+    opt.close()
+
+The wrapper keeps the node's link on a background thread running its own
+asyncio loop, so the user's loop stays synchronous. Construction connects,
+says hello, checks that the model's flat layout matches the coordinator's
+(:class:`~hypergpu.errors.ShapeMismatchError` otherwise) and waits for the
+first round's parameters, which it loads into the model. Each
+:meth:`DistributedOptimizer.step` runs the wrapped optimizer's step; after
+the round's ``local_steps`` of them it sends ``params_after -
+params_received`` (encoded with the codec the round assigned) and blocks
+until the next round's parameters arrive and are loaded: ``step()`` is where
+the round boundary happens.
+
+Samples: pass ``step(batch_size=n)``; otherwise the wrapper counts the
+leading dimension of the first input of every forward pass the model ran
+in training mode with gradients enabled since the previous step (gradient
+accumulation is counted whole). The coordinator weights updates by it.
+
+Local steps per round: the wrapper's ``local_steps`` when given, else the
+round's assignment, else (assignment of 0) ``epochs`` passes over the
+shard at the assigned batch size. The wrapped optimizer keeps its own state
+(e.g. Adam moments) across rounds.
+
+When the coordinator says ``bye`` (training finished) or ``stop``,
+:attr:`~DistributedOptimizer.finished` becomes True and the model keeps its
+parameters after its last local steps; further ``step()`` calls are plain
+local steps of the wrapped optimizer, so a loop should check ``finished``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hypergpu.config.schema import TrainingConfig
+from hypergpu.data.shards import Shard
+from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
+from hypergpu.model.layout import ParamLayout
+from hypergpu.node.background import BackgroundLink
+from hypergpu.node.session import Backoff, NodeReport, Session, UpdateEncoder, hello_meta
+from hypergpu.transport import LinkShape
+
+__all__ = ["DistributedOptimizer"]
+
+
+class DistributedOptimizer:
+    """Wraps a torch optimizer so that ``step()`` takes part in the coordinator's rounds."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        *,
+        join: str,
+        token: str,
+        name: str | None = None,
+        index: int | None = None,
+        shape: LinkShape | None = None,
+        local_steps: int | None = None,
+        backoff: Backoff | None = None,
+        heartbeat_s: float = 1.0,
+        connect_timeout_s: float = 60.0,
+        round_timeout_s: float = 300.0,
+        idle_timeout_s: float = 600.0,
+        seed: int | None = None,
+    ):
+        if local_steps is not None and local_steps < 1:
+            raise InvalidArgumentError(f"local_steps must be >= 1, got {local_steps}")
+        for label, value in (("connect_timeout_s", connect_timeout_s), ("round_timeout_s", round_timeout_s)):
+            if not value > 0:
+                raise InvalidArgumentError(f"{label} must be > 0, got {value}")
+        self.optimizer = optimizer
+        self.model = model
+        self.layout = ParamLayout.from_model(model)
+        self.name = name or f"{os.uname().nodename}-{os.getpid()}"
+        self.local_steps_override = local_steps
+        self.round_timeout_s = round_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.seed = seed
+        self.report = NodeReport(node_id=None)
+
+        device = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
+        session = Session(
+            join,
+            token=token,
+            name=self.name,
+            hello=hello_meta(self.name, index, device, 1.0),
+            shape=shape,
+            backoff=backoff,
+            heartbeat_s=heartbeat_s,
+            report=self.report,
+        )
+        self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
+        self._encoder = UpdateEncoder()
+        self._closed = False
+        self.round = 0
+        self._assignment: dict[str, Any] = {}
+        self._received: np.ndarray | None = None
+        self._round_started = 0.0
+        self._round_steps = 0
+        self._round_samples = 0
+        self._round_loss = 0.0
+        self._round_loss_samples = 0
+        self._forward_samples = 0
+        self._hook = model.register_forward_pre_hook(self._count_forward)
+        try:
+            self._welcome = self._link.start(connect_timeout_s)
+            self._load_next_round()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- what the caller sees -------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the coordinator said the training is over (``bye`` or ``stop``)."""
+        return self._link.finished
+
+    @property
+    def node_id(self) -> int | None:
+        return self.report.node_id
+
+    @property
+    def training(self) -> TrainingConfig:
+        """The coordinator's training settings (from the welcome)."""
+        return self._welcome.training
+
+    @property
+    def shard(self) -> Shard:
+        """The data the coordinator assigned this node now (several shards merged)."""
+        shards = self._link.shards
+        if not shards:
+            raise DataError(f"{self.name}: the coordinator assigned no data to this node")
+        return Shard.concat(shards)
+
+    @property
+    def shard_version(self) -> int:
+        """Counts the shard assignments received (the welcome's, then each change)."""
+        return self._link.shard_version
+
+    @property
+    def links_lost(self) -> int:
+        """Times the link broke and was re-established."""
+        return self._link.links_lost
+
+    @property
+    def rounds_skipped(self) -> int:
+        """Rounds that were over before this node finished the one before."""
+        return self._link.rounds_skipped
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size this round's assignment asks for."""
+        return int(self._assignment.get("batch_size") or self.training.batch_size)
+
+    @property
+    def local_steps(self) -> int:
+        """Optimizer steps in the current round (see the module docs for the order of precedence)."""
+        if self.local_steps_override is not None:
+            return self.local_steps_override
+        assigned = int(self._assignment.get("local_steps", 0) or 0)
+        if assigned > 0:
+            return assigned
+        return math.ceil(len(self.shard) / self.batch_size) * self.training.epochs
+
+    @property
+    def accepted(self) -> int:
+        """Updates the coordinator applied."""
+        return self.report.acks["accepted"]
+
+    @property
+    def refused(self) -> int:
+        """Updates the coordinator refused (any reason; see ``report.acks``)."""
+        return sum(n for reason, n in self.report.acks.items() if reason != "accepted")
+
+    def dataset(self) -> TensorDataset:
+        """The assigned shard as a ``TensorDataset`` of (x, y) CPU tensors."""
+        shard = self.shard
+        return TensorDataset(torch.from_numpy(shard.x), torch.from_numpy(shard.y))
+
+    def dataloader(self, batch_size: int | None = None, *, shuffle: bool = True, drop_last: bool = True,
+                   **kwargs: Any) -> DataLoader[tuple[torch.Tensor, ...]]:
+        """A DataLoader over :meth:`dataset` (default: the assigned batch size).
+
+        It snapshots the shard; make a new one per epoch to follow shard
+        changes (:attr:`shard_version` counts them). Full batches only by
+        default, so batch-norm never sees a batch of one.
+        """
+        data = self.dataset()
+        size = batch_size or self.batch_size
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        return DataLoader(data, batch_size=size, shuffle=shuffle, drop_last=drop_last and len(data) > size,
+                          generator=generator, **kwargs)
+
+    # --- the optimizer face ---------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        batch_size: int | None = None,
+        loss: torch.Tensor | float | None = None,
+    ) -> Any:
+        """One step of the wrapped optimizer; at the round's last one, exchange with the coordinator.
+
+        ``batch_size``: samples this step trained on (default: counted from
+        the forward passes). ``loss``: reported to the coordinator (default:
+        what ``closure`` returned, if anything). Blocks at a round boundary
+        until the next round's parameters are loaded; raises
+        :class:`~hypergpu.errors.TimeoutError` when none come within
+        ``round_timeout_s`` and the link's error when it cannot be kept up.
+        """
+        if self._link.failure is not None:
+            raise self._link.failure
+        result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        counted, self._forward_samples = self._forward_samples, 0
+        if self.finished or self._received is None:
+            return result
+        samples = counted if batch_size is None else int(batch_size)
+        if samples < 1:
+            raise InvalidArgumentError(
+                f"{self.name}: cannot tell how many samples this step trained on "
+                f"(got {samples}); pass step(batch_size=...)"
+            )
+        self._round_steps += 1
+        self._round_samples += samples
+        reported = loss if loss is not None else result
+        if reported is not None:
+            value = float(reported.detach()) if isinstance(reported, torch.Tensor) else float(reported)
+            if math.isfinite(value):
+                self._round_loss += value * samples
+                self._round_loss_samples += samples
+        if self._round_steps >= self.local_steps:
+            self._finish_round()
+        return result
+
+    def close(self) -> None:
+        """Leave: say bye (unless the coordinator already did), close the link, stop its thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hook.remove()
+        self._link.close()
+
+    def __enter__(self) -> DistributedOptimizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- rounds (the caller's thread) -----------------------------------------
+
+    def _count_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training and torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
+            self._forward_samples += int(args[0].shape[0]) if args[0].dim() else 1
+
+    def _finish_round(self) -> None:
+        assert self._received is not None
+        if self.finished:
+            return  # the run ended while this round trained: nobody takes the update
+        update = self.layout.flatten(self.model) - self._received
+        if not np.isfinite(update).all():
+            raise NonFiniteError(f"{self.name}: round {self.round} produced a non-finite update")
+        elapsed = time.perf_counter() - self._round_started
+        meta = {
+            "samples": self._round_samples,
+            "loss": self._round_loss / self._round_loss_samples if self._round_loss_samples else None,
+            "steps": self._round_steps,
+            # The caller's loop between the parameters' arrival and now.
+            "compute_s": elapsed,
+            "wall_s": elapsed,
+            "version": self._assignment.get("version"),
+        }
+        self._link.send(self._encoder.message(update, self._assignment, meta, self.round), self.round_timeout_s)
+        self.report.rounds += 1
+        self.report.samples += self._round_samples
+        self._received = None
+        self._load_next_round()
+
+    def _load_next_round(self) -> None:
+        """Block until the next round's parameters (then load them into the model) or the end."""
+        msg = self._link.next_round(self.round_timeout_s, after=self.round)
+        if msg is None:
+            return
+        params = np.asarray(msg.sections["params"])
+        self.layout.check(params, "received parameters")
+        if not np.isfinite(params).all():
+            raise NonFiniteError(f"{self.name}: round {msg.round}'s parameters hold NaN or Inf")
+        self._received = np.array(params, dtype=np.float32, copy=True)
+        self.layout.load_into(self.model, self._received)
+        self.round = msg.round
+        self._assignment = dict(msg.meta)
+        self._round_started = time.perf_counter()
+        self._round_steps = self._round_samples = self._round_loss_samples = 0
+        self._round_loss = 0.0
+        self._forward_samples = 0
