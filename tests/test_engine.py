@@ -226,7 +226,7 @@ def test_sigterm_checkpoints_before_exit(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(protocol.__file__).resolve().parents[1]), HYPERGPU_TOKEN="t0ken-for-test")
     args = ["--set=nodes.count=2", "--set=training.rounds=200", "--set=coordinator.checkpoint_every=0",
             f"--set=coordinator.checkpoint_dir='{tmp_path / 'ckpt'}'", f"--set=data.cache_dir='{tmp_path / 'cache'}'",
-            "--set=coordinator.port=0"]
+            "--set=coordinator.port=0", "--set=rewards.enabled=false"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "hypergpu.cli", "coordinator", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
