@@ -360,7 +360,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Follow a sent stream until the peer has it all (or refused it).
-async fn await_delivery(mut stream: SendStream, state: Arc<State>) {
+async fn await_delivery(stream: SendStream, state: Arc<State>) {
     if let Ok(Some(code)) = stream.stopped().await {
         if code == code::TOO_LARGE {
             state

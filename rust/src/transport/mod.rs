@@ -128,3 +128,77 @@ pub(crate) fn connection_error(e: &ConnectionError) -> Error {
         other => Error::Transport(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaping::{DirectionShape, LinkShape};
+    use crate::wire::{encode_frame, CodecId, Header, MessageKind};
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let h = Header::for_payload(
+            MessageKind::Update,
+            CodecId::Raw,
+            0,
+            1,
+            2,
+            Vec::new(),
+            payload,
+        );
+        encode_frame(&h, payload).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn join_send_and_refuse() {
+        let cfg = Config {
+            max_message_bytes: 1 << 16,
+            ..Config::default()
+        };
+        let server = Server::listen(
+            "127.0.0.1",
+            0,
+            "tok",
+            cfg.clone(),
+            "coord",
+            LinkShape::default(),
+        )
+        .await
+        .unwrap();
+        let lossy = LinkShape::symmetric(
+            DirectionShape {
+                loss: 0.1,
+                ..DirectionShape::default()
+            },
+            4,
+        );
+        let node = connect(&server.join_string(), "tok", "n1", lossy, cfg.clone())
+            .await
+            .unwrap();
+        let peer = server.accept(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(peer.peer_name(), "n1");
+        let f = frame(&[7u8; 50_000]);
+        node.send(&f, Some(Duration::from_secs(10)), true)
+            .await
+            .unwrap();
+        assert_eq!(peer.recv(Some(Duration::from_secs(10))).await.unwrap(), f);
+        assert!(matches!(
+            node.send(&frame(&[0u8; 1 << 17]), None, false).await,
+            Err(Error::TooLarge { .. })
+        ));
+
+        let bad_token = connect(
+            &server.join_string(),
+            "nope",
+            "n2",
+            LinkShape::default(),
+            cfg.clone(),
+        )
+        .await;
+        assert!(matches!(bad_token, Err(Error::Auth(m)) if m.contains("invalid join token")));
+        let other = "0".repeat(64);
+        let join = format!("quic://{}#{other}", server.local_addr());
+        let bad_pin = connect(&join, "tok", "n3", LinkShape::default(), cfg).await;
+        assert!(matches!(bad_pin, Err(Error::Auth(m)) if m.contains("fingerprint mismatch")));
+        server.close().await;
+    }
+}
