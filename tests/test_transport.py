@@ -155,6 +155,22 @@ async def test_oversized_messages_are_refused_unread(server):
     assert await peer.recv(timeout=5) == ok
 
 
+async def test_a_slow_receiver_pushes_back_on_the_sender(server):
+    node, peer = await join(server)
+    frame = encode_frame("update", bytes(1 << 20))
+    sent = 0
+    with pytest.raises(errors.TimeoutError):
+        for _ in range(200):  # far more than the receive budget and windows hold
+            await node.send(frame, timeout=1.0)
+            sent += 1
+    # Bounded: the receive budget (16 MiB) plus the connection window (16 MiB).
+    assert 10 < sent < 40, sent
+    for _ in range(sent):
+        assert await peer.recv(timeout=5) == frame
+    await node.send(frame, timeout=5)  # flowing again
+    assert await peer.recv(timeout=5) == frame
+
+
 async def test_recv_timeout_is_typed(server):
     node, peer = await join(server)
     t0 = time.monotonic()

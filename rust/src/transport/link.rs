@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::endpoint::Rejections;
 use super::{code, connection_error, Config};
@@ -79,7 +79,7 @@ pub struct LinkStats {
 pub struct Link {
     conn: Connection,
     socket: Arc<ShapedSocket>,
-    frames: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    frames: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     state: Arc<State>,
     /// What the peer said it accepts.
     peer_max_message_bytes: u64,
@@ -112,7 +112,8 @@ impl Link {
             close_grace: cfg.idle_timeout.min(Duration::from_secs(5)),
         });
         let (tx, rx) = mpsc::channel(cfg.recv_queue);
-        tokio::spawn(accept_streams(conn.clone(), tx, state.clone()));
+        let budget = Arc::new(Semaphore::new(budget_units(cfg.max_message_bytes)));
+        tokio::spawn(accept_streams(conn.clone(), tx, state.clone(), budget));
         tokio::spawn(probe_rtt(conn.clone(), state.clone(), cfg.ping_interval));
         Link {
             conn,
@@ -245,7 +246,8 @@ impl Link {
             None => rx.recv().await,
         };
         match next {
-            Some(frame) => Ok(frame),
+            // Dropping the permit returns the frame's bytes to the budget.
+            Some((frame, _permit)) => Ok(frame),
             None => Err(self.closed_error()),
         }
     }
@@ -373,9 +375,37 @@ async fn await_delivery(stream: SendStream, state: Arc<State>) {
     state.delivered.notify_waiters();
 }
 
-async fn accept_streams(conn: Connection, tx: mpsc::Sender<Vec<u8>>, state: Arc<State>) {
+/// A verified frame and its share of the receive budget.
+type Received = (Vec<u8>, OwnedSemaphorePermit);
+
+/// Received-but-not-yet-`recv`ed bytes are limited to twice the largest
+/// message (at least 16 MiB), counted in KiB so any size fits a semaphore.
+fn budget_units(max_message_bytes: u64) -> usize {
+    let bytes = max_message_bytes.saturating_mul(2).max(16 << 20);
+    usize::try_from(bytes >> 10)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+fn units_for(len: u64, budget: usize) -> u32 {
+    let units = len.div_ceil(1024).max(1);
+    u32::try_from(units.min(budget as u64)).unwrap_or(u32::MAX)
+}
+
+async fn accept_streams(
+    conn: Connection,
+    tx: mpsc::Sender<Received>,
+    state: Arc<State>,
+    budget: Arc<Semaphore>,
+) {
     while let Ok(stream) = conn.accept_uni().await {
-        tokio::spawn(read_frame(stream, conn.clone(), tx.clone(), state.clone()));
+        tokio::spawn(read_frame(
+            stream,
+            conn.clone(),
+            tx.clone(),
+            state.clone(),
+            budget.clone(),
+        ));
     }
 }
 
@@ -396,18 +426,19 @@ impl From<ReadError> for ReadFail {
 async fn read_frame(
     mut stream: RecvStream,
     conn: Connection,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Received>,
     state: Arc<State>,
+    budget: Arc<Semaphore>,
 ) {
-    match read_verified(&mut stream, &state).await {
-        Ok(Some(frame)) => {
+    match read_verified(&mut stream, &state, &budget).await {
+        Ok(Some((frame, permit))) => {
             let c = &state.counters;
             c.app_bytes_received
                 .fetch_add(frame.len() as u64, Ordering::Relaxed);
             c.messages_received.fetch_add(1, Ordering::Relaxed);
             // Waits while `recv` is behind: backpressure reaches the sender
             // through flow control of the streams not being read.
-            let _ = tx.send(frame).await;
+            let _ = tx.send((frame, permit)).await;
         }
         Ok(None) => {}
         Err(ReadFail::Gone) => {}
@@ -428,7 +459,8 @@ async fn read_frame(
 async fn read_verified(
     stream: &mut RecvStream,
     state: &State,
-) -> std::result::Result<Option<Vec<u8>>, ReadFail> {
+    budget: &Arc<Semaphore>,
+) -> std::result::Result<Option<Received>, ReadFail> {
     let mut fixed = [0u8; FIXED_LEN];
     read_exact(stream, &mut fixed).await?;
     let header_len = Header::peek_len(&fixed).map_err(ReadFail::Malformed)?;
@@ -457,8 +489,17 @@ async fn read_verified(
     }
     let payload_len = header.payload_len as usize;
     let total = header_len + payload_len;
+    // Wait for room before reading on: while we wait, flow control holds
+    // the sender back, so memory stays bounded however many streams arrive.
+    let units = units_for(total as u64, budget_units(state.max_message_bytes));
+    let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
+        return Err(ReadFail::Gone);
+    };
     let mut frame = head;
-    frame.reserve_exact(payload_len);
+    if frame.try_reserve_exact(payload_len).is_err() {
+        let _ = stream.stop(code::TOO_LARGE);
+        return Err(ReadFail::Gone);
+    }
     while frame.len() < total {
         match stream.read_chunk(total - frame.len(), true).await? {
             Some(chunk) => frame.extend_from_slice(&chunk.bytes),
@@ -478,7 +519,7 @@ async fn read_verified(
     header
         .verify_payload(&frame[header_len..])
         .map_err(ReadFail::Malformed)?;
-    Ok(Some(frame))
+    Ok(Some((frame, permit)))
 }
 
 async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> std::result::Result<(), ReadFail> {

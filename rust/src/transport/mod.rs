@@ -83,11 +83,12 @@ impl Config {
         t.keep_alive_interval(Some(self.idle_timeout / 3));
         t.max_concurrent_uni_streams(VarInt::from_u32(256));
         t.max_concurrent_bidi_streams(VarInt::from_u32(4));
-        // Enough window to fill a long fat pipe; memory is bounded by the
-        // receive queue, not by these.
-        t.stream_receive_window(VarInt::from_u32(16 << 20));
-        t.receive_window(VarInt::from_u32(64 << 20));
-        t.send_window(64 << 20);
+        // Windows that fill 1 Gbit/s at 100 ms RTT. What a peer may park
+        // here unread is bounded by the connection window; complete frames
+        // wait in the link's receive budget.
+        t.stream_receive_window(VarInt::from_u32(8 << 20));
+        t.receive_window(VarInt::from_u32(16 << 20));
+        t.send_window(32 << 20);
         t.datagram_receive_buffer_size(Some(64 * 1024));
         t.enable_segmentation_offload(self.segmentation_offload);
         t
