@@ -2,7 +2,10 @@
 //! the one tokio runtime that `pyo3-async-runtimes` keeps for the process.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
@@ -580,6 +583,9 @@ impl PyConnection {
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let timeout = opt_timeout(timeout)?;
+        if let Some(frame) = self.inner.try_recv() {
+            return ready(py, PyBytes::new(py, &frame).into_any());
+        }
         let link = self.inner.clone();
         future_into_py(py, async move {
             let frame = link.recv(timeout).await?;
@@ -669,7 +675,7 @@ impl PyConnection {
         let timeout = opt_timeout(timeout)?;
         let held = Held::new(frame)?;
         let link = self.inner.clone();
-        future_into_py(py, async move {
+        let mut send = Box::pin(async move {
             let bytes = held.bytes();
             if check {
                 link.send(bytes, timeout, acked).await?;
@@ -678,8 +684,39 @@ impl PyConnection {
             }
             drop(held);
             Ok(())
-        })
+        });
+        // Most sends complete at once (stream credit and window to spare):
+        // do those here and skip two thread hops; the rest go to the runtime
+        // and resume from where this poll left them.
+        let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+        match py.detach(|| poll_once(&mut send)) {
+            Poll::Ready(done) => {
+                done?;
+                ready(py, py.None().into_bound(py))
+            }
+            Poll::Pending => future_into_py(py, send),
+        }
     }
+}
+
+/// Poll a future once, without a task to wake.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Noop));
+    Pin::new(fut).poll(&mut Context::from_waker(&waker))
+}
+
+/// An awaitable that is already resolved with `value`.
+fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let fut = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")?
+        .call_method0("create_future")?;
+    fut.call_method1("set_result", (value,))?;
+    Ok(fut)
 }
 
 fn drops_dict<'py>(py: Python<'py>, s: &DirectionStats) -> PyResult<Bound<'py, PyDict>> {

@@ -252,6 +252,12 @@ impl Link {
         }
     }
 
+    /// A frame that is already waiting, without blocking.
+    pub fn try_recv(&self) -> Option<Vec<u8>> {
+        let mut rx = self.frames.try_lock().ok()?;
+        rx.try_recv().ok().map(|(frame, _permit)| frame)
+    }
+
     fn recv_timeout(&self, t: Duration) -> Error {
         Error::Timeout(format!(
             "no message from {} within {:?}",
