@@ -475,7 +475,7 @@ async fn read_verified(
     read_exact(stream, &mut head[FIXED_LEN..]).await?;
     let (header, _) = Header::decode(&head).map_err(ReadFail::Malformed)?;
     if header.payload_len > state.max_message_bytes {
-        let _ = stream.stop(code::TOO_LARGE);
+        // Count (and log) before telling the sender, so its view never runs ahead.
         state
             .counters
             .refused_too_large
@@ -491,6 +491,7 @@ async fn read_verified(
                 &format!("refused message: {err}"),
             );
         }
+        let _ = stream.stop(code::TOO_LARGE);
         return Ok(None);
     }
     let payload_len = header.payload_len as usize;
