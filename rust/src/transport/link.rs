@@ -11,12 +11,14 @@ use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError}
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::endpoint::Rejections;
-use super::{code, connection_error, Config};
+use super::{code, connection_error, Config, FrameAllocator, FrameBuf};
 use crate::error::{Error, Result};
 use crate::shaping::{LinkCounters, LinkShape, ShapedSocket};
 use crate::wire::{self, Header, FIXED_LEN};
 
 const RTT_SAMPLES: usize = 64;
+/// Frames from this size up go into buffers from the link's allocator.
+const LARGE_FRAME: usize = 1 << 20;
 const PING: u8 = 1;
 const PONG: u8 = 2;
 
@@ -40,6 +42,7 @@ struct State {
     peer_name: String,
     peer_addr: SocketAddr,
     max_message_bytes: u64,
+    alloc: Option<FrameAllocator>,
     /// Streams handed to QUIC and not yet acknowledged.
     inflight: AtomicUsize,
     delivered: Notify,
@@ -107,6 +110,7 @@ impl Link {
             peer_name,
             peer_addr: conn.remote_address(),
             max_message_bytes: cfg.max_message_bytes,
+            alloc: cfg.frame_alloc.clone(),
             inflight: AtomicUsize::new(0),
             delivered: Notify::new(),
             close_grace: cfg.idle_timeout.min(Duration::from_secs(5)),
@@ -232,7 +236,7 @@ impl Link {
     }
 
     /// The next complete, verified frame.
-    pub async fn recv(&self, timeout: Option<Duration>) -> Result<Vec<u8>> {
+    pub async fn recv(&self, timeout: Option<Duration>) -> Result<Box<dyn FrameBuf>> {
         let mut rx = match timeout {
             Some(t) => tokio::time::timeout(t, self.frames.lock())
                 .await
@@ -253,7 +257,7 @@ impl Link {
     }
 
     /// A frame that is already waiting, without blocking.
-    pub fn try_recv(&self) -> Option<Vec<u8>> {
+    pub fn try_recv(&self) -> Option<Box<dyn FrameBuf>> {
         let mut rx = self.frames.try_lock().ok()?;
         rx.try_recv().ok().map(|(frame, _permit)| frame)
     }
@@ -382,7 +386,7 @@ async fn await_delivery(stream: SendStream, state: Arc<State>) {
 }
 
 /// A verified frame and its share of the receive budget.
-type Received = (Vec<u8>, OwnedSemaphorePermit);
+type Received = (Box<dyn FrameBuf>, OwnedSemaphorePermit);
 
 /// Received-but-not-yet-`recv`ed bytes are limited to twice the largest
 /// message (at least 16 MiB), counted in KiB so any size fits a semaphore.
@@ -440,7 +444,7 @@ async fn read_frame(
         Ok(Some((frame, permit))) => {
             let c = &state.counters;
             c.app_bytes_received
-                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                .fetch_add(frame.bytes().len() as u64, Ordering::Relaxed);
             c.messages_received.fetch_add(1, Ordering::Relaxed);
             // Waits while `recv` is behind: backpressure reaches the sender
             // through flow control of the streams not being read.
@@ -502,18 +506,24 @@ async fn read_verified(
     let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
         return Err(ReadFail::Gone);
     };
-    let mut frame = head;
-    if frame.try_reserve_exact(payload_len).is_err() {
+    // The frame's one buffer: the header, then the payload as it streams in.
+    let Some(mut frame) = allocate(&state.alloc, total).await else {
         let _ = stream.stop(code::TOO_LARGE);
         return Err(ReadFail::Gone);
-    }
-    while frame.len() < total {
-        match stream.read_chunk(total - frame.len(), true).await? {
-            Some(chunk) => frame.extend_from_slice(&chunk.bytes),
+    };
+    let buf = frame.bytes_mut();
+    buf[..header_len].copy_from_slice(&head);
+    let mut filled = header_len;
+    while filled < total {
+        match stream.read_chunk(total - filled, true).await? {
+            Some(chunk) => {
+                buf[filled..filled + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                filled += chunk.bytes.len();
+            }
             None => {
                 return Err(ReadFail::Malformed(Error::Truncated {
                     needed: total,
-                    available: frame.len(),
+                    available: filled,
                 }))
             }
         }
@@ -524,9 +534,25 @@ async fn read_verified(
         )));
     }
     header
-        .verify_payload(&frame[header_len..])
+        .verify_payload(&frame.bytes()[header_len..])
         .map_err(ReadFail::Malformed)?;
     Ok(Some((frame, permit)))
+}
+
+/// A buffer of `len` bytes from the link's allocator (large frames only, off
+/// the async workers since it may wait for the caller's runtime), else a Vec.
+async fn allocate(alloc: &Option<FrameAllocator>, len: usize) -> Option<Box<dyn FrameBuf>> {
+    if let Some(alloc) = alloc.as_ref().filter(|_| len >= LARGE_FRAME) {
+        let alloc = alloc.clone();
+        if let Ok(Some(buf)) = tokio::task::spawn_blocking(move || (alloc.0)(len)).await {
+            return Some(buf);
+        }
+    }
+    let mut v = Vec::new();
+    // A failed allocation refuses this frame instead of aborting the process.
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(Box::new(v))
 }
 
 async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> std::result::Result<(), ReadFail> {

@@ -36,6 +36,41 @@ pub struct Config {
     /// Let the kernel split batches of datagrams (UDP GSO). Off makes each
     /// datagram its own packet everywhere, as kernel-level shapers need.
     pub segmentation_offload: bool,
+    /// Where large received frames are assembled (e.g. straight into the
+    /// caller's own object); `None` uses a `Vec`.
+    pub frame_alloc: Option<FrameAllocator>,
+}
+
+/// A received frame's memory, written once as the frame streams in.
+pub trait FrameBuf: Send + 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// For the allocator's owner to take its own type back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+impl FrameBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// Makes a zeroed [`FrameBuf`] of the given length, or `None` to fall back to a `Vec`.
+pub type AllocFn = dyn Fn(usize) -> Option<Box<dyn FrameBuf>> + Send + Sync;
+
+#[derive(Clone)]
+pub struct FrameAllocator(pub std::sync::Arc<AllocFn>);
+
+impl std::fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameAllocator")
+    }
 }
 
 impl Default for Config {
@@ -47,6 +82,7 @@ impl Default for Config {
             ping_interval: Duration::from_millis(500),
             recv_queue: 64,
             segmentation_offload: true,
+            frame_alloc: None,
         }
     }
 }
@@ -181,7 +217,8 @@ mod tests {
         node.send(&f, Some(Duration::from_secs(10)), true)
             .await
             .unwrap();
-        assert_eq!(peer.recv(Some(Duration::from_secs(10))).await.unwrap(), f);
+        let got = peer.recv(Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(got.bytes(), &f[..]);
         assert!(matches!(
             node.send(&frame(&[0u8; 1 << 17]), None, false).await,
             Err(Error::TooLarge { .. })
