@@ -61,7 +61,10 @@ pub struct LinkStats {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub refused_too_large: u64,
-    /// Messages this side sent that the peer refused as too large.
+    /// Messages the peer refused as too large after `send` had returned.
+    /// Best effort: a refusal that comes once QUIC has acknowledged every
+    /// byte is not seen (the sender-side check against the limit the peer
+    /// announced at join is what keeps honest peers from getting here).
     pub refused_by_peer: u64,
     /// Streams sent and not yet acknowledged by the peer.
     pub unacked_messages: u64,
