@@ -202,3 +202,24 @@ def test_simulated_pareto_jitter_has_a_heavy_tail():
     assert statistics.fmean(delays) == pytest.approx(0.100, abs=0.002)
     assert min(delays) > 0.100 - 0.020  # bounded below ...
     assert max(delays) > 0.100 + 5 * 0.020  # ... and a long tail above
+
+
+async def test_coordinator_shapes_each_link_on_its_own(server):
+    """Per-link shaping at the coordinator's end: one node's link is slowed
+    (e.g. when round R starts), the other's is not."""
+    slow_node, slow_peer = await join(server, LinkShape())
+    fast_node = await connect(server.join_string, token=TOKEN, name="fast")
+    fast_peer = await server.accept(timeout=5)
+    slow_peer.set_shape(egress_only(latency_ms=60))
+    assert slow_peer.shape.to_dict()["egress"]["latency_ms"] == 60
+    assert fast_peer.shape.is_transparent
+
+    async def one_way(src: Connection, dst: Connection) -> float:
+        await src.send(stamped_frame(0), timeout=5)
+        frame = await dst.recv(timeout=5)
+        return time.monotonic() - stamp_of(frame)[1]
+
+    slow, fast = await one_way(slow_peer, slow_node), await one_way(fast_peer, fast_node)
+    assert 0.055 < slow < 0.1 and fast < 0.03, (slow, fast)
+    assert slow_peer.stats()["shaper"]["egress"]["delivered_packets"] > 0
+    assert fast_peer.stats()["shaper"]["egress"]["packets"] == 0

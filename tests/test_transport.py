@@ -136,15 +136,14 @@ async def test_oversized_messages_are_refused_unread(server):
     with pytest.raises(errors.MessageTooLargeError):
         await node.send(too_big)  # refused before it leaves
     # A sender that ignores the limit is refused by the receiver, which stops
-    # the stream after reading only the header.
+    # the stream after reading only the header. (Larger than the stream's
+    # flow-control window, so it cannot all be delivered and acknowledged
+    # before the receiver has read that header and said no.)
+    unread = encode_frame("update", bytes(9 << 20))
     with pytest.raises(errors.MessageTooLargeError):
-        await node._inner.send_unchecked(too_big, 10.0, acked=True)
-    # Without waiting for the acknowledgement, the refusal is counted.
-    await node._inner.send_unchecked(too_big, 10.0)
-    deadline = time.monotonic() + 5
-    while node.stats()["refused_by_peer"] == 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert node.stats()["refused_by_peer"] == 1
+        await node._inner.send_unchecked(unread, 10.0, acked=True)
+    with pytest.raises(errors.MessageTooLargeError):
+        await node._inner.send_unchecked(unread, 10.0)
     stats = peer.stats()
     assert stats["refused_too_large"] == 2
     assert stats["bytes_received"] == 0
@@ -153,6 +152,22 @@ async def test_oversized_messages_are_refused_unread(server):
     ok = encode_frame("update", bytes(1 << 20))
     await node.send(ok)
     assert await peer.recv(timeout=5) == ok
+
+
+async def test_a_slow_receiver_pushes_back_on_the_sender(server):
+    node, peer = await join(server)
+    frame = encode_frame("update", bytes(1 << 20))
+    sent = 0
+    with pytest.raises(errors.TimeoutError):
+        for _ in range(200):  # far more than the receive budget and windows hold
+            await node.send(frame, timeout=1.0)
+            sent += 1
+    # Bounded: the receive budget (16 MiB) plus the connection window (16 MiB).
+    assert 10 < sent < 40, sent
+    for _ in range(sent):
+        assert await peer.recv(timeout=5) == frame
+    await node.send(frame, timeout=5)  # flowing again
+    assert await peer.recv(timeout=5) == frame
 
 
 async def test_recv_timeout_is_typed(server):

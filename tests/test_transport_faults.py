@@ -20,13 +20,14 @@ TOKEN = "faults"
 
 @pytest.fixture
 async def server():
-    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, max_message_bytes=128 << 20, idle_timeout=3.0)
+    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, max_message_bytes=128 << 20, idle_timeout=8.0)
     yield srv
     await srv.close()
 
 
-async def join(server, **kw):
-    node = await connect(server.join_string, token=TOKEN, name="node", idle_timeout=3.0, **kw)
+async def join(server, idle_timeout=8.0, **kw):
+    # QUIC uses the smaller of the two ends' idle timeouts.
+    node = await connect(server.join_string, token=TOKEN, name="node", idle_timeout=idle_timeout, **kw)
     return node, await server.accept(timeout=5)
 
 
@@ -35,11 +36,10 @@ async def test_partition_times_out_then_the_link_recovers(server):
     node, peer = await join(server)
     node.set_shape(LinkShape(loss=1.0))  # both directions of the node's side drop everything
     t0 = time.monotonic()
-    with pytest.raises(errors.TimeoutError):
-        await node.send(encode_frame("update", bytes(100_000)), timeout=1.0, acked=True)
-    with pytest.raises(errors.TimeoutError):
-        await peer.recv(timeout=1.0)
-    assert time.monotonic() - t0 < 3.5
+    send = node.send(encode_frame("update", bytes(100_000)), timeout=1.0, acked=True)
+    outcomes = await asyncio.gather(send, peer.recv(timeout=1.0), return_exceptions=True)
+    assert all(isinstance(o, errors.TimeoutError) for o in outcomes), outcomes
+    assert time.monotonic() - t0 < 2.5
     drops = node.stats()["shaper_drops"]
     assert drops["egress"]["random_loss"] > 0
     # The partition lifts before the idle timeout: the same link carries on.
@@ -63,7 +63,7 @@ async def test_scheduled_outage_is_bridged_by_quic(server):
 
 @pytest.mark.timeout(30)
 async def test_dead_peer_surfaces_as_timeout_in_bounded_time(server):
-    node, peer = await join(server)
+    node, peer = await join(server, idle_timeout=3.0)
     node.set_shape(LinkShape(loss=1.0))  # and it never lifts
     t0 = time.monotonic()
     with pytest.raises(errors.TimeoutError, match="idle timeout"):

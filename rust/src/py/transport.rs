@@ -2,7 +2,10 @@
 //! the one tokio runtime that `pyo3-async-runtimes` keeps for the process.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
@@ -15,7 +18,7 @@ use crate::shaping::{
     BurstLoss, DirectionShape, DirectionStats, DropCause, JitterDist, LinkShape, LinkShaper,
     Outage, Verdict, PROFILES,
 };
-use crate::transport::{self, Config, Link, Server};
+use crate::transport::{self, Config, FrameAllocator, FrameBuf, Link, Server};
 
 static RUNTIME_PID: OnceLock<u32> = OnceLock::new();
 
@@ -343,6 +346,7 @@ fn config(
         ping_interval: positive_seconds("ping_interval", ping_interval)?,
         recv_queue,
         segmentation_offload,
+        frame_alloc: Some(FrameAllocator(Arc::new(py_bytes_frame))),
     };
     cfg.validate()?;
     Ok(cfg)
@@ -580,10 +584,13 @@ impl PyConnection {
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let timeout = opt_timeout(timeout)?;
+        if let Some(frame) = self.inner.try_recv() {
+            return ready(py, into_bytes(py, frame)?.into_bound(py).into_any());
+        }
         let link = self.inner.clone();
         future_into_py(py, async move {
             let frame = link.recv(timeout).await?;
-            Ok(Python::attach(|py| PyBytes::new(py, &frame).unbind()))
+            Python::attach(|py| into_bytes(py, frame))
         })
     }
 
@@ -669,7 +676,7 @@ impl PyConnection {
         let timeout = opt_timeout(timeout)?;
         let held = Held::new(frame)?;
         let link = self.inner.clone();
-        future_into_py(py, async move {
+        let mut send = Box::pin(async move {
             let bytes = held.bytes();
             if check {
                 link.send(bytes, timeout, acked).await?;
@@ -678,8 +685,89 @@ impl PyConnection {
             }
             drop(held);
             Ok(())
-        })
+        });
+        // Most sends complete at once (stream credit and window to spare):
+        // do those here and skip two thread hops; the rest go to the runtime
+        // and resume from where this poll left them.
+        let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+        match py.detach(|| poll_once(&mut send)) {
+            Poll::Ready(done) => {
+                done?;
+                ready(py, py.None().into_bound(py))
+            }
+            Poll::Pending => future_into_py(py, send),
+        }
     }
+}
+
+/// A large frame assembled straight into a new `bytes` object.
+struct PyBytesFrame {
+    obj: Py<PyBytes>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into `obj`'s storage, which lives as long as `obj`
+// and is only touched by whoever owns this value.
+unsafe impl Send for PyBytesFrame {}
+
+impl FrameBuf for PyBytesFrame {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes at `ptr` belong to `obj`, kept alive by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; no Python code can see the object until the frame
+        // is complete and handed over, so writing into it breaks no promise
+        // that `bytes` are immutable.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+fn py_bytes_frame(len: usize) -> Option<Box<dyn FrameBuf>> {
+    Python::attach(|py| {
+        let obj = PyBytes::new_with(py, len, |_| Ok(())).ok()?;
+        let ptr = obj.as_bytes().as_ptr() as *mut u8;
+        Some(Box::new(PyBytesFrame {
+            obj: obj.unbind(),
+            ptr,
+            len,
+        }) as Box<dyn FrameBuf>)
+    })
+}
+
+/// The frame as `bytes`: the object it was assembled in, or a copy of a small one.
+fn into_bytes(py: Python<'_>, frame: Box<dyn FrameBuf>) -> PyResult<Py<PyBytes>> {
+    match frame.into_any().downcast::<PyBytesFrame>() {
+        Ok(f) => Ok(f.obj),
+        Err(other) => match other.downcast::<Vec<u8>>() {
+            Ok(v) => Ok(PyBytes::new(py, &v).unbind()),
+            Err(_) => Err(Error::Transport("frame in an unknown kind of buffer".into()).into()),
+        },
+    }
+}
+
+/// Poll a future once, without a task to wake.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Noop));
+    Pin::new(fut).poll(&mut Context::from_waker(&waker))
+}
+
+/// An awaitable that is already resolved with `value`.
+fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let fut = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")?
+        .call_method0("create_future")?;
+    fut.call_method1("set_result", (value,))?;
+    Ok(fut)
 }
 
 fn drops_dict<'py>(py: Python<'py>, s: &DirectionStats) -> PyResult<Bound<'py, PyDict>> {

@@ -3,25 +3,27 @@
 //! jittery WAN would show them.
 //!
 //! Egress: `try_send` asks the link's [`LinkShaper`], then queues survivors
-//! on a timer heap that a background task sends from. Ingress: `poll_recv`
-//! drains the real socket, asks the shaper, and hands datagrams to quinn
-//! only once their delivery time has come.
+//! on a timer heap that the socket's clock thread sends from. Ingress:
+//! `poll_recv` drains the real socket, asks the shaper, and hands datagrams
+//! to quinn only once their delivery time has come (the clock thread wakes
+//! it then). The clock is an OS thread rather than a tokio timer because
+//! tokio's timers tick in whole milliseconds: at tens of Mbit/s that much
+//! added delay is a large share of the round trip, and changes how QUIC's
+//! congestion control behaves.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::sync::Notify;
 
 use super::config::LinkShape;
 use super::shaper::{DirectionStats, LinkShaper, Verdict};
@@ -66,9 +68,18 @@ struct Shared {
     links: Mutex<Links>,
     /// Cheap check that lets unshaped sockets pass datagrams straight through.
     shaping: AtomicBool,
-    egress: Mutex<(Heap, u64)>,
-    egress_wake: Notify,
+    clock: Mutex<Clock>,
+    tick: Condvar,
     closed: AtomicBool,
+}
+
+/// What the clock thread waits for.
+#[derive(Default)]
+struct Clock {
+    egress: Heap,
+    seq: u64,
+    /// When `poll_recv` next has a datagram due, and whom to wake then.
+    ingress: Option<(Instant, Waker)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,14 +117,12 @@ struct RecvState {
     metas: Vec<RecvMeta>,
     heap: Heap,
     seq: u64,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 const RECV_BATCH: usize = 16;
 const MAX_DATAGRAM: usize = 65_536;
 
-/// The shaping socket. Create it inside a tokio runtime (it spawns its
-/// egress task there).
+/// The shaping socket.
 pub struct ShapedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     shared: Arc<Shared>,
@@ -137,7 +146,7 @@ pub struct LinkCounters {
 
 impl ShapedSocket {
     /// Wrap `inner`; `default` shapes every peer without a shape of its own.
-    pub fn new(inner: Arc<dyn AsyncUdpSocket>, default: LinkShape) -> Arc<Self> {
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, default: LinkShape) -> io::Result<Arc<Self>> {
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             links: Mutex::new(Links {
@@ -145,13 +154,16 @@ impl ShapedSocket {
                 peers: HashMap::new(),
             }),
             shaping: AtomicBool::new(false),
-            egress: Mutex::new((Heap::new(), 0)),
-            egress_wake: Notify::new(),
+            clock: Mutex::new(Clock::default()),
+            tick: Condvar::new(),
             closed: AtomicBool::new(false),
         });
         shared.refresh_shaping(&lock(&shared.links));
-        tokio::spawn(egress_loop(inner.clone(), shared.clone()));
-        Arc::new(ShapedSocket {
+        let (clock_inner, clock_shared) = (inner.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("hypergpu-shaper".into())
+            .spawn(move || run_clock(clock_inner, clock_shared))?;
+        Ok(Arc::new(ShapedSocket {
             inner,
             shared,
             recv: Mutex::new(RecvState {
@@ -159,9 +171,8 @@ impl ShapedSocket {
                 metas: vec![RecvMeta::default(); RECV_BATCH],
                 heap: Heap::new(),
                 seq: 0,
-                timer: None,
             }),
-        })
+        }))
     }
 
     /// Shape the link to `peer` (replacing its shape, clock and schedule), or
@@ -210,12 +221,12 @@ impl ShapedSocket {
     fn queue_egress(&self, t: &Transmit, link: &mut LinkShaper) {
         let now = self.shared.now();
         let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
-        let mut q = lock(&self.shared.egress);
+        let mut clock = lock(&self.shared.clock);
         for chunk in t.contents.chunks(seg) {
             if let Verdict::DeliverAt(at) = link.decide_egress(now, chunk.len()) {
-                q.1 += 1;
-                let seq = q.1;
-                q.0.push(Reverse(Queued {
+                clock.seq += 1;
+                let seq = clock.seq;
+                clock.egress.push(Reverse(Queued {
                     at: self.shared.epoch + at,
                     seq,
                     peer: t.destination,
@@ -225,69 +236,86 @@ impl ShapedSocket {
                 }));
             }
         }
-        drop(q);
-        self.shared.egress_wake.notify_one();
+        drop(clock);
+        self.shared.tick.notify_one();
     }
 }
 
 impl Drop for ShapedSocket {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.egress_wake.notify_one();
+        self.shared.tick.notify_one();
     }
 }
 
-/// Send queued datagrams when they are due. Once the socket is dropped it
-/// drains what is queued (a CONNECTION_CLOSE, say) and ends.
-async fn egress_loop(inner: Arc<dyn AsyncUdpSocket>, shared: Arc<Shared>) {
-    let mut poller = inner.clone().create_io_poller();
+/// Send queued datagrams and wake the receiver when they are due. Once the
+/// socket is dropped it drains what is queued (a CONNECTION_CLOSE, say) and
+/// ends.
+fn run_clock(inner: Arc<dyn AsyncUdpSocket>, shared: Arc<Shared>) {
+    let mut clock = lock(&shared.clock);
     loop {
         let now = Instant::now();
-        let (due, next) = {
-            let mut q = lock(&shared.egress);
-            let mut due = Vec::new();
-            while q.0.peek().is_some_and(|p| p.0.at <= now) {
-                if let Some(Reverse(p)) = q.0.pop() {
-                    due.push(p);
-                }
-            }
-            (due, q.0.peek().map(|p| p.0.at))
-        };
-        for p in &due {
-            let t = Transmit {
-                destination: p.peer,
-                ecn: p.ecn,
-                contents: &p.data,
-                segment_size: None,
-                src_ip: p.local_ip,
-            };
-            loop {
-                match inner.try_send(&t) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    // Like a router, a send error loses the datagram; QUIC recovers.
-                    _ => break,
-                }
+        let mut due = Vec::new();
+        while clock.egress.peek().is_some_and(|p| p.0.at <= now) {
+            if let Some(Reverse(p)) = clock.egress.pop() {
+                due.push(p);
             }
         }
-        if !due.is_empty() {
+        let wake = match &clock.ingress {
+            Some((at, _)) if *at <= now => clock.ingress.take().map(|(_, w)| w),
+            _ => None,
+        };
+        if !due.is_empty() || wake.is_some() {
+            drop(clock);
+            for p in &due {
+                send_now(inner.as_ref(), p);
+            }
+            if let Some(w) = wake {
+                w.wake();
+            }
+            clock = lock(&shared.clock);
             continue;
         }
-        match next {
+        if shared.closed.load(Ordering::Acquire) && clock.egress.is_empty() {
+            return;
+        }
+        let next = [
+            clock.egress.peek().map(|p| p.0.at),
+            clock.ingress.as_ref().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        clock = match next {
             Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                    _ = shared.egress_wake.notified() => {}
-                }
+                let wait = at.saturating_duration_since(now);
+                shared
+                    .tick
+                    .wait_timeout(clock, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
-            None if shared.closed.load(Ordering::Acquire) => return,
-            None => shared.egress_wake.notified().await,
+            None => shared.tick.wait(clock).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+/// Send one datagram now. A full socket buffer is waited out briefly; like
+/// a router, anything else loses the datagram, and QUIC recovers.
+fn send_now(inner: &dyn AsyncUdpSocket, p: &Queued) {
+    let t = Transmit {
+        destination: p.peer,
+        ecn: p.ecn,
+        contents: &p.data,
+        segment_size: None,
+        src_ip: p.local_ip,
+    };
+    for _ in 0..200 {
+        match inner.try_send(&t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            _ => return,
         }
     }
 }
@@ -321,74 +349,67 @@ impl AsyncUdpSocket for ShapedSocket {
         if !self.shared.shaping.load(Ordering::Acquire) && st.heap.is_empty() {
             return self.inner.poll_recv(cx, bufs, meta);
         }
+        // Take everything the kernel has, deciding each datagram's fate.
         loop {
-            // Take everything the kernel has, deciding each datagram's fate.
-            loop {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    st.scratch.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                match self.inner.poll_recv(cx, &mut slices, &mut st.metas) {
-                    Poll::Ready(Ok(n)) => {
-                        let now = self.shared.now();
-                        let mut links = lock(&self.shared.links);
-                        for i in 0..n {
-                            let m = st.metas[i];
-                            let stride = m.stride.max(1);
-                            for chunk in st.scratch[i][..m.len].chunks(stride) {
-                                let verdict = match self.shared.link(&mut links, m.addr) {
-                                    Some(link) => link.decide_ingress(now, chunk.len()),
-                                    None => Verdict::DeliverAt(now),
-                                };
-                                if let Verdict::DeliverAt(at) = verdict {
-                                    st.seq += 1;
-                                    st.heap.push(Reverse(Queued {
-                                        at: self.shared.epoch + at,
-                                        seq: st.seq,
-                                        peer: m.addr,
-                                        ecn: m.ecn,
-                                        local_ip: m.dst_ip,
-                                        data: chunk.to_vec(),
-                                    }));
-                                }
+            let mut slices: Vec<IoSliceMut<'_>> =
+                st.scratch.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match self.inner.poll_recv(cx, &mut slices, &mut st.metas) {
+                Poll::Ready(Ok(n)) => {
+                    let now = self.shared.now();
+                    let mut links = lock(&self.shared.links);
+                    for i in 0..n {
+                        let m = st.metas[i];
+                        let stride = m.stride.max(1);
+                        for chunk in st.scratch[i][..m.len].chunks(stride) {
+                            let verdict = match self.shared.link(&mut links, m.addr) {
+                                Some(link) => link.decide_ingress(now, chunk.len()),
+                                None => Verdict::DeliverAt(now),
+                            };
+                            if let Verdict::DeliverAt(at) = verdict {
+                                st.seq += 1;
+                                st.heap.push(Reverse(Queued {
+                                    at: self.shared.epoch + at,
+                                    seq: st.seq,
+                                    peer: m.addr,
+                                    ecn: m.ecn,
+                                    local_ip: m.dst_ip,
+                                    data: chunk.to_vec(),
+                                }));
                             }
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
                 }
-            }
-            // Hand over what is due.
-            let now = Instant::now();
-            let mut n = 0;
-            while n < bufs.len().min(meta.len()) && st.heap.peek().is_some_and(|p| p.0.at <= now) {
-                let Some(Reverse(p)) = st.heap.pop() else {
-                    break;
-                };
-                let len = p.data.len().min(bufs[n].len());
-                bufs[n][..len].copy_from_slice(&p.data[..len]);
-                meta[n] = RecvMeta {
-                    addr: p.peer,
-                    len,
-                    stride: len,
-                    ecn: p.ecn,
-                    dst_ip: p.local_ip,
-                };
-                n += 1;
-            }
-            if n > 0 {
-                return Poll::Ready(Ok(n));
-            }
-            let Some(next) = st.heap.peek().map(|p| p.0.at) else {
-                return Poll::Pending;
-            };
-            let deadline = tokio::time::Instant::from_std(next);
-            let timer = st
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            timer.as_mut().reset(deadline);
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
             }
         }
+        // Hand over what is due.
+        let now = Instant::now();
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) && st.heap.peek().is_some_and(|p| p.0.at <= now) {
+            let Some(Reverse(p)) = st.heap.pop() else {
+                break;
+            };
+            let len = p.data.len().min(bufs[n].len());
+            bufs[n][..len].copy_from_slice(&p.data[..len]);
+            meta[n] = RecvMeta {
+                addr: p.peer,
+                len,
+                stride: len,
+                ecn: p.ecn,
+                dst_ip: p.local_ip,
+            };
+            n += 1;
+        }
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
+        // Ask the clock thread to wake us when the next one is due.
+        if let Some(next) = st.heap.peek().map(|p| p.0.at) {
+            lock(&self.shared.clock).ingress = Some((next, cx.waker().clone()));
+            self.shared.tick.notify_one();
+        }
+        Poll::Pending
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -115,7 +115,8 @@ fn bind_socket(addr: SocketAddr, shape: LinkShape) -> Result<Arc<ShapedSocket>> 
     let std_sock: std::net::UdpSocket = sock.into();
     let inner = quinn::Runtime::wrap_udp_socket(&TokioRuntime, std_sock)
         .map_err(|e| Error::Transport(format!("cannot use UDP socket {addr}: {e}")))?;
-    Ok(ShapedSocket::new(inner, shape))
+    ShapedSocket::new(inner, shape)
+        .map_err(|e| Error::Transport(format!("cannot start the shaping clock: {e}")))
 }
 
 /// The coordinator's endpoint.

@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::endpoint::Rejections;
-use super::{code, connection_error, Config};
+use super::{code, connection_error, Config, FrameAllocator, FrameBuf};
 use crate::error::{Error, Result};
 use crate::shaping::{LinkCounters, LinkShape, ShapedSocket};
 use crate::wire::{self, Header, FIXED_LEN};
 
 const RTT_SAMPLES: usize = 64;
+/// Frames from this size up go into buffers from the link's allocator.
+const LARGE_FRAME: usize = 1 << 20;
 const PING: u8 = 1;
 const PONG: u8 = 2;
 
@@ -40,6 +42,7 @@ struct State {
     peer_name: String,
     peer_addr: SocketAddr,
     max_message_bytes: u64,
+    alloc: Option<FrameAllocator>,
     /// Streams handed to QUIC and not yet acknowledged.
     inflight: AtomicUsize,
     delivered: Notify,
@@ -58,7 +61,10 @@ pub struct LinkStats {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub refused_too_large: u64,
-    /// Messages this side sent that the peer refused as too large.
+    /// Messages the peer refused as too large after `send` had returned.
+    /// Best effort: a refusal that comes once QUIC has acknowledged every
+    /// byte is not seen (the sender-side check against the limit the peer
+    /// announced at join is what keeps honest peers from getting here).
     pub refused_by_peer: u64,
     /// Streams sent and not yet acknowledged by the peer.
     pub unacked_messages: u64,
@@ -79,7 +85,7 @@ pub struct LinkStats {
 pub struct Link {
     conn: Connection,
     socket: Arc<ShapedSocket>,
-    frames: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    frames: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     state: Arc<State>,
     /// What the peer said it accepts.
     peer_max_message_bytes: u64,
@@ -107,12 +113,14 @@ impl Link {
             peer_name,
             peer_addr: conn.remote_address(),
             max_message_bytes: cfg.max_message_bytes,
+            alloc: cfg.frame_alloc.clone(),
             inflight: AtomicUsize::new(0),
             delivered: Notify::new(),
             close_grace: cfg.idle_timeout.min(Duration::from_secs(5)),
         });
         let (tx, rx) = mpsc::channel(cfg.recv_queue);
-        tokio::spawn(accept_streams(conn.clone(), tx, state.clone()));
+        let budget = Arc::new(Semaphore::new(budget_units(cfg.max_message_bytes)));
+        tokio::spawn(accept_streams(conn.clone(), tx, state.clone(), budget));
         tokio::spawn(probe_rtt(conn.clone(), state.clone(), cfg.ping_interval));
         Link {
             conn,
@@ -231,7 +239,7 @@ impl Link {
     }
 
     /// The next complete, verified frame.
-    pub async fn recv(&self, timeout: Option<Duration>) -> Result<Vec<u8>> {
+    pub async fn recv(&self, timeout: Option<Duration>) -> Result<Box<dyn FrameBuf>> {
         let mut rx = match timeout {
             Some(t) => tokio::time::timeout(t, self.frames.lock())
                 .await
@@ -245,9 +253,16 @@ impl Link {
             None => rx.recv().await,
         };
         match next {
-            Some(frame) => Ok(frame),
+            // Dropping the permit returns the frame's bytes to the budget.
+            Some((frame, _permit)) => Ok(frame),
             None => Err(self.closed_error()),
         }
+    }
+
+    /// A frame that is already waiting, without blocking.
+    pub fn try_recv(&self) -> Option<Box<dyn FrameBuf>> {
+        let mut rx = self.frames.try_lock().ok()?;
+        rx.try_recv().ok().map(|(frame, _permit)| frame)
     }
 
     fn recv_timeout(&self, t: Duration) -> Error {
@@ -360,7 +375,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Follow a sent stream until the peer has it all (or refused it).
-async fn await_delivery(mut stream: SendStream, state: Arc<State>) {
+async fn await_delivery(stream: SendStream, state: Arc<State>) {
     if let Ok(Some(code)) = stream.stopped().await {
         if code == code::TOO_LARGE {
             state
@@ -373,9 +388,37 @@ async fn await_delivery(mut stream: SendStream, state: Arc<State>) {
     state.delivered.notify_waiters();
 }
 
-async fn accept_streams(conn: Connection, tx: mpsc::Sender<Vec<u8>>, state: Arc<State>) {
+/// A verified frame and its share of the receive budget.
+type Received = (Box<dyn FrameBuf>, OwnedSemaphorePermit);
+
+/// Received-but-not-yet-`recv`ed bytes are limited to twice the largest
+/// message (at least 16 MiB), counted in KiB so any size fits a semaphore.
+fn budget_units(max_message_bytes: u64) -> usize {
+    let bytes = max_message_bytes.saturating_mul(2).max(16 << 20);
+    usize::try_from(bytes >> 10)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+fn units_for(len: u64, budget: usize) -> u32 {
+    let units = len.div_ceil(1024).max(1);
+    u32::try_from(units.min(budget as u64)).unwrap_or(u32::MAX)
+}
+
+async fn accept_streams(
+    conn: Connection,
+    tx: mpsc::Sender<Received>,
+    state: Arc<State>,
+    budget: Arc<Semaphore>,
+) {
     while let Ok(stream) = conn.accept_uni().await {
-        tokio::spawn(read_frame(stream, conn.clone(), tx.clone(), state.clone()));
+        tokio::spawn(read_frame(
+            stream,
+            conn.clone(),
+            tx.clone(),
+            state.clone(),
+            budget.clone(),
+        ));
     }
 }
 
@@ -396,18 +439,19 @@ impl From<ReadError> for ReadFail {
 async fn read_frame(
     mut stream: RecvStream,
     conn: Connection,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Received>,
     state: Arc<State>,
+    budget: Arc<Semaphore>,
 ) {
-    match read_verified(&mut stream, &state).await {
-        Ok(Some(frame)) => {
+    match read_verified(&mut stream, &state, &budget).await {
+        Ok(Some((frame, permit))) => {
             let c = &state.counters;
             c.app_bytes_received
-                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                .fetch_add(frame.bytes().len() as u64, Ordering::Relaxed);
             c.messages_received.fetch_add(1, Ordering::Relaxed);
             // Waits while `recv` is behind: backpressure reaches the sender
             // through flow control of the streams not being read.
-            let _ = tx.send(frame).await;
+            let _ = tx.send((frame, permit)).await;
         }
         Ok(None) => {}
         Err(ReadFail::Gone) => {}
@@ -428,7 +472,8 @@ async fn read_frame(
 async fn read_verified(
     stream: &mut RecvStream,
     state: &State,
-) -> std::result::Result<Option<Vec<u8>>, ReadFail> {
+    budget: &Arc<Semaphore>,
+) -> std::result::Result<Option<Received>, ReadFail> {
     let mut fixed = [0u8; FIXED_LEN];
     read_exact(stream, &mut fixed).await?;
     let header_len = Header::peek_len(&fixed).map_err(ReadFail::Malformed)?;
@@ -437,7 +482,7 @@ async fn read_verified(
     read_exact(stream, &mut head[FIXED_LEN..]).await?;
     let (header, _) = Header::decode(&head).map_err(ReadFail::Malformed)?;
     if header.payload_len > state.max_message_bytes {
-        let _ = stream.stop(code::TOO_LARGE);
+        // Count (and log) before telling the sender, so its view never runs ahead.
         state
             .counters
             .refused_too_large
@@ -453,19 +498,35 @@ async fn read_verified(
                 &format!("refused message: {err}"),
             );
         }
+        let _ = stream.stop(code::TOO_LARGE);
         return Ok(None);
     }
     let payload_len = header.payload_len as usize;
     let total = header_len + payload_len;
-    let mut frame = head;
-    frame.reserve_exact(payload_len);
-    while frame.len() < total {
-        match stream.read_chunk(total - frame.len(), true).await? {
-            Some(chunk) => frame.extend_from_slice(&chunk.bytes),
+    // Wait for room before reading on: while we wait, flow control holds
+    // the sender back, so memory stays bounded however many streams arrive.
+    let units = units_for(total as u64, budget_units(state.max_message_bytes));
+    let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
+        return Err(ReadFail::Gone);
+    };
+    // The frame's one buffer: the header, then the payload as it streams in.
+    let Some(mut frame) = allocate(&state.alloc, total).await else {
+        let _ = stream.stop(code::TOO_LARGE);
+        return Err(ReadFail::Gone);
+    };
+    let buf = frame.bytes_mut();
+    buf[..header_len].copy_from_slice(&head);
+    let mut filled = header_len;
+    while filled < total {
+        match stream.read_chunk(total - filled, true).await? {
+            Some(chunk) => {
+                buf[filled..filled + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                filled += chunk.bytes.len();
+            }
             None => {
                 return Err(ReadFail::Malformed(Error::Truncated {
                     needed: total,
-                    available: frame.len(),
+                    available: filled,
                 }))
             }
         }
@@ -476,9 +537,25 @@ async fn read_verified(
         )));
     }
     header
-        .verify_payload(&frame[header_len..])
+        .verify_payload(&frame.bytes()[header_len..])
         .map_err(ReadFail::Malformed)?;
-    Ok(Some(frame))
+    Ok(Some((frame, permit)))
+}
+
+/// A buffer of `len` bytes from the link's allocator (large frames only, off
+/// the async workers since it may wait for the caller's runtime), else a Vec.
+async fn allocate(alloc: &Option<FrameAllocator>, len: usize) -> Option<Box<dyn FrameBuf>> {
+    if let Some(alloc) = alloc.as_ref().filter(|_| len >= LARGE_FRAME) {
+        let alloc = alloc.clone();
+        if let Ok(Some(buf)) = tokio::task::spawn_blocking(move || (alloc.0)(len)).await {
+            return Some(buf);
+        }
+    }
+    let mut v = Vec::new();
+    // A failed allocation refuses this frame instead of aborting the process.
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(Box::new(v))
 }
 
 async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> std::result::Result<(), ReadFail> {

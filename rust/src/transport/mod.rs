@@ -36,6 +36,41 @@ pub struct Config {
     /// Let the kernel split batches of datagrams (UDP GSO). Off makes each
     /// datagram its own packet everywhere, as kernel-level shapers need.
     pub segmentation_offload: bool,
+    /// Where large received frames are assembled (e.g. straight into the
+    /// caller's own object); `None` uses a `Vec`.
+    pub frame_alloc: Option<FrameAllocator>,
+}
+
+/// A received frame's memory, written once as the frame streams in.
+pub trait FrameBuf: Send + 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// For the allocator's owner to take its own type back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+impl FrameBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// Makes a zeroed [`FrameBuf`] of the given length, or `None` to fall back to a `Vec`.
+pub type AllocFn = dyn Fn(usize) -> Option<Box<dyn FrameBuf>> + Send + Sync;
+
+#[derive(Clone)]
+pub struct FrameAllocator(pub std::sync::Arc<AllocFn>);
+
+impl std::fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameAllocator")
+    }
 }
 
 impl Default for Config {
@@ -47,6 +82,7 @@ impl Default for Config {
             ping_interval: Duration::from_millis(500),
             recv_queue: 64,
             segmentation_offload: true,
+            frame_alloc: None,
         }
     }
 }
@@ -83,11 +119,12 @@ impl Config {
         t.keep_alive_interval(Some(self.idle_timeout / 3));
         t.max_concurrent_uni_streams(VarInt::from_u32(256));
         t.max_concurrent_bidi_streams(VarInt::from_u32(4));
-        // Enough window to fill a long fat pipe; memory is bounded by the
-        // receive queue, not by these.
-        t.stream_receive_window(VarInt::from_u32(16 << 20));
-        t.receive_window(VarInt::from_u32(64 << 20));
-        t.send_window(64 << 20);
+        // Windows that fill 1 Gbit/s at 100 ms RTT. What a peer may park
+        // here unread is bounded by the connection window; complete frames
+        // wait in the link's receive budget.
+        t.stream_receive_window(VarInt::from_u32(8 << 20));
+        t.receive_window(VarInt::from_u32(16 << 20));
+        t.send_window(32 << 20);
         t.datagram_receive_buffer_size(Some(64 * 1024));
         t.enable_segmentation_offload(self.segmentation_offload);
         t
@@ -126,5 +163,80 @@ pub(crate) fn connection_error(e: &ConnectionError) -> Error {
             Error::Transport(format!("peer closed the connection: {c}"))
         }
         other => Error::Transport(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaping::{DirectionShape, LinkShape};
+    use crate::wire::{encode_frame, CodecId, Header, MessageKind};
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let h = Header::for_payload(
+            MessageKind::Update,
+            CodecId::Raw,
+            0,
+            1,
+            2,
+            Vec::new(),
+            payload,
+        );
+        encode_frame(&h, payload).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn join_send_and_refuse() {
+        let cfg = Config {
+            max_message_bytes: 1 << 16,
+            ..Config::default()
+        };
+        let server = Server::listen(
+            "127.0.0.1",
+            0,
+            "tok",
+            cfg.clone(),
+            "coord",
+            LinkShape::default(),
+        )
+        .await
+        .unwrap();
+        let lossy = LinkShape::symmetric(
+            DirectionShape {
+                loss: 0.1,
+                ..DirectionShape::default()
+            },
+            4,
+        );
+        let node = connect(&server.join_string(), "tok", "n1", lossy, cfg.clone())
+            .await
+            .unwrap();
+        let peer = server.accept(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(peer.peer_name(), "n1");
+        let f = frame(&[7u8; 50_000]);
+        node.send(&f, Some(Duration::from_secs(10)), true)
+            .await
+            .unwrap();
+        let got = peer.recv(Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(got.bytes(), &f[..]);
+        assert!(matches!(
+            node.send(&frame(&[0u8; 1 << 17]), None, false).await,
+            Err(Error::TooLarge { .. })
+        ));
+
+        let bad_token = connect(
+            &server.join_string(),
+            "nope",
+            "n2",
+            LinkShape::default(),
+            cfg.clone(),
+        )
+        .await;
+        assert!(matches!(bad_token, Err(Error::Auth(m)) if m.contains("invalid join token")));
+        let other = "0".repeat(64);
+        let join = format!("quic://{}#{other}", server.local_addr());
+        let bad_pin = connect(&join, "tok", "n3", LinkShape::default(), cfg).await;
+        assert!(matches!(bad_pin, Err(Error::Auth(m)) if m.contains("fingerprint mismatch")));
+        server.close().await;
     }
 }
