@@ -172,7 +172,7 @@ class Node:
         retries_before = self.report.retries
         comm = await self.session.send(update)
         trainer.metrics.record_comm(comm, self.report.retries - retries_before)
-        log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, msg.round, codec_name, result.metrics["loss"])
+        log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, msg.round, update.codec, result.metrics["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
 
