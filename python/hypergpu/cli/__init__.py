@@ -43,8 +43,9 @@ def config_check(file: str, overrides: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from hypergpu.cli.run import coordinator_cmd, demo_cmd, node_cmd, train_cmd
+    from hypergpu.cli.serve import serve_cmd
 
-    for cmd in (coordinator_cmd, node_cmd, train_cmd, demo_cmd):
+    for cmd in (coordinator_cmd, node_cmd, train_cmd, demo_cmd, serve_cmd):
         main.add_command(cmd)
 
 
