@@ -158,9 +158,6 @@ class TrainingService:
 
     async def start(self, config: HyperGPUConfig | None = None) -> Session:
         """Start a run of ``config`` (default: the held configuration)."""
-        from hypergpu.cluster import LocalNodes
-        from hypergpu.coordinator import Coordinator
-
         if self.running:
             raise ConflictError("training is already running; stop it first")
         cfg = config or self.config
@@ -169,6 +166,9 @@ class TrainingService:
                 f"nodes.count: {cfg.nodes.count} local node processes is more than this server starts "
                 f"(at most {self.max_local_nodes})"
             )
+        from hypergpu.cluster import LocalNodes
+        from hypergpu.coordinator import Coordinator
+
         self.config = cfg
         # The coordinator takes a free port: its join string goes to the nodes we spawn.
         run_cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
