@@ -7,7 +7,7 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 
 from hypergpu.api.models import Action, MetricPoint, Metrics, Session, StartRequest, Status
 from hypergpu.api.routes.deps import get_service
@@ -19,7 +19,11 @@ Service = Annotated[TrainingService, Depends(get_service)]
 SessionId = Annotated[int | None, Query(ge=1, le=2**31, description="a session id; default: the latest")]
 
 CONFLICT = {409: {"description": "not possible in the current state (e.g. start while running)"}}
-WRITE = {401: {"description": "missing or invalid bearer token"}, 429: {"description": "too many writes"}}
+WRITE = {
+    400: {"description": "malformed request body (not JSON) or the engine refused the request"},
+    401: {"description": "missing or invalid bearer token"},
+    429: {"description": "too many writes"},
+}
 
 
 @router.get("/status", response_model=Status)
@@ -39,8 +43,11 @@ def metrics(service: Service, session: SessionId = None) -> Metrics:
     )
 
 
-@router.get("/metrics.csv", response_class=PlainTextResponse, responses={404: {"description": "unknown session"}})
-def metrics_csv(service: Service, session: SessionId = None) -> PlainTextResponse:
+@router.get("/metrics.csv", response_class=Response, responses={
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "one row per round"},
+    404: {"description": "unknown session"},
+})
+def metrics_csv(service: Service, session: SessionId = None) -> Response:
     """The same per-round metrics as CSV (one row per round)."""
     s = service.session(session) if session is not None else service.current
     out = io.StringIO()
@@ -49,7 +56,7 @@ def metrics_csv(service: Service, session: SessionId = None) -> PlainTextRespons
     for point in service.metrics(s):
         writer.writerow(point)
     name = f"hypergpu-session-{s.id}-metrics.csv" if s else "hypergpu-metrics.csv"
-    return PlainTextResponse(out.getvalue(), media_type="text/csv",
+    return Response(out.getvalue(), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
