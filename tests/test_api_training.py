@@ -132,3 +132,20 @@ def test_websocket_latency_under_100ms(tmp_path):
     print(f"\nWebSocket event latency over {n} events: p50 {p50 * 1e3:.2f} ms, "
           f"p95 {p95 * 1e3:.2f} ms, max {worst * 1e3:.2f} ms")
     assert worst < 0.100
+
+
+def test_coordinator_exclude_and_include_are_checked_and_published(tmp_path):
+    from hypergpu.coordinator import Coordinator
+    from hypergpu.errors import UnknownNodeError
+
+    coord = Coordinator(small_run(tmp_path))
+    with pytest.raises(UnknownNodeError, match="unknown node id 5"):
+        coord.exclude(5, "no such node")
+    node = coord.registry.join("node-a")
+    coord.exclude(node.node_id, "slow link")
+    assert coord.excluded == {node.node_id: "slow link"}
+    coord.include(node.node_id)
+    coord.include(node.node_id)  # including twice is harmless and not published twice
+    decisions = [e.data for e in coord.events.since(0) if e.kind == "decision"]
+    assert [d["action"] for d in decisions] == ["exclude", "include"]
+    assert decisions[0] == {"node": node.node_id, "action": "exclude", "reason": "slow link", "round": 0}
