@@ -146,21 +146,28 @@ function qualityColor(q) {
 }
 
 function renderNodes(nodes) {
+  // Cards are updated in place (keyed by node id), so a click is never lost to a re-render.
   state.nodes = nodes;
   const grid = $("#node-grid");
-  grid.replaceChildren();
-  if (!nodes.length) grid.append(el("p", { class: "muted" }, "no nodes yet"));
+  const cards = new Map([...grid.querySelectorAll(".node")].map((c) => [Number(c.dataset.node), c]));
+  grid.querySelector("p")?.remove();
+  if (!nodes.length) grid.replaceChildren(el("p", { class: "muted" }, "no nodes yet"));
   for (const n of nodes) {
-    const card = el("div", {
-      class: `node ${n.status}${n.excluded ? " excluded" : ""}${state.selected === n.node_id ? " selected" : ""}`,
-      "data-node": n.node_id, title: `${n.name}: ${n.status}`, onclick: () => selectNode(n.node_id),
-    },
-    el("div", { class: "name" }, `#${n.node_id} ${n.name}`),
-    el("div", { class: "q" }, `${n.status}${n.excluded ? " · excluded" : ""}`),
-    el("div", { class: "q" }, `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms`));
+    let card = cards.get(n.node_id);
+    cards.delete(n.node_id);
+    if (!card) {
+      card = el("div", { "data-node": n.node_id, onclick: () => selectNode(n.node_id) },
+        el("div", { class: "name" }), el("div", { class: "q status" }), el("div", { class: "q figures" }));
+      grid.append(card);
+    }
+    card.className = `node ${n.status}${n.excluded ? " excluded" : ""}${state.selected === n.node_id ? " selected" : ""}`;
+    card.title = `${n.name}: ${n.status}`;
+    card.querySelector(".name").textContent = `#${n.node_id} ${n.name}`;
+    card.querySelector(".status").textContent = `${n.status}${n.excluded ? " · excluded" : ""}`;
+    card.querySelector(".figures").textContent = `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms`;
     card.style.background = `linear-gradient(90deg, ${qualityColor(n.quality)}33, transparent)`;
-    grid.append(card);
   }
+  for (const stale of cards.values()) stale.remove();
   renderNetwork(nodes);
   if (state.selected !== null) refreshNodeDetail();
 }
