@@ -47,8 +47,8 @@ class NodeCollector(Collector):
             if node["rtt_ms"] is not None:
                 rtt.add_metric(label, node["rtt_ms"] / 1000.0)
             counts[node["status"]] = counts.get(node["status"], 0) + 1
-        for status, n in counts.items():
-            states.add_metric([status], n)
+        for state, n in counts.items():
+            states.add_metric([state], n)
         yield from (sent, received, quality, rtt, states)
 
         status = service.status()

@@ -31,7 +31,7 @@ def chain_session(service: Service) -> ChainView:
     """Connection, block number and the training session registered on chain."""
     if service.chain is None:
         return ChainView(enabled=False, reason=DISABLED)
-    return ChainView(enabled=True, **_scrub(dict(service.chain.status())))
+    return ChainView.model_validate({**_scrub(dict(service.chain.status())), "enabled": True})
 
 
 @router.get("/contributions", response_model=ChainView)
@@ -39,8 +39,8 @@ def chain_contributions(service: Service) -> ChainView:
     """Recorded contributions and rewards per node, and the transactions that carried them."""
     if service.chain is None:
         return ChainView(enabled=False, reason=DISABLED)
-    return ChainView(
-        enabled=True,
-        contributions=_scrub(list(service.chain.contributions())),
-        transactions=_scrub(list(service.chain.transactions())),
-    )
+    return ChainView.model_validate({
+        "enabled": True,
+        "contributions": _scrub(list(service.chain.contributions())),
+        "transactions": _scrub(list(service.chain.transactions())),
+    })

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from hypergpu.api.models import Action, Preset
 from hypergpu.api.presets import PresetStore, public_config
 from hypergpu.api.routes.deps import get_service
-from hypergpu.api.routes.training import WRITE, _action
+from hypergpu.api.routes.training import WRITE, Responses, _action
 from hypergpu.api.security import require_writer
 from hypergpu.api.service import TrainingService
 from hypergpu.config.schema import HyperGPUConfig
@@ -17,7 +17,7 @@ from hypergpu.config.schema import HyperGPUConfig
 router = APIRouter(prefix="/api", tags=["config"])
 Service = Annotated[TrainingService, Depends(get_service)]
 PresetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="letters, digits, '_', '-'")]
-NOT_FOUND = {404: {"description": "unknown preset"}}
+NOT_FOUND: Responses = {404: {"description": "unknown preset"}}
 
 
 def _store(request: Request) -> PresetStore:

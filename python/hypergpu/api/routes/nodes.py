@@ -8,14 +8,14 @@ from fastapi import APIRouter, Body, Depends, Path
 
 from hypergpu.api.models import Action, ExcludeRequest, Node, NodeDetail
 from hypergpu.api.routes.deps import get_service
-from hypergpu.api.routes.training import CONFLICT, WRITE, _action
+from hypergpu.api.routes.training import CONFLICT, WRITE, Responses, _action
 from hypergpu.api.security import require_writer
 from hypergpu.api.service import TrainingService
 
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 Service = Annotated[TrainingService, Depends(get_service)]
 NodeId = Annotated[int, Path(ge=0, le=2**31, description="the node's id")]
-NOT_FOUND = {404: {"description": "unknown node"}}
+NOT_FOUND: Responses = {404: {"description": "unknown node"}}
 
 
 @router.get("", response_model=list[Node])
@@ -34,7 +34,7 @@ def node(service: Service, node_id: NodeId) -> NodeDetail:
              responses={**NOT_FOUND, **CONFLICT, **WRITE})
 def exclude(service: Service, node_id: NodeId, body: Annotated[ExcludeRequest | None, Body()] = None) -> Action:
     """Leave the node out of rounds from the next one on (it stays connected)."""
-    service.exclude(node_id, (body or ExcludeRequest()).reason)
+    service.exclude(node_id, body.reason if body else "excluded by operator")
     return _action(service, f"node {node_id} excluded from the next round on")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
@@ -18,8 +18,9 @@ router = APIRouter(prefix="/api", tags=["training"])
 Service = Annotated[TrainingService, Depends(get_service)]
 SessionId = Annotated[int | None, Query(ge=1, le=2**31, description="a session id; default: the latest")]
 
-CONFLICT = {409: {"description": "not possible in the current state (e.g. start while running)"}}
-WRITE = {
+Responses = dict[int | str, dict[str, Any]]
+CONFLICT: Responses = {409: {"description": "not possible in the current state (e.g. start while running)"}}
+WRITE: Responses = {
     400: {"description": "malformed request body (not JSON) or the engine refused the request"},
     401: {"description": "missing or invalid bearer token"},
     429: {"description": "too many writes"},
@@ -73,7 +74,7 @@ def session_detail(service: Service, session_id: int) -> Session:
 
 def _action(service: TrainingService, message: str) -> Action:
     s = service.current
-    return Action(state=s.state if s else "idle", session=s.id if s else None, message=message)
+    return Action.model_validate({"state": s.state if s else "idle", "session": s.id if s else None, "message": message})
 
 
 @router.post("/training/start", response_model=Action, status_code=202,
