@@ -6,12 +6,22 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 log = logging.getLogger("hypergpu.api")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the program that embeds it owns
+    SIGINT/SIGTERM (and stops training gracefully before the server)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class ApiServer:
@@ -27,7 +37,7 @@ class ApiServer:
         self.host, self.requested_port = host, port
         self.any_port_if_taken = any_port_if_taken
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[Any] | None = None
 

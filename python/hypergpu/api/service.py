@@ -267,6 +267,11 @@ class TrainingService:
     def include(self, node_id: int) -> None:
         self._require_coordinator().include(node_id)
 
+    def shutdown_soon(self) -> None:
+        """Ask a run in progress to stop (safe from a signal handler; no error when idle)."""
+        if self.running and self.current is not None and self.current.state != "stopping":
+            self.stop()
+
     async def shutdown(self) -> None:
         """Stop a run in progress and wait for it (server shutdown)."""
         if self.running:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ def serve_cmd(file: str | None, overrides: tuple[str, ...], host: str | None, po
               log_dir: str | None, start_now: bool) -> None:
     """Serve the dashboard and the control API; start and stop training from there."""
     from hypergpu.api import TrainingService
-    from hypergpu.cli.run import _config
+    from hypergpu.cli.run import _config, _on_signals
 
     cfg = _config(file, overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -53,10 +52,11 @@ def serve_cmd(file: str | None, overrides: tuple[str, ...], host: str | None, po
     async def main() -> None:
         service = TrainingService(cfg, log_dir=Path(log_dir) if log_dir else None)
         server = await _open_api(service, cfg, host, port)
+        _on_signals(lambda: setattr(server.server, "should_exit", True))
         if start_now:
             await service.start()
         try:
-            await server.wait()  # until Ctrl-C (uvicorn handles the signal)
+            await server.wait()  # until Ctrl-C / SIGTERM
         finally:
             await service.shutdown()
             await server.stop()
@@ -67,21 +67,15 @@ def serve_cmd(file: str | None, overrides: tuple[str, ...], host: str | None, po
 def train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
     """``train``/``demo`` with the dashboard: one run, served while it lasts."""
     from hypergpu.api import TrainingService
-    from hypergpu.cli.run import _print_summary
+    from hypergpu.cli.run import _on_signals, _print_summary
 
     async def main() -> int:
         service = TrainingService(cfg, log_dir=log_dir)
         server = await _open_api(service, cfg, None, None)
         try:
             session = await service.start()
-            run = asyncio.ensure_future(service.wait())
-            stopper = asyncio.ensure_future(server.wait())
-            await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():  # Ctrl-C reached uvicorn: stop training gracefully
-                await service.shutdown()
-            stopper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopper
+            _on_signals(service.shutdown_soon)  # Ctrl-C: finish the round, checkpoint, stop
+            await service.wait()
         finally:
             await service.shutdown()
             await server.stop()
