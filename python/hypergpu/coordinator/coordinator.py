@@ -542,9 +542,9 @@ class Coordinator:
 
     async def _wait_for_nodes(self, timeout_s: float) -> None:
         deadline = time.perf_counter() + timeout_s
-        while len(self._links) < self.expected_nodes and time.perf_counter() < deadline:
+        while len(self._links) < self.expected_nodes and time.perf_counter() < deadline and not self._stop.is_set():
             await asyncio.sleep(0.05)
-        if not self._links:
+        if not self._links and not self._stop.is_set():
             raise TransportError(f"no node joined within {timeout_s:.0f} s")
 
     async def _watch_heartbeats(self) -> None:
