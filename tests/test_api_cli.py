@@ -26,8 +26,8 @@ def test_serve_prints_url_and_token_and_stops_on_sigint(tmp_path):
         second = proc.stdout.readline()
         url, token = re.match(r"dashboard: (http://127\.0\.0\.1:\d+)/#token=(\S+)", first).groups()
         assert second.strip().endswith(token)
-        assert httpx.get(f"{url}/health").json()["status"] == "ok"
-        r = httpx.post(f"{url}/api/training/stop", headers={"Authorization": f"Bearer {token}"})
+        assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "ok"
+        r = httpx.post(f"{url}/api/training/stop", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert r.status_code == 409
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
@@ -51,7 +51,7 @@ def test_train_serves_the_api_and_stops_gracefully_on_sigint(tmp_path):
         url = re.match(r"dashboard: (http://127\.0\.0\.1:\d+)/#token=", proc.stdout.readline()).group(1)
         proc.stdout.readline()
         deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/api/status").json()["round"] < 2:
+        while httpx.get(f"{url}/api/status", timeout=30).json()["round"] < 2:
             assert time.monotonic() < deadline, "no round within 120 s"
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # the nodes keep running: only the coordinator's process is told

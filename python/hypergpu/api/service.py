@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -166,6 +167,8 @@ class TrainingService:
                 f"nodes.count: {cfg.nodes.count} local node processes is more than this server starts "
                 f"(at most {self.max_local_nodes})"
             )
+        # The first import pulls in torch (seconds): keep it off the event loop.
+        await asyncio.to_thread(importlib.import_module, "hypergpu.coordinator")
         from hypergpu.cluster import LocalNodes
         from hypergpu.coordinator import Coordinator
 
