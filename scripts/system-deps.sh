@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs beyond the base image: `ip` and `tc`
 # (iproute2) and `nft` (nftables) for the kernel-shaped network-namespace
-# comparison in tests/test_netns_shaping.py. Idempotent: installs only what
+# comparison in tests/test_netns_shaping.py, and `chromium` for the dashboard's
+# browser test (tests/test_dashboard_browser.py, driven by Playwright against
+# /usr/bin/chromium; Playwright's own browser download is never used). Idempotent: installs only what
 # is missing, and refreshes the package lists only when it has to install.
 set -euo pipefail
 
-packages=(iproute2 nftables)
+packages=(iproute2 nftables chromium)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -91,7 +91,7 @@ def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):
     cfg = make_config(
         tmp_path,
         "training.rounds=6",
-        "coordinator.round_timeout_s=4",
+        "coordinator.round_timeout_s=8",
         "coordinator.max_consecutive_failures=2",
         "coordinator.quorum=0.5",
     )

@@ -156,24 +156,30 @@ def node_cmd(
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="write each node's log here")
-def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None) -> None:
+@click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
+def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool) -> None:
     """Train FILE's configuration: a coordinator here plus N local node processes."""
-    sys.exit(_train(_config(file, overrides), Path(log_dir) if log_dir else None))
+    sys.exit(_train(_config(file, overrides), Path(log_dir) if log_dir else None, api))
 
 
 @click.command("demo")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a demo setting (repeatable)")
-def demo_cmd(overrides: tuple[str, ...]) -> None:
+@click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
+def demo_cmd(overrides: tuple[str, ...], api: bool) -> None:
     """Ten node processes on mixed links train a CNN on digits to >= 97%."""
     cfg = _config(None, [*DEMO_OVERRIDES, *overrides])
     click.echo(
         f"demo: {cfg.nodes.count} node processes, profiles "
         + ", ".join(f"{i}:{cfg.network.profile_of(i)}" for i in range(cfg.nodes.count))
     )
-    sys.exit(_train(cfg, Path("runs/demo/logs")))
+    sys.exit(_train(cfg, Path("runs/demo/logs"), api))
 
 
-def _train(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
+def _train(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
+    if api:
+        from hypergpu.cli.serve import train_with_api
+
+        return train_with_api(cfg, log_dir)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hypergpu.cli.chain import attach_recorder, finish_recorder

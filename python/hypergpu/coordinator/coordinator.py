@@ -125,6 +125,8 @@ class Coordinator:
         self._round_updates: dict[int, np.ndarray] = {}
         #: Called with each finished round's record (sync callables or coroutines).
         self.observers: list[Any] = []
+        #: node id -> why an operator took it out of the rounds (see :meth:`exclude`).
+        self.excluded: dict[int, str] = {}
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -160,6 +162,19 @@ class Coordinator:
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    def exclude(self, node_id: int, reason: str = "excluded by operator") -> None:
+        """Leave a known node out of every round from the next one on, whatever
+        the planner decides (it stays connected and keeps its shard)."""
+        self.registry.get(node_id)  # UnknownNodeError for an id never seen
+        self.excluded[node_id] = reason
+        self.events.publish("decision", node=node_id, action="exclude", reason=reason, round=self.round)
+
+    def include(self, node_id: int) -> None:
+        """Undo :meth:`exclude`: the node takes part again from the next round."""
+        self.registry.get(node_id)
+        if self.excluded.pop(node_id, None) is not None:
+            self.events.publish("decision", node=node_id, action="include", round=self.round)
 
     async def close(self) -> None:
         async def farewell(node_id: int, link: Connection) -> None:
@@ -263,6 +278,9 @@ class Coordinator:
         self.round = round_id
         nodes = [n for n in self.registry.alive() if n.node_id in self._links]
         plan = self.planner.plan(round_id, nodes)
+        for node_id, reason in self.excluded.items():
+            if plan.assignments.pop(node_id, None) is not None:
+                plan.excluded[node_id] = reason
         self._plan = plan
         params = self.model.flat_parameters()
         self._acc = Accumulator(params.shape)
@@ -548,9 +566,9 @@ class Coordinator:
 
     async def _wait_for_nodes(self, timeout_s: float) -> None:
         deadline = time.perf_counter() + timeout_s
-        while len(self._links) < self.expected_nodes and time.perf_counter() < deadline:
+        while len(self._links) < self.expected_nodes and time.perf_counter() < deadline and not self._stop.is_set():
             await asyncio.sleep(0.05)
-        if not self._links:
+        if not self._links and not self._stop.is_set():
             raise TransportError(f"no node joined within {timeout_s:.0f} s")
 
     async def _watch_heartbeats(self) -> None:

@@ -1,0 +1,12 @@
+"""The control plane: REST + WebSocket API and the dashboard (FastAPI).
+
+``create_app(service)`` builds the app around a :class:`TrainingService`,
+which owns the configuration and the training runs; ``serve`` runs it with
+uvicorn in the caller's asyncio loop, beside the coordinator.
+"""
+
+from hypergpu.api.app import create_app
+from hypergpu.api.server import ApiServer
+from hypergpu.api.service import ConflictError, Session, TrainingService
+
+__all__ = ["ApiServer", "ConflictError", "Session", "TrainingService", "create_app"]

@@ -1,0 +1,127 @@
+"""The FastAPI application: ``create_app(service)``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hypergpu.api.presets import PresetStore, UnknownPresetError
+from hypergpu.api.prometheus import build_registry
+from hypergpu.api.routes import chain, config, events, health, nodes, training
+from hypergpu.api.security import RateLimiter, new_token
+from hypergpu.api.service import ConflictError, TrainingService, UnknownSessionError
+from hypergpu.errors import ConfigError, HyperGPUError, InvalidArgumentError, UnknownNodeError
+
+log = logging.getLogger("hypergpu.api")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(
+    service: TrainingService,
+    *,
+    token: str | None = None,
+    presets_dir: Path | None = None,
+    rate_limiter: RateLimiter | None = None,
+) -> FastAPI:
+    """The control plane for ``service``.
+
+    Writes need ``token`` (default: config ``api.token``, else a fresh random
+    one; read it from ``app.state.token`` to show it once). Browsers from
+    ``api.cors_origins`` may call it cross-origin; no others.
+    """
+    from hypergpu import __version__
+
+    app = FastAPI(
+        title="HyperGPU control plane",
+        version=__version__,
+        description="Configure, start, watch and stop HyperGPU training. Writes need a bearer token.",
+    )
+    app.state.service = service
+    app.state.token = token or service.config.api.token or new_token()
+    app.state.rate_limiter = rate_limiter or RateLimiter()
+    app.state.presets = PresetStore(presets_dir or Path(".hypergpu/presets"))
+    app.state.metrics_registry = build_registry(service)
+
+    if service.config.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(service.config.api.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    for module in (health, training, nodes, config, chain, events):
+        app.include_router(module.router)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+    def prometheus_metrics() -> Response:
+        """Counters and gauges for Prometheus (names prefixed ``hypergpu_``)."""
+        return Response(generate_latest(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    _install_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's list of problems, plus one line naming each offending field.
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse(
+            {"detail": jsonable_errors(exc.errors()), "message": "; ".join(problems)}, status_code=422
+        )
+
+    @app.exception_handler(ConflictError)
+    async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(UnknownNodeError)
+    async def unknown_node(request: Request, exc: UnknownNodeError) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(UnknownSessionError)
+    @app.exception_handler(UnknownPresetError)
+    async def unknown(request: Request, exc: LookupError) -> JSONResponse:
+        return _error(404, str(exc.args[0] if exc.args else exc))
+
+    @app.exception_handler(ConfigError)
+    async def bad_config(request: Request, exc: ConfigError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(InvalidArgumentError)
+    async def bad_argument(request: Request, exc: InvalidArgumentError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(HyperGPUError)
+    async def engine_error(request: Request, exc: HyperGPUError) -> JSONResponse:
+        log.warning("request %s %s failed: %s", request.method, request.url.path, exc)
+        return _error(400, f"{type(exc).__name__}: {exc}")
+
+
+def jsonable_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic's error dicts without the parts JSON cannot carry (exceptions in ctx)."""
+    out = []
+    for e in errors:
+        item = {k: v for k, v in e.items() if k in ("loc", "msg", "type")}
+        item["loc"] = list(item.get("loc", ()))
+        out.append(item)
+    return out

@@ -1,0 +1,90 @@
+"""``/metrics`` in the Prometheus text format, from a registry owned by the app.
+
+Counters and the round-duration histogram are fed by the service after each
+round; per-node figures are read from the coordinator at scrape time, so a
+scrape always shows the registry as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hypergpu.api.service import TrainingService
+
+ROUND_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+NODE_STATES = ("active", "suspect", "dead", "left")
+
+
+class NodeCollector(Collector):
+    """Per-node and whole-run gauges read from the service when scraped."""
+
+    def __init__(self, service: TrainingService):
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        sent = CounterMetricFamily("hypergpu_node_bytes_sent", "Bytes the coordinator sent to a node", labels=["node"])
+        received = CounterMetricFamily(
+            "hypergpu_node_bytes_received", "Bytes the coordinator received from a node", labels=["node"]
+        )
+        quality = GaugeMetricFamily("hypergpu_node_quality_ratio", "Node health 0..1 (success rate, latency)",
+                                    labels=["node"])
+        rtt = GaugeMetricFamily("hypergpu_node_rtt_seconds", "Smoothed round-trip time of the node's link",
+                                labels=["node"])
+        states = GaugeMetricFamily("hypergpu_nodes", "Nodes by status", labels=["status"])
+        counts = dict.fromkeys(NODE_STATES, 0)
+        for node in service.nodes():
+            label = [str(node["node_id"])]
+            sent.add_metric(label, node["bytes_sent"])
+            received.add_metric(label, node["bytes_received"])
+            if node["quality"] is not None:
+                quality.add_metric(label, node["quality"])
+            if node["rtt_ms"] is not None:
+                rtt.add_metric(label, node["rtt_ms"] / 1000.0)
+            counts[node["status"]] = counts.get(node["status"], 0) + 1
+        for state, n in counts.items():
+            states.add_metric([state], n)
+        yield from (sent, received, quality, rtt, states)
+
+        status = service.status()
+        yield GaugeMetricFamily("hypergpu_training_active", "1 while a run is in progress",
+                                value=1 if service.running else 0)
+        yield GaugeMetricFamily("hypergpu_round", "Last finished round of the current run", value=status["round"])
+        if status["test_accuracy"] is not None:
+            yield GaugeMetricFamily("hypergpu_test_accuracy_ratio", "Last evaluated test accuracy",
+                                    value=status["test_accuracy"])
+        depth = _chain_queue_depth(service.chain)
+        if depth is not None:
+            yield GaugeMetricFamily("hypergpu_chain_queue_depth", "Chain writes waiting to be sent", value=depth)
+
+
+def _chain_queue_depth(chain: Any) -> int | None:
+    if chain is None:
+        return None
+    value = chain.status().get("queue_depth")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def build_registry(service: TrainingService) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    rounds = Counter("hypergpu_rounds", "Training rounds finished", ["applied"], registry=registry)
+    samples = Counter("hypergpu_samples", "Training samples in applied updates", registry=registry)
+    duration = Histogram("hypergpu_round_duration_seconds", "Wall time of a training round",
+                         buckets=ROUND_BUCKETS, registry=registry)
+
+    def on_round(record: dict[str, Any]) -> None:
+        applied = bool(record.get("applied"))
+        rounds.labels(applied=str(applied).lower()).inc()
+        if applied:
+            samples.inc(record.get("samples", 0))
+        if record.get("duration_s") is not None:
+            duration.observe(record["duration_s"])
+
+    service.round_listeners.append(on_round)
+    registry.register(NodeCollector(service))
+    return registry

@@ -1,0 +1,244 @@
+"""The control plane without a run: routes, validation, auth, CORS, presets, Prometheus."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.websockets import WebSocketDisconnect
+
+from hypergpu.api import TrainingService, create_app
+from hypergpu.api.security import RateLimiter
+from hypergpu.config import load_config
+
+with warnings.catch_warnings():
+    # Starlette asks for its httpx fork; the test client works the same with httpx.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture
+def config():
+    return load_config(None, ["nodes.count=2", "data.cache_dir=null", "api.cors_origins=['http://dash.example']"])
+
+
+@pytest.fixture
+def client(config, tmp_path):
+    app = create_app(TrainingService(config), token=TOKEN, presets_dir=tmp_path / "presets")
+    with TestClient(app) as c:
+        yield c
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_probes_and_docs(client):
+    for path in ("/health", "/livez", "/readyz"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "/api/training/start" in schema["paths"]
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+def test_idle_status_nodes_metrics(client):
+    s = client.get("/api/status").json()
+    assert s["state"] == "idle" and s["round"] == 0 and s["session"] is None and s["rounds"] == 20
+    assert client.get("/api/nodes").json() == []
+    assert client.get("/api/metrics").json() == {"session": None, "label": None, "points": []}
+    assert client.get("/api/sessions").json() == []
+    csv = client.get("/api/metrics.csv")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0].startswith("round,time,applied,train_loss")
+
+
+def test_unknown_ids_are_404(client):
+    r = client.get("/api/nodes/7")
+    assert r.status_code == 404 and "node" in r.json()["detail"]
+    assert client.get("/api/sessions/3").status_code == 404
+    assert client.get("/api/metrics", params={"session": 3}).status_code == 404
+    assert client.post("/api/nodes/7/exclude", headers=AUTH).status_code == 404
+
+
+def test_bad_input_names_the_field(client):
+    r = client.get("/api/nodes/-1")
+    assert r.status_code == 422 and "node_id" in r.json()["message"]
+    r = client.put("/api/config", headers=AUTH, json={"training": {"rounds": 0}})
+    assert r.status_code == 422 and "training.rounds" in r.json()["message"]
+    r = client.post("/api/training/start", headers=AUTH, json={"config": {"nodes": {"count": "many"}}})
+    assert r.status_code == 422 and "nodes.count" in r.json()["message"]
+    r = client.post("/api/training/start", headers=AUTH, json={"config": {"nodes": {"count": 500}}})
+    assert r.status_code == 422 and "nodes.count" in r.json()["detail"]
+    r = client.post("/api/nodes/0/exclude", headers=AUTH, json={"reason": ""})
+    assert r.status_code == 422 and "reason" in r.json()["message"]
+    r = client.put("/api/presets/bad name!", headers=AUTH, json={})
+    assert r.status_code == 422 and "name" in r.json()["message"]
+
+
+def test_controls_refused_when_idle(client):
+    for action in ("stop", "pause", "resume"):
+        r = client.post(f"/api/training/{action}", headers=AUTH)
+        assert r.status_code == 409, action
+        assert "no training is running" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/training/start"),
+        ("post", "/api/training/stop"),
+        ("post", "/api/training/pause"),
+        ("post", "/api/training/resume"),
+        ("post", "/api/nodes/0/exclude"),
+        ("post", "/api/nodes/0/include"),
+        ("put", "/api/config"),
+        ("put", "/api/presets/p1"),
+        ("post", "/api/presets/p1/save"),
+        ("post", "/api/presets/p1/load"),
+        ("delete", "/api/presets/p1"),
+    ],
+)
+def test_writes_need_the_token(client, method, path):
+    r = client.request(method, path, json={})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.request(method, path, json={}, headers={"Authorization": "Bearer wrong-token-xyz"})
+    assert r.status_code == 401 and r.json()["detail"] == "invalid API token"
+    assert client.get("/api/status").json()["state"] == "idle"  # nothing happened
+
+
+def test_writes_are_rate_limited(config, tmp_path):
+    app = create_app(TrainingService(config), token=TOKEN, presets_dir=tmp_path,
+                     rate_limiter=RateLimiter(burst=3, per_s=0.01))
+    with TestClient(app) as c:
+        codes = [c.post("/api/presets/p/save", headers=AUTH).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        r = c.post("/api/presets/p/save", headers=AUTH)
+        assert int(r.headers["retry-after"]) >= 1 and "too many writes" in r.json()["detail"]
+        assert c.get("/api/status").status_code == 200  # reads are not limited
+
+
+def test_generated_token_when_none_configured(config):
+    app = create_app(TrainingService(config))
+    assert len(app.state.token) >= 24
+    assert create_app(TrainingService(config)).state.token != app.state.token
+    configured = config.model_copy(update={"api": config.api.model_copy(update={"token": "from-config-123"})})
+    assert create_app(TrainingService(configured)).state.token == "from-config-123"
+
+
+def test_cors_only_for_configured_origins(client):
+    ok = client.options("/api/training/stop", headers={
+        "Origin": "http://dash.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://dash.example"
+    bad = client.options("/api/training/stop", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+    r = client.get("/api/status", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_config_round_trip_without_secrets(config, tmp_path):
+    secret = config.model_copy(update={"api": config.api.model_copy(update={"token": "super-secret-token"})})
+    app = create_app(TrainingService(secret), presets_dir=tmp_path)
+    auth = {"Authorization": "Bearer super-secret-token"}
+    with TestClient(app) as c:
+        body = c.get("/api/config").json()
+        assert body["api"]["token"] is None and "super-secret-token" not in c.get("/api/config").text
+        body["training"]["rounds"] = 7
+        body["api"]["token"] = "attacker-chosen-token"
+        r = c.put("/api/config", headers=auth, json=body)
+        assert r.status_code == 200 and r.json()["training"]["rounds"] == 7
+        # the guarding token does not change through a config write
+        assert c.put("/api/config", headers={"Authorization": "Bearer attacker-chosen-token"}, json=body).status_code == 401
+        assert c.get("/api/status").json()["rounds"] == 7
+        c.post("/api/presets/s/save", headers=auth)
+        assert "super-secret-token" not in (tmp_path / "s.json").read_text()
+
+
+def test_presets_save_load_import_export_delete(client):
+    assert client.get("/api/presets").json() == []
+    cfg = client.get("/api/config").json()
+    cfg["training"]["lr"] = 0.05
+    r = client.put("/api/presets/fast-lr", headers=AUTH, json=cfg)  # import
+    assert r.status_code == 200 and r.json()["name"] == "fast-lr"
+    assert client.post("/api/presets/current/save", headers=AUTH).status_code == 200
+    assert [p["name"] for p in client.get("/api/presets").json()] == ["current", "fast-lr"]
+    exported = client.get("/api/presets/fast-lr").json()
+    assert exported["training"]["lr"] == 0.05
+    assert client.get("/api/config").json()["training"]["lr"] == 0.001
+    r = client.post("/api/presets/fast-lr/load", headers=AUTH)
+    assert r.status_code == 200 and "loaded" in r.json()["message"]
+    assert client.get("/api/config").json()["training"]["lr"] == 0.05
+    assert client.delete("/api/presets/fast-lr", headers=AUTH).status_code == 200
+    assert client.get("/api/presets/fast-lr").status_code == 404
+    assert client.post("/api/presets/fast-lr/load", headers=AUTH).status_code == 404
+    assert client.delete("/api/presets/fast-lr", headers=AUTH).status_code == 404
+
+
+def test_chain_disabled_without_a_recorder(client):
+    for path in ("/api/blockchain/session", "/api/blockchain/contributions"):
+        body = client.get(path).json()
+        assert body["enabled"] is False and "chain not enabled" in body["reason"]
+
+
+def test_chain_recorder_is_relayed_without_secrets(config):
+    class Recorder:
+        def status(self):
+            return {"connected": True, "block_number": 12, "queue_depth": 3, "private_key": "0xdead"}
+
+        def contributions(self):
+            return [{"node": "node-0", "samples": 100, "reward_wei": 5}]
+
+        def transactions(self):
+            return [{"hash": "0xab", "status": "confirmed", "key": "0xbeef"}]
+
+    service = TrainingService(config)
+    service.chain = Recorder()
+    with TestClient(create_app(service, token=TOKEN)) as c:
+        s = c.get("/api/blockchain/session").json()
+        assert s == {"enabled": True, "reason": None, "connected": True, "block_number": 12, "queue_depth": 3}
+        body = c.get("/api/blockchain/contributions").json()
+        assert body["contributions"][0]["samples"] == 100
+        assert body["transactions"] == [{"hash": "0xab", "status": "confirmed"}]
+        assert "hypergpu_chain_queue_depth 3.0" in c.get("/metrics").text
+
+
+def test_prometheus_exposition(client):
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    for name in ("hypergpu_rounds", "hypergpu_samples", "hypergpu_round_duration_seconds",
+                 "hypergpu_node_bytes_sent", "hypergpu_node_quality_ratio", "hypergpu_training_active"):
+        assert name in families, name
+    assert families["hypergpu_round_duration_seconds"].type == "histogram"
+    assert families["hypergpu_training_active"].samples[0].value == 0
+
+
+def test_each_app_has_its_own_registry(config):
+    a, b = create_app(TrainingService(config)), create_app(TrainingService(config))
+    assert a.state.metrics_registry is not b.state.metrics_registry
+
+
+def test_dashboard_and_vendored_chart_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    js = client.get("/static/vendor/chart.umd.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+
+
+def test_websocket_hello_and_resume(client):
+    service = client.app.state.service
+    for i in range(3):
+        service.events.publish("alert", level="info", message=f"m{i}")
+    with client.websocket_connect("/ws?after=1") as ws:
+        hello = ws.receive_json()
+        assert hello["type"] == "hello" and hello["last_seq"] == 3 and hello["oldest_seq"] == 1
+        got = [ws.receive_json() for _ in range(2)]
+        assert [e["seq"] for e in got] == [2, 3] and got[0]["data"]["message"] == "m1"
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws?after=-4") as ws:
+        ws.receive_json()
+    assert refused.value.code == 1008  # policy violation: a negative sequence number
