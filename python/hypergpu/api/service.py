@@ -184,6 +184,7 @@ class TrainingService:
         self.assignments.clear()
         coord.observers.append(self._on_round)
         self.coordinator = coord
+        await self._attach_chain(run_cfg, coord)
         try:
             join = await coord.start()
             self._nodes = LocalNodes(run_cfg, join, coord.token, self.log_dir)
@@ -220,6 +221,10 @@ class TrainingService:
             session.result = summary
             session.state = "stopped" if summary.stopped_early else "finished"
         finally:
+            if self.chain is not None and session.result is not None:
+                # Settle the last epoch; the recorder stays readable for the chain panel.
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.chain.finish, coord, complete=not session.result.stopped_early)
             with contextlib.suppress(Exception):
                 await coord.close()
             if self._nodes is not None:
@@ -228,6 +233,19 @@ class TrainingService:
                 self._watch.cancel()
             session.finished_at = time.time()
             self.events.publish("training", type="session-ended", session=session.id, state=session.state)
+
+    async def _attach_chain(self, cfg: HyperGPUConfig, coord: Any) -> None:
+        """Record contributions on chain for this run when ``rewards.enabled``."""
+        if self.chain is not None:
+            await asyncio.to_thread(self.chain.close)
+            self.chain = None
+        if not cfg.rewards.enabled:
+            return
+        from hypergpu.chain.recorder import ChainRecorder
+
+        recorder = await asyncio.to_thread(ChainRecorder(cfg).start, coord)
+        coord.observers.append(recorder)
+        self.chain = recorder
 
     async def wait(self) -> Session | None:
         """Wait for the current run to end."""
@@ -281,6 +299,9 @@ class TrainingService:
             self.stop()
         with contextlib.suppress(Exception):
             await self.wait()
+        if self.chain is not None:
+            await asyncio.to_thread(self.chain.close)
+            self.chain = None
 
     def _require_running(self) -> Session:
         session = self.current
