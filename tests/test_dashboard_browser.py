@@ -79,7 +79,9 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.locator("#node-grid .node").first.click()
         page.wait_for_selector("#node-detail canvas#latency-chart")
         assert "success rate" in page.locator("#node-detail").inner_text()
-        assert "chain not enabled" in page.locator("#chain").inner_text()
+        # The run records contributions on the (embedded) chain by default.
+        page.wait_for_function(
+            "() => document.querySelector('#chain').textContent.includes('connected · block')", timeout=60_000)
 
         page.click("#stop-btn")
         page.wait_for_function("() => document.querySelector('#state').textContent === 'stopped'", timeout=60_000)
