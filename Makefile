@@ -9,10 +9,20 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Property tests run at least this many cases per property.
 export PROPTEST_CASES ?= 10000
 
-.PHONY: env build demo test test-rust test-python bench lint clean
+.PHONY: env system-deps node-deps build demo test test-rust test-python bench lint clean
 
 env:
 	@bash scripts/env.sh
+
+# Debian packages for the network-namespace and browser tests (those tests
+# skip with a printed reason where they cannot run).
+system-deps:
+	@bash scripts/system-deps.sh || echo "system-deps: could not install; tests needing them will say so"
+
+# The Solidity compiler, OpenZeppelin and anvil (contracts/), Chart.js (dashboard/).
+node-deps:
+	@cd contracts && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; }
+	@cd dashboard && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; }
 
 # Build the extension in release mode into the checkout's python/ tree.
 build: env
@@ -34,7 +44,7 @@ test-python: build
 	$(PY) -m pytest -q -W error
 	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
 
-test: env lint test-rust test-python
+test: env system-deps node-deps lint test-rust test-python
 
 bench: build
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,mean,max,rounds

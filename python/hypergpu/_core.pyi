@@ -13,6 +13,7 @@ __version__: str
 FRAME_VERSION: int
 HEADER_FIXED_LEN: int
 
+@final
 class TensorSpec:
     name: str
     dtype: str
@@ -20,6 +21,7 @@ class TensorSpec:
     nbytes: int
     def __new__(cls, name: str, dtype: str, shape: Sequence[int], nbytes: int) -> TensorSpec: ...
 
+@final
 class FrameHeader:
     kind: str
     codec: str
