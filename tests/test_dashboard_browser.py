@@ -32,7 +32,7 @@ def browser():
 
 def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
     cfg = load_config(None, [
-        "nodes.count=2", "training.rounds=60", "training.model='mlp'", "training.local_steps=4",
+        "nodes.count=2", "training.rounds=1000", "training.model='mlp'", "training.local_steps=4",
         "data.cache_dir=null", "coordinator.checkpoint_every=0", f"coordinator.checkpoint_dir='{tmp_path / 'c'}'",
     ])
     with BackgroundApi(cfg, presets_dir=tmp_path / "presets") as api:
@@ -60,7 +60,7 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.fill("[name='training.rounds']", "0")
         page.click("#start-btn")
         assert "training.rounds" in page.locator("#form-error").inner_text()
-        page.fill("[name='training.rounds']", "60")
+        page.fill("[name='training.rounds']", "1000")
 
         page.click("#start-btn")
         page.wait_for_function("() => document.querySelector('#state').textContent === 'running'", timeout=60_000)
@@ -87,7 +87,7 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.wait_for_function("() => document.querySelector('#state').textContent === 'stopped'", timeout=60_000)
         assert api.service.current.state == "stopped"
         stopped_at = int(page.locator("#round").inner_text())
-        assert stopped_at < 60
+        assert stopped_at < 1000
         page.wait_for_timeout(500)
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
