@@ -9,10 +9,15 @@ configured batch size, local steps and codec; the adaptive planner (in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.registry import NodeInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hypergpu.model.manager import ModelManager
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,12 @@ class Planner(Protocol):
 
     def observe(self, record: dict[str, Any]) -> None:
         """Learn from a finished round's record."""
+
+
+class OuterOptimizer(Protocol):
+    """Applies a round's averaged update (``params_after - params_received``) to the model."""
+
+    def step(self, model: ModelManager, update: np.ndarray) -> int: ...
 
 
 class StaticPlanner:
