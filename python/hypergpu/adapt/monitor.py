@@ -40,6 +40,7 @@ class NodeLink:
     history: deque[dict[str, Any]]
     alpha: float = 0.3
     srtt_ms: float | None = None
+    rtt_ms: float | None = None  # median of recent RTT samples: robust to one slow ack
     jitter_ms: float = 0.0
     loss: float = 0.0  # share of packets lost, smoothed
     retransmits: int = 0  # packets the transport had to resend, cumulative
@@ -80,14 +81,15 @@ class NodeLink:
 
     def est_throughput_Bps(self) -> float:
         """Bytes/s one exchange can expect: measured when known, else a
-        loss-limited TCP-style estimate (MSS/RTT * 1.22/sqrt(loss))."""
+        loss-limited TCP-style estimate (MSS/RTT * 1.22/sqrt(loss)), taking
+        at least 0.5 % loss while too few packets have been seen to know."""
         if self.throughput_Bps is not None:
             return self.throughput_Bps
-        rtt = max((self.srtt_ms or 50.0) / 1000.0, 1e-3)
-        return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 1e-4))
+        rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
+        return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
 
     def transfer_s(self, nbytes: float) -> float:
-        return (self.srtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()
+        return (self.rtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()
 
 
 class NetworkMonitor:
@@ -126,6 +128,10 @@ class NetworkMonitor:
             link.srtt_ms = float(srtt)
             link.rtt_recent.append(float(srtt))
         samples = [float(s) for s in stats.get("rtt_samples_ms") or [] if s > 0]
+        if samples:
+            link.rtt_ms = statistics.median(samples[-32:])
+        elif link.srtt_ms is not None:
+            link.rtt_ms = link.srtt_ms
         if len(samples) >= 2:
             link.jitter_ms = statistics.pstdev(samples[-32:])
         sent, lost = int(stats.get("sent_packets", 0)), int(stats.get("lost_packets", 0))
@@ -161,7 +167,7 @@ class NetworkMonitor:
             if wall_s is not None:
                 link.wall_s = _ewma(link.wall_s, wall_s, a)
             if turnaround_s is not None and wall_s is not None and bytes_moved:
-                comm = max(turnaround_s - wall_s - (link.srtt_ms or 0.0) / 1000.0, 1e-3)
+                comm = max(turnaround_s - wall_s - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
                 link.throughput_Bps = _ewma(link.throughput_Bps, bytes_moved / comm, 0.5)
         else:
             link.missed_streak += 1
@@ -193,6 +199,7 @@ class NetworkMonitor:
                 "quality": link.quality.value,
                 "score": link.score,
                 "srtt_ms": link.srtt_ms,
+                "rtt_ms": link.rtt_ms,
                 "jitter_ms": link.jitter_ms,
                 "loss": link.loss,
                 "retransmits": link.retransmits,
@@ -214,7 +221,7 @@ class NetworkMonitor:
     # --- internals ----------------------------------------------------------------
 
     def _rescore(self, link: NodeLink, round_id: int) -> None:
-        rtt = link.srtt_ms if link.srtt_ms is not None else 50.0
+        rtt = link.rtt_ms if link.rtt_ms is not None else 50.0
         link.score = link_score(rtt + link.jitter_ms, link.loss, link.reliability, link.est_throughput_Bps() * 8)
         link.tracker.update(link.score)
         link.history.append({

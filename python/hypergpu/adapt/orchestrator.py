@@ -51,6 +51,9 @@ class Trial:
     rate: float | None  # samples per second of exchange
     loss: float | None
     what: list[str] = field(default_factory=list)
+    # Stronger compression or more work per exchange should raise throughput;
+    # fewer local steps trade throughput for fresher models and are judged on loss only.
+    expect_faster: bool = False
 
 
 class AdaptivePlanner:
@@ -181,7 +184,9 @@ class AdaptivePlanner:
                     what.append("batch")
                     self._decide(round_id, n, "batch", old.effective_batch, knobs.effective_batch,
                                  f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}")
-                self.trials[n] = Trial(round_id, old, self._rate.get(n), self._loss.get(n), what)
+                faster = (knobs.codec != old.codec or knobs.local_steps > old.local_steps
+                          or knobs.effective_batch > old.effective_batch)
+                self.trials[n] = Trial(round_id, old, self._rate.get(n), self._loss.get(n), what, faster)
         self.knobs[n] = knobs
         return Assignment(
             batch_size=knobs.batch.batch_size, local_steps=knobs.local_steps, accumulation=knobs.batch.accumulation,
@@ -236,7 +241,7 @@ class AdaptivePlanner:
                 continue
             rate, loss = self._rate.get(n), self._loss.get(n)
             why = None
-            if rate is not None and rate < (1 - p.rollback_tolerance) * trial.rate:
+            if trial.expect_faster and rate is not None and rate < (1 - p.rollback_tolerance) * trial.rate:
                 why = f"throughput fell {trial.rate:.0f} -> {rate:.0f} samples/s"
             elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + 1e-3:
                 why = f"loss rose {trial.loss:.3f} -> {loss:.3f}"

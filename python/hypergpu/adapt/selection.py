@@ -64,6 +64,7 @@ class SelectionRules:
     top_n: int = 8
     slack: float = 2.5  # adaptive: allowed multiple of the reference exchange time
     reference_share: float = 0.3  # adaptive: the reference is this quantile of expected times
+    floor_s: float = 1.0  # adaptive: exchanges this short are never worth leaving out
     strikes_to_quarantine: int = 2
     quarantine_rounds: int = 3
     probation_rounds: int = 2
@@ -136,7 +137,7 @@ class NodeSelector:
         else:
             times = sorted(c.expected_s for c in pool)
             reference = times[min(len(times) - 1, max(0, math.ceil(r.reference_share * len(times)) - 1))]
-            limit = r.slack * reference
+            limit = max(r.slack * reference, r.floor_s)
             keep = [c for c in pool if c.expected_s <= limit]
             reason = f"expected exchange over {limit:.2f} s ({r.slack:g}x the faster nodes)"
         kept = {c.node_id for c in keep}

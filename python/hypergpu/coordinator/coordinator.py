@@ -555,24 +555,27 @@ class Coordinator:
 
     async def _round_network_events(self, round_id: int) -> None:
         for event in [e for e in self._network_events if e.at_round is not None and e.at_round <= round_id]:
-            self._network_events.remove(event)
-            await self._reshape(event.node, event.profile)
+            if await self._reshape(event.node, event.profile):
+                self._network_events.remove(event)  # else: retried next round, once the node is back
 
     async def _timed_network_events(self) -> None:
         started = time.perf_counter()
         for event in sorted((e for e in self._network_events if e.at_s is not None), key=lambda e: e.at_s or 0.0):
             await asyncio.sleep(max(0.0, (event.at_s or 0.0) - (time.perf_counter() - started)))
-            if event in self._network_events:
-                self._network_events.remove(event)
-                await self._reshape(event.node, event.profile)
+            while event in self._network_events:
+                if await self._reshape(event.node, event.profile):
+                    self._network_events.remove(event)
+                else:
+                    await asyncio.sleep(0.5)
 
-    async def _reshape(self, node_id: int, profile: str) -> None:
-        """Tell a node to switch its link to ``profile`` (it shapes its own end)."""
+    async def _reshape(self, node_id: int, profile: str) -> bool:
+        """Tell a node to switch its link to ``profile`` (it shapes its own end); False if not connected."""
         if node_id not in self._links:
-            log.warning("network event for node %d skipped: not connected", node_id)
-            return
+            log.info("network event for node %d waits: not connected", node_id)
+            return False
         await self._reply(node_id, Message("control", {"type": "shape", "profile": profile}))
         self.events.publish("network", type="shape", node=node_id, profile=profile, round=self.round)
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

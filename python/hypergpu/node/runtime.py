@@ -152,6 +152,7 @@ class Node:
     async def run(self) -> NodeReport:
         self._link = await self._connect()
         heartbeat = asyncio.ensure_future(self._heartbeats())
+        early: Message | None = None
         try:
             while True:
                 try:
@@ -163,6 +164,13 @@ class Node:
                 msg = protocol.decode(frame)
                 if msg.kind == "welcome":
                     self._on_welcome(msg)
+                    if early is not None:
+                        early, msg = None, early
+                        await self._on_params(msg)
+                elif msg.kind == "params" and self._trainer is None:
+                    # Each message has its own stream, so the first round's
+                    # parameters can overtake the (larger) welcome: hold them.
+                    early = msg
                 elif msg.kind == "params":
                     await self._on_params(msg)
                 elif msg.kind == "ack":
