@@ -24,6 +24,7 @@ from hypergpu.adapt.quality import Quality, QualityTracker, link_score
 
 #: Typical QUIC payload per packet, for the loss-limited throughput estimate.
 MSS_BYTES = 1400
+RECENT_RTT_SAMPLES = 8
 Publish = Callable[..., Any]
 
 
@@ -40,7 +41,8 @@ class NodeLink:
     history: deque[dict[str, Any]]
     alpha: float = 0.3
     srtt_ms: float | None = None
-    rtt_ms: float | None = None  # median of recent RTT samples: robust to one slow ack
+    rtt_ms: float | None = None  # median of the latest RTT samples: robust to one slow ack
+    throughput_rtt_ms: float | None = None  # the RTT when throughput_Bps was measured
     jitter_ms: float = 0.0
     loss: float = 0.0  # share of packets lost, smoothed
     retransmits: int = 0  # packets the transport had to resend, cumulative
@@ -80,10 +82,16 @@ class NodeLink:
         return (new - old) / old if old > 0 else 0.0
 
     def est_throughput_Bps(self) -> float:
-        """Bytes/s one exchange can expect: measured when known, else a
-        loss-limited TCP-style estimate (MSS/RTT * 1.22/sqrt(loss)), taking
-        at least 0.5 % loss while too few packets have been seen to know."""
+        """Bytes/s one exchange can expect.
+
+        Measured over past exchanges when known, scaled by how the RTT moved
+        since (loss-limited throughput goes as 1/RTT), else a TCP-style
+        estimate MSS/RTT * 1.22/sqrt(loss), taking at least 0.5 % loss while
+        too few packets have been seen to know.
+        """
         if self.throughput_Bps is not None:
+            if self.throughput_rtt_ms and self.rtt_ms:
+                return self.throughput_Bps * min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
             return self.throughput_Bps
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
         return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
@@ -129,7 +137,8 @@ class NetworkMonitor:
             link.rtt_recent.append(float(srtt))
         samples = [float(s) for s in stats.get("rtt_samples_ms") or [] if s > 0]
         if samples:
-            link.rtt_ms = statistics.median(samples[-32:])
+            # The last few pings (0.5 s apart): a link that just got worse shows within seconds.
+            link.rtt_ms = statistics.median(samples[-RECENT_RTT_SAMPLES:])
         elif link.srtt_ms is not None:
             link.rtt_ms = link.srtt_ms
         if len(samples) >= 2:
@@ -169,6 +178,7 @@ class NetworkMonitor:
             if turnaround_s is not None and wall_s is not None and bytes_moved:
                 comm = max(turnaround_s - wall_s - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
                 link.throughput_Bps = _ewma(link.throughput_Bps, bytes_moved / comm, 0.5)
+                link.throughput_rtt_ms = link.rtt_ms
         else:
             link.missed_streak += 1
             if link.missed_streak == self.silent_rounds:

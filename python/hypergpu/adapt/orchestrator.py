@@ -137,7 +137,7 @@ class AdaptivePlanner:
         chosen, excluded = self.selector.select(round_id, candidates)
         for n, reason in excluded.items():
             plan.excluded[n] = reason
-            if self._last_plan is not None and n in self._last_plan.assignments:
+            if self._last_plan is None or n in self._last_plan.assignments:
                 self._decide(round_id, n, "selection", "in", "out", reason)
         for n in chosen:
             if self._last_plan is not None and n not in self._last_plan.assignments:

@@ -253,6 +253,8 @@ class Coordinator:
             "samples": self.samples,
             "last": last,
             "refusals": dict(self.refusals),
+            # an adaptive planner's links, standings, settings and decisions
+            "planner": self.planner.status() if callable(getattr(self.planner, "status", None)) else None,
         }
 
     # --- the round ------------------------------------------------------------
