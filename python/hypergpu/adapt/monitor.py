@@ -85,16 +85,20 @@ class NodeLink:
         """Bytes/s one exchange can expect.
 
         Measured over past exchanges when known, scaled by how the RTT moved
-        since (loss-limited throughput goes as 1/RTT), else a TCP-style
-        estimate MSS/RTT * 1.22/sqrt(loss), taking at least 0.5 % loss while
-        too few packets have been seen to know.
+        since (loss-limited throughput goes as 1/RTT) and capped near the
+        TCP-style estimate MSS/RTT * 1.22/sqrt(loss) (taking at least 0.5 %
+        loss while too few packets have been seen to know), which alone
+        serves before any exchange.
         """
-        if self.throughput_Bps is not None:
-            if self.throughput_rtt_ms and self.rtt_ms:
-                return self.throughput_Bps * min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
-            return self.throughput_Bps
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
-        return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
+        loss_limited = MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
+        if self.throughput_Bps is None:
+            return loss_limited
+        measured = self.throughput_Bps
+        if self.throughput_rtt_ms and self.rtt_ms:
+            measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
+        # A link that turned lossy since the last exchange is capped by its new loss.
+        return min(measured, 2.0 * loss_limited)
 
     def transfer_s(self, nbytes: float) -> float:
         return (self.rtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()

@@ -29,6 +29,11 @@ from hypergpu.coordinator.plan import Assignment, RoundPlan
 from hypergpu.coordinator.registry import NodeInfo
 
 
+#: Round deadline: this multiple of the slowest participant's expected exchange, plus a margin.
+DEADLINE_FACTOR = 2.0
+DEADLINE_MARGIN_S = 2.0
+
+
 @dataclass
 class Knobs:
     """One node's settings, as the planner last chose them."""
@@ -147,6 +152,13 @@ class AdaptivePlanner:
         targets = self.batches.targets(latency)
         for n in chosen:
             plan.assignments[n] = self._assign(round_id, n, targets[n])
+        if chosen:
+            # Once a quorum is in, a node far slower than expected is not waited for:
+            # it hurt the round (a strike), and its update may still count, stale-weighted.
+            # Nodes in only for fairness do not set the pace.
+            paced = [n for n in chosen if n not in self.selector.forced] or chosen
+            expected = max(self._expected_s(n) for n in paced)
+            plan.deadline_s = DEADLINE_FACTOR * expected + DEADLINE_MARGIN_S
         self._last_plan = plan
         return plan
 

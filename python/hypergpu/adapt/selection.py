@@ -63,7 +63,7 @@ class SelectionRules:
     threshold: Quality = Quality.FAIR
     top_n: int = 8
     slack: float = 2.5  # adaptive: allowed multiple of the reference exchange time
-    reference_share: float = 0.3  # adaptive: the reference is this quantile of expected times
+    reference_share: float = 0.2  # adaptive: the reference is this quantile of expected times
     floor_s: float = 1.0  # adaptive: exchanges this short are never worth leaving out
     strikes_to_quarantine: int = 2
     quarantine_rounds: int = 3

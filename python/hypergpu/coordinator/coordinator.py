@@ -278,7 +278,7 @@ class Coordinator:
         sends = [self._send_params(node_id, round_id, params, plan) for node_id in plan.participants]
         await asyncio.gather(*sends)
 
-        deadline = started + c.round_timeout_s
+        deadline = started + min(c.round_timeout_s, plan.deadline_s or c.round_timeout_s)
         while not self.book.complete() and not self._stop.is_set():
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

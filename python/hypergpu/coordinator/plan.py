@@ -41,6 +41,8 @@ class RoundPlan:
     assignments: dict[int, Assignment] = field(default_factory=dict)
     # node id -> why it sits this round out
     excluded: dict[int, str] = field(default_factory=dict)
+    # stop waiting after this long once a quorum is in (None: the configured round timeout)
+    deadline_s: float | None = None
 
     @property
     def participants(self) -> set[int]:
