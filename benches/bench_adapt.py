@@ -127,5 +127,12 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
             acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "-"
             print(f"  {label} round {r['round']}: t={r['t_s']:.1f}s dur={r['duration_s']:.1f}s acc={acc} "
                   f"reported={r['reported']}")
+    kinds: dict[str, int] = {}
+    for d in planner.decisions:
+        kinds[d["knob"]] = kinds.get(d["knob"], 0) + 1
+    print(f"  adaptive decisions by kind: {kinds}")
+    for d in list(planner.decisions):
+        if d["knob"] in ("selection", "standing", "rollback"):
+            print(f"    r{d['round']} node {d['node']} {d['knob']}: {d['old']} -> {d['new']} ({d['reason']})")
     # The planner's own work must be small next to the rounds it plans.
     assert planner.overhead < 0.05

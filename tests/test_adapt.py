@@ -239,6 +239,8 @@ def test_planner_adapts_per_link_and_records_decisions() -> None:
     assert set(a) == {0, 1, 2}
     assert a[2].codec == "topk" and a[0].codec in ("raw", "fp16")
     assert a[2].batch_size * a[2].accumulation > a[0].batch_size * a[0].accumulation
+    # The round waits for twice the slowest participant's expected exchange (then the timeout caps it).
+    assert plan.deadline_s is not None and plan.deadline_s >= 2 * planner._expected_s(2)
     answers = {n: {"samples": 64, "turnaround_s": 1.0 + 10 * (n == 2), "compute_s": 0.4, "wall_s": 0.5,
                    "update_bytes": 1000, "loss": 1.0} for n in a}
     planner.observe(record(1, answers, sorted(a), plan))
