@@ -282,3 +282,5 @@ def test_adapt_config_is_validated() -> None:
     with pytest.raises(ConfigError):
         load_config(None, ["adapt.policy='reckless'"])
     assert load_config(None, []).adapt.enabled is False
+    with pytest.raises(ConfigError, match="built-in profile"):
+        load_config(None, ["network.events=[{node=0, profile='custom', at_round=2}]"])

@@ -122,6 +122,9 @@ class NetworkEvent(_Section):
     def _exactly_one_trigger(self) -> NetworkEvent:
         if (self.at_s is None) == (self.at_round is None):
             raise ValueError("needs exactly one of at_s or at_round")
+        if self.profile == "custom":
+            # the switch travels as a profile name; custom settings are not sent
+            raise ValueError("a network event must name a built-in profile, not 'custom'")
         return self
 
 
