@@ -140,11 +140,13 @@ class NetworkMonitor:
             link.srtt_ms = float(srtt)
             link.rtt_recent.append(float(srtt))
         samples = [float(s) for s in stats.get("rtt_samples_ms") or [] if s > 0]
-        if samples:
-            # The last few pings (0.5 s apart): a link that just got worse shows within seconds.
-            link.rtt_ms = statistics.median(samples[-RECENT_RTT_SAMPLES:])
-        elif link.srtt_ms is not None:
-            link.rtt_ms = link.srtt_ms
+        # The larger of QUIC's smoothed RTT (from acks of real traffic) and the
+        # median of the last few ping round trips: a link that just got worse
+        # shows within seconds in one or the other.
+        recent = statistics.median(samples[-RECENT_RTT_SAMPLES:]) if samples else None
+        candidates = [v for v in (link.srtt_ms, recent) if v is not None]
+        if candidates:
+            link.rtt_ms = max(candidates)
         if len(samples) >= 2:
             link.jitter_ms = statistics.pstdev(samples[-32:])
         sent, lost = int(stats.get("sent_packets", 0)), int(stats.get("lost_packets", 0))
@@ -240,7 +242,7 @@ class NetworkMonitor:
         link.tracker.update(link.score)
         link.history.append({
             "t": time.time(), "round": round_id, "score": round(link.score, 2), "quality": link.quality.value,
-            "srtt_ms": link.srtt_ms, "loss": link.loss, "reliability": link.reliability,
+            "srtt_ms": link.srtt_ms, "rtt_ms": link.rtt_ms, "loss": link.loss, "reliability": link.reliability,
             "turnaround_s": link.turnaround_s,
         })
 
