@@ -137,7 +137,7 @@ def test_bad_files(tmp_path):
         load_config(bad)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[trainig]\nlr = 1\n")
-    with pytest.raises(ConfigError, match="trainig: unknown field; known fields: api, chain, coordinator"):
+    with pytest.raises(ConfigError, match="trainig: unknown field; known fields: adapt, api, chain, coordinator"):
         load_config(unknown)
 
 
@@ -156,7 +156,9 @@ def test_config_hash_is_stable_and_sensitive():
 def test_schema_describes_sections_and_ranges():
     schema = config_schema()
     json.dumps(schema)
-    assert set(schema["properties"]) == {"training", "data", "network", "nodes", "coordinator", "api", "chain", "rewards"}
+    assert set(schema["properties"]) == {
+        "training", "data", "network", "nodes", "coordinator", "api", "chain", "rewards", "adapt"
+    }
     training = schema["$defs"]["TrainingConfig"]["properties"]
     assert training["lr"]["exclusiveMinimum"] == 0
     assert set(training["optimizer"]["enum"]) == {"sgd", "adam", "adamw"}

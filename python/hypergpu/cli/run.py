@@ -33,6 +33,7 @@ DEMO_OVERRIDES = (
     "coordinator.round_timeout_s=20.0",
     "coordinator.quorum=0.7",
     "coordinator.checkpoint_dir='runs/demo/checkpoints'",
+    "adapt.enabled=true",
 )
 
 
@@ -42,6 +43,15 @@ def _config(file: str | None, overrides: tuple[str, ...] | list[str]) -> HyperGP
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+def _planner(cfg: HyperGPUConfig) -> Any:
+    """The adaptive planner when ``adapt.enabled``, else None (the coordinator's static one)."""
+    if not cfg.adapt.enabled:
+        return None
+    from hypergpu.adapt import AdaptivePlanner
+
+    return AdaptivePlanner(cfg)
 
 
 def _on_signals(handler: Any) -> None:
@@ -64,7 +74,7 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
     cfg = _config(file, overrides)
 
     async def main() -> None:
-        coord = Coordinator(cfg, token=token)
+        coord = Coordinator(cfg, token=token, planner=_planner(cfg))
         recorder = await attach_recorder(cfg, coord, resume=resume)
         join = await coord.start()
         click.echo(f"join: {join}")
@@ -187,7 +197,8 @@ def _train(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
     from hypergpu.coordinator import Coordinator
 
     async def main() -> int:
-        coord = Coordinator(cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})}))
+        run_cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
+        coord = Coordinator(run_cfg, planner=_planner(run_cfg))
         recorder = await attach_recorder(cfg, coord)
         join = await coord.start()
         nodes = LocalNodes(cfg, join, coord.token, log_dir)

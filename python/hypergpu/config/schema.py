@@ -122,6 +122,9 @@ class NetworkEvent(_Section):
     def _exactly_one_trigger(self) -> NetworkEvent:
         if (self.at_s is None) == (self.at_round is None):
             raise ValueError("needs exactly one of at_s or at_round")
+        if self.profile == "custom":
+            # the switch travels as a profile name; custom settings are not sent
+            raise ValueError("a network event must name a built-in profile, not 'custom'")
         return self
 
 
@@ -172,6 +175,39 @@ class CoordinatorConfig(_Section):
     metric_history: int = Field(1000, ge=1, le=10_000_000)
 
 
+class AdaptConfig(_Section):
+    """Network-aware adaptation: who takes part and how each node works, per link."""
+
+    enabled: bool = False
+    policy: Literal["conservative", "reactive", "aggressive"] = "reactive"
+    strategy: Literal["all", "threshold", "top_n", "adaptive"] = "adaptive"
+    quality_threshold: Literal["excellent", "good", "fair", "poor", "critical"] = "fair"
+    top_n: int = Field(8, ge=1, le=4096)
+    min_batch: int = Field(8, ge=1, le=65536)
+    max_batch: int = Field(256, ge=1, le=65536, description="largest micro-batch a node holds at once")
+    powers_of_two: bool = True
+    min_local_steps: int = Field(5, ge=1, le=1_000_000)
+    max_local_steps: int = Field(50, ge=1, le=1_000_000)
+    codecs: list[Literal["raw", "fp16", "int8", "topk"]] = Field(
+        default_factory=lambda: ["raw", "fp16", "int8", "topk"], min_length=1
+    )
+    fairness_rounds: int = Field(10, ge=1, le=1_000_000, description="K: most rounds a node may sit out in a row")
+    quarantine_rounds: int = Field(3, ge=1, le=1_000_000)
+    probation_rounds: int = Field(2, ge=1, le=1_000_000)
+    outer_optimizer: Literal["none", "nesterov"] = "none"
+    outer_lr: float = Field(0.7, gt=0, le=10)
+    outer_momentum: float = Field(0.9, ge=0, lt=1)
+    history: int = Field(500, ge=1, le=1_000_000, description="points kept per time series")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AdaptConfig:
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch {self.min_batch} exceeds max_batch {self.max_batch}")
+        if self.min_local_steps > self.max_local_steps:
+            raise ValueError(f"min_local_steps {self.min_local_steps} exceeds max_local_steps {self.max_local_steps}")
+        return self
+
+
 class ApiConfig(_Section):
     """The control plane (REST + WebSocket)."""
 
@@ -208,6 +244,7 @@ class HyperGPUConfig(_Section):
     nodes: NodesConfig = Field(default_factory=NodesConfig)
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
 

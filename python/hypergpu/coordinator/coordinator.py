@@ -26,7 +26,7 @@ from torch import nn
 
 from hypergpu import protocol
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator.plan import Planner, RoundPlan, StaticPlanner
+from hypergpu.coordinator.plan import OuterOptimizer, Planner, RoundPlan, StaticPlanner
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry, NodeStatus
 from hypergpu.coordinator.rounds import LatePolicy, RoundBook
 from hypergpu.data.prepare import prepare_data
@@ -127,6 +127,12 @@ class Coordinator:
         self.observers: list[Any] = []
         #: node id -> why an operator took it out of the rounds (see :meth:`exclude`).
         self.excluded: dict[int, str] = {}
+        #: Applies the round's averaged update; None: ``params += server_lr * mean``.
+        self.outer_optimizer: OuterOptimizer | None = None
+        self._network_events = list(config.network.events)
+        bind = getattr(self.planner, "bind", None)
+        if callable(bind):
+            bind(self)  # planners that read links (link_stats) or publish events
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -208,12 +214,14 @@ class Coordinator:
                 self.events.publish("training", type="resumed-from-checkpoint", round=found.round)
         started = time.perf_counter()
         await self._wait_for_nodes(join_timeout_s)
+        self._spawn(self._timed_network_events())
         last_eval: tuple[float, float] | None = None
         reached = False
         for round_id in range(start_round, t.rounds + 1):
             await self._running.wait()
             if self._stop.is_set():
                 break
+            await self._round_network_events(round_id)
             record = await self._run_round(round_id)
             if round_id % t.eval_interval == 0 or round_id == t.rounds:
                 result = await asyncio.to_thread(self.model.evaluate, self.data.test)
@@ -268,6 +276,8 @@ class Coordinator:
             "samples": self.samples,
             "last": last,
             "refusals": dict(self.refusals),
+            # an adaptive planner's links, standings, settings and decisions
+            "planner": self.planner.status() if callable(getattr(self.planner, "status", None)) else None,
         }
 
     # --- the round ------------------------------------------------------------
@@ -304,7 +314,7 @@ class Coordinator:
         for node_id in plan.participants:
             self._sending[node_id] = self._spawn(self._send_params(node_id, round_id, params, plan))
 
-        deadline = started + c.round_timeout_s
+        deadline = started + min(c.round_timeout_s, plan.deadline_s or c.round_timeout_s)
         while not self.book.complete() and not self._stop.is_set():
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -319,7 +329,10 @@ class Coordinator:
         acc, self._acc = self._acc, None
         if acc.count > 0 and self.book.has_quorum():
             mean = acc.finalize()
-            await asyncio.to_thread(self.model.apply_update, mean, lr_scale=self.config.training.server_lr)
+            if self.outer_optimizer is None:
+                await asyncio.to_thread(self.model.apply_update, mean, lr_scale=self.config.training.server_lr)
+            else:
+                await asyncio.to_thread(self.outer_optimizer.step, self.model, mean)
             applied = True
             cosines = await asyncio.to_thread(_cosines, self._round_updates, mean)
             for node_id, cosine in cosines.items():
@@ -581,6 +594,32 @@ class Coordinator:
                     self.events.publish(
                         "alert", level="warning", node=node.node_id, message="no heartbeat for 3 intervals"
                     )
+
+    # --- scheduled network events ---------------------------------------------------
+
+    async def _round_network_events(self, round_id: int) -> None:
+        for event in [e for e in self._network_events if e.at_round is not None and e.at_round <= round_id]:
+            if await self._reshape(event.node, event.profile):
+                self._network_events.remove(event)  # else: retried next round, once the node is back
+
+    async def _timed_network_events(self) -> None:
+        started = time.perf_counter()
+        for event in sorted((e for e in self._network_events if e.at_s is not None), key=lambda e: e.at_s or 0.0):
+            await asyncio.sleep(max(0.0, (event.at_s or 0.0) - (time.perf_counter() - started)))
+            while event in self._network_events:
+                if await self._reshape(event.node, event.profile):
+                    self._network_events.remove(event)
+                else:
+                    await asyncio.sleep(0.5)
+
+    async def _reshape(self, node_id: int, profile: str) -> bool:
+        """Tell a node to switch its link to ``profile`` (it shapes its own end); False if not connected."""
+        if node_id not in self._links:
+            log.info("network event for node %d waits: not connected", node_id)
+            return False
+        await self._reply(node_id, Message("control", {"type": "shape", "profile": profile}))
+        self.events.publish("network", type="shape", node=node_id, profile=profile, round=self.round)
+        return True
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

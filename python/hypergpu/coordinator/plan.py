@@ -9,10 +9,15 @@ configured batch size, local steps and codec; the adaptive planner (in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.registry import NodeInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hypergpu.model.manager import ModelManager
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class RoundPlan:
     assignments: dict[int, Assignment] = field(default_factory=dict)
     # node id -> why it sits this round out
     excluded: dict[int, str] = field(default_factory=dict)
+    # stop waiting after this long once a quorum is in (None: the configured round timeout)
+    deadline_s: float | None = None
 
     @property
     def participants(self) -> set[int]:
@@ -47,6 +54,12 @@ class Planner(Protocol):
 
     def observe(self, record: dict[str, Any]) -> None:
         """Learn from a finished round's record."""
+
+
+class OuterOptimizer(Protocol):
+    """Applies a round's averaged update (``params_after - params_received``) to the model."""
+
+    def step(self, model: ModelManager, update: np.ndarray) -> int: ...
 
 
 class StaticPlanner:

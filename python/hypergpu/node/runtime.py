@@ -94,6 +94,7 @@ class Node:
         session = self.session
         await session.connect()
         heartbeat = asyncio.ensure_future(session.heartbeats())
+        early: Message | None = None
         try:
             while True:
                 try:
@@ -104,6 +105,13 @@ class Node:
                     continue
                 if msg.kind == "welcome":
                     self._on_welcome(msg)
+                    if early is not None:
+                        early, msg = None, early
+                        await self._on_params(msg)
+                elif msg.kind == "params" and self._trainer is None:
+                    # Each message has its own stream, so the first round's
+                    # parameters can overtake the (larger) welcome: hold them.
+                    early = msg
                 elif msg.kind == "params":
                     await self._on_params(msg)
                 elif msg.kind == "ack":

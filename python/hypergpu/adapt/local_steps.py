@@ -1,0 +1,65 @@
+"""Local steps between syncs (per node) and the coordinator's outer optimizer.
+
+A node on a slow link should compute longer between exchanges so its
+link's cost is amortised: H is chosen so that compute time is about
+``ratio`` times the exchange's communication time, within bounds, moving
+by at most a factor ``step`` per round. The coordinator then treats the
+averaged update as a pseudo-gradient and applies an outer optimizer to it
+(DiLoCo-style Nesterov momentum SGD), or the plain scaled average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hypergpu.model.manager import ModelManager
+
+
+class LocalStepChooser:
+    def __init__(self, minimum: int, maximum: int, initial: int, ratio: float = 1.0, step: float = 2.0):
+        if not 1 <= minimum <= maximum:
+            raise ValueError(f"local step bounds need 1 <= minimum <= maximum, got {minimum}, {maximum}")
+        self.minimum, self.maximum = minimum, maximum
+        self.initial = min(max(initial, minimum), maximum)
+        self.ratio, self.step = ratio, step
+        self.current: dict[int, int] = {}
+
+    def ideal(self, comm_s: float, step_s: float | None) -> int:
+        if step_s is None or step_s <= 0:
+            return self.initial
+        return min(self.maximum, max(self.minimum, math.ceil(self.ratio * comm_s / step_s)))
+
+    def choose(self, node_id: int, comm_s: float, step_s: float | None) -> int:
+        want = self.ideal(comm_s, step_s)
+        prev = self.current.get(node_id, self.initial)
+        steps = min(max(want, math.floor(prev / self.step)), math.ceil(prev * self.step))
+        steps = min(max(steps, self.minimum), self.maximum)
+        self.current[node_id] = steps
+        return steps
+
+    def restore(self, node_id: int, steps: int) -> None:
+        self.current[node_id] = steps
+
+
+class NesterovOuter:
+    """Nesterov momentum SGD on the averaged update.
+
+    The nodes' update is ``params_after - params_received``, the negative
+    of a pseudo-gradient, so with velocity ``v = mu*v + u`` the step is
+    ``params += lr * (u + mu*v)``.
+    """
+
+    def __init__(self, lr: float = 0.7, momentum: float = 0.9):
+        if lr <= 0 or not 0 <= momentum < 1:
+            raise ValueError(f"outer lr must be > 0 and momentum in [0, 1), got {lr}, {momentum}")
+        self.lr, self.momentum = lr, momentum
+        self.velocity: np.ndarray | None = None
+
+    def step(self, model: ModelManager, update: np.ndarray) -> int:
+        if self.velocity is None or self.velocity.shape != update.shape:
+            self.velocity = np.zeros_like(update)
+        self.velocity *= np.float32(self.momentum)
+        self.velocity += update
+        return model.apply_update(update + np.float32(self.momentum) * self.velocity, lr_scale=self.lr)

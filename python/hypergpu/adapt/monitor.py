@@ -1,0 +1,251 @@
+"""Per-node link measurements: RTT, loss, reliability, throughput, trend.
+
+Two sources feed it: the transport's own counters for each link (QUIC's
+smoothed RTT and RTT samples, lost and sent packets, congestion window),
+polled before every round, and the round records (how long each exchange
+took end to end, how much compute it held, whether the node answered at
+all). From them each node gets a score and a quality class (with
+hysteresis), an estimate of how long an exchange would take, and a
+bounded time series for the dashboard. Degradation and silence raise
+alerts.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypergpu.adapt.quality import Quality, QualityTracker, link_score
+
+#: Typical QUIC payload per packet, for the loss-limited throughput estimate.
+MSS_BYTES = 1400
+RECENT_RTT_SAMPLES = 8
+Publish = Callable[..., Any]
+
+
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
+@dataclass
+class NodeLink:
+    """Everything known about one node's link."""
+
+    node_id: int
+    tracker: QualityTracker
+    history: deque[dict[str, Any]]
+    alpha: float = 0.3
+    srtt_ms: float | None = None
+    rtt_ms: float | None = None  # median of the latest RTT samples: robust to one slow ack
+    throughput_rtt_ms: float | None = None  # the RTT when throughput_Bps was measured
+    jitter_ms: float = 0.0
+    loss: float = 0.0  # share of packets lost, smoothed
+    retransmits: int = 0  # packets the transport had to resend, cumulative
+    cwnd: int | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    goodput_bps: float | None = None
+    turnaround_s: float | None = None  # params out -> update in, smoothed
+    compute_s: float | None = None
+    wall_s: float | None = None
+    sample_s: float | None = None  # compute per training sample
+    throughput_Bps: float | None = None  # bytes/s measured over whole exchanges
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
+    missed_streak: int = 0
+    score: float | None = None
+    rtt_recent: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    _last_sent_packets: int = 0
+    _last_lost_packets: int = 0
+
+    @property
+    def quality(self) -> Quality:
+        return self.tracker.current or Quality.FAIR
+
+    @property
+    def reliability(self) -> float:
+        """Share of recent exchanges that completed (1.0 before any)."""
+        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else 1.0
+
+    @property
+    def trend(self) -> float:
+        """Relative RTT change, newest half against oldest half (+0.5: 50 % slower)."""
+        values = list(self.rtt_recent)
+        if len(values) < 4:
+            return 0.0
+        half = len(values) // 2
+        old, new = statistics.fmean(values[:half]), statistics.fmean(values[half:])
+        return (new - old) / old if old > 0 else 0.0
+
+    def est_throughput_Bps(self) -> float:
+        """Bytes/s one exchange can expect.
+
+        Measured over past exchanges when known, scaled by how the RTT moved
+        since (loss-limited throughput goes as 1/RTT) and capped near the
+        TCP-style estimate MSS/RTT * 1.22/sqrt(loss) (taking at least 0.5 %
+        loss while too few packets have been seen to know), which alone
+        serves before any exchange.
+        """
+        rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
+        loss_limited = MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
+        if self.throughput_Bps is None:
+            return loss_limited
+        measured = self.throughput_Bps
+        if self.throughput_rtt_ms and self.rtt_ms:
+            measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
+        # A link that turned lossy since the last exchange is capped by its new loss.
+        return min(measured, 2.0 * loss_limited)
+
+    def transfer_s(self, nbytes: float) -> float:
+        return (self.rtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()
+
+
+class NetworkMonitor:
+    """Link state of every node, fed by transport stats and round records."""
+
+    def __init__(
+        self,
+        *,
+        history: int = 500,
+        margin: float = 5.0,
+        dwell: int = 2,
+        publish: Publish | None = None,
+        silent_rounds: int = 2,
+    ):
+        self.history = history
+        self.margin = margin
+        self.dwell = dwell
+        self.publish = publish
+        self.silent_rounds = silent_rounds
+        self.links: dict[int, NodeLink] = {}
+
+    def link(self, node_id: int) -> NodeLink:
+        link = self.links.get(node_id)
+        if link is None:
+            link = NodeLink(node_id, QualityTracker(self.margin, self.dwell), deque(maxlen=self.history))
+            self.links[node_id] = link
+        return link
+
+    # --- inputs -------------------------------------------------------------------
+
+    def observe_stats(self, node_id: int, stats: dict[str, Any]) -> NodeLink:
+        """Fold in the transport's counters for this link (cumulative figures)."""
+        link = self.link(node_id)
+        srtt = stats.get("srtt_ms")
+        if isinstance(srtt, (int, float)) and srtt > 0:
+            link.srtt_ms = float(srtt)
+            link.rtt_recent.append(float(srtt))
+        samples = [float(s) for s in stats.get("rtt_samples_ms") or [] if s > 0]
+        # The larger of QUIC's smoothed RTT (from acks of real traffic) and the
+        # median of the last few ping round trips: a link that just got worse
+        # shows within seconds in one or the other.
+        recent = statistics.median(samples[-RECENT_RTT_SAMPLES:]) if samples else None
+        candidates = [v for v in (link.srtt_ms, recent) if v is not None]
+        if candidates:
+            link.rtt_ms = max(candidates)
+        if len(samples) >= 2:
+            link.jitter_ms = statistics.pstdev(samples[-32:])
+        sent, lost = int(stats.get("sent_packets", 0)), int(stats.get("lost_packets", 0))
+        d_sent, d_lost = sent - link._last_sent_packets, lost - link._last_lost_packets
+        if d_sent >= 20:  # too few packets say nothing about the loss rate
+            link.loss = _ewma(link.loss if link._last_sent_packets else None, d_lost / d_sent, link.alpha)
+            link._last_sent_packets, link._last_lost_packets = sent, lost
+        link.retransmits = lost
+        link.cwnd = stats.get("cwnd")
+        link.bytes_sent = int(stats.get("bytes_sent", 0))
+        link.bytes_received = int(stats.get("bytes_received", 0))
+        link.goodput_bps = stats.get("goodput_bps")
+        return link
+
+    def observe_exchange(
+        self, node_id: int, *, round_id: int, ok: bool, turnaround_s: float | None = None,
+        compute_s: float | None = None, wall_s: float | None = None, samples: int | None = None,
+        bytes_moved: int | None = None,
+    ) -> NodeLink:
+        """One round's outcome for a node that was asked to take part."""
+        link = self.link(node_id)
+        before = link.quality
+        link.outcomes.append(ok)
+        if ok:
+            link.missed_streak = 0
+            a = link.alpha
+            if turnaround_s is not None:
+                link.turnaround_s = _ewma(link.turnaround_s, turnaround_s, a)
+            if compute_s is not None:
+                link.compute_s = _ewma(link.compute_s, compute_s, a)
+                if samples:
+                    link.sample_s = _ewma(link.sample_s, compute_s / samples, a)
+            if wall_s is not None:
+                link.wall_s = _ewma(link.wall_s, wall_s, a)
+            if turnaround_s is not None and wall_s is not None and bytes_moved:
+                comm = max(turnaround_s - wall_s - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
+                link.throughput_Bps = _ewma(link.throughput_Bps, bytes_moved / comm, 0.5)
+                link.throughput_rtt_ms = link.rtt_ms
+        else:
+            link.missed_streak += 1
+            if link.missed_streak == self.silent_rounds:
+                self._alert(node_id, "error", f"node {node_id} has not answered {link.missed_streak} rounds in a row")
+        self._rescore(link, round_id)
+        if link.quality.rank > before.rank and link.quality.rank >= Quality.POOR.rank:
+            self._alert(node_id, "warning", f"node {node_id} link degraded: {before.value} -> {link.quality.value}")
+        if link.quality is not before and self.publish is not None:
+            self.publish("network", type="quality", node=node_id, round=round_id,
+                         previous=before.value, quality=link.quality.value, score=link.score)
+        return link
+
+    def refresh(self, node_id: int, round_id: int) -> NodeLink:
+        """Re-score after new transport stats (before a round)."""
+        link = self.link(node_id)
+        before = link.quality if link.tracker.current is not None else None
+        self._rescore(link, round_id)
+        if before is not None and link.quality.rank > before.rank and link.quality.rank >= Quality.POOR.rank:
+            self._alert(node_id, "warning", f"node {node_id} link degraded: {before.value} -> {link.quality.value}")
+        return link
+
+    # --- outputs ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[int, dict[str, Any]]:
+        """Current state of every link, for status pages."""
+        return {
+            n: {
+                "quality": link.quality.value,
+                "score": link.score,
+                "srtt_ms": link.srtt_ms,
+                "rtt_ms": link.rtt_ms,
+                "jitter_ms": link.jitter_ms,
+                "loss": link.loss,
+                "retransmits": link.retransmits,
+                "cwnd": link.cwnd,
+                "reliability": link.reliability,
+                "trend": link.trend,
+                "turnaround_s": link.turnaround_s,
+                "throughput_Bps": link.est_throughput_Bps(),
+                "bytes_sent": link.bytes_sent,
+                "bytes_received": link.bytes_received,
+            }
+            for n, link in sorted(self.links.items())
+        }
+
+    def series(self, node_id: int) -> list[dict[str, Any]]:
+        """The node's bounded time series (one point per re-score)."""
+        return list(self.link(node_id).history)
+
+    # --- internals ----------------------------------------------------------------
+
+    def _rescore(self, link: NodeLink, round_id: int) -> None:
+        rtt = link.rtt_ms if link.rtt_ms is not None else 50.0
+        link.score = link_score(rtt + link.jitter_ms, link.loss, link.reliability, link.est_throughput_Bps() * 8)
+        link.tracker.update(link.score)
+        link.history.append({
+            "t": time.time(), "round": round_id, "score": round(link.score, 2), "quality": link.quality.value,
+            "srtt_ms": link.srtt_ms, "rtt_ms": link.rtt_ms, "loss": link.loss, "reliability": link.reliability,
+            "turnaround_s": link.turnaround_s,
+        })
+
+    def _alert(self, node_id: int, level: str, message: str) -> None:
+        if self.publish is not None:
+            self.publish("alert", level=level, node=node_id, message=message)

@@ -1,0 +1,300 @@
+"""The adaptive planner: before each round, decide per node from its link.
+
+Pre-round: poll the transport's counters for every live link, re-score
+the links, choose the participants (strategy, quarantine, fairness),
+then per participant the codec, the local steps and the batch split.
+Post-round: fold the round's exchanges into the monitor, judge who hurt
+the round, and undo a node's latest change when its throughput or loss
+got worse because of it. Every decision is recorded with its reason and
+published as a ``decision`` event; the time spent deciding is measured
+against the round time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypergpu.adapt.batch import BatchBounds, BatchChoice, BatchSizer
+from hypergpu.adapt.compression import CodecChoice, CodecChooser
+from hypergpu.adapt.local_steps import LocalStepChooser, NesterovOuter
+from hypergpu.adapt.monitor import NetworkMonitor
+from hypergpu.adapt.policy import POLICIES, Policy
+from hypergpu.adapt.quality import Quality
+from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules
+from hypergpu.config.schema import HyperGPUConfig
+from hypergpu.coordinator.plan import Assignment, RoundPlan
+from hypergpu.coordinator.registry import NodeInfo
+
+
+#: Round deadline: this multiple of the slowest participant's expected exchange, plus a margin.
+DEADLINE_FACTOR = 2.0
+DEADLINE_MARGIN_S = 2.0
+
+
+@dataclass
+class Knobs:
+    """One node's settings, as the planner last chose them."""
+
+    batch: BatchChoice
+    local_steps: int
+    codec: CodecChoice
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch.effective
+
+
+@dataclass
+class Trial:
+    """A change under watch: the settings before it and the figures they gave."""
+
+    round: int
+    before: Knobs
+    rate: float | None  # samples per second of exchange
+    loss: float | None
+    what: list[str] = field(default_factory=list)
+    # Stronger compression or more work per exchange should raise throughput;
+    # fewer local steps trade throughput for fresher models and are judged on loss only.
+    expect_faster: bool = False
+
+
+class AdaptivePlanner:
+    """A :class:`~hypergpu.coordinator.plan.Planner` driven by link measurements."""
+
+    def __init__(self, config: HyperGPUConfig, *, policy: str | None = None, coordinator: Any = None):
+        a = config.adapt
+        self.config = config
+        self.policy: Policy = POLICIES[policy or a.policy]
+        p = self.policy
+        self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell)
+        self.selector = NodeSelector(SelectionRules(
+            strategy=a.strategy, threshold=Quality(a.quality_threshold), top_n=a.top_n, slack=p.slack,
+            strikes_to_quarantine=p.strikes_to_quarantine, quarantine_rounds=a.quarantine_rounds,
+            probation_rounds=a.probation_rounds, fairness_rounds=a.fairness_rounds,
+        ), history=a.history)
+        self.batches = BatchSizer(
+            BatchBounds(a.min_batch, a.max_batch, a.powers_of_two, p.step),
+            global_batch=config.training.batch_size * config.nodes.count,
+        )
+        self.codecs = CodecChooser(budget_s=p.upload_budget_s, allowed=tuple(a.codecs), dwell=p.dwell)
+        initial = config.training.local_steps or a.min_local_steps
+        self.steps = LocalStepChooser(a.min_local_steps, a.max_local_steps, initial, p.compute_ratio, p.step)
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=a.history)
+        self.knobs: dict[int, Knobs] = {}
+        self.trials: dict[int, Trial] = {}
+        self.frozen_until: dict[int, int] = {}
+        self.outstanding: dict[int, tuple[int, int]] = {}  # node -> (round asked, updates accepted then)
+        self.overhead_s = 0.0
+        self.round_s = 0.0
+        self._last_plan: RoundPlan | None = None
+        self._rate: dict[int, float] = {}
+        self._loss: dict[int, float] = {}
+        self.coordinator: Any = None
+        self.param_bytes = 0
+        if coordinator is not None:
+            self.bind(coordinator)
+
+    # --- wiring ---------------------------------------------------------------------
+
+    def bind(self, coordinator: Any) -> None:
+        """Read links through ``coordinator``; publish on its event bus; set its outer optimizer."""
+        self.coordinator = coordinator
+        self.monitor.publish = coordinator.events.publish
+        self.param_bytes = 4 * int(coordinator.model.layout.total)
+        a = self.config.adapt
+        if a.outer_optimizer == "nesterov":
+            coordinator.outer_optimizer = NesterovOuter(a.outer_lr, a.outer_momentum)
+
+    @property
+    def overhead(self) -> float:
+        """Time spent planning and observing over the time spent in rounds."""
+        return self.overhead_s / self.round_s if self.round_s > 0 else 0.0
+
+    # --- before the round --------------------------------------------------------------
+
+    def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+        started = time.perf_counter()
+        try:
+            return self._plan(round_id, nodes)
+        finally:
+            self.overhead_s += time.perf_counter() - started
+
+    def _plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+        plan = RoundPlan(round_id)
+        candidates: list[Candidate] = []
+        for node in nodes:
+            n = node.node_id
+            stats = self.coordinator.link_stats(n) if self.coordinator is not None else None
+            if stats:
+                self.monitor.observe_stats(n, stats)
+            link = self.monitor.refresh(n, round_id)
+            busy = self.outstanding.get(n)
+            if busy is not None:
+                if node.updates_accepted > busy[1] or round_id - busy[0] > 3:
+                    del self.outstanding[n]
+                else:
+                    plan.excluded[n] = f"still working on round {busy[0]}"
+                    continue
+            candidates.append(Candidate(n, link.quality, link.score or 0.0, self._expected_s(n)))
+        chosen, excluded = self.selector.select(round_id, candidates)
+        for n, reason in excluded.items():
+            plan.excluded[n] = reason
+            if self._last_plan is None or n in self._last_plan.assignments:
+                self._decide(round_id, n, "selection", "in", "out", reason)
+        for n in chosen:
+            if self._last_plan is not None and n not in self._last_plan.assignments:
+                why = "fairness bound" if n in self.selector.forced else "link within bounds again"
+                self._decide(round_id, n, "selection", "out", "in", why)
+        latency = {n: self.monitor.link(n).transfer_s(self.param_bytes) for n in chosen}
+        targets = self.batches.targets(latency)
+        for n in chosen:
+            plan.assignments[n] = self._assign(round_id, n, targets[n])
+        if chosen:
+            # Once a quorum is in, a node far slower than expected is not waited for:
+            # it hurt the round (a strike), and its update may still count, stale-weighted.
+            # Nodes in only for fairness do not set the pace.
+            paced = [n for n in chosen if n not in self.selector.forced] or chosen
+            expected = max(self._expected_s(n) for n in paced)
+            plan.deadline_s = DEADLINE_FACTOR * expected + DEADLINE_MARGIN_S
+        self._last_plan = plan
+        return plan
+
+    def _expected_s(self, n: int) -> float:
+        link = self.monitor.link(n)
+        knobs = self.knobs.get(n)
+        factor = knobs.codec.size_factor if knobs is not None else 1.0
+        compute = link.wall_s or 0.0
+        return link.transfer_s(self.param_bytes) + link.transfer_s(self.param_bytes * factor) + compute
+
+    def _assign(self, round_id: int, n: int, batch_target: int) -> Assignment:
+        link = self.monitor.link(n)
+        old = self.knobs.get(n)
+        if old is not None and self.frozen_until.get(n, 0) >= round_id:
+            knobs = old
+        else:
+            raw_up = link.transfer_s(self.param_bytes)
+            codec = self.codecs.choose(n, raw_up)
+            comm = link.transfer_s(self.param_bytes) + link.transfer_s(self.param_bytes * codec.size_factor)
+            split = self.batches.choose(n, batch_target)
+            step_s = link.sample_s * split.effective if link.sample_s else None
+            steps = self.steps.choose(n, comm, step_s)
+            knobs = Knobs(split, steps, codec)
+            if old is not None and knobs != old:
+                what = []
+                if knobs.codec != old.codec:
+                    what.append("codec")
+                    self._decide(round_id, n, "codec", _codec_name(old.codec), _codec_name(knobs.codec),
+                                 f"raw upload ~{raw_up:.2f} s vs budget {self.codecs.budget_s:g} s")
+                if knobs.local_steps != old.local_steps:
+                    what.append("local_steps")
+                    self._decide(round_id, n, "local_steps", old.local_steps, knobs.local_steps,
+                                 f"communication ~{comm:.2f} s, step ~{(step_s or 0) * 1e3:.1f} ms")
+                if knobs.effective_batch != old.effective_batch:
+                    what.append("batch")
+                    self._decide(round_id, n, "batch", old.effective_batch, knobs.effective_batch,
+                                 f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}")
+                faster = (knobs.codec != old.codec or knobs.local_steps > old.local_steps
+                          or knobs.effective_batch > old.effective_batch)
+                self.trials[n] = Trial(round_id, old, self._rate.get(n), self._loss.get(n), what, faster)
+        self.knobs[n] = knobs
+        return Assignment(
+            batch_size=knobs.batch.batch_size, local_steps=knobs.local_steps, accumulation=knobs.batch.accumulation,
+            codec=knobs.codec.codec, codec_ratio=knobs.codec.ratio,
+        )
+
+    # --- after the round ---------------------------------------------------------------
+
+    def observe(self, record: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            self._observe(record)
+        finally:
+            self.overhead_s += time.perf_counter() - started
+            self.round_s += float(record.get("duration_s") or 0.0)
+
+    def _observe(self, record: dict[str, Any]) -> None:
+        round_id = int(record["round"])
+        answers = {int(k): v for k, v in (record.get("nodes") or {}).items()}
+        asked = [int(n) for n in record.get("participants", [])]
+        registry = getattr(self.coordinator, "registry", None)
+        for n in asked:
+            answer = answers.get(n)
+            if answer is None:
+                self.monitor.observe_exchange(n, round_id=round_id, ok=False)
+                accepted = registry.get(n).updates_accepted if registry is not None and n in registry else 0
+                self.outstanding[n] = (round_id, accepted)
+                continue
+            moved = self.param_bytes + int(answer.get("update_bytes") or 0)
+            self.monitor.observe_exchange(
+                n, round_id=round_id, ok=True, turnaround_s=answer.get("turnaround_s"),
+                compute_s=answer.get("compute_s"), wall_s=answer.get("wall_s"), samples=answer.get("samples"),
+                bytes_moved=moved,
+            )
+            took = answer.get("turnaround_s")
+            if took:
+                self._rate[n] = float(answer.get("samples") or 0) / float(took)
+            if isinstance(answer.get("loss"), (int, float)):
+                self._loss[n] = float(answer["loss"])
+        for n, what in self.selector.judge(round_id, asked, answers).items():
+            self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
+        self._check_trials(round_id, answers)
+
+    def _check_trials(self, round_id: int, answers: dict[int, dict[str, Any]]) -> None:
+        p = self.policy
+        for n, trial in list(self.trials.items()):
+            if trial.round != round_id:
+                continue
+            del self.trials[n]
+            answer = answers.get(n)
+            if answer is None or trial.rate is None:
+                continue
+            rate, loss = self._rate.get(n), self._loss.get(n)
+            why = None
+            if trial.expect_faster and rate is not None and rate < (1 - p.rollback_tolerance) * trial.rate:
+                why = f"throughput fell {trial.rate:.0f} -> {rate:.0f} samples/s"
+            elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + 1e-3:
+                why = f"loss rose {trial.loss:.3f} -> {loss:.3f}"
+            if why is None:
+                continue
+            now = self.knobs.get(n)
+            self.knobs[n] = trial.before
+            self.codecs.restore(n, trial.before.codec)
+            self.steps.restore(n, trial.before.local_steps)
+            self.batches.restore(n, trial.before.effective_batch)
+            self.frozen_until[n] = round_id + p.freeze_rounds
+            self._decide(round_id, n, "rollback", _describe(now), _describe(trial.before),
+                         f"{', '.join(trial.what)} change undone: {why}")
+
+    # --- records ---------------------------------------------------------------------
+
+    def _decide(self, round_id: int, node: int, knob: str, old: Any, new: Any, reason: str) -> None:
+        entry = {"round": round_id, "node": node, "knob": knob, "old": old, "new": new, "reason": reason}
+        self.decisions.append(entry)
+        if self.coordinator is not None:
+            self.coordinator.events.publish("decision", **entry)
+
+    def status(self) -> dict[str, Any]:
+        """Links, standings, current settings and recent decisions, for the dashboard."""
+        return {
+            "policy": self.policy.name,
+            "links": self.monitor.snapshot(),
+            "standing": {n: {"standing": s.standing.value, "contribution": s.contribution,
+                             "excluded_streak": s.excluded_streak} for n, s in self.selector.standing.items()},
+            "knobs": {n: _describe(k) for n, k in self.knobs.items()},
+            "decisions": list(self.decisions)[-50:],
+            "exclusions": list(self.selector.exclusions)[-50:],
+            "overhead": self.overhead,
+        }
+
+
+def _codec_name(c: CodecChoice) -> str:
+    return f"topk({c.ratio:g})" if c.codec == "topk" and c.ratio else c.codec
+
+
+def _describe(k: Knobs | None) -> dict[str, Any] | None:
+    if k is None:
+        return None
+    return {"batch": k.effective_batch, "local_steps": k.local_steps, "codec": _codec_name(k.codec)}

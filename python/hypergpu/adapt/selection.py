@@ -1,0 +1,184 @@
+"""Which nodes take part in a round.
+
+Strategies: ``all``; ``threshold`` (link class at least a given class);
+``top_n`` (the N best scores); ``adaptive`` (nodes whose expected exchange
+time is within a slack factor of the faster nodes', so one slow link does
+not set the pace of the round). On top of the strategy:
+
+- quarantine: a node that hurt a round (did not answer, or took far
+  longer than the rest) collects a strike; enough strikes sit it out for
+  a number of rounds, doubled on each repeat;
+- probation: after quarantine a node takes part again but on probation;
+  a clean run of rounds returns it to full standing, another strike sends
+  it back to quarantine;
+- fairness: no node is left out more than K rounds in a row, whatever the
+  reason, and every exclusion is kept in a bounded history.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypergpu.adapt.quality import Quality
+
+
+class Standing(str, enum.Enum):
+    ACTIVE = "active"
+    QUARANTINED = "quarantined"
+    PROBATION = "probation"
+
+
+@dataclass
+class Candidate:
+    node_id: int
+    quality: Quality
+    score: float
+    expected_s: float  # expected exchange time (transfer + compute) this round
+
+
+@dataclass
+class NodeStanding:
+    standing: Standing = Standing.ACTIVE
+    strikes: int = 0
+    until_round: int = 0  # quarantine ends after this round
+    quarantines: int = 0
+    clean_rounds: int = 0
+    excluded_streak: int = 0
+    useful_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def contribution(self) -> float:
+        """Useful compute time over total exchange time (1.0 before any)."""
+        return self.useful_s / self.total_s if self.total_s > 0 else 1.0
+
+
+@dataclass
+class SelectionRules:
+    strategy: str = "adaptive"
+    threshold: Quality = Quality.FAIR
+    top_n: int = 8
+    slack: float = 2.5  # adaptive: allowed multiple of the reference exchange time
+    reference_share: float = 0.2  # adaptive: the reference is this quantile of expected times
+    floor_s: float = 1.0  # adaptive: exchanges this short are never worth leaving out
+    strikes_to_quarantine: int = 2
+    quarantine_rounds: int = 3
+    probation_rounds: int = 2
+    fairness_rounds: int = 10  # K: longest run of rounds a node may be left out
+    hurt_factor: float = 3.0  # an answer this many times slower than the median hurt the round
+    min_nodes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("all", "threshold", "top_n", "adaptive"):
+            raise ValueError(f"unknown selection strategy {self.strategy!r}")
+
+
+class NodeSelector:
+    def __init__(self, rules: SelectionRules, history: int = 1000):
+        self.rules = rules
+        self.standing: dict[int, NodeStanding] = {}
+        self.exclusions: deque[dict[str, Any]] = deque(maxlen=history)
+        #: Nodes in the last round only because of the fairness bound.
+        self.forced: set[int] = set()
+
+    def state(self, node_id: int) -> NodeStanding:
+        return self.standing.setdefault(node_id, NodeStanding())
+
+    def select(self, round_id: int, candidates: list[Candidate]) -> tuple[list[int], dict[int, str]]:
+        """Participants and, for each node left out, why."""
+        r = self.rules
+        chosen: set[int] = set()
+        excluded: dict[int, str] = {}
+        self.forced = set()
+        pool = []
+        for c in candidates:
+            st = self.state(c.node_id)
+            if st.standing is Standing.QUARANTINED and round_id > st.until_round:
+                st.standing, st.clean_rounds = Standing.PROBATION, 0
+            if st.standing is Standing.QUARANTINED:
+                excluded[c.node_id] = f"quarantined until round {st.until_round + 1}"
+            else:
+                pool.append(c)
+        chosen.update(c.node_id for c in self._by_strategy(pool, excluded))
+        if len(chosen) < r.min_nodes:  # never run a round with nobody: take the best left
+            for c in sorted(candidates, key=lambda c: c.expected_s)[: r.min_nodes - len(chosen)]:
+                chosen.add(c.node_id)
+                excluded.pop(c.node_id, None)
+        for c in candidates:
+            st = self.state(c.node_id)
+            if c.node_id in excluded and st.excluded_streak >= r.fairness_rounds:
+                chosen.add(c.node_id)
+                self.forced.add(c.node_id)
+                excluded.pop(c.node_id)
+                self.exclusions.append({"round": round_id, "node": c.node_id, "event": "fairness-return"})
+        for c in candidates:
+            st = self.state(c.node_id)
+            if c.node_id in chosen:
+                st.excluded_streak = 0
+            else:
+                st.excluded_streak += 1
+                self.exclusions.append({"round": round_id, "node": c.node_id, "reason": excluded[c.node_id]})
+        return sorted(chosen), excluded
+
+    def _by_strategy(self, pool: list[Candidate], excluded: dict[int, str]) -> list[Candidate]:
+        r = self.rules
+        if r.strategy == "all" or not pool:
+            return pool
+        if r.strategy == "threshold":
+            keep = [c for c in pool if c.quality.at_least(r.threshold)]
+            reason = f"link below {r.threshold.value}"
+        elif r.strategy == "top_n":
+            keep = sorted(pool, key=lambda c: -c.score)[: r.top_n]
+            reason = f"not among the best {r.top_n} links"
+        else:
+            times = sorted(c.expected_s for c in pool)
+            reference = times[min(len(times) - 1, max(0, math.ceil(r.reference_share * len(times)) - 1))]
+            limit = max(r.slack * reference, r.floor_s)
+            keep = [c for c in pool if c.expected_s <= limit]
+            reason = f"expected exchange over {limit:.2f} s ({r.slack:g}x the faster nodes)"
+        kept = {c.node_id for c in keep}
+        for c in pool:
+            if c.node_id not in kept:
+                excluded[c.node_id] = reason
+        return keep
+
+    # --- after the round --------------------------------------------------------------
+
+    def judge(self, round_id: int, asked: list[int], answers: dict[int, dict[str, Any]]) -> dict[int, str]:
+        """Strikes, quarantines and probation outcomes after a round; returns what changed."""
+        r = self.rules
+        changes: dict[int, str] = {}
+        turnarounds = [a["turnaround_s"] for a in answers.values() if a.get("turnaround_s")]
+        median = sorted(turnarounds)[len(turnarounds) // 2] if turnarounds else None
+        for node_id in asked:
+            st = self.state(node_id)
+            answer = answers.get(node_id)
+            hurt: str | None = None
+            if answer is None:
+                hurt = "did not answer"
+            else:
+                took = answer.get("turnaround_s") or 0.0
+                st.useful_s += float(answer.get("compute_s") or 0.0)
+                st.total_s += took
+                if median and len(turnarounds) >= 3 and took > r.hurt_factor * median:
+                    hurt = f"took {took:.1f} s, {took / median:.1f}x the median"
+            if hurt is None:
+                st.clean_rounds += 1
+                if st.standing is Standing.PROBATION and st.clean_rounds >= r.probation_rounds:
+                    st.standing, st.strikes = Standing.ACTIVE, 0
+                    changes[node_id] = "probation passed: back to full standing"
+                continue
+            st.strikes += 1
+            st.clean_rounds = 0
+            if st.standing is Standing.PROBATION or st.strikes >= r.strikes_to_quarantine:
+                length = r.quarantine_rounds * 2**st.quarantines
+                st.quarantines += 1
+                st.standing, st.strikes, st.until_round = Standing.QUARANTINED, 0, round_id + length
+                changes[node_id] = f"quarantined for {length} rounds: {hurt}"
+            else:
+                changes[node_id] = f"strike {st.strikes}: {hurt}"
+        return changes

@@ -1,0 +1,286 @@
+"""Adaptation policies, fed with synthetic link measurements."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from hypergpu.adapt import AdaptivePlanner, NetworkMonitor, Quality, QualityTracker, link_score
+from hypergpu.adapt.batch import BatchBounds, BatchSizer
+from hypergpu.adapt.compression import CodecChooser
+from hypergpu.adapt.local_steps import LocalStepChooser, NesterovOuter
+from hypergpu.adapt.quality import class_of
+from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
+from hypergpu.config import load_config
+from hypergpu.coordinator.registry import NodeRegistry
+from hypergpu.errors import ConfigError
+from hypergpu.events import EventBus
+from hypergpu.model.manager import ModelManager
+
+PARAMS = 100_000
+
+
+def stats(srtt_ms: float, sent: int = 0, lost: int = 0) -> dict[str, object]:
+    """The shape of ``Connection.stats()`` for the fields the monitor reads."""
+    return {"srtt_ms": srtt_ms, "rtt_samples_ms": [srtt_ms * 0.9, srtt_ms * 1.1], "sent_packets": sent,
+            "lost_packets": lost, "cwnd": 12000, "bytes_sent": 0, "bytes_received": 0, "goodput_bps": 1e6}
+
+
+class _Layout:
+    total = PARAMS
+
+
+class _Model:
+    layout = _Layout()
+
+
+class LinkSource:
+    """What the planner reads from a coordinator: link stats, events, registry, model size."""
+
+    def __init__(self, links: dict[int, dict[str, object]]):
+        self.links = links
+        self.events = EventBus()
+        self.model = _Model()
+        self.registry = NodeRegistry()
+        for n in links:
+            self.registry.join(f"node-{n}", preferred_id=n)
+        self.outer_optimizer = None
+
+    def link_stats(self, node_id: int) -> dict[str, object] | None:
+        return self.links.get(node_id)
+
+
+def planner_for(links: dict[int, dict[str, object]], *overrides: str) -> tuple[AdaptivePlanner, LinkSource]:
+    cfg = load_config(None, [f"nodes.count={len(links)}", "adapt.enabled=true", *overrides])
+    source = LinkSource(links)
+    return AdaptivePlanner(cfg, coordinator=source), source
+
+
+def record(round_id: int, answers: dict[int, dict[str, float]], asked: list[int], plan) -> dict[str, object]:
+    return {
+        "round": round_id, "participants": asked, "reported": sorted(answers), "duration_s": 1.0,
+        "nodes": {str(n): a for n, a in answers.items()},
+        "assignments": {str(n): a.as_meta() for n, a in plan.assignments.items()},
+    }
+
+
+# --- quality ------------------------------------------------------------------------------
+
+
+def test_score_orders_links_and_classes_follow_score() -> None:
+    lan = link_score(5, 0.0, 1.0, 1e9)
+    wan = link_score(200, 0.01, 1.0, 2e7)
+    bad = link_score(600, 0.08, 0.5, 2e5)
+    assert lan > wan > bad
+    assert class_of(lan) is Quality.EXCELLENT and class_of(bad) in (Quality.POOR, Quality.CRITICAL)
+
+
+def test_hysteresis_prevents_flapping_on_a_noisy_link() -> None:
+    rng = random.Random(3)
+    noisy = [60 + rng.uniform(-4, 4) for _ in range(200)]  # straddles the good/fair boundary
+    raw_flips = sum(class_of(a) is not class_of(b) for a, b in zip(noisy, noisy[1:]))
+    tracker = QualityTracker(margin=5, dwell=2, initial=Quality.GOOD)
+    seen = [tracker.update(s) for s in noisy]
+    assert raw_flips > 20
+    assert sum(a is not b for a, b in zip(seen, seen[1:])) == 0
+    # A sustained drop does move the class, after the dwell.
+    moved = [tracker.update(45) for _ in range(3)]
+    assert moved == [Quality.GOOD, Quality.FAIR, Quality.FAIR] and seen[-1] is Quality.GOOD
+
+
+def test_collapse_of_two_classes_is_adopted_at_once() -> None:
+    tracker = QualityTracker(margin=5, dwell=3, initial=Quality.EXCELLENT)
+    assert tracker.update(10) is Quality.CRITICAL
+
+
+def test_monitor_classes_rtt_and_loss_and_alerts_on_degradation() -> None:
+    bus = EventBus()
+    mon = NetworkMonitor(publish=bus.publish, dwell=1)
+    mon.observe_stats(0, stats(20, sent=1000, lost=0))
+    mon.observe_stats(1, stats(500, sent=1000, lost=60))
+    good, poor = mon.refresh(0, 1), mon.refresh(1, 1)
+    assert good.quality.rank < poor.quality.rank
+    assert poor.loss == pytest.approx(0.06)
+    for r in range(2, 6):
+        mon.observe_stats(0, stats(900, sent=1000 + 500 * r, lost=80 * r))
+        mon.observe_exchange(0, round_id=r, ok=False)
+    assert mon.link(0).quality.rank >= Quality.POOR.rank
+    assert mon.link(0).trend > 0.5 and mon.link(0).reliability < 1
+    alerts = [e.data["message"] for e in bus.since(0) if e.kind == "alert"]
+    assert any("degraded" in m for m in alerts) and any("not answered" in m for m in alerts)
+    assert len(mon.series(0)) <= mon.history and mon.series(0)[-1]["round"] == 5
+
+
+def test_time_series_are_bounded() -> None:
+    mon = NetworkMonitor(history=10)
+    for r in range(50):
+        mon.observe_stats(0, stats(30))
+        mon.refresh(0, r)
+    assert len(mon.series(0)) == 10
+
+
+# --- batch, codec, local steps -------------------------------------------------------------
+
+
+def test_batch_grows_for_high_latency_nodes_and_stays_within_bounds() -> None:
+    bounds = BatchBounds(minimum=8, maximum=64, powers_of_two=True, step=2.0)
+    sizer = BatchSizer(bounds, global_batch=256, max_accumulation=8)
+    latency = {0: 0.05, 1: 0.05, 2: 0.05, 3: 2.0}
+    targets = sizer.targets(latency)
+    assert targets[3] > targets[0]
+    assert sum(targets.values()) == pytest.approx(256, abs=4)
+    previous: dict[int, int] = {}
+    for _ in range(6):
+        for n, t in targets.items():
+            choice = sizer.choose(n, t)
+            assert bounds.minimum <= choice.batch_size <= bounds.maximum
+            assert choice.batch_size & (choice.batch_size - 1) == 0
+            if n in previous:  # one step at most per round
+                assert previous[n] / 2 <= choice.effective <= previous[n] * 2
+            previous[n] = choice.effective
+    assert previous[3] > previous[0]
+    assert sizer.choose(3, 10_000).batch_size == 64  # above memory: accumulation carries the rest
+    assert sizer.choose(3, 10_000).accumulation > 1
+
+
+def test_codec_follows_link_speed_with_error_feedback_topk_for_slow_links() -> None:
+    chooser = CodecChooser(budget_s=0.5, dwell=1)
+    assert chooser.ideal(0.1).codec == "raw"
+    assert chooser.ideal(0.8).codec == "fp16"
+    assert chooser.ideal(1.5).codec == "int8"
+    slow = chooser.ideal(40.0)
+    assert slow.codec == "topk" and slow.ratio == pytest.approx(0.01)
+    sticky = CodecChooser(budget_s=0.5, dwell=3)
+    sticky.choose(0, 0.1)
+    assert sticky.choose(0, 0.8).codec == "raw"  # waits out a blip
+    assert sticky.choose(0, 10.0).codec == "topk"  # but not a collapse
+
+
+def test_local_steps_grow_with_communication_time_within_bounds() -> None:
+    chooser = LocalStepChooser(minimum=2, maximum=40, initial=10, ratio=1.0, step=2.0)
+    assert chooser.ideal(0.05, 0.01) == 5
+    assert chooser.ideal(100.0, 0.01) == 40
+    seq = [chooser.choose(0, 1.0, 0.01) for _ in range(4)]
+    assert seq == [20, 40, 40, 40]
+
+
+def test_nesterov_outer_optimizer_uses_momentum_on_the_averaged_update() -> None:
+    from torch import nn
+
+    model = ModelManager(nn.Linear(3, 1))
+    start = model.flat_parameters().copy()
+    outer = NesterovOuter(lr=0.5, momentum=0.9)
+    u = np.full_like(start, 0.1)
+    outer.step(model, u)
+    np.testing.assert_allclose(model.flat_parameters(), start + 0.5 * (u + 0.9 * u), rtol=1e-6)
+    outer.step(model, u)  # velocity is now 1.9u
+    np.testing.assert_allclose(model.flat_parameters(), start + 0.5 * 1.9 * u + 0.5 * (u + 0.9 * 1.9 * u), rtol=1e-5)
+
+
+# --- selection ---------------------------------------------------------------------------
+
+
+def test_failing_node_is_quarantined_then_returns_through_probation() -> None:
+    sel = NodeSelector(SelectionRules(strategy="all", strikes_to_quarantine=2, quarantine_rounds=3,
+                                      probation_rounds=2, fairness_rounds=100))
+    cands = [Candidate(n, Quality.GOOD, 70, 1.0) for n in range(4)]
+    ok = {"turnaround_s": 1.0, "compute_s": 0.5}
+    timeline = []
+    for r in range(1, 15):
+        chosen, excluded = sel.select(r, cands)
+        failing = r <= 2 or r == 6  # fails twice, then once more while on probation
+        answers = {n: ok for n in chosen if not (n == 3 and failing)}
+        sel.judge(r, chosen, answers)
+        timeline.append((r, 3 in chosen, sel.state(3).standing))
+    standing = {r: s for r, _, s in timeline}
+    assert standing[2] is Standing.QUARANTINED
+    assert [r for r, inside, _ in timeline if not inside][:3] == [3, 4, 5]
+    assert standing[6] is Standing.QUARANTINED  # a strike on probation sends it straight back, for longer
+    assert [r for r, inside, _ in timeline if not inside][3:] == [7, 8, 9, 10, 11, 12]
+    assert standing[14] is Standing.ACTIVE  # two clean rounds of probation later
+    assert sel.state(0).contribution == pytest.approx(0.5)
+
+
+def test_fairness_bound_holds_and_exclusions_are_kept() -> None:
+    k = 4
+    sel = NodeSelector(SelectionRules(strategy="adaptive", slack=2.0, fairness_rounds=k))
+    cands = [Candidate(n, Quality.GOOD, 70, 1.0) for n in range(5)] + [Candidate(5, Quality.POOR, 20, 30.0)]
+    streak, longest, included = 0, 0, 0
+    for r in range(1, 41):
+        chosen, excluded = sel.select(r, cands)
+        if 5 in chosen:
+            streak, included = 0, included + 1
+        else:
+            assert "expected exchange" in excluded[5]
+            streak += 1
+        longest = max(longest, streak)
+    assert longest == k and included == 8
+    assert sum(1 for e in sel.exclusions if e["node"] == 5 and "reason" in e) == 32
+
+
+def test_threshold_and_top_n_strategies() -> None:
+    cands = [Candidate(0, Quality.EXCELLENT, 90, 1), Candidate(1, Quality.FAIR, 45, 2), Candidate(2, Quality.POOR, 25, 5)]
+    chosen, excluded = NodeSelector(SelectionRules(strategy="threshold", threshold=Quality.FAIR)).select(1, cands)
+    assert chosen == [0, 1] and "below fair" in excluded[2]
+    chosen, _ = NodeSelector(SelectionRules(strategy="top_n", top_n=1)).select(1, cands)
+    assert chosen == [0]
+
+
+# --- the planner ---------------------------------------------------------------------------
+
+
+def test_planner_adapts_per_link_and_records_decisions() -> None:
+    links = {0: stats(20, 1000, 0), 1: stats(30, 1000, 1), 2: stats(600, 1000, 80)}
+    planner, source = planner_for(links, "adapt.strategy='all'")
+    plan = planner.plan(1, list(source.registry.all()))
+    a = plan.assignments
+    assert set(a) == {0, 1, 2}
+    assert a[2].codec == "topk" and a[0].codec in ("raw", "fp16")
+    assert a[2].batch_size * a[2].accumulation > a[0].batch_size * a[0].accumulation
+    # The round waits for twice the slowest participant's expected exchange (then the timeout caps it).
+    assert plan.deadline_s is not None and plan.deadline_s >= 2 * planner._expected_s(2)
+    answers = {n: {"samples": 64, "turnaround_s": 1.0 + 10 * (n == 2), "compute_s": 0.4, "wall_s": 0.5,
+                   "update_bytes": 1000, "loss": 1.0} for n in a}
+    planner.observe(record(1, answers, sorted(a), plan))
+    plan2 = planner.plan(2, list(source.registry.all()))
+    assert plan2.assignments[2].local_steps > plan2.assignments[0].local_steps
+    decisions = [e.data for e in source.events.since(0) if e.kind == "decision"]
+    assert decisions and all(d["reason"] for d in decisions)
+    assert planner.overhead > 0 and planner.status()["links"][2]["quality"] in ("poor", "critical")
+
+
+def test_rollback_fires_when_a_change_hurts() -> None:
+    links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}
+    planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10")
+    nodes = list(source.registry.all())
+
+    def answer(samples: float, took: float) -> dict[str, float]:
+        return {"samples": samples, "turnaround_s": took, "compute_s": 0.01 * samples / 32, "wall_s": took * 0.9,
+                "update_bytes": 4 * PARAMS, "loss": 0.5}
+
+    plan = planner.plan(1, nodes)
+    before = {n: planner.knobs[n] for n in plan.assignments}
+    planner.observe(record(1, {n: answer(320, 0.5) for n in plan.assignments}, sorted(plan.assignments), plan))
+    # The link got slower: the planner changes node 1's settings ...
+    source.links[1] = stats(400, 3000, 200)
+    plan = planner.plan(2, nodes)
+    assert planner.knobs[1] != before[1] and 1 in planner.trials
+    # ... and that round node 1 moved far fewer samples per second than before.
+    planner.observe(record(2, {0: answer(320, 0.5), 1: answer(320, 6.0)}, [0, 1], plan))
+    rollbacks = [d for d in planner.decisions if d["knob"] == "rollback"]
+    assert rollbacks and rollbacks[-1]["node"] == 1 and "throughput fell" in rollbacks[-1]["reason"]
+    assert planner.knobs[1] == before[1]
+    frozen = planner.plan(3, nodes).assignments[1]  # held for a few rounds after the rollback
+    assert frozen.local_steps == before[1].local_steps and frozen.codec == before[1].codec.codec
+
+
+def test_adapt_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="min_batch"):
+        load_config(None, ["adapt.min_batch=64", "adapt.max_batch=8"])
+    with pytest.raises(ConfigError):
+        load_config(None, ["adapt.policy='reckless'"])
+    assert load_config(None, []).adapt.enabled is False
+    with pytest.raises(ConfigError, match="built-in profile"):
+        load_config(None, ["network.events=[{node=0, profile='custom', at_round=2}]"])
