@@ -45,15 +45,6 @@ def _config(file: str | None, overrides: tuple[str, ...] | list[str]) -> HyperGP
         sys.exit(2)
 
 
-def _planner(cfg: HyperGPUConfig) -> Any:
-    """The adaptive planner when ``adapt.enabled``, else None (the coordinator's static one)."""
-    if not cfg.adapt.enabled:
-        return None
-    from hypergpu.adapt import AdaptivePlanner
-
-    return AdaptivePlanner(cfg)
-
-
 def _on_signals(handler: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -74,7 +65,7 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
     cfg = _config(file, overrides)
 
     async def main() -> None:
-        coord = Coordinator(cfg, token=token, planner=_planner(cfg))
+        coord = Coordinator(cfg, token=token)
         recorder = await attach_recorder(cfg, coord, resume=resume)
         join = await coord.start()
         click.echo(f"join: {join}")
@@ -198,7 +189,7 @@ def _train(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
 
     async def main() -> int:
         run_cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
-        coord = Coordinator(run_cfg, planner=_planner(run_cfg))
+        coord = Coordinator(run_cfg)
         recorder = await attach_recorder(cfg, coord)
         join = await coord.start()
         nodes = LocalNodes(cfg, join, coord.token, log_dir)

@@ -100,7 +100,7 @@ class Coordinator:
         self.book = RoundBook(
             quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay
         )
-        self.planner: Planner = planner or StaticPlanner(config)
+        self.planner: Planner = planner or _default_planner(config)
         self.history: deque[dict[str, Any]] = deque(maxlen=c.metric_history)
         self.refusals: Counter[str] = Counter()
         self.round = 0
@@ -637,6 +637,15 @@ def _cosines(updates: dict[int, np.ndarray], mean: np.ndarray) -> dict[int, floa
         if norm > 0 and math.isfinite(norm):
             out[node_id] = max(-1.0, min(1.0, float(np.dot(update.astype(np.float32, copy=False), mean)) / norm))
     return out
+
+
+def _default_planner(config: HyperGPUConfig) -> Planner:
+    """The adaptive planner when ``adapt.enabled``, else every node with the configured settings."""
+    if config.adapt.enabled:
+        from hypergpu.adapt import AdaptivePlanner
+
+        return AdaptivePlanner(config)
+    return StaticPlanner(config)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
