@@ -43,21 +43,26 @@ async def finish_recorder(recorder: ChainRecorder | None, coord: Any, summary: A
     """Settles the last epoch, waits (bounded) for the chain, prints the rewards table."""
     if recorder is None:
         return
+    try:
+        drained = await asyncio.to_thread(recorder.finish, coord, complete=not summary.stopped_early)
+        print_rewards(recorder, drained)
+    finally:
+        await asyncio.to_thread(recorder.close)
+
+
+def print_rewards(recorder: ChainRecorder, drained: bool = True) -> None:
+    """The rewards table: each node's account, score and reward."""
     from rich.console import Console
     from rich.table import Table
 
-    try:
-        drained = await asyncio.to_thread(recorder.finish, coord, complete=not summary.stopped_early)
-        table = Table("node", "account", "score", "reward (ETH)")
-        for row in recorder.table():
-            table.add_row(row["name"], row["account"], f"{row['score']:.1f}", f"{row['reward_wei'] / 1e18:.6f}")
-        console = Console()
-        console.print(table)
-        if not drained:
-            console.print(f"[yellow]chain: {recorder.status()['queue_depth']} writes still queued "
-                          f"(kept on disk; `--resume` sends them)[/]")
-    finally:
-        await asyncio.to_thread(recorder.close)
+    table = Table("node", "account", "score", "reward (ETH)")
+    for row in recorder.table():
+        table.add_row(row["name"], row["account"], f"{row['score']:.1f}", f"{row['reward_wei'] / 1e18:.6f}")
+    console = Console()
+    console.print(table)
+    if not drained:
+        console.print(f"[yellow]chain: {recorder.status()['queue_depth']} writes still queued "
+                      f"(kept on disk; `--resume` sends them)[/]")
 
 
 # --- hypergpu chain ------------------------------------------------------------------

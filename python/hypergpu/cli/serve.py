@@ -76,6 +76,10 @@ def train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
             session = await service.start()
             _on_signals(service.shutdown_soon)  # Ctrl-C: finish the round, checkpoint, stop
             await service.wait()
+            if service.chain is not None:
+                from hypergpu.cli.chain import print_rewards
+
+                print_rewards(service.chain)
         finally:
             await service.shutdown()
             await server.stop()
