@@ -25,14 +25,7 @@ from hypergpu.errors import (
 from hypergpu.model import CNN, MLP, CheckpointManager, ModelManager, ParamLayout, build_model
 from hypergpu.model import checkpoint as checkpoint_module
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; intra-op threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp_manager(**kw) -> ModelManager:

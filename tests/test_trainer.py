@@ -15,14 +15,7 @@ from hypergpu.model import ModelManager, build_model
 from hypergpu.node.metrics import RollingMetrics
 from hypergpu.node.trainer import LocalTrainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; intra-op threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
