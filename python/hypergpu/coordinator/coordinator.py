@@ -114,7 +114,6 @@ class Coordinator:
         self._stop = asyncio.Event()
         self._running = asyncio.Event()
         self._running.set()
-        self._plan: RoundPlan | None = None
         self._round_samples = 0
         self._round_losses: list[float] = []
         # node id -> what its update for the open round looked like
@@ -291,7 +290,6 @@ class Coordinator:
         for node_id, reason in self.excluded.items():
             if plan.assignments.pop(node_id, None) is not None:
                 plan.excluded[node_id] = reason
-        self._plan = plan
         params = self.model.flat_parameters()
         self._acc = Accumulator(params.shape)
         # A node still receiving an earlier round's parameters sits this one
