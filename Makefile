@@ -41,6 +41,7 @@ test-rust:
 
 test-python: build
 	$(PY) -m mypy.stubtest hypergpu._core --allowlist .stubtest-allowlist
+	$(PY) -m mypy python/hypergpu
 	$(PY) -m pytest -q -W error
 	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
 

@@ -11,9 +11,13 @@ the planner:
 * adaptive: ``AdaptivePlanner`` — per-link selection, codec, local steps
   and batch split.
 
-Reported in ``extra_info`` (and printed): time to 97 % test accuracy for
-each arm and their ratio, final accuracies, bytes per node in each
-direction, and the planner's overhead as a share of round time. Under
+Both arms train the same number of rounds (no early stop), so each ends
+well past the target. Reported in ``extra_info`` (and printed): time to
+97 % test accuracy for each arm and their ratio; final accuracy, the mean
+of the last ``FINAL_EVALS`` evaluations (one evaluation of 360 test images
+moves in steps of 0.28 points and with the round's noise, so a single
+final reading would compare noise); bytes per node in each direction; and
+the planner's overhead as a share of round time. Under
 ``--benchmark-disable`` a three-node, three-round version runs as a smoke test.
 """
 
@@ -31,16 +35,20 @@ from hypergpu.config import load_config
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.plan import StaticPlanner
 
+# Both arms train every round: the baseline's alone take several minutes.
+pytestmark = pytest.mark.timeout(1800)
+
 TARGET = 0.97
+FINAL_EVALS = 3
 
 FULL = (
     "nodes.count=10",
     "training.model='cnn'",
     "training.rounds=12",
+    "training.target_accuracy=null",
     "training.local_steps=10",
     "training.batch_size=32",
     "training.lr=0.002",
-    f"training.target_accuracy={TARGET}",
     "network.default_profile='average'",
     "network.node_profiles={0='good', 1='good', 2='good', 7='poor', 8='poor', 9='unstable'}",
     "network.events=[{node=2, profile='poor', at_round=3}]",
@@ -98,6 +106,8 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
     assert base.accuracy is not None and adapt.accuracy is not None
 
     t_base, t_adapt = base.time_to(TARGET), adapt.time_to(TARGET)
+    base_final, adapt_final = base.final_accuracy(FINAL_EVALS), adapt.final_accuracy(FINAL_EVALS)
+    assert base_final is not None and adapt_final is not None
     info: dict[str, Any] = {
         "full_run": full,
         "target_accuracy": TARGET,
@@ -106,9 +116,11 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
         # A run that never got there counts as its whole wall time (a lower bound).
         "speedup": ((t_base or base.rounds[-1]["t_s"]) / t_adapt) if t_adapt else None,
         "baseline_reached": t_base is not None,
-        "baseline_final_accuracy": base.accuracy,
-        "adaptive_final_accuracy": adapt.accuracy,
-        "accuracy_gap_points": 100 * (adapt.accuracy - base.accuracy),
+        "baseline_final_accuracy": base_final,
+        "adaptive_final_accuracy": adapt_final,
+        "accuracy_gap_points": 100 * (adapt_final - base_final),
+        "baseline_last_accuracy": base.accuracy,
+        "adaptive_last_accuracy": adapt.accuracy,
         "baseline_rounds": len(base.rounds),
         "adaptive_rounds": len(adapt.rounds),
         "baseline_mean_round_s": statistics.fmean(r["duration_s"] for r in base.rounds),

@@ -251,29 +251,53 @@ def test_planner_adapts_per_link_and_records_decisions() -> None:
     assert planner.overhead > 0 and planner.status()["links"][2]["quality"] in ("poor", "critical")
 
 
-def test_rollback_fires_when_a_change_hurts() -> None:
+def _changed_by_a_slower_link(*overrides: str):
+    """A planner whose node 1 just had its settings changed because its link got slower."""
     links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}
-    planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10")
+    planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10", *overrides)
     nodes = list(source.registry.all())
-
-    def answer(samples: float, took: float) -> dict[str, float]:
-        return {"samples": samples, "turnaround_s": took, "compute_s": 0.01 * samples / 32, "wall_s": took * 0.9,
-                "update_bytes": 4 * PARAMS, "loss": 0.5}
-
     plan = planner.plan(1, nodes)
     before = {n: planner.knobs[n] for n in plan.assignments}
-    planner.observe(record(1, {n: answer(320, 0.5) for n in plan.assignments}, sorted(plan.assignments), plan))
-    # The link got slower: the planner changes node 1's settings ...
+    planner.observe(record(1, {n: _answer(320, 0.5) for n in plan.assignments}, sorted(plan.assignments), plan))
     source.links[1] = stats(400, 3000, 200)
     plan = planner.plan(2, nodes)
     assert planner.knobs[1] != before[1] and 1 in planner.trials
-    # ... and that round node 1 moved far fewer samples per second than before.
-    planner.observe(record(2, {0: answer(320, 0.5), 1: answer(320, 6.0)}, [0, 1], plan))
+    return planner, nodes, plan, before[1]
+
+
+def _answer(samples: float, took: float) -> dict[str, float]:
+    return {"samples": samples, "turnaround_s": took, "compute_s": 0.01 * samples / 32, "wall_s": 0.1,
+            "update_bytes": 4 * PARAMS, "loss": 0.5}
+
+
+def test_rollback_fires_when_a_change_hurts() -> None:
+    planner, nodes, plan, before = _changed_by_a_slower_link()
+    changed = planner.knobs[1]
+    samples = changed.local_steps * changed.effective_batch
+    # That round node 1 moved far fewer samples per second than its old settings
+    # would on the slower link: the change is undone and the settings held.
+    would = planner._predicted_rate(1, before)
+    assert would is not None
+    planner.observe(record(2, {0: _answer(320, 0.5), 1: _answer(samples, 8 * samples / would)}, [0, 1], plan))
     rollbacks = [d for d in planner.decisions if d["knob"] == "rollback"]
-    assert rollbacks and rollbacks[-1]["node"] == 1 and "throughput fell" in rollbacks[-1]["reason"]
-    assert planner.knobs[1] == before[1]
+    assert rollbacks and rollbacks[-1]["node"] == 1 and "previous settings would give" in rollbacks[-1]["reason"]
+    assert planner.knobs[1] == before
     frozen = planner.plan(3, nodes).assignments[1]  # held for a few rounds after the rollback
-    assert frozen.local_steps == before[1].local_steps and frozen.codec == before[1].codec.codec
+    assert frozen.local_steps == before.local_steps and frozen.codec == before.codec.codec
+
+
+def test_a_change_is_not_blamed_for_a_slower_link() -> None:
+    planner, nodes, plan, before = _changed_by_a_slower_link()
+    changed = planner.knobs[1]
+    samples = changed.local_steps * changed.effective_batch
+    # Throughput fell against round 1 (the link is slower) but the new settings
+    # beat what the old ones would give now: the change stays.
+    would = planner._predicted_rate(1, before)
+    assert would is not None and would < 320 / 0.5
+    planner.observe(record(2, {0: _answer(320, 0.5), 1: _answer(samples, samples / (1.2 * would))}, [0, 1], plan))
+    assert samples / (samples / (1.2 * would)) < 320 / 0.5
+    assert not [d for d in planner.decisions if d["knob"] == "rollback"]
+    assert planner.knobs[1] == changed
 
 
 def test_adapt_config_is_validated() -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "DataError",
     "UnknownNodeError",
     "StaleUpdateError",
+    "ParamsOutOfSyncError",
 ]
 
 
@@ -189,3 +190,7 @@ class UnknownNodeError(HyperGPUError, KeyError):
 
 class StaleUpdateError(UpdateError):
     """An update is for a round other than the one being aggregated."""
+
+
+class ParamsOutOfSyncError(UpdateError):
+    """A parameter delta is against a state this node does not hold; it needs the whole vector."""

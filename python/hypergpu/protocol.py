@@ -37,7 +37,7 @@ from hypergpu.wire import TensorSpec, decode_frame, encode_frame
 
 __all__ = ["Message", "decode", "encode"]
 
-_DTYPES = {
+_DTYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.float32): "f32",
     np.dtype(np.float16): "f16",
     np.dtype(np.float64): "f64",
@@ -46,7 +46,7 @@ _DTYPES = {
     np.dtype(np.int32): "i32",
     np.dtype(np.int64): "i64",
 }
-_NUMPY = {v: k for k, v in _DTYPES.items()}
+_NUMPY: dict[str, np.dtype[Any]] = {v: k for k, v in _DTYPES.items()}
 # bf16 sections travel as their raw 16-bit patterns.
 _NUMPY["bf16"] = np.dtype(np.uint16)
 

@@ -1,4 +1,4 @@
-"""Which codec each node's update travels in, from its link's speed.
+"""Which codec each node's update (and parameter delta) travels in, from its link's speed.
 
 The update of a model with P parameters is 4P bytes raw. The chooser
 estimates how long that takes on the node's link and picks the least
@@ -8,6 +8,11 @@ coordinate costs an index and a value, so a ratio r sends about 2r of the
 raw bytes; the node keeps what it did not send and adds it next round).
 A change needs the new choice to persist for ``dwell`` rounds, except a
 move to stronger compression when the link got much worse.
+
+A second chooser picks, the same way, how a node's parameters come down:
+whole (raw), or as a delta against what it holds in fp16 or int8
+(``hypergpu.update.downlink``; top-k is not offered there, as it would
+leave most of a node's coordinates stale).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class CodecChoice:
     @property
     def size_factor(self) -> float:
         return 2.0 * self.ratio if self.codec == "topk" and self.ratio else SIZE_FACTOR[self.codec]
+
+
+RAW = CodecChoice("raw")
 
 
 class CodecChooser:

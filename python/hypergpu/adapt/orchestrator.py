@@ -5,7 +5,11 @@ the links, choose the participants (strategy, quarantine, fairness),
 then per participant the codec, the local steps and the batch split.
 Post-round: fold the round's exchanges into the monitor, judge who hurt
 the round, and undo a node's latest change when its throughput or loss
-got worse because of it. Every decision is recorded with its reason and
+got worse because of it. "Because of it" matters: a change is usually
+made because the link got worse, and then throughput falls whatever the
+settings. So the throughput a change delivered is compared with what the
+previous settings would give on the link as now measured (the same model
+of the link that chose the change), not with the rate before it. Every decision is recorded with its reason and
 published as a ``decision`` event; the time spent deciding is measured
 against the round time.
 """
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypergpu.adapt.batch import BatchBounds, BatchChoice, BatchSizer
-from hypergpu.adapt.compression import CodecChoice, CodecChooser
+from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser
 from hypergpu.adapt.local_steps import LocalStepChooser, NesterovOuter
 from hypergpu.adapt.monitor import NetworkMonitor
 from hypergpu.adapt.policy import POLICIES, Policy
@@ -40,7 +44,8 @@ class Knobs:
 
     batch: BatchChoice
     local_steps: int
-    codec: CodecChoice
+    codec: CodecChoice  # the node's update, up
+    down: CodecChoice = RAW  # parameter deltas, down
 
     @property
     def effective_batch(self) -> int:
@@ -49,11 +54,10 @@ class Knobs:
 
 @dataclass
 class Trial:
-    """A change under watch: the settings before it and the figures they gave."""
+    """A change under watch: the settings before it and the loss they gave."""
 
     round: int
     before: Knobs
-    rate: float | None  # samples per second of exchange
     loss: float | None
     what: list[str] = field(default_factory=list)
     # Stronger compression or more work per exchange should raise throughput;
@@ -80,6 +84,9 @@ class AdaptivePlanner:
             global_batch=config.training.batch_size * config.nodes.count,
         )
         self.codecs = CodecChooser(budget_s=p.upload_budget_s, allowed=tuple(a.codecs), dwell=p.dwell)
+        self.down_codecs = CodecChooser(
+            budget_s=p.upload_budget_s, allowed=tuple(a.param_codecs), dwell=p.dwell
+        )
         initial = config.training.local_steps or a.min_local_steps
         self.steps = LocalStepChooser(a.min_local_steps, a.max_local_steps, initial, p.compute_ratio, p.step)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=a.history)
@@ -90,7 +97,7 @@ class AdaptivePlanner:
         self.overhead_s = 0.0
         self.round_s = 0.0
         self._last_plan: RoundPlan | None = None
-        self._rate: dict[int, float] = {}
+        self._rate: dict[int, float] = {}  # node -> samples per second of its latest exchange
         self._loss: dict[int, float] = {}
         self.coordinator: Any = None
         self.param_bytes = 0
@@ -148,7 +155,7 @@ class AdaptivePlanner:
             if self._last_plan is not None and n not in self._last_plan.assignments:
                 why = "fairness bound" if n in self.selector.forced else "link within bounds again"
                 self._decide(round_id, n, "selection", "out", "in", why)
-        latency = {n: self.monitor.link(n).transfer_s(self.param_bytes) for n in chosen}
+        latency = {n: self._down_s(n) for n in chosen}
         targets = self.batches.targets(latency)
         for n in chosen:
             plan.assignments[n] = self._assign(round_id, n, targets[n])
@@ -162,12 +169,27 @@ class AdaptivePlanner:
         self._last_plan = plan
         return plan
 
+    def _down_s(self, n: int) -> float:
+        knobs = self.knobs.get(n)
+        factor = knobs.down.size_factor if knobs is not None else 1.0
+        return self.monitor.link(n).transfer_s(self.param_bytes * factor)
+
+    def _predicted_rate(self, n: int, knobs: Knobs) -> float | None:
+        """Samples per second ``knobs`` would give on node ``n``'s link as now measured."""
+        link = self.monitor.link(n)
+        if not link.sample_s:
+            return None
+        samples = knobs.local_steps * knobs.effective_batch
+        took = (link.transfer_s(self.param_bytes * knobs.down.size_factor)
+                + link.transfer_s(self.param_bytes * knobs.codec.size_factor) + link.sample_s * samples)
+        return samples / took
+
     def _expected_s(self, n: int) -> float:
         link = self.monitor.link(n)
         knobs = self.knobs.get(n)
         factor = knobs.codec.size_factor if knobs is not None else 1.0
         compute = link.wall_s or 0.0
-        return link.transfer_s(self.param_bytes) + link.transfer_s(self.param_bytes * factor) + compute
+        return self._down_s(n) + link.transfer_s(self.param_bytes * factor) + compute
 
     def _assign(self, round_id: int, n: int, batch_target: int) -> Assignment:
         link = self.monitor.link(n)
@@ -175,19 +197,25 @@ class AdaptivePlanner:
         if old is not None and self.frozen_until.get(n, 0) >= round_id:
             knobs = old
         else:
-            raw_up = link.transfer_s(self.param_bytes)
-            codec = self.codecs.choose(n, raw_up)
-            comm = link.transfer_s(self.param_bytes) + link.transfer_s(self.param_bytes * codec.size_factor)
+            raw_s = link.transfer_s(self.param_bytes)  # the whole vector, either way
+            codec = self.codecs.choose(n, raw_s)
+            down = self.down_codecs.choose(n, raw_s)
+            comm = link.transfer_s(self.param_bytes * down.size_factor) + link.transfer_s(
+                self.param_bytes * codec.size_factor)
             split = self.batches.choose(n, batch_target)
             step_s = link.sample_s * split.effective if link.sample_s else None
             steps = self.steps.choose(n, comm, step_s)
-            knobs = Knobs(split, steps, codec)
+            knobs = Knobs(split, steps, codec, down)
             if old is not None and knobs != old:
                 what = []
                 if knobs.codec != old.codec:
                     what.append("codec")
                     self._decide(round_id, n, "codec", _codec_name(old.codec), _codec_name(knobs.codec),
-                                 f"raw upload ~{raw_up:.2f} s vs budget {self.codecs.budget_s:g} s")
+                                 f"raw upload ~{raw_s:.2f} s vs budget {self.codecs.budget_s:g} s")
+                if knobs.down != old.down:
+                    what.append("down_codec")
+                    self._decide(round_id, n, "down_codec", _codec_name(old.down), _codec_name(knobs.down),
+                                 f"raw download ~{raw_s:.2f} s vs budget {self.down_codecs.budget_s:g} s")
                 if knobs.local_steps != old.local_steps:
                     what.append("local_steps")
                     self._decide(round_id, n, "local_steps", old.local_steps, knobs.local_steps,
@@ -196,13 +224,13 @@ class AdaptivePlanner:
                     what.append("batch")
                     self._decide(round_id, n, "batch", old.effective_batch, knobs.effective_batch,
                                  f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}")
-                faster = (knobs.codec != old.codec or knobs.local_steps > old.local_steps
+                faster = (knobs.codec != old.codec or knobs.down != old.down or knobs.local_steps > old.local_steps
                           or knobs.effective_batch > old.effective_batch)
-                self.trials[n] = Trial(round_id, old, self._rate.get(n), self._loss.get(n), what, faster)
+                self.trials[n] = Trial(round_id, old, self._loss.get(n), what, faster)
         self.knobs[n] = knobs
         return Assignment(
             batch_size=knobs.batch.batch_size, local_steps=knobs.local_steps, accumulation=knobs.batch.accumulation,
-            codec=knobs.codec.codec, codec_ratio=knobs.codec.ratio,
+            codec=knobs.codec.codec, codec_ratio=knobs.codec.ratio, down_codec=knobs.down.codec,
         )
 
     # --- after the round ---------------------------------------------------------------
@@ -227,7 +255,7 @@ class AdaptivePlanner:
                 accepted = registry.get(n).updates_accepted if registry is not None and n in registry else 0
                 self.outstanding[n] = (round_id, accepted)
                 continue
-            moved = self.param_bytes + int(answer.get("update_bytes") or 0)
+            moved = int(answer.get("params_bytes") or self.param_bytes) + int(answer.get("update_bytes") or 0)
             self.monitor.observe_exchange(
                 n, round_id=round_id, ok=True, turnaround_s=answer.get("turnaround_s"),
                 compute_s=answer.get("compute_s"), wall_s=answer.get("wall_s"), samples=answer.get("samples"),
@@ -248,13 +276,13 @@ class AdaptivePlanner:
             if trial.round != round_id:
                 continue
             del self.trials[n]
-            answer = answers.get(n)
-            if answer is None or trial.rate is None:
+            if answers.get(n) is None:
                 continue
             rate, loss = self._rate.get(n), self._loss.get(n)
+            would = self._predicted_rate(n, trial.before)
             why = None
-            if trial.expect_faster and rate is not None and rate < (1 - p.rollback_tolerance) * trial.rate:
-                why = f"throughput fell {trial.rate:.0f} -> {rate:.0f} samples/s"
+            if trial.expect_faster and rate is not None and would and rate < (1 - p.rollback_tolerance) * would:
+                why = f"throughput {rate:.0f} samples/s, below the {would:.0f} the previous settings would give now"
             elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + 1e-3:
                 why = f"loss rose {trial.loss:.3f} -> {loss:.3f}"
             if why is None:
@@ -262,6 +290,7 @@ class AdaptivePlanner:
             now = self.knobs.get(n)
             self.knobs[n] = trial.before
             self.codecs.restore(n, trial.before.codec)
+            self.down_codecs.restore(n, trial.before.down)
             self.steps.restore(n, trial.before.local_steps)
             self.batches.restore(n, trial.before.effective_batch)
             self.frozen_until[n] = round_id + p.freeze_rounds
@@ -297,4 +326,5 @@ def _codec_name(c: CodecChoice) -> str:
 def _describe(k: Knobs | None) -> dict[str, Any] | None:
     if k is None:
         return None
-    return {"batch": k.effective_batch, "local_steps": k.local_steps, "codec": _codec_name(k.codec)}
+    return {"batch": k.effective_batch, "local_steps": k.local_steps, "codec": _codec_name(k.codec),
+            "down_codec": _codec_name(k.down)}

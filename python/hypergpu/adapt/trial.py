@@ -33,6 +33,11 @@ class TrialResult:
                 return float(r["t_s"])
         return None
 
+    def final_accuracy(self, last: int = 1) -> float | None:
+        """Mean test accuracy of the last ``last`` evaluated rounds."""
+        evaluated = [r["accuracy"] for r in self.rounds if r["accuracy"] is not None][-last:]
+        return sum(evaluated) / len(evaluated) if evaluated else None
+
 
 async def run_trial(config: HyperGPUConfig, planner: Any = None, log_dir: Path | None = None) -> TrialResult:
     from hypergpu.cluster import LocalNodes

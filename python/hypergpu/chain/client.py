@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import requests
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils import is_address, to_checksum_address
 from web3 import Web3
 from web3.exceptions import TimeExhausted, Web3RPCError
+from web3.types import FilterParams, Wei
 
 from hypergpu.chain.config import ChainConfig
 from hypergpu.chain.contracts import ERC20_ABI, decode_revert, load_artifact
@@ -41,7 +43,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (OSError, requests.RequestExceptio
 _DEV_FUNDING_WEI = 100 * 10**18
 
 
-def checksum(address: str, what: str = "address") -> str:
+def checksum(address: str, what: str = "address") -> ChecksumAddress:
     """``address`` in checksum form, or InvalidArgumentError naming ``what``."""
     if not isinstance(address, str) or not is_address(address):
         raise InvalidArgumentError(f"{what} is not a valid address: {address!r}")
@@ -111,7 +113,7 @@ class ChainClient:
         return ChainClient(self.w3, signer, self.config, self.deployment)
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self._signer.address
 
     def attach(self, deployment: Deployment) -> None:
@@ -139,8 +141,11 @@ class ChainClient:
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         result = self._transact(f"deploy {name}", factory.constructor(*args))
         assert result is not None
-        receipt = self.w3.eth.get_transaction_receipt(result.tx_hash)
-        return self._contract(name, receipt["contractAddress"])
+        receipt = self.w3.eth.get_transaction_receipt(HexStr(result.tx_hash))
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"deploy {name}: receipt of tx {result.tx_hash} names no contract address")
+        return self._contract(name, address)
 
     def deploy(self, token: str | None = None, coordinator: str | None = None) -> Deployment:
         """Deploys registry, tracker and distributor; this account is admin, and
@@ -316,7 +321,7 @@ class ChainClient:
         if amount <= 0:
             raise InvalidArgumentError(f"pool funding must be positive, got {amount}")
         if deployment.token:
-            token = self.w3.eth.contract(address=deployment.token, abi=ERC20_ABI)
+            token = self.w3.eth.contract(address=checksum(deployment.token, "reward token"), abi=ERC20_ABI)
             self._transact("approve", token.functions.approve(deployment.distributor, amount))
             return self._transact(f"fund({session_id})", self.distributor.functions.fund(session_id, amount))
         return self._transact(f"fund({session_id})", self.distributor.functions.fund(session_id, amount), value=amount)
@@ -383,7 +388,7 @@ class ChainClient:
         account = checksum(account or self.address)
         deployment = self._require_deployed()
         if deployment.token:
-            token = self.w3.eth.contract(address=deployment.token, abi=ERC20_ABI)
+            token = self.w3.eth.contract(address=checksum(deployment.token, "reward token"), abi=ERC20_ABI)
             return int(self._call("balanceOf", token.functions.balanceOf(account)))
         return int(self._retry("eth_getBalance", lambda: self.w3.eth.get_balance(account)))
 
@@ -398,7 +403,10 @@ class ChainClient:
             for event in contract.events:
                 topic = bytes(self.w3.keccak(text=event.abi_element_identifier))
                 decoders[(contract.address, topic)] = event
-        params = {"address": [c.address for c in (self.registry, self.tracker, self.distributor)], "fromBlock": from_block}
+        params: FilterParams = {
+            "address": [c.address for c in (self.registry, self.tracker, self.distributor)],
+            "fromBlock": from_block,
+        }
         logs = self._retry("eth_getLogs", lambda: self.w3.eth.get_logs(params))  # one request for all events
         rows: list[dict[str, Any]] = []
         for raw in logs:
@@ -440,7 +448,7 @@ def retry(config: ChainConfig, what: str, call: Callable[[], T]) -> T:
 def fund_from_dev_account(w3: Web3, address: str, wei: int) -> None:
     """Funds ``address`` from a local chain's first unlocked dev account."""
     dev = w3.eth.accounts[0]
-    tx_hash = w3.eth.send_transaction({"from": dev, "to": address, "value": wei})
+    tx_hash = w3.eth.send_transaction({"from": dev, "to": address, "value": Wei(wei)})
     w3.eth.wait_for_transaction_receipt(tx_hash)
 
 

@@ -7,6 +7,7 @@ import os
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 
 from hypergpu.chain.config import ChainConfig
 from hypergpu.errors import ConfigError
@@ -21,7 +22,7 @@ class Signer:
         self._account = account
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self._account.address
 
     def sign_transaction(self, tx: dict) -> bytes:

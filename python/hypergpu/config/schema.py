@@ -27,6 +27,18 @@ NodeId = Annotated[int, Field(ge=0)]
 Port = Annotated[int, Field(ge=0, le=65535, description="0 picks a free port")]
 Host = Annotated[str, Field(min_length=1)]
 
+UpdateCodec = Literal["raw", "fp16", "int8", "topk"]
+ParamCodec = Literal["raw", "fp16", "int8"]
+
+
+def _all_update_codecs() -> list[UpdateCodec]:
+    return ["raw", "fp16", "int8", "topk"]
+
+
+def _all_param_codecs() -> list[ParamCodec]:
+    return ["raw", "fp16", "int8"]
+
+
 #: Datasets read from files under ``data.path``.
 FILE_DATASETS = frozenset({"mnist", "fashion-mnist", "cifar10"})
 
@@ -188,8 +200,10 @@ class AdaptConfig(_Section):
     powers_of_two: bool = True
     min_local_steps: int = Field(5, ge=1, le=1_000_000)
     max_local_steps: int = Field(50, ge=1, le=1_000_000)
-    codecs: list[Literal["raw", "fp16", "int8", "topk"]] = Field(
-        default_factory=lambda: ["raw", "fp16", "int8", "topk"], min_length=1
+    codecs: list[UpdateCodec] = Field(default_factory=_all_update_codecs, min_length=1)
+    param_codecs: list[ParamCodec] = Field(
+        default_factory=_all_param_codecs, min_length=1,
+        description="codecs for parameters sent down as deltas; ['raw'] always sends them whole",
     )
     fairness_rounds: int = Field(10, ge=1, le=1_000_000, description="K: most rounds a node may sit out in a row")
     quarantine_rounds: int = Field(3, ge=1, le=1_000_000)

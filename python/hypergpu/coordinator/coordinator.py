@@ -44,7 +44,9 @@ from hypergpu.model.nets import build_model
 from hypergpu.protocol import Message
 from hypergpu.transport import Connection, Server
 from hypergpu.update.aggregate import Accumulator
+from hypergpu.update.codec import Codec
 from hypergpu.update.codec import decode as decode_update
+from hypergpu.update.downlink import ParamsEncoder
 
 log = logging.getLogger("hypergpu.coordinator")
 
@@ -119,6 +121,11 @@ class Coordinator:
         # node id -> what its update for the open round looked like
         self._round_nodes: dict[int, dict[str, Any]] = {}
         self._sent_at: dict[int, float] = {}
+        self._sent_bytes: dict[int, int] = {}  # node id -> size of its params message this round
+        # the open round: its id, the parameters it started from, its plan (for resends)
+        self._open: tuple[int, np.ndarray, RoundPlan] | None = None
+        #: What each node holds, so parameters can go down as compressed deltas.
+        self.downlink = ParamsEncoder()
         self._sending: dict[int, asyncio.Task[Any]] = {}
         # node id -> its accepted update for the open round, to measure agreement with the mean
         self._round_updates: dict[int, np.ndarray] = {}
@@ -276,7 +283,7 @@ class Coordinator:
             "last": last,
             "refusals": dict(self.refusals),
             # an adaptive planner's links, standings, settings and decisions
-            "planner": self.planner.status() if callable(getattr(self.planner, "status", None)) else None,
+            "planner": planner_status() if callable(planner_status := getattr(self.planner, "status", None)) else None,
         }
 
     # --- the round ------------------------------------------------------------
@@ -305,7 +312,9 @@ class Coordinator:
         self._round_losses = []
         self._round_nodes = {}
         self._sent_at = {}
+        self._sent_bytes = {}
         self._round_updates = {}
+        self._open = (round_id, params, plan)
 
         # Sends run on their own: a slow link must not hold up the others,
         # and the round's deadline runs from its start.
@@ -322,6 +331,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), max(0.05, remaining if remaining > 0 else 0.25))
         self.book.close()
+        self._open = None
 
         applied = False
         acc, self._acc = self._acc, None
@@ -366,13 +376,18 @@ class Coordinator:
         link = self._links.get(node_id)
         if link is None:
             return
-        meta = {"round": round_id, "version": self.model.version, **plan.assignments[node_id].as_meta()}
-        frame = protocol.encode(Message("params", meta, {"params": params}, round=round_id, node_id=node_id))
+        assignment = plan.assignments[node_id]
+        codec = Codec(assignment.down_codec)
+        held, sections = self.downlink.parts(node_id, params, codec)
+        meta = {"round": round_id, "version": self.model.version, **assignment.as_meta(), **held}
+        frame = protocol.encode(Message("params", meta, sections, round=round_id, node_id=node_id))
         try:
             self._sent_at[node_id] = time.perf_counter()
+            self._sent_bytes[node_id] = len(frame)
             await link.send(frame)
             self.registry.get(node_id).bytes_sent += len(frame)
         except HyperGPUError as exc:
+            self.downlink.forget(node_id)  # it may not hold what was sent
             log.warning("node %d: sending round %d failed: %s", node_id, round_id, exc)
             self.events.publish("alert", level="warning", node=node_id, message=f"send failed: {exc}")
 
@@ -416,6 +431,7 @@ class Coordinator:
                         # params sent -> update in: compute, waiting and both transfers
                         "turnaround_s": time.perf_counter() - sent if sent is not None else None,
                         "update_bytes": size,
+                        "params_bytes": self._sent_bytes.get(node.node_id),
                         "codec": msg.codec,
                         "weight": decision.weight,
                     }
@@ -483,6 +499,7 @@ class Coordinator:
             speed_factor=speed,
             preferred_id=index if isinstance(index, int) else None,
         )
+        self.downlink.forget(node.node_id)  # a new link: what the node holds is unknown
         old = self._links.get(node.node_id)
         if old is not None and old is not link:
             self._spawn(old.close("replaced by a new connection from the same node"))
@@ -536,6 +553,8 @@ class Coordinator:
                 await self._on_update(node, msg, len(frame))
             elif msg.kind == "heartbeat":
                 node.bytes_received += len(frame)
+            elif msg.kind == "control" and msg.meta.get("type") == "resync":
+                await self._resync(node, msg)
             elif msg.kind == "metrics":
                 self.events.publish("node", type="metrics", node=node.node_id, **msg.meta)
             elif msg.kind == "bye":
@@ -546,6 +565,18 @@ class Coordinator:
             else:
                 node.refusals["unexpected"] += 1
                 self.refusals["unexpected"] += 1
+
+    async def _resync(self, node: NodeInfo, msg: Message) -> None:
+        """The node could not apply a parameter delta: send it the whole vector,
+        right away if it still owes the open round an update."""
+        self.downlink.forget(node.node_id)
+        self.events.publish("node", type="resync", node=node.node_id, round=msg.round, reason=msg.meta.get("reason"))
+        opened = self._open
+        if opened is None:
+            return
+        round_id, params, plan = opened
+        if msg.round == round_id and node.node_id in plan.assignments and node.node_id not in self.book.reported:
+            self._sending[node.node_id] = self._spawn(self._send_params(node.node_id, round_id, params, plan))
 
     async def _reply(self, node_id: int, msg: Message) -> None:
         link = self._links.get(node_id)

@@ -30,6 +30,7 @@ class Assignment:
     codec: str = "raw"
     codec_ratio: float | None = None  # top-k: fraction of coordinates sent
     zstd: bool = False
+    down_codec: str = "raw"  # parameters to this node: whole (raw) or a delta in this codec
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,11 +64,13 @@ class OuterOptimizer(Protocol):
 
 
 class StaticPlanner:
-    """Every live node, the configured batch size, local steps and codec."""
+    """Every live node, the configured batch size and local steps, fixed codecs up and down."""
 
-    def __init__(self, config: HyperGPUConfig, codec: str = "raw"):
+    def __init__(self, config: HyperGPUConfig, codec: str = "raw", down_codec: str = "raw"):
         t = config.training
-        self.assignment = Assignment(batch_size=t.batch_size, local_steps=t.local_steps, codec=codec)
+        self.assignment = Assignment(
+            batch_size=t.batch_size, local_steps=t.local_steps, codec=codec, down_codec=down_codec
+        )
 
     def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
         return RoundPlan(round_id, {n.node_id: self.assignment for n in nodes})

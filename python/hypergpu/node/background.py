@@ -169,7 +169,11 @@ class BackgroundLink:
         if msg.kind == "welcome":
             self._on_welcome(msg)
         elif msg.kind == "params":
-            self._inbox.put(("params", msg))
+            # Deltas apply in arrival order here; the caller's thread may skip rounds.
+            params = self.session.take_params(msg)
+            if params is not None:
+                msg.sections = {"params": params}
+                self._inbox.put(("params", msg))
         elif msg.kind == "ack":
             self.session.report.record_ack(msg)
         elif msg.kind == "control":

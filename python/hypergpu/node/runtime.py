@@ -106,7 +106,7 @@ class Node:
                 if msg.kind == "welcome":
                     self._on_welcome(msg)
                     if early is not None:
-                        early, msg = None, early
+                        msg, early = early, None
                         await self._on_params(msg)
                 elif msg.kind == "params" and self._trainer is None:
                     # Each message has its own stream, so the first round's
@@ -159,11 +159,14 @@ class Node:
         trainer = self._trainer
         if trainer is None:
             raise TransportError(f"{self.name}: parameters arrived before the welcome")
+        params = self.session.take_params(msg)
+        if params is None:
+            return  # the coordinator sends the whole vector again
         meta = msg.meta
         steps = int(meta.get("local_steps", 0)) or None
         result = await asyncio.to_thread(
             trainer.train_round,
-            np.asarray(msg.sections["params"]),
+            params,
             steps=steps,
             batch_size=int(meta.get("batch_size", trainer.training.batch_size)),
             accumulation=int(meta.get("accumulation", 1)),

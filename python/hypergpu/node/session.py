@@ -30,6 +30,7 @@ from hypergpu.errors import HyperGPUError, ShapeMismatchError, TransportError
 from hypergpu.protocol import Message
 from hypergpu.transport import Connection, LinkShape, connect
 from hypergpu.update.codec import Codec
+from hypergpu.update.downlink import ParamsDecoder
 from hypergpu.wire import TensorSpec
 
 log = logging.getLogger("hypergpu.node")
@@ -171,6 +172,9 @@ class Session:
         self.report = report if report is not None else NodeReport(node_id=None)
         self.on_welcome = on_welcome
         self.link: Connection | None = None
+        #: The parameters this node holds, kept current from ``params`` messages (whole or deltas).
+        self.held = ParamsDecoder()
+        self._resync: asyncio.Future[Any] | None = None
 
     async def connect(self) -> Connection:
         """Connect and say hello, retrying with backoff; sets and returns :attr:`link`."""
@@ -227,6 +231,22 @@ class Session:
                     with contextlib.suppress(TransportError):
                         await self.reconnect()
         raise TransportError(f"{self.name}: could not deliver a {msg.kind} message")
+
+    def take_params(self, msg: Message) -> np.ndarray | None:
+        """The parameters a ``params`` message brings this node to (a fresh array).
+
+        A delta this node cannot apply (it holds another state, or the
+        payload is corrupt) is refused: the node asks the coordinator for
+        the whole vector with a ``resync`` control message and gets None.
+        Call in arrival order, from the event loop's thread.
+        """
+        try:
+            return self.held.apply(msg.meta, msg.sections)
+        except HyperGPUError as exc:
+            log.info("%s: round %d parameters unusable (%s); asking for them whole", self.name, msg.round, exc)
+            resync = Message("control", {"type": "resync", "reason": str(exc)}, round=msg.round)
+            self._resync = asyncio.ensure_future(self.send(resync, reconnect=False))
+            return None
 
     def set_shape(self, profile: str, seed: int = 0) -> None:
         """Apply a named link profile (a ``shape`` control message) from now on."""

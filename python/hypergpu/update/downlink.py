@@ -1,0 +1,105 @@
+"""Parameters down the wire: whole, or a compressed delta against what the node holds.
+
+A node that took part in an earlier round still holds the parameters it
+was sent then. On a slow link the coordinator can send it only the change
+since, encoded with a lossy codec (fp16 or int8), for a fraction of the
+full vector's bytes. Both ends must agree on what the node holds, to the
+bit, so the coordinator keeps per node a *mirror*: the parameters exactly
+as that node reconstructed them (the last full vector plus every decoded
+delta since). Each delta is taken against the mirror, not against the
+coordinator's own parameters, so what one delta's codec drops travels in
+the next: the node's copy is never further from the coordinator's than one
+encoding's error, however many rounds pass.
+
+A sequence number names each state the coordinator sent. A node whose
+state does not match a delta's base (it reconnected, or a message went
+missing) refuses the delta with :class:`~hypergpu.errors.ParamsOutOfSyncError`
+and asks for the whole vector again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hypergpu.errors import ParamsOutOfSyncError, ShapeMismatchError, UpdateError
+from hypergpu.update.codec import Codec, decode
+
+__all__ = ["ParamsDecoder", "ParamsEncoder"]
+
+FULL = "params"
+DELTA = "params_delta"
+
+
+@dataclass
+class _Held:
+    seq: int
+    params: np.ndarray  # float32, bit for bit what the node holds
+
+
+class ParamsEncoder:
+    """Coordinator side: what to send each node so it holds the current parameters."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, _Held] = {}
+        self._seq = itertools.count(1)
+
+    def forget(self, node_id: int) -> None:
+        """The node's state is unknown (new link, resync): send it everything next time."""
+        self._held.pop(node_id, None)
+
+    def parts(self, node_id: int, params: np.ndarray, codec: Codec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Meta fields and sections of a ``params`` message that bring the node to ``params``.
+
+        A raw ``codec`` sends the whole vector and keeps no mirror (a node
+        kept on raw costs no memory here); any other codec sends a delta
+        when the node's state is known, else the whole vector to start one.
+        """
+        seq = next(self._seq)
+        held = self._held.get(node_id)
+        if codec.name == "raw" or held is None or held.params.shape != params.shape:
+            if codec.name == "raw":
+                self._held.pop(node_id, None)
+            else:
+                self._held[node_id] = _Held(seq, np.array(params, dtype=np.float32, copy=True))
+            return {"params_seq": seq}, {FULL: params}
+        encoded = codec.encode(params - held.params)
+        # Exactly what the node will add: the mirror stays bit-identical to its copy.
+        held.params += encoded.decode()
+        meta = {"params_seq": seq, "params_base": held.seq, "params_codec": codec.name, "params_zstd": codec.zstd}
+        held.seq = seq
+        return meta, {DELTA: np.frombuffer(encoded.payload, dtype=np.uint8)}
+
+
+class ParamsDecoder:
+    """Node side: the parameters this node holds, kept current from ``params`` messages."""
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.params: np.ndarray | None = None
+
+    def apply(self, meta: dict[str, Any], sections: dict[str, np.ndarray]) -> np.ndarray:
+        """Fold one ``params`` message in; returns a copy of the parameters now held."""
+        full = sections.get(FULL)
+        if full is not None:
+            self.params = np.array(full, dtype=np.float32, copy=True)
+            self.seq = meta.get("params_seq")
+            return self.params.copy()
+        delta = sections.get(DELTA)
+        if delta is None:
+            raise UpdateError(f"params message carries neither {FULL!r} nor {DELTA!r}")
+        base = meta.get("params_base")
+        if self.params is None or base is None or base != self.seq:
+            raise ParamsOutOfSyncError(
+                f"parameter delta is against state {base}, this node holds {self.seq}; the whole vector is needed"
+            )
+        change = decode(delta, str(meta.get("params_codec")), zstd=bool(meta.get("params_zstd")),
+                        shape=self.params.shape)
+        if change.shape != self.params.shape:
+            raise ShapeMismatchError(f"parameter delta has shape {change.shape}, held {self.params.shape}")
+        self.params += change
+        self.seq = meta.get("params_seq")
+        return self.params.copy()

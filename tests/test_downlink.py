@@ -1,0 +1,152 @@
+"""Parameters going down as compressed deltas: both ends agree to the bit,
+the node's copy never drifts, and a node that lost its state gets the
+whole vector again (over the real transport, with a real coordinator)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hypergpu.cluster import LocalNodes
+from hypergpu.config import load_config
+from hypergpu.coordinator import Coordinator
+from hypergpu.coordinator.plan import StaticPlanner
+from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
+from hypergpu.node.session import Session, hello_meta
+from hypergpu.protocol import Message
+from hypergpu.update.codec import Codec
+from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder
+
+
+def _training_like(rounds: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Parameters over rounds: a random start, then shrinking random steps."""
+    rng = np.random.default_rng(seed)
+    params = rng.normal(0, 0.1, size).astype(np.float32)
+    out = [params.copy()]
+    for r in range(rounds - 1):
+        params += rng.normal(0, 0.01 / (1 + r), size).astype(np.float32)
+        out.append(params.copy())
+    return out
+
+
+@pytest.mark.parametrize("codec", ["fp16", "int8"])
+def test_node_copy_matches_the_mirror_bit_for_bit_and_never_drifts(codec: str) -> None:
+    encoder, decoder = ParamsEncoder(), ParamsDecoder()
+    states = _training_like(40, 10_000)
+    sizes = []
+    for params in states:
+        meta, sections = encoder.parts(7, params, Codec(codec))
+        held = decoder.apply(meta, sections)
+        sizes.append(sum(s.nbytes for s in sections.values()))
+        # The coordinator's mirror is exactly what the node holds.
+        assert np.array_equal(held, encoder._held[7].params)
+        # One encoding's error at most, whatever came before: what a delta
+        # dropped travels in the next one.
+        step = np.abs(params - held).max()
+        assert step <= np.abs(params).max() * 2e-3, step
+    assert sizes[0] == 4 * 10_000  # the first time: the whole vector
+    assert max(sizes[1:]) < (0.55 if codec == "fp16" else 0.3) * sizes[0]
+
+
+def test_raw_sends_everything_and_keeps_no_mirror() -> None:
+    encoder, decoder = ParamsEncoder(), ParamsDecoder()
+    for params in _training_like(3, 100):
+        meta, sections = encoder.parts(1, params, Codec("raw"))
+        assert set(sections) == {"params"}
+        assert np.array_equal(decoder.apply(meta, sections), params)
+    assert 1 not in encoder._held
+
+
+def test_a_delta_against_another_state_is_refused_by_name() -> None:
+    encoder, decoder = ParamsEncoder(), ParamsDecoder()
+    first, second, third = _training_like(3, 500)
+    decoder.apply(*encoder.parts(1, first, Codec("int8")))
+    lost = encoder.parts(1, second, Codec("int8"))  # never arrives
+    assert "params_delta" in lost[1]
+    with pytest.raises(ParamsOutOfSyncError, match="against state .* holds"):
+        decoder.apply(*encoder.parts(1, third, Codec("int8")))
+    # A fresh decoder (a node that restarted) cannot take a delta either.
+    with pytest.raises(ParamsOutOfSyncError):
+        ParamsDecoder().apply(*lost)
+    # After forget() the whole vector goes again and the two ends agree once more.
+    encoder.forget(1)
+    meta, sections = encoder.parts(1, third, Codec("int8"))
+    assert np.array_equal(decoder.apply(meta, sections), third)
+
+
+def test_corrupt_or_missing_sections_are_named() -> None:
+    encoder, decoder = ParamsEncoder(), ParamsDecoder()
+    first, second = _training_like(2, 1000)
+    decoder.apply(*encoder.parts(1, first, Codec("int8")))
+    meta, sections = encoder.parts(1, second, Codec("int8"))
+    with pytest.raises(CodecError):
+        decoder.apply(meta, {"params_delta": sections["params_delta"][:-5]})
+    with pytest.raises(UpdateError, match="neither 'params' nor 'params_delta'"):
+        decoder.apply(meta, {})
+
+
+async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
+    """A node that answers each round, but loses the parameters it holds before round 3."""
+    session = Session(join, token=token, name="forgetful", hello=hello_meta("forgetful", 1, "cpu", 1.0))
+    await session.connect()
+    welcome = await session.recv(timeout=30)
+    size = int(welcome.meta["num_params"])
+    received: list[tuple[int, str]] = seen.setdefault("received", [])
+    held: dict[int, np.ndarray] = seen.setdefault("held", {})
+    while True:
+        msg = await session.recv(timeout=60)
+        if msg.kind == "bye":
+            break
+        if msg.kind != "params":
+            continue
+        received.append((msg.round, "delta" if "params_delta" in msg.sections else "whole"))
+        if msg.round == 3 and not any(r == 3 for r, _ in received[:-1]):
+            session.held = ParamsDecoder()  # as if it had restarted
+        params = session.take_params(msg)
+        if params is None:
+            continue
+        held[msg.round] = params
+        update = np.zeros(size, dtype=np.float32)
+        await session.send(Message("update", {"samples": 50}, {"update": update}, round=msg.round))
+    await session.close("done")
+
+
+@pytest.mark.timeout(180)
+def test_a_node_that_lost_its_state_gets_the_whole_vector_and_stays_in_the_round(tmp_path: Path) -> None:
+    cfg = load_config(None, [
+        "nodes.count=2", "training.rounds=4", "training.local_steps=5", "training.model='mlp'",
+        "training.hidden_sizes=[32]", "data.cache_dir=null", "coordinator.port=0", "coordinator.round_timeout_s=20",
+        "coordinator.checkpoint_every=0", f"coordinator.checkpoint_dir='{tmp_path / 'ckpt'}'",
+    ])
+    coord = Coordinator(cfg, planner=StaticPlanner(cfg, down_codec="int8"))
+    seen: dict[str, Any] = {}
+    after: dict[int, np.ndarray] = {}
+    coord.observers.append(lambda c, record: after.__setitem__(record["round"], c.model.flat_parameters().copy()))
+
+    async def main() -> Any:
+        join = await coord.start()
+        peer = asyncio.ensure_future(_forgetful(join, coord.token, seen))
+        nodes = LocalNodes(cfg, join, coord.token, tmp_path / "logs")
+        nodes.start(0)
+        try:
+            return await coord.run(join_timeout_s=90)
+        finally:
+            await coord.close()
+            await asyncio.to_thread(nodes.stop)
+            await asyncio.wait_for(peer, 30)
+
+    summary = asyncio.run(main())
+    assert seen["received"] == [(1, "whole"), (2, "delta"), (3, "delta"), (3, "whole"), (4, "delta")]
+    resyncs = [e.data for e in coord.events.since(0) if e.kind == "node" and e.data.get("type") == "resync"]
+    assert len(resyncs) == 1 and resyncs[0]["node"] == 1 and "against state" in resyncs[0]["reason"]
+    # Every round had both nodes' updates, round 3 included.
+    assert all(r["reported"] == [0, 1] for r in coord.history), list(coord.history)
+    assert summary.rounds == 4
+    # What the node trained from is the coordinator's model within one int8 encoding.
+    for r in (2, 3, 4):
+        change = np.abs(after[r - 1] - (after[r - 2] if r > 2 else seen["held"][1])).max()
+        assert np.abs(seen["held"][r] - after[r - 1]).max() <= change / 100 + 1e-7
