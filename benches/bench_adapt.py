@@ -39,7 +39,7 @@ from hypergpu.coordinator.plan import StaticPlanner
 pytestmark = pytest.mark.timeout(1800)
 
 TARGET = 0.97
-FINAL_EVALS = 3
+FINAL_EVALS = 5
 
 FULL = (
     "nodes.count=10",

@@ -251,6 +251,15 @@ def test_planner_adapts_per_link_and_records_decisions() -> None:
     assert planner.overhead > 0 and planner.status()["links"][2]["quality"] in ("poor", "critical")
 
 
+def test_a_node_in_for_fairness_does_not_hold_up_the_quorum() -> None:
+    links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0), 2: stats(20, 1000, 0), 3: stats(900, 1000, 150)}
+    planner, source = planner_for(links, "adapt.fairness_rounds=2")
+    nodes = list(source.registry.all())
+    plans = [planner.plan(r, nodes) for r in (1, 2, 3)]
+    assert [3 in p.assignments for p in plans] == [False, False, True]
+    assert plans[2].optional == {3} and not plans[0].optional
+
+
 def _changed_by_a_slower_link(*overrides: str):
     """A planner whose node 1 just had its settings changed because its link got slower."""
     links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}

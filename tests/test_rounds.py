@@ -31,6 +31,19 @@ def test_quorum_and_completion():
     assert book.complete()
 
 
+def test_optional_participants_are_not_counted_on_for_the_quorum():
+    book = RoundBook(quorum=0.6)
+    book.open(1, {1, 2, 3, 4, 5}, optional={4, 5})
+    assert book.quorum_count == 2  # 60 % of the three it counts on
+    book.offer(4, 1)
+    book.offer(5, 1)
+    assert not book.has_quorum()  # optional answers are taken, but make no quorum
+    assert book.reported == {4, 5}
+    book.offer(1, 1)
+    book.offer(2, 1)
+    assert book.has_quorum() and not book.complete()
+
+
 @pytest.mark.parametrize(
     ("node", "round_id", "verdict"),
     [(9, 2, Verdict.NOT_PARTICIPANT), (1, 3, Verdict.FUTURE)],

@@ -31,11 +31,13 @@ class LocalStepChooser:
             return self.initial
         return min(self.maximum, max(self.minimum, math.ceil(self.ratio * comm_s / step_s)))
 
-    def choose(self, node_id: int, comm_s: float, step_s: float | None) -> int:
-        want = self.ideal(comm_s, step_s)
+    def choose(self, node_id: int, comm_s: float, step_s: float | None, limit: int | None = None) -> int:
+        """H for this round; ``limit`` (at least the minimum) caps it, e.g. by how much data the node holds."""
+        top = self.maximum if limit is None else max(self.minimum, min(self.maximum, limit))
+        want = min(self.ideal(comm_s, step_s), top)
         prev = self.current.get(node_id, self.initial)
         steps = min(max(want, math.floor(prev / self.step)), math.ceil(prev * self.step))
-        steps = min(max(steps, self.minimum), self.maximum)
+        steps = min(max(steps, self.minimum), top)
         self.current[node_id] = steps
         return steps
 

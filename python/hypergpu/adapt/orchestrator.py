@@ -36,6 +36,8 @@ from hypergpu.coordinator.registry import NodeInfo
 #: Round deadline: this multiple of the slowest participant's expected exchange, plus a margin.
 DEADLINE_FACTOR = 2.0
 DEADLINE_MARGIN_S = 2.0
+#: A node's training loss moves this much from round to round by itself (its batches differ).
+LOSS_NOISE = 0.02
 
 
 @dataclass
@@ -145,7 +147,7 @@ class AdaptivePlanner:
                 else:
                     plan.excluded[n] = f"still working on round {busy[0]}"
                     continue
-            candidates.append(Candidate(n, link.quality, link.score or 0.0, self._expected_s(n)))
+            candidates.append(Candidate(n, link.quality, link.score or 0.0, self._prospective_s(n)))
         chosen, excluded = self.selector.select(round_id, candidates)
         for n, reason in excluded.items():
             plan.excluded[n] = reason
@@ -166,6 +168,7 @@ class AdaptivePlanner:
             paced = [n for n in chosen if n not in self.selector.forced] or chosen
             expected = max(self._expected_s(n) for n in paced)
             plan.deadline_s = DEADLINE_FACTOR * expected + DEADLINE_MARGIN_S
+            plan.optional = set(chosen) - set(paced)
         self._last_plan = plan
         return plan
 
@@ -183,6 +186,22 @@ class AdaptivePlanner:
         took = (link.transfer_s(self.param_bytes * knobs.down.size_factor)
                 + link.transfer_s(self.param_bytes * knobs.codec.size_factor) + link.sample_s * samples)
         return samples / took
+
+    def _prospective_s(self, n: int) -> float:
+        """The exchange node ``n`` would have with the codecs its link calls for.
+
+        Selection weighs this rather than the current settings: a node is
+        not left out for being slow with settings it is about to leave.
+        """
+        link = self.monitor.link(n)
+        raw_s = link.transfer_s(self.param_bytes)
+        up, down = self.codecs.ideal(raw_s), self.down_codecs.ideal(raw_s)
+        return (link.transfer_s(self.param_bytes * down.size_factor)
+                + link.transfer_s(self.param_bytes * up.size_factor) + (link.wall_s or 0.0))
+
+    def _shard_samples(self, n: int) -> int | None:
+        source = getattr(self.coordinator, "shard_samples", None)
+        return source(n) if callable(source) else None
 
     def _expected_s(self, n: int) -> float:
         link = self.monitor.link(n)
@@ -202,9 +221,13 @@ class AdaptivePlanner:
             down = self.down_codecs.choose(n, raw_s)
             comm = link.transfer_s(self.param_bytes * down.size_factor) + link.transfer_s(
                 self.param_bytes * codec.size_factor)
-            split = self.batches.choose(n, batch_target)
+            shard = self._shard_samples(n)
+            split = self.batches.choose(n, batch_target, shard)
             step_s = link.sample_s * split.effective if link.sample_s else None
-            steps = self.steps.choose(n, comm, step_s)
+            # Amortising a slow link with more local steps stops at a few passes
+            # over the node's own shard: beyond that it overfits its slice of the data.
+            limit = int(self.config.adapt.max_local_epochs * shard / split.effective) if shard else None
+            steps = self.steps.choose(n, comm, step_s, limit)
             knobs = Knobs(split, steps, codec, down)
             if old is not None and knobs != old:
                 what = []
@@ -283,7 +306,7 @@ class AdaptivePlanner:
             why = None
             if trial.expect_faster and rate is not None and would and rate < (1 - p.rollback_tolerance) * would:
                 why = f"throughput {rate:.0f} samples/s, below the {would:.0f} the previous settings would give now"
-            elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + 1e-3:
+            elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + LOSS_NOISE:
                 why = f"loss rose {trial.loss:.3f} -> {loss:.3f}"
             if why is None:
                 continue

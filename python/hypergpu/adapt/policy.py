@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Policy:
     name: str
-    slack: float  # adaptive selection: allowed multiple of the faster nodes' exchange time
+    slack: float  # adaptive selection: allowed multiple of the typical (median) node's exchange time
     strikes_to_quarantine: int
     margin: float  # quality hysteresis, score points
     dwell: int  # quality / codec: observations before a change

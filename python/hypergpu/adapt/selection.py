@@ -2,8 +2,11 @@
 
 Strategies: ``all``; ``threshold`` (link class at least a given class);
 ``top_n`` (the N best scores); ``adaptive`` (nodes whose expected exchange
-time is within a slack factor of the faster nodes', so one slow link does
-not set the pace of the round). On top of the strategy:
+time is within a slack factor of the typical node's, so one slow link does
+not set the pace of the round). The reference is the median node, not the
+fastest few: each node holds its own slice of the data, and a round run
+by the fastest two or three alone would keep training on those slices
+only. On top of the strategy:
 
 - quarantine: a node that hurt a round (did not answer, or took far
   longer than the rest) collects a strike; enough strikes sit it out for
@@ -63,7 +66,7 @@ class SelectionRules:
     threshold: Quality = Quality.FAIR
     top_n: int = 8
     slack: float = 2.5  # adaptive: allowed multiple of the reference exchange time
-    reference_share: float = 0.2  # adaptive: the reference is this quantile of expected times
+    reference_share: float = 0.5  # adaptive: the reference is this quantile of expected times
     floor_s: float = 1.0  # adaptive: exchanges this short are never worth leaving out
     strikes_to_quarantine: int = 2
     quarantine_rounds: int = 3
@@ -139,7 +142,7 @@ class NodeSelector:
             reference = times[min(len(times) - 1, max(0, math.ceil(r.reference_share * len(times)) - 1))]
             limit = max(r.slack * reference, r.floor_s)
             keep = [c for c in pool if c.expected_s <= limit]
-            reason = f"expected exchange over {limit:.2f} s ({r.slack:g}x the faster nodes)"
+            reason = f"expected exchange over {limit:.2f} s ({r.slack:g}x the typical node's)"
         kept = {c.node_id for c in keep}
         for c in pool:
             if c.node_id not in kept:

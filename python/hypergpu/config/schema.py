@@ -201,6 +201,10 @@ class AdaptConfig(_Section):
     min_local_steps: int = Field(5, ge=1, le=1_000_000)
     max_local_steps: int = Field(50, ge=1, le=1_000_000)
     codecs: list[UpdateCodec] = Field(default_factory=_all_update_codecs, min_length=1)
+    max_local_epochs: float = Field(
+        3.0, gt=0, le=1000,
+        description="most passes over its own shard a node makes per round (more local work overfits the shard)",
+    )
     param_codecs: list[ParamCodec] = Field(
         default_factory=_all_param_codecs, min_length=1,
         description="codecs for parameters sent down as deltas; ['raw'] always sends them whole",

@@ -269,6 +269,13 @@ class Coordinator:
         link = self._links.get(node_id)
         return link.stats() if link is not None else None
 
+    def shard_samples(self, node_id: int) -> int | None:
+        """Training samples in the shards a node holds (None for a node without any)."""
+        try:
+            return sum(len(s) for s in self.shards.shards_of(node_id)) or None
+        except UnknownNodeError:
+            return None
+
     def status(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {
@@ -306,7 +313,7 @@ class Coordinator:
             if pending is not None and not pending.done():
                 del plan.assignments[node_id]
                 plan.excluded[node_id] = "still receiving the previous parameters"
-        self.book.open(round_id, plan.participants)
+        self.book.open(round_id, plan.participants, plan.optional)
         self._progress.clear()
         self._round_samples = 0
         self._round_losses = []

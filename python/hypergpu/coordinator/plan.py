@@ -44,6 +44,8 @@ class RoundPlan:
     excluded: dict[int, str] = field(default_factory=dict)
     # stop waiting after this long once a quorum is in (None: the configured round timeout)
     deadline_s: float | None = None
+    # participants the quorum does not wait for (e.g. in only for fairness)
+    optional: set[int] = field(default_factory=set)
 
     @property
     def participants(self) -> set[int]:

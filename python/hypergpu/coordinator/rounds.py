@@ -56,6 +56,8 @@ class RoundBook:
     current: int = 0
     is_open: bool = False
     participants: set[int] = field(default_factory=set)
+    # participants the quorum does not count on (their updates still count if they come)
+    optional: set[int] = field(default_factory=set)
     reported: set[int] = field(default_factory=set)
     # Every (node, round) ever taken; trimmed to the staleness window.
     _taken: set[tuple[int, int]] = field(default_factory=set)
@@ -63,12 +65,13 @@ class RoundBook:
     _asked: dict[int, set[int]] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
 
-    def open(self, round_id: int, participants: set[int]) -> None:
+    def open(self, round_id: int, participants: set[int], optional: set[int] | None = None) -> None:
         if round_id <= self.current and self.current:
             raise ValueError(f"round {round_id} does not follow round {self.current}")
         self.current = round_id
         self.is_open = True
         self.participants = set(participants)
+        self.optional = set(optional or ()) & self.participants
         self.reported = set()
         self._asked[round_id] = set(participants)
         horizon = round_id - self.max_staleness - 1
@@ -80,10 +83,10 @@ class RoundBook:
 
     @property
     def quorum_count(self) -> int:
-        return max(1, math.ceil(self.quorum * len(self.participants)))
+        return max(1, math.ceil(self.quorum * len(self.participants - self.optional)))
 
     def has_quorum(self) -> bool:
-        return len(self.reported) >= self.quorum_count
+        return len(self.reported - self.optional) >= self.quorum_count
 
     def complete(self) -> bool:
         return self.reported >= self.participants
