@@ -3,7 +3,8 @@
 The fused Rust weighted mean (mean + per-update L2 norms + non-finite check)
 is compared with the straightforward NumPy and torch code for the same
 result; the coordinate-wise median with ``np.median(axis=0)`` on a
-pre-stacked array. Ratios (baseline time / Rust time) and GB/s of update
+pre-stacked array; each update's cosine with the mean (the coordinator's
+per-node agreement figure) with NumPy's dot products and norms. Ratios (baseline time / Rust time) and GB/s of update
 data read go into ``benchmark.extra_info``. Under ``--benchmark-disable``
 each bench runs once on small updates as a smoke test.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from hypergpu.update.aggregate import median, weighted_mean
+from hypergpu.update.aggregate import cosines, median, weighted_mean
 
 N_UPDATES = 10
 MEAN_ELEMENTS = 16 * 1024 * 1024  # 64 MiB per float32 update
@@ -134,6 +135,32 @@ def test_median_vs_numpy(benchmark):
         numpy_s=numpy_s,
         speedup_vs_numpy=numpy_s / rust_s,
         rust_gb_per_s=stacked.nbytes / rust_s / 1e9,
+    )
+
+
+def _numpy_cosines(ups: list[np.ndarray], ref: np.ndarray) -> np.ndarray:
+    ref_norm = np.linalg.norm(ref)
+    return np.array([float(np.dot(u, ref)) / (np.linalg.norm(u) * ref_norm) for u in ups])
+
+
+def test_cosines_vs_numpy(benchmark):
+    ups = _updates(_size(benchmark, MEAN_ELEMENTS))
+    ref = weighted_mean(ups).mean
+    rounds = 1 if benchmark.disabled else 5
+
+    result = benchmark.pedantic(cosines, args=(ups, ref), rounds=rounds)
+
+    np.testing.assert_allclose(result, _numpy_cosines(ups, ref), rtol=1e-4)
+    rust_s = _best_time(lambda: cosines(ups, ref), rounds)
+    numpy_s = _best_time(lambda: _numpy_cosines(ups, ref), rounds)
+    nbytes = sum(u.nbytes for u in ups)
+    benchmark.extra_info.update(
+        elements_per_update=ups[0].size,
+        updates=len(ups),
+        rust_s=rust_s,
+        numpy_s=numpy_s,
+        speedup_vs_numpy=numpy_s / rust_s,
+        rust_gb_per_s=nbytes / rust_s / 1e9,
     )
 
 

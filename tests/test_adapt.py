@@ -164,6 +164,14 @@ def test_local_steps_grow_with_communication_time_within_bounds() -> None:
     assert chooser.ideal(100.0, 0.01) == 40
     seq = [chooser.choose(0, 1.0, 0.01) for _ in range(4)]
     assert seq == [20, 40, 40, 40]
+    # With a dead band, link noise around the current H changes nothing; a real shift does.
+    steady = LocalStepChooser(minimum=2, maximum=40, initial=10, ratio=1.0, step=2.0, deadband=0.3)
+    assert [steady.choose(0, c, 0.01) for c in (0.12, 0.08, 0.125, 0.3)] == [10, 10, 10, 20]
+
+
+def test_batch_dead_band_ignores_noise_but_follows_a_real_shift() -> None:
+    sizer = BatchSizer(BatchBounds(minimum=8, maximum=256, powers_of_two=False, step=2.0, deadband=0.3), 320)
+    assert [sizer.choose(0, t).effective for t in (64, 75, 52, 70, 120)] == [64, 64, 64, 64, 120]
 
 
 def test_nesterov_outer_optimizer_uses_momentum_on_the_averaged_update() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from hypergpu import errors
 from hypergpu._buffers import as_arrays
-from hypergpu.update.aggregate import Accumulator, krum, median, trimmed_mean, weighted_mean
+from hypergpu.update.aggregate import Accumulator, cosines, krum, median, trimmed_mean, weighted_mean
 
 
 def _updates(n: int, shape: tuple[int, ...], seed: int = 0, dtype=np.float32) -> list[np.ndarray]:
@@ -401,3 +401,25 @@ def test_bad_weights(weights, match):
 def test_bad_parameters(call, match):
     with pytest.raises(errors.InvalidArgumentError, match=match):
         call(_updates(5, (8,)))
+
+
+# --- agreement with the mean ------------------------------------------------------
+
+
+def test_cosines_match_numpy_and_undefined_ones_are_nan():
+    updates = _updates(4, (70_001,), seed=5)  # several parallel chunks and a ragged tail
+    mean = weighted_mean(updates).mean
+    x = np.stack([u.astype(np.float64) for u in updates])
+    m = mean.astype(np.float64)
+    expected = x @ m / (np.linalg.norm(x, axis=1) * np.linalg.norm(m))
+    np.testing.assert_allclose(cosines(updates, mean), expected, rtol=1e-6)
+    np.testing.assert_allclose(cosines([-2 * mean, mean], mean), [-1.0, 1.0], atol=1e-9)
+    odd = [np.zeros(3, np.float32), np.array([1, np.nan, 0], np.float32)]
+    assert np.isnan(cosines(odd, np.ones(3, np.float32))).all()
+    half = cosines([u.astype(np.float16) for u in updates], mean.astype(np.float16))
+    np.testing.assert_allclose(half, expected, atol=2e-3)
+
+
+def test_cosines_refuse_a_reference_of_another_length():
+    with pytest.raises(errors.ShapeMismatchError):
+        cosines(_updates(2, (10,)), np.ones(11, np.float32))

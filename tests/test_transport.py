@@ -4,6 +4,7 @@ input, timeouts, concurrency, metrics."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import os
 import time
 
@@ -223,6 +224,17 @@ async def test_stats_report_the_link(server):
     assert 38 < s["srtt_ms"] < 60
     assert set(s["shaper_drops"]["egress"]) == {"random_loss", "burst_loss", "queue_full", "outage"}
     assert s["shaper"]["egress"]["delivered_packets"] > 0
+
+
+async def test_idle_link_probes_follow_a_reshape(server):
+    """With no traffic at all, the far end's RTT probes show the node's new shape within seconds."""
+    node, peer = await join(server, shape=LinkShape(latency_ms=10, seed=4))
+    await asyncio.sleep(1.5)
+    before = statistics.median(peer.stats()["rtt_samples_ms"])
+    node.set_shape(LinkShape(latency_ms=150, seed=5))
+    await asyncio.sleep(3.0)
+    after = statistics.median(peer.stats()["rtt_samples_ms"][-4:])
+    assert 18 < before < 40 and 290 < after < 340, (before, after)
 
 
 async def test_bad_arguments_are_typed(server):

@@ -68,6 +68,7 @@ def trimmed_mean(
 def krum(
     updates: Sequence[npt.NDArray[Any]], f: int, m: int = 1, skip_nonfinite: bool = False
 ) -> tuple[npt.NDArray[np.float32], list[int], npt.NDArray[np.float64], list[int]]: ...
+def cosines(updates: Sequence[npt.NDArray[Any]], reference: npt.NDArray[Any]) -> npt.NDArray[np.float64]: ...
 
 @final
 class UpdateAccumulator:

@@ -5,7 +5,9 @@ number of configured nodes) is shared among the round's participants;
 nodes on slow links get a larger share, since each of their exchanges is
 expensive and should carry more work. A node's share is split into a
 micro-batch no larger than its memory bound and an accumulation count,
-and it moves at most one step (a factor of ``step``) per round.
+and it moves at most one step (a factor of ``step``) per round, and not
+at all while the target stays within ``deadband`` of what it has (round
+to round link noise would otherwise change it every round).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class BatchBounds:
     maximum: int = 256  # what one micro-batch may hold (memory)
     powers_of_two: bool = True
     step: float = 2.0  # largest change factor per round
+    deadband: float = 0.0  # relative change of the target too small to act on
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.maximum:
@@ -59,6 +62,8 @@ class BatchSizer:
         """Move the node's effective batch one step toward ``target`` and split it."""
         b = self.bounds
         prev = self.current.get(node_id)
+        if prev is not None and abs(target - prev) <= b.deadband * prev:
+            target = prev
         effective = target if prev is None else min(max(target, math.floor(prev / b.step)), math.ceil(prev * b.step))
         cap = b.maximum if shard_size is None else max(b.minimum, min(b.maximum, shard_size))
         effective = min(max(effective, b.minimum), cap * self.max_accumulation)

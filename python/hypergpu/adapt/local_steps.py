@@ -3,7 +3,8 @@
 A node on a slow link should compute longer between exchanges so its
 link's cost is amortised: H is chosen so that compute time is about
 ``ratio`` times the exchange's communication time, within bounds, moving
-by at most a factor ``step`` per round. The coordinator then treats the
+by at most a factor ``step`` per round, and only when the ideal H is more
+than ``deadband`` away from the current one. The coordinator then treats the
 averaged update as a pseudo-gradient and applies an outer optimizer to it
 (DiLoCo-style Nesterov momentum SGD), or the plain scaled average.
 """
@@ -18,12 +19,14 @@ from hypergpu.model.manager import ModelManager
 
 
 class LocalStepChooser:
-    def __init__(self, minimum: int, maximum: int, initial: int, ratio: float = 1.0, step: float = 2.0):
+    def __init__(
+        self, minimum: int, maximum: int, initial: int, ratio: float = 1.0, step: float = 2.0, deadband: float = 0.0
+    ):
         if not 1 <= minimum <= maximum:
             raise ValueError(f"local step bounds need 1 <= minimum <= maximum, got {minimum}, {maximum}")
         self.minimum, self.maximum = minimum, maximum
         self.initial = min(max(initial, minimum), maximum)
-        self.ratio, self.step = ratio, step
+        self.ratio, self.step, self.deadband = ratio, step, deadband
         self.current: dict[int, int] = {}
 
     def ideal(self, comm_s: float, step_s: float | None) -> int:
@@ -36,6 +39,8 @@ class LocalStepChooser:
         top = self.maximum if limit is None else max(self.minimum, min(self.maximum, limit))
         want = min(self.ideal(comm_s, step_s), top)
         prev = self.current.get(node_id, self.initial)
+        if abs(want - prev) <= self.deadband * prev and prev <= top:
+            want = prev
         steps = min(max(want, math.floor(prev / self.step)), math.ceil(prev * self.step))
         steps = min(max(steps, self.minimum), top)
         self.current[node_id] = steps

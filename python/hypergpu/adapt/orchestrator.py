@@ -82,7 +82,7 @@ class AdaptivePlanner:
             probation_rounds=a.probation_rounds, fairness_rounds=a.fairness_rounds,
         ), history=a.history)
         self.batches = BatchSizer(
-            BatchBounds(a.min_batch, a.max_batch, a.powers_of_two, p.step),
+            BatchBounds(a.min_batch, a.max_batch, a.powers_of_two, p.step, p.deadband),
             global_batch=config.training.batch_size * config.nodes.count,
         )
         self.codecs = CodecChooser(budget_s=p.upload_budget_s, allowed=tuple(a.codecs), dwell=p.dwell)
@@ -90,7 +90,9 @@ class AdaptivePlanner:
             budget_s=p.upload_budget_s, allowed=tuple(a.param_codecs), dwell=p.dwell
         )
         initial = config.training.local_steps or a.min_local_steps
-        self.steps = LocalStepChooser(a.min_local_steps, a.max_local_steps, initial, p.compute_ratio, p.step)
+        self.steps = LocalStepChooser(
+            a.min_local_steps, a.max_local_steps, initial, p.compute_ratio, p.step, p.deadband
+        )
         self.decisions: deque[dict[str, Any]] = deque(maxlen=a.history)
         self.knobs: dict[int, Knobs] = {}
         self.trials: dict[int, Trial] = {}

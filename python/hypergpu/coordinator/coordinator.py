@@ -43,7 +43,7 @@ from hypergpu.model.manager import ModelManager
 from hypergpu.model.nets import build_model
 from hypergpu.protocol import Message
 from hypergpu.transport import Connection, Server
-from hypergpu.update.aggregate import Accumulator
+from hypergpu.update.aggregate import Accumulator, cosines
 from hypergpu.update.codec import Codec
 from hypergpu.update.codec import decode as decode_update
 from hypergpu.update.downlink import ParamsEncoder
@@ -666,13 +666,10 @@ class Coordinator:
 
 def _cosines(updates: dict[int, np.ndarray], mean: np.ndarray) -> dict[int, float]:
     """Each update's cosine similarity with the round's mean (its agreement with the aggregate)."""
-    mean_norm = float(np.linalg.norm(mean))
-    out: dict[int, float] = {}
-    for node_id, update in updates.items():
-        norm = float(np.linalg.norm(update)) * mean_norm
-        if norm > 0 and math.isfinite(norm):
-            out[node_id] = max(-1.0, min(1.0, float(np.dot(update.astype(np.float32, copy=False), mean)) / norm))
-    return out
+    if not updates:
+        return {}
+    values = cosines(list(updates.values()), mean.reshape(-1))
+    return {n: float(c) for n, c in zip(updates, values) if math.isfinite(c)}
 
 
 def _default_planner(config: HyperGPUConfig) -> Planner:

@@ -34,6 +34,7 @@ __all__ = [
     "median",
     "trimmed_mean",
     "krum",
+    "cosines",
 ]
 
 OnNonFinite = Literal["raise", "skip"]
@@ -162,6 +163,13 @@ def krum(
     f, m = _count("f", f), _count("m", m)
     value, selected, scores, skipped = _core.krum(_updates(updates), f, m, skip)
     return KrumResult(value, tuple(selected), scores, tuple(skipped))
+
+
+def cosines(updates: Iterable[Any], reference: Any) -> np.ndarray:
+    """Each update's cosine similarity with ``reference`` (e.g. the round's
+    mean), float64 in [-1, 1]; NaN for an all-zero or non-finite update.
+    One read of every update, in parallel, without copies."""
+    return _core.cosines(_updates(updates), as_array(reference))
 
 
 class Accumulator:

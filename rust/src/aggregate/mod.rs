@@ -1,7 +1,8 @@
 //! Aggregating model updates: the fused weighted mean (with per-update L2
 //! norms, clipping and a non-finite scan), an incremental accumulator that
 //! folds updates in as they arrive, and robust aggregators (coordinate-wise
-//! median, trimmed mean, Krum / multi-Krum).
+//! median, trimmed mean, Krum / multi-Krum), and each update's cosine
+//! similarity with a reference such as the round's mean.
 //!
 //! Every kernel reads borrowed [`Values`] (f32, f16 or bf16), widens 16-bit
 //! input to f32 one chunk at a time, accumulates in f32 (f64 for sums over
@@ -12,10 +13,12 @@ mod kernels;
 mod mean;
 mod network;
 mod robust;
+mod similarity;
 
 pub use accumulator::Accumulator;
 pub use mean::{weighted_mean, MeanOptions, MeanOutcome};
 pub use robust::{coordinate_median, krum, trimmed_mean, KrumOutcome, RobustOutcome};
+pub use similarity::cosines;
 
 use std::ops::Range;
 

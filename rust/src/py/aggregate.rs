@@ -113,6 +113,21 @@ fn krum<'py>(
     ))
 }
 
+/// Each update's cosine similarity with `reference` (NaN where undefined).
+#[pyfunction]
+fn cosines<'py>(
+    py: Python<'py>,
+    updates: Vec<Bound<'py, PyAny>>,
+    reference: Bound<'py, PyAny>,
+) -> PyResult<F64Array<'py>> {
+    let (arrays, _) = borrow_all(&updates)?;
+    let values = values_of(&arrays)?;
+    let reference = Array::borrow(&reference, updates.len())?;
+    let reference = reference.values(updates.len())?;
+    let out = py.detach(|| aggregate::cosines(&values, &reference))?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
 /// A running weighted sum that updates are folded into as they arrive.
 ///
 /// Safe to share between threads: adds are serialised by a lock that is
@@ -205,5 +220,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(coordinate_median, m)?)?;
     m.add_function(wrap_pyfunction!(trimmed_mean, m)?)?;
     m.add_function(wrap_pyfunction!(krum, m)?)?;
+    m.add_function(wrap_pyfunction!(cosines, m)?)?;
     Ok(())
 }

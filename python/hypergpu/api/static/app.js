@@ -178,6 +178,11 @@ function selectNode(id) {
   if (state.selected === null) $("#node-detail").classList.add("hidden");
 }
 
+function showValue(v) {
+  if (v === null || v === undefined) return "–";
+  return typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k} ${x}`).join(", ") : String(v);
+}
+
 async function refreshNodeDetail() {
   let d;
   try { d = await api("GET", `/api/nodes/${state.selected}`); } catch { return; }
@@ -189,7 +194,9 @@ async function refreshNodeDetail() {
     : el("button", { class: "small danger", onclick: () => control(`/api/nodes/${d.node_id}/exclude`, { reason: "excluded from the dashboard" }) }, "Exclude");
   const decisions = el("ul", { class: "list" });
   for (const x of d.decisions.slice().reverse()) {
-    decisions.append(el("li", {}, `round ${x.round ?? "?"}: ${x.action}${x.reason ? ` (${x.reason})` : ""}`));
+    // operator actions carry `action`; the adaptive planner's carry knob, old and new values
+    const what = x.action ?? `${x.knob}: ${showValue(x.old)} → ${showValue(x.new)}`;
+    decisions.append(el("li", {}, `round ${x.round ?? "?"}: ${what}${x.reason ? ` (${x.reason})` : ""}`));
   }
   if (!d.decisions.length) decisions.append(el("li", { class: "muted" }, "no decisions yet"));
   box.replaceChildren(
