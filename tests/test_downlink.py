@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hypergpu.cluster import LocalNodes
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.coordinator.plan import StaticPlanner
@@ -20,6 +19,8 @@ from hypergpu.node.session import Session, hello_meta
 from hypergpu.protocol import Message
 from hypergpu.update.codec import Codec
 from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder
+
+from engine_helpers import run_with_nodes
 
 
 def _training_like(rounds: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -127,19 +128,10 @@ def test_a_node_that_lost_its_state_gets_the_whole_vector_and_stays_in_the_round
     after: dict[int, np.ndarray] = {}
     coord.observers.append(lambda c, record: after.__setitem__(record["round"], c.model.flat_parameters().copy()))
 
-    async def main() -> Any:
-        join = await coord.start()
-        peer = asyncio.ensure_future(_forgetful(join, coord.token, seen))
-        nodes = LocalNodes(cfg, join, coord.token, tmp_path / "logs")
-        nodes.start(0)
-        try:
-            return await coord.run(join_timeout_s=90)
-        finally:
-            await coord.close()
-            await asyncio.to_thread(nodes.stop)
-            await asyncio.wait_for(peer, 30)
+    async def forgetful(join: str, token: str) -> None:
+        await _forgetful(join, token, seen)
 
-    summary = asyncio.run(main())
+    summary, _ = asyncio.run(run_with_nodes(coord, cfg, tmp_path, [0], forgetful))
     assert seen["received"] == [(1, "whole"), (2, "delta"), (3, "delta"), (3, "whole"), (4, "delta")]
     resyncs = [e.data for e in coord.events.since(0) if e.kind == "node" and e.data.get("type") == "resync"]
     assert len(resyncs) == 1 and resyncs[0]["node"] == 1 and "against state" in resyncs[0]["reason"]

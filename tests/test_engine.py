@@ -28,6 +28,8 @@ from hypergpu.protocol import Message
 from hypergpu.transport import connect
 from hypergpu.wire import TensorSpec, encode_frame
 
+from engine_helpers import run_with_nodes
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -47,21 +49,6 @@ def make_config(tmp_path: Path, *overrides: str) -> HyperGPUConfig:
             *overrides,
         ],
     )
-
-
-async def run_with_nodes(
-    coord: Coordinator, cfg: HyperGPUConfig, tmp_path: Path, indices: list[int] | None = None, **run: Any
-) -> tuple[Any, LocalNodes]:
-    join = await coord.start()
-    nodes = LocalNodes(cfg, join, coord.token, tmp_path / "logs")
-    for i in range(cfg.nodes.count) if indices is None else indices:
-        nodes.start(i)
-    try:
-        summary = await coord.run(join_timeout_s=90, **run)
-    finally:
-        await coord.close()
-        await asyncio.to_thread(nodes.stop)
-    return summary, nodes
 
 
 def test_training_converges_and_accounts_for_every_node(tmp_path):
@@ -169,23 +156,13 @@ def test_bad_updates_are_refused_counted_and_training_goes_on(tmp_path):
     coord = Coordinator(cfg)
     seen: dict[str, Any] = {}
 
-    async def main() -> Any:
-        join = await coord.start()
-        rogue = asyncio.ensure_future(_rogue(join, coord.token, seen))
-        nodes = LocalNodes(cfg, join, coord.token, tmp_path / "logs")
-        nodes.start(0)
-        nodes.start(1)
+    async def peers(join: str, token: str) -> None:
         # A peer with the right token that never says hello is turned away.
-        stranger = await connect(join, token=coord.token, name="stranger")
+        stranger = await connect(join, token=token, name="stranger")
         await stranger.send(protocol.encode(Message("update", {"samples": 1}, {"update": np.zeros(4, np.float32)})))
-        try:
-            return await coord.run(join_timeout_s=90)
-        finally:
-            await coord.close()
-            await asyncio.to_thread(nodes.stop)
-            await asyncio.wait_for(rogue, 30)
+        await _rogue(join, token, seen)
 
-    summary = asyncio.run(main())
+    summary, _ = asyncio.run(run_with_nodes(coord, cfg, tmp_path, [0, 1], peers))
     rogue = coord.registry.get(2)
     assert rogue.name == "rogue"
     # nan + shape + negative samples are invalid; the future round and the

@@ -6,8 +6,11 @@ lossy codec that brings the upload under the time budget: raw, fp16
 (2x smaller), int8 (about 4x) or top-k with error feedback (each kept
 coordinate costs an index and a value, so a ratio r sends about 2r of the
 raw bytes; the node keeps what it did not send and adds it next round).
-A change needs the new choice to persist for ``dwell`` rounds, except a
-move to stronger compression when the link got much worse.
+Top-k costs far more accuracy per round than int8 (most of each update
+waits in the residual), so it is kept for links where even int8 would
+take over ``TOPK_AFTER`` times the budget; int8 may overrun the budget
+up to there. A change needs the new choice to persist for ``dwell``
+rounds, except a move to stronger compression when the link got much worse.
 
 A second chooser picks, the same way, how a node's parameters come down:
 whole (raw), or as a delta against what it holds in fp16 or int8
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 #: Size relative to raw float32.
 SIZE_FACTOR = {"raw": 1.0, "fp16": 0.5, "int8": 0.25 + 1e-3}
 ORDER = ("raw", "fp16", "int8", "topk")
+#: Top-k only once int8's upload would take this many times the budget.
+TOPK_AFTER = 4.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class CodecChooser:
                 return CodecChoice("topk", round(ratio, 4))
             if raw_upload_s * SIZE_FACTOR[codec] <= self.budget_s:
                 return CodecChoice(codec)
+            if codec == "int8" and raw_upload_s * SIZE_FACTOR[codec] <= TOPK_AFTER * self.budget_s:
+                return CodecChoice(codec)  # near the budget: not worth top-k's loss
         return CodecChoice(self.allowed[-1])
 
     def choose(self, node_id: int, raw_upload_s: float) -> CodecChoice:
