@@ -56,6 +56,7 @@ class NodeLink:
     sample_s: float | None = None  # compute per training sample
     throughput_Bps: float | None = None  # bytes/s measured over whole exchanges
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
+    exchanges: int = 0  # completed exchanges seen
     missed_streak: int = 0
     score: float | None = None
     rtt_recent: deque[float] = field(default_factory=lambda: deque(maxlen=16))
@@ -172,6 +173,7 @@ class NetworkMonitor:
         link.outcomes.append(ok)
         if ok:
             link.missed_streak = 0
+            link.exchanges += 1
             a = link.alpha
             if turnaround_s is not None:
                 link.turnaround_s = _ewma(link.turnaround_s, turnaround_s, a)
@@ -181,7 +183,9 @@ class NetworkMonitor:
                     link.sample_s = _ewma(link.sample_s, compute_s / samples, a)
             if wall_s is not None:
                 link.wall_s = _ewma(link.wall_s, wall_s, a)
-            if turnaround_s is not None and wall_s is not None and bytes_moved:
+            # A node's first exchange also holds its start-up (imports, building the
+            # model, the first batches), which is no measure of its link.
+            if turnaround_s is not None and wall_s is not None and bytes_moved and link.exchanges > 1:
                 comm = max(turnaround_s - wall_s - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
                 link.throughput_Bps = _ewma(link.throughput_Bps, bytes_moved / comm, 0.5)
                 link.throughput_rtt_ms = link.rtt_ms

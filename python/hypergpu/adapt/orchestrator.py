@@ -16,6 +16,7 @@ against the round time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -164,12 +165,14 @@ class AdaptivePlanner:
         for n in chosen:
             plan.assignments[n] = self._assign(round_id, n, targets[n])
         if chosen:
-            # Once a quorum is in, a node far slower than expected is not waited for:
-            # it hurt the round (a strike), and its update may still count, stale-weighted.
-            # Nodes in only for fairness do not set the pace.
+            # The round waits for the quorum's slowest expected node (twice its expected
+            # exchange, plus a margin), not for the slowest of all: a node slower than
+            # that hurt the round (a strike), and its update still counts, stale-weighted,
+            # when it comes. Nodes in only for fairness do not set the pace.
             paced = [n for n in chosen if n not in self.selector.forced] or chosen
-            expected = max(self._expected_s(n) for n in paced)
-            plan.deadline_s = DEADLINE_FACTOR * expected + DEADLINE_MARGIN_S
+            times = sorted(self._expected_s(n) for n in paced)
+            quorum = min(len(times), max(1, math.ceil(self.config.coordinator.quorum * len(times))))
+            plan.deadline_s = DEADLINE_FACTOR * times[quorum - 1] + DEADLINE_MARGIN_S
             plan.optional = set(chosen) - set(paced)
         self._last_plan = plan
         return plan
@@ -185,9 +188,13 @@ class AdaptivePlanner:
         if not link.sample_s:
             return None
         samples = knobs.local_steps * knobs.effective_batch
-        took = (link.transfer_s(self.param_bytes * knobs.down.size_factor)
-                + link.transfer_s(self.param_bytes * knobs.codec.size_factor) + link.sample_s * samples)
-        return samples / took
+        return samples / self._exchange_s(n, knobs.down, knobs.codec, link.sample_s * samples)
+
+    def _exchange_s(self, n: int, down: CodecChoice, up: CodecChoice, compute_s: float) -> float:
+        """Parameters down in ``down``, ``compute_s`` of work, the update up in ``up``, on ``n``'s link."""
+        link = self.monitor.link(n)
+        return (link.transfer_s(self.param_bytes * down.size_factor)
+                + link.transfer_s(self.param_bytes * up.size_factor) + compute_s)
 
     def _prospective_s(self, n: int) -> float:
         """The exchange node ``n`` would have with the codecs its link calls for.
@@ -197,20 +204,17 @@ class AdaptivePlanner:
         """
         link = self.monitor.link(n)
         raw_s = link.transfer_s(self.param_bytes)
-        up, down = self.codecs.ideal(raw_s), self.down_codecs.ideal(raw_s)
-        return (link.transfer_s(self.param_bytes * down.size_factor)
-                + link.transfer_s(self.param_bytes * up.size_factor) + (link.wall_s or 0.0))
+        return self._exchange_s(n, self.down_codecs.ideal(raw_s), self.codecs.ideal(raw_s), link.wall_s or 0.0)
 
     def _shard_samples(self, n: int) -> int | None:
         source = getattr(self.coordinator, "shard_samples", None)
         return source(n) if callable(source) else None
 
     def _expected_s(self, n: int) -> float:
-        link = self.monitor.link(n)
+        """The exchange node ``n`` should have with its current settings (raw before any)."""
         knobs = self.knobs.get(n)
-        factor = knobs.codec.size_factor if knobs is not None else 1.0
-        compute = link.wall_s or 0.0
-        return self._down_s(n) + link.transfer_s(self.param_bytes * factor) + compute
+        down, up = (knobs.down, knobs.codec) if knobs is not None else (RAW, RAW)
+        return self._exchange_s(n, down, up, self.monitor.link(n).wall_s or 0.0)
 
     def _assign(self, round_id: int, n: int, batch_target: int) -> Assignment:
         link = self.monitor.link(n)
@@ -221,8 +225,7 @@ class AdaptivePlanner:
             raw_s = link.transfer_s(self.param_bytes)  # the whole vector, either way
             codec = self.codecs.choose(n, raw_s)
             down = self.down_codecs.choose(n, raw_s)
-            comm = link.transfer_s(self.param_bytes * down.size_factor) + link.transfer_s(
-                self.param_bytes * codec.size_factor)
+            comm = self._exchange_s(n, down, codec, 0.0)
             shard = self._shard_samples(n)
             split = self.batches.choose(n, batch_target, shard)
             step_s = link.sample_s * split.effective if link.sample_s else None
@@ -273,6 +276,9 @@ class AdaptivePlanner:
         answers = {int(k): v for k, v in (record.get("nodes") or {}).items()}
         asked = [int(n) for n in record.get("participants", [])]
         registry = getattr(self.coordinator, "registry", None)
+        # What the old settings would give, from the link as measured before this
+        # round: the exchange under judgement must not vouch for itself.
+        would = {n: self._predicted_rate(n, t.before) for n, t in self.trials.items() if t.round == round_id}
         for n in asked:
             answer = answers.get(n)
             if answer is None:
@@ -293,9 +299,11 @@ class AdaptivePlanner:
                 self._loss[n] = float(answer["loss"])
         for n, what in self.selector.judge(round_id, asked, answers).items():
             self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
-        self._check_trials(round_id, answers)
+        self._check_trials(round_id, answers, would)
 
-    def _check_trials(self, round_id: int, answers: dict[int, dict[str, Any]]) -> None:
+    def _check_trials(
+        self, round_id: int, answers: dict[int, dict[str, Any]], predicted: dict[int, float | None]
+    ) -> None:
         p = self.policy
         for n, trial in list(self.trials.items()):
             if trial.round != round_id:
@@ -304,7 +312,7 @@ class AdaptivePlanner:
             if answers.get(n) is None:
                 continue
             rate, loss = self._rate.get(n), self._loss.get(n)
-            would = self._predicted_rate(n, trial.before)
+            would = predicted.get(n)
             why = None
             if trial.expect_faster and rate is not None and would and rate < (1 - p.rollback_tolerance) * would:
                 why = f"throughput {rate:.0f} samples/s, below the {would:.0f} the previous settings would give now"

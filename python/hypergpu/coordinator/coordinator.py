@@ -31,6 +31,7 @@ from hypergpu.coordinator.registry import NodeInfo, NodeRegistry, NodeStatus
 from hypergpu.coordinator.rounds import LatePolicy, RoundBook
 from hypergpu.data.prepare import prepare_data
 from hypergpu.errors import (
+    CodecError,
     HyperGPUError,
     ShapeMismatchError,
     TransportError,
@@ -384,8 +385,11 @@ class Coordinator:
         if link is None:
             return
         assignment = plan.assignments[node_id]
-        codec = Codec(assignment.down_codec)
-        held, sections = self.downlink.parts(node_id, params, codec)
+        try:
+            held, sections = self.downlink.parts(node_id, params, Codec(assignment.down_codec))
+        except CodecError as exc:  # e.g. a value beyond fp16's range: send it whole
+            log.info("node %d: parameters go whole this round (%s)", node_id, exc)
+            held, sections = self.downlink.parts(node_id, params, Codec("raw"))
         meta = {"round": round_id, "version": self.model.version, **assignment.as_meta(), **held}
         frame = protocol.encode(Message("params", meta, sections, round=round_id, node_id=node_id))
         try:

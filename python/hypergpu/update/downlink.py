@@ -11,9 +11,12 @@ coordinator's own parameters, so what one delta's codec drops travels in
 the next: the node's copy is never further from the coordinator's than one
 encoding's error, however many rounds pass.
 
-A sequence number names each state the coordinator sent. A node whose
-state does not match a delta's base (it reconnected, or a message went
-missing) refuses the delta with :class:`~hypergpu.errors.ParamsOutOfSyncError`
+A sequence number names each state the coordinator sent; base 0 names
+"nothing", so the first message to a node (or the first after its state
+was lost) is the whole vector encoded against zeros, compressed like any
+delta: its error, too, is carried by the next delta. A node whose state
+does not match a delta's base (it reconnected, or a message went missing)
+refuses the delta with :class:`~hypergpu.errors.ParamsOutOfSyncError`
 and asks for the whole vector again.
 """
 
@@ -32,6 +35,7 @@ __all__ = ["ParamsDecoder", "ParamsEncoder"]
 
 FULL = "params"
 DELTA = "params_delta"
+NOTHING = 0  # the base of a delta taken against zeros
 
 
 @dataclass
@@ -55,21 +59,21 @@ class ParamsEncoder:
         """Meta fields and sections of a ``params`` message that bring the node to ``params``.
 
         A raw ``codec`` sends the whole vector and keeps no mirror (a node
-        kept on raw costs no memory here); any other codec sends a delta
-        when the node's state is known, else the whole vector to start one.
+        kept on raw costs no memory here); any other codec sends a delta,
+        against zeros while the node's state is unknown.
         """
         seq = next(self._seq)
-        held = self._held.get(node_id)
-        if codec.name == "raw" or held is None or held.params.shape != params.shape:
-            if codec.name == "raw":
-                self._held.pop(node_id, None)
-            else:
-                self._held[node_id] = _Held(seq, np.array(params, dtype=np.float32, copy=True))
+        if codec.name == "raw":
+            self._held.pop(node_id, None)
             return {"params_seq": seq}, {FULL: params}
+        held = self._held.get(node_id)
+        if held is None or held.params.shape != params.shape:
+            held = self._held[node_id] = _Held(NOTHING, np.zeros(params.shape, dtype=np.float32))
         encoded = codec.encode(params - held.params)
         # Exactly what the node will add: the mirror stays bit-identical to its copy.
         held.params += encoded.decode()
-        meta = {"params_seq": seq, "params_base": held.seq, "params_codec": codec.name, "params_zstd": codec.zstd}
+        meta = {"params_seq": seq, "params_base": held.seq, "params_numel": int(params.size),
+                "params_codec": codec.name, "params_zstd": codec.zstd}
         held.seq = seq
         return meta, {DELTA: np.frombuffer(encoded.payload, dtype=np.uint8)}
 
@@ -92,14 +96,20 @@ class ParamsDecoder:
         if delta is None:
             raise UpdateError(f"params message carries neither {FULL!r} nor {DELTA!r}")
         base = meta.get("params_base")
-        if self.params is None or base is None or base != self.seq:
+        if base == NOTHING:
+            numel = meta.get("params_numel")
+            if not isinstance(numel, int) or numel <= 0:
+                raise UpdateError(f"params_numel must be a positive int, got {numel!r}")
+            held = np.zeros(numel, dtype=np.float32)
+        elif self.params is None or base is None or base != self.seq:
             raise ParamsOutOfSyncError(
                 f"parameter delta is against state {base}, this node holds {self.seq}; the whole vector is needed"
             )
-        change = decode(delta, str(meta.get("params_codec")), zstd=bool(meta.get("params_zstd")),
-                        shape=self.params.shape)
-        if change.shape != self.params.shape:
-            raise ShapeMismatchError(f"parameter delta has shape {change.shape}, held {self.params.shape}")
-        self.params += change
-        self.seq = meta.get("params_seq")
-        return self.params.copy()
+        else:
+            held = self.params
+        change = decode(delta, str(meta.get("params_codec")), zstd=bool(meta.get("params_zstd")), shape=held.shape)
+        if change.shape != held.shape:
+            raise ShapeMismatchError(f"parameter delta has shape {change.shape}, held {held.shape}")
+        held += change
+        self.params, self.seq = held, meta.get("params_seq")
+        return held.copy()
