@@ -8,10 +8,11 @@ the round, and undo a node's latest change when its throughput or loss
 got worse because of it. "Because of it" matters: a change is usually
 made because the link got worse, and then throughput falls whatever the
 settings. So the throughput a change delivered is compared with what the
-previous settings would give on the link as now measured (the same model
-of the link that chose the change), not with the rate before it. Every decision is recorded with its reason and
-published as a ``decision`` event; the time spent deciding is measured
-against the round time.
+previous settings would give on the link as measured before that round
+(the same model of the link that chose the change), not with the rate
+before it. Every decision is recorded with its reason and published as a
+``decision`` event; the time spent deciding is measured against the
+round time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hypergpu.coordinator.plan import Assignment, RoundPlan
 from hypergpu.coordinator.registry import NodeInfo
 
 
-#: Round deadline: this multiple of the slowest participant's expected exchange, plus a margin.
+#: Round deadline: this multiple of the expected exchange of the quorum's slowest node, plus a margin.
 DEADLINE_FACTOR = 2.0
 DEADLINE_MARGIN_S = 2.0
 #: A node's training loss moves this much from round to round by itself (its batches differ).

@@ -14,34 +14,33 @@ use crate::error::{Error, Result};
 const BLOCK: usize = 1024;
 const LANES: usize = 16;
 
-/// `(x·r, x·x, r·r)` of at most [`BLOCK`] elements, in f32 lanes.
+/// `(x·r, x·x)` of at most [`BLOCK`] elements, in f32 lanes.
 #[inline]
-fn lanes_products(x: &[f32], r: &[f32]) -> (f64, f64, f64) {
-    let (mut xr, mut xx, mut rr) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+fn lanes_products(x: &[f32], r: &[f32]) -> (f64, f64) {
+    let (mut xr, mut xx) = ([0f32; LANES], [0f32; LANES]);
     let mut xs = x.chunks_exact(LANES);
     let mut rs = r.chunks_exact(LANES);
     for (a, b) in (&mut xs).zip(&mut rs) {
         for k in 0..LANES {
             xr[k] += a[k] * b[k];
             xx[k] += a[k] * a[k];
-            rr[k] += b[k] * b[k];
         }
     }
     let sum = |l: [f32; LANES]| l.iter().map(|&v| v as f64).sum::<f64>();
-    let (mut dot, mut sx, mut sr) = (sum(xr), sum(xx), sum(rr));
+    let (mut dot, mut sx) = (sum(xr), sum(xx));
     for (&a, &b) in xs.remainder().iter().zip(rs.remainder()) {
         dot += a as f64 * b as f64;
         sx += a as f64 * a as f64;
-        sr += b as f64 * b as f64;
     }
-    (dot, sx, sr)
+    (dot, sx)
 }
 
-fn chunk_products(x: &[f32], r: &[f32]) -> (f64, f64, f64) {
+/// `(x·r, x·x)` of one chunk, block by block.
+fn chunk_products(x: &[f32], r: &[f32]) -> (f64, f64) {
     x.chunks(BLOCK)
         .zip(r.chunks(BLOCK))
         .map(|(a, b)| lanes_products(a, b))
-        .fold((0.0, 0.0, 0.0), |t, p| (t.0 + p.0, t.1 + p.1, t.2 + p.2))
+        .fold((0.0, 0.0), |t, p| (t.0 + p.0, t.1 + p.1))
 }
 
 /// The cosine similarity of each update with `reference`, in `[-1, 1]`.
@@ -57,29 +56,34 @@ pub fn cosines(updates: &[Values<'_>], reference: &Values<'_>) -> Result<Vec<f64
             got: vec![reference.len()],
         });
     }
-    let per_chunk: Vec<Vec<(f64, f64, f64)>> = (0..len.div_ceil(CHUNK))
+    // Per chunk: the reference's own sum of squares, then each update's products with it.
+    let per_chunk: Vec<(f64, Vec<(f64, f64)>)> = (0..len.div_ceil(CHUNK))
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
             |(scratch, ref_scratch), c| {
                 let range = c * CHUNK..((c + 1) * CHUNK).min(len);
                 let r = widen(reference, range.clone(), ref_scratch);
-                updates
+                let rr = chunk_products(r, r).0;
+                let products = updates
                     .iter()
                     .map(|u| chunk_products(widen(u, range.clone(), scratch), r))
-                    .collect()
+                    .collect();
+                (rr, products)
             },
         )
         .collect();
-    let mut totals = vec![(0f64, 0f64, 0f64); updates.len()];
-    for chunk in per_chunk {
+    let mut rr = 0f64;
+    let mut totals = vec![(0f64, 0f64); updates.len()];
+    for (chunk_rr, chunk) in per_chunk {
+        rr += chunk_rr;
         for (t, p) in totals.iter_mut().zip(chunk) {
-            *t = (t.0 + p.0, t.1 + p.1, t.2 + p.2);
+            *t = (t.0 + p.0, t.1 + p.1);
         }
     }
     Ok(totals
         .into_iter()
-        .map(|(dot, xx, rr)| {
+        .map(|(dot, xx)| {
             let norms = (xx * rr).sqrt();
             if norms > 0.0 && norms.is_finite() && dot.is_finite() {
                 (dot / norms).clamp(-1.0, 1.0)
