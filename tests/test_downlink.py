@@ -53,13 +53,17 @@ def test_node_copy_matches_the_mirror_bit_for_bit_and_never_drifts(codec: str) -
     assert max(sizes) < (0.55 if codec == "fp16" else 0.3) * 4 * 10_000
 
 
-def test_raw_sends_everything_and_keeps_no_mirror() -> None:
+def test_raw_sends_everything_and_drops_the_mirror() -> None:
     encoder, decoder = ParamsEncoder(), ParamsDecoder()
-    for params in _training_like(3, 100):
+    first, *rest = _training_like(4, 100)
+    decoder.apply(*encoder.parts(1, first, Codec("int8")))
+    mirrored = len(encoder._held)
+    for params in rest:
         meta, sections = encoder.parts(1, params, Codec("raw"))
         assert set(sections) == {"params"}
         assert np.array_equal(decoder.apply(meta, sections), params)
-    assert 1 not in encoder._held
+    # A node switched to raw costs no memory on the coordinator any more.
+    assert (mirrored, len(encoder._held)) == (1, 0)
 
 
 def test_a_delta_against_another_state_is_refused_by_name() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -81,6 +82,14 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
+def _reply_with(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def reply(request: Request, exc: Exception) -> JSONResponse:
+        # A LookupError's message is its first argument (str() would quote a KeyError's).
+        return _error(status, str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc))
+
+    return reply
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,26 +99,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"detail": jsonable_errors(exc.errors()), "message": "; ".join(problems)}, status_code=422
         )
 
-    @app.exception_handler(ConflictError)
-    async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(UnknownNodeError)
-    async def unknown_node(request: Request, exc: UnknownNodeError) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(UnknownSessionError)
-    @app.exception_handler(UnknownPresetError)
-    async def unknown(request: Request, exc: LookupError) -> JSONResponse:
-        return _error(404, str(exc.args[0] if exc.args else exc))
-
-    @app.exception_handler(ConfigError)
-    async def bad_config(request: Request, exc: ConfigError) -> JSONResponse:
-        return _error(422, str(exc))
-
-    @app.exception_handler(InvalidArgumentError)
-    async def bad_argument(request: Request, exc: InvalidArgumentError) -> JSONResponse:
-        return _error(422, str(exc))
+    # Errors that name what the request got wrong, and the status each gets.
+    # Starlette picks the most specific class registered, so these win over
+    # the HyperGPUError fallback below.
+    for error, status in (
+        (ConflictError, 409),
+        (UnknownNodeError, 404),
+        (UnknownSessionError, 404),
+        (UnknownPresetError, 404),
+        (ConfigError, 422),
+        (InvalidArgumentError, 422),
+    ):
+        app.add_exception_handler(error, _reply_with(status))
 
     @app.exception_handler(HyperGPUError)
     async def engine_error(request: Request, exc: HyperGPUError) -> JSONResponse:
