@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hypergpu.cluster import LocalNodes
+from hypergpu.launch.local import LocalNodes
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator
 

@@ -10,60 +10,51 @@ import pytest
 from hypergpu.adapt import AdaptivePlanner, NetworkMonitor, Quality, QualityTracker, link_score
 from hypergpu.adapt.batch import BatchBounds, BatchSizer
 from hypergpu.adapt.compression import CodecChooser
-from hypergpu.adapt.local_steps import LocalStepChooser, NesterovOuter
+from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.quality import class_of
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
 from hypergpu.config import load_config
-from hypergpu.coordinator.registry import NodeRegistry
 from hypergpu.errors import ConfigError
 from hypergpu.events import EventBus
 from hypergpu.model.manager import ModelManager
+from hypergpu.model.outer import NesterovOuter
+from hypergpu.round import NodeAnswer, NodeView, PlanView, RoundPlan, RoundRecord
+from hypergpu.transport import LinkStats
 
 PARAMS = 100_000
 
 
-def stats(srtt_ms: float, sent: int = 0, lost: int = 0) -> dict[str, object]:
-    """The shape of ``Connection.stats()`` for the fields the monitor reads."""
-    return {"srtt_ms": srtt_ms, "rtt_samples_ms": [srtt_ms * 0.9, srtt_ms * 1.1], "sent_packets": sent,
-            "lost_packets": lost, "cwnd": 12000, "bytes_sent": 0, "bytes_received": 0, "goodput_bps": 1e6}
-
-
-class _Layout:
-    total = PARAMS
-
-
-class _Model:
-    layout = _Layout()
+def stats(srtt_ms: float, sent: int = 0, lost: int = 0) -> LinkStats:
+    """What ``Connection.stats()`` reports, for the fields the monitor reads."""
+    return LinkStats(srtt_ms=srtt_ms, rtt_samples_ms=[srtt_ms * 0.9, srtt_ms * 1.1], sent_packets=sent,
+                     lost_packets=lost, cwnd=12000, goodput_bps=1e6)
 
 
 class LinkSource:
-    """What the planner reads from a coordinator: link stats, events, registry, model size."""
+    """What the coordinator hands the planner: each node's link stats and the model size."""
 
     def __init__(self, links: dict[int, dict[str, object]]):
         self.links = links
         self.events = EventBus()
-        self.model = _Model()
-        self.registry = NodeRegistry()
-        for n in links:
-            self.registry.join(f"node-{n}", preferred_id=n)
-        self.outer_optimizer = None
 
-    def link_stats(self, node_id: int) -> dict[str, object] | None:
-        return self.links.get(node_id)
+    def view(self) -> PlanView:
+        return PlanView([NodeView(n, f"node-{n}", link=s) for n, s in self.links.items()], num_params=PARAMS)
 
 
 def planner_for(links: dict[int, dict[str, object]], *overrides: str) -> tuple[AdaptivePlanner, LinkSource]:
     cfg = load_config(None, [f"nodes.count={len(links)}", "adapt.enabled=true", *overrides])
     source = LinkSource(links)
-    return AdaptivePlanner(cfg, coordinator=source), source
+    return AdaptivePlanner(cfg, publish=source.events.publish), source
 
 
-def record(round_id: int, answers: dict[int, dict[str, float]], asked: list[int], plan) -> dict[str, object]:
-    return {
-        "round": round_id, "participants": asked, "reported": sorted(answers), "duration_s": 1.0,
-        "nodes": {str(n): a for n, a in answers.items()},
-        "assignments": {str(n): a.as_meta() for n, a in plan.assignments.items()},
-    }
+def record(round_id: int, answers: dict[int, dict[str, float]], asked: list[int], plan: RoundPlan) -> RoundRecord:
+    return RoundRecord(
+        round=round_id, applied=True, participants=asked, reported=sorted(answers),
+        missing=sorted(set(asked) - set(answers)), excluded={}, train_loss=None, samples=0, duration_s=1.0,
+        model_version=round_id, assignments=dict(plan.assignments),
+        answers={n: NodeAnswer(node_id=n, round=round_id, params_bytes=None, codec="raw", weight=1.0, **a)
+                 for n, a in answers.items()},
+    )
 
 
 # --- quality ------------------------------------------------------------------------------
@@ -194,12 +185,13 @@ def test_failing_node_is_quarantined_then_returns_through_probation() -> None:
     sel = NodeSelector(SelectionRules(strategy="all", strikes_to_quarantine=2, quarantine_rounds=3,
                                       probation_rounds=2, fairness_rounds=100))
     cands = [Candidate(n, Quality.GOOD, 70, 1.0) for n in range(4)]
-    ok = {"turnaround_s": 1.0, "compute_s": 0.5}
     timeline = []
     for r in range(1, 15):
         chosen, excluded = sel.select(r, cands)
         failing = r <= 2 or r == 6  # fails twice, then once more while on probation
-        answers = {n: ok for n in chosen if not (n == 3 and failing)}
+        answers = {n: NodeAnswer(n, r, samples=32, loss=None, compute_s=0.5, wall_s=1.0, turnaround_s=1.0,
+                                 update_bytes=0, params_bytes=None, codec="raw", weight=1.0)
+                   for n in chosen if not (n == 3 and failing)}
         sel.judge(r, chosen, answers)
         timeline.append((r, 3 in chosen, sel.state(3).standing))
     standing = {r: s for r, _, s in timeline}
@@ -242,7 +234,7 @@ def test_threshold_and_top_n_strategies() -> None:
 def test_planner_adapts_per_link_and_records_decisions() -> None:
     links = {0: stats(20, 1000, 0), 1: stats(30, 1000, 1), 2: stats(600, 1000, 80)}
     planner, source = planner_for(links, "adapt.strategy='all'")
-    plan = planner.plan(1, list(source.registry.all()))
+    plan = planner.plan(1, source.view())
     a = plan.assignments
     assert set(a) == {0, 1, 2}
     assert a[2].codec == "topk" and a[0].codec in ("raw", "fp16")
@@ -252,7 +244,7 @@ def test_planner_adapts_per_link_and_records_decisions() -> None:
     answers = {n: {"samples": 64, "turnaround_s": 1.0 + 10 * (n == 2), "compute_s": 0.4, "wall_s": 0.5,
                    "update_bytes": 1000, "loss": 1.0} for n in a}
     planner.observe(record(1, answers, sorted(a), plan))
-    plan2 = planner.plan(2, list(source.registry.all()))
+    plan2 = planner.plan(2, source.view())
     assert plan2.assignments[2].local_steps > plan2.assignments[0].local_steps
     decisions = [e.data for e in source.events.since(0) if e.kind == "decision"]
     assert decisions and all(d["reason"] for d in decisions)
@@ -262,7 +254,7 @@ def test_planner_adapts_per_link_and_records_decisions() -> None:
 def test_a_node_in_for_fairness_does_not_hold_up_the_quorum() -> None:
     links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0), 2: stats(20, 1000, 0), 3: stats(900, 1000, 150)}
     planner, source = planner_for(links, "adapt.fairness_rounds=2")
-    nodes = list(source.registry.all())
+    nodes = source.view()
     plans = [planner.plan(r, nodes) for r in (1, 2, 3)]
     assert [3 in p.assignments for p in plans] == [False, False, True]
     assert plans[2].optional == {3} and not plans[0].optional
@@ -272,23 +264,22 @@ def _changed_by_a_slower_link(*overrides: str):
     """A planner whose node 1 just had its settings changed because its link got slower."""
     links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}
     planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10", *overrides)
-    nodes = list(source.registry.all())
-    plan = planner.plan(1, nodes)
+    plan = planner.plan(1, source.view())
     before = {n: planner.knobs[n] for n in plan.assignments}
     planner.observe(record(1, {n: _answer(320, 0.5) for n in plan.assignments}, sorted(plan.assignments), plan))
     source.links[1] = stats(400, 3000, 200)
-    plan = planner.plan(2, nodes)
+    plan = planner.plan(2, source.view())
     assert planner.knobs[1] != before[1] and 1 in planner.trials
-    return planner, nodes, plan, before[1]
+    return planner, source, plan, before[1]
 
 
-def _answer(samples: float, took: float) -> dict[str, float]:
+def _answer(samples: int, took: float) -> dict[str, float]:
     return {"samples": samples, "turnaround_s": took, "compute_s": 0.01 * samples / 32, "wall_s": 0.1,
             "update_bytes": 4 * PARAMS, "loss": 0.5}
 
 
 def test_rollback_fires_when_a_change_hurts() -> None:
-    planner, nodes, plan, before = _changed_by_a_slower_link()
+    planner, source, plan, before = _changed_by_a_slower_link()
     changed = planner.knobs[1]
     samples = changed.local_steps * changed.effective_batch
     # That round node 1 moved far fewer samples per second than its old settings
@@ -299,12 +290,12 @@ def test_rollback_fires_when_a_change_hurts() -> None:
     rollbacks = [d for d in planner.decisions if d["knob"] == "rollback"]
     assert rollbacks and rollbacks[-1]["node"] == 1 and "previous settings would give" in rollbacks[-1]["reason"]
     assert planner.knobs[1] == before
-    frozen = planner.plan(3, nodes).assignments[1]  # held for a few rounds after the rollback
+    frozen = planner.plan(3, source.view()).assignments[1]  # held for a few rounds after the rollback
     assert frozen.local_steps == before.local_steps and frozen.codec == before.codec.codec
 
 
 def test_a_change_is_not_blamed_for_a_slower_link() -> None:
-    planner, nodes, plan, before = _changed_by_a_slower_link()
+    planner, source, plan, before = _changed_by_a_slower_link()
     changed = planner.knobs[1]
     samples = changed.local_steps * changed.effective_batch
     # Throughput fell against round 1 (the link is slower) but the new settings

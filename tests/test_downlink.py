@@ -13,9 +13,10 @@ import pytest
 
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
-from hypergpu.coordinator.plan import StaticPlanner
+from hypergpu.round import StaticPlanner
 from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
-from hypergpu.node.session import Session, hello_meta
+from hypergpu.node.session import Session
+from hypergpu.protocol import Hello
 from hypergpu.protocol import Message
 from hypergpu.update.codec import Codec
 from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder
@@ -106,7 +107,7 @@ def test_corrupt_or_missing_sections_are_named() -> None:
 
 async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
     """A node that answers each round, but loses the parameters it holds before round 3."""
-    session = Session(join, token=token, name="forgetful", hello=hello_meta("forgetful", 1, "cpu", 1.0))
+    session = Session(join, token=token, name="forgetful", hello=Hello(name="forgetful", index=1))
     await session.connect()
     welcome = await session.recv(timeout=30)
     size = int(welcome.meta["num_params"])
@@ -140,7 +141,7 @@ def test_a_node_that_lost_its_state_gets_the_whole_vector_and_stays_in_the_round
     coord = Coordinator(cfg, planner=StaticPlanner(cfg, down_codec="int8"))
     seen: dict[str, Any] = {}
     after: dict[int, np.ndarray] = {}
-    coord.observers.append(lambda c, record: after.__setitem__(record["round"], c.model.flat_parameters().copy()))
+    coord.observers.append(lambda c, record: after.__setitem__(record.round, c.model.flat_parameters().copy()))
 
     async def forgetful(join: str, token: str) -> None:
         await _forgetful(join, token, seen)
@@ -150,7 +151,7 @@ def test_a_node_that_lost_its_state_gets_the_whole_vector_and_stays_in_the_round
     resyncs = [e.data for e in coord.events.since(0) if e.kind == "node" and e.data.get("type") == "resync"]
     assert len(resyncs) == 1 and resyncs[0]["node"] == 1 and "against state" in resyncs[0]["reason"]
     # Every round had both nodes' updates, round 3 included.
-    assert all(r["reported"] == [0, 1] for r in coord.history), list(coord.history)
+    assert all(r.reported == [0, 1] for r in coord.history), list(coord.history)
     assert summary.rounds == 4
     # What the node trained from is the coordinator's model within one int8
     # encoding of what was sent: the change since the node's last state, or

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from hypergpu import protocol
-from hypergpu.cluster import LocalNodes
+from hypergpu.launch.local import LocalNodes
 from hypergpu.config import load_config
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator, NodeStatus
@@ -65,8 +65,8 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
         assert n["rounds_ok"] == 5 and n["updates_accepted"] == 5 and not n["refusals"]
         assert n["bytes_sent"] > 5 * coord.model.layout.total * 4  # five parameter broadcasts
     assert summary.samples == sum(n["samples"] for n in by_id.values())
-    assert [r["round"] for r in coord.history] == [1, 2, 3, 4, 5]
-    assert all(r["applied"] for r in coord.history)
+    assert [r.round for r in coord.history] == [1, 2, 3, 4, 5]
+    assert all(r.applied for r in coord.history)
     assert coord.model.version == 5
     assert [p.name for p in sorted((tmp_path / "ckpt").glob("ckpt-*"))] == [
         "ckpt-00000002.safetensors",
@@ -86,7 +86,7 @@ def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):
     holder: dict[str, LocalNodes] = {}
 
     def crash_after_round_2(c: Coordinator, record: dict[str, Any]) -> None:
-        if record["round"] == 2:
+        if record.round == 2:
             holder["nodes"].kill(2)
 
     coord.observers.append(crash_after_round_2)
@@ -105,8 +105,8 @@ def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):
     assert summary.rounds == 6
     assert coord.registry.get(2).status is NodeStatus.DEAD
     # Every round still applied an update: the survivors made the quorum.
-    assert all(r["applied"] for r in coord.history)
-    assert all(r["reported"] == [0, 1] for r in list(coord.history)[3:])
+    assert all(r.applied for r in coord.history)
+    assert all(r.reported == [0, 1] for r in list(coord.history)[3:])
     # The dead node's shard went to a survivor; no sample was lost.
     held = coord.shards.assignment()
     assert 2 not in held and sorted(s for shards in held.values() for s in shards) == [0, 1, 2]
@@ -194,7 +194,7 @@ def test_resume_skips_a_corrupted_checkpoint(tmp_path):
     summary, _ = asyncio.run(run_with_nodes(second, cfg2, tmp_path, resume=True))
     # Round 4's checkpoint was refused; training went on from round 2's.
     assert [p for p, _ in second.checkpoints.skipped] == [newest]
-    assert [r["round"] for r in second.history] == [3, 4, 5]
+    assert [r.round for r in second.history] == [3, 4, 5]
     assert summary.accuracy is not None and summary.accuracy >= 0.9
 
 

@@ -22,20 +22,37 @@ Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
 - ``ack``       coordinator → node: whether an update was applied.
 - ``heartbeat`` both ways; ``control`` for shard changes and stop;
   ``metrics`` node → coordinator; ``bye`` on orderly exit.
+
+Each kind's meta has one schema here (:class:`Hello`, :class:`WelcomeMeta`,
+:class:`Assignment`, :class:`UpdateMeta`, :class:`Ack`, :class:`Control`),
+used by both ends: the sender builds it, the receiver parses it, and a
+meta that does not fit is refused with the field that is wrong.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hypergpu.errors import FrameError
 from hypergpu.wire import TensorSpec, decode_frame, encode_frame
 
-__all__ = ["Message", "decode", "encode"]
+__all__ = [
+    "Ack",
+    "Assignment",
+    "Control",
+    "Hello",
+    "Message",
+    "UpdateMeta",
+    "WelcomeMeta",
+    "decode",
+    "encode",
+    "parse_meta",
+]
 
 _DTYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.float32): "f32",
@@ -150,3 +167,108 @@ def decode(frame: bytes | memoryview, max_payload: int | None = None) -> Message
         zstd=header.zstd,
         update_spec=update_spec,
     )
+
+
+# --- meta schemas ---------------------------------------------------------------
+
+
+class _Meta(BaseModel):
+    # Fields a newer peer adds are ignored; the ones named here must fit.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def as_meta(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+M = TypeVar("M", bound=_Meta)
+
+
+def parse_meta(schema: type[M], msg: Message) -> M:
+    """``msg``'s meta as ``schema``; a :class:`FrameError` names what does not fit."""
+    try:
+        return schema.model_validate(msg.meta)
+    except ValidationError as exc:
+        raise FrameError(f"{msg.kind} meta refused: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in exc.errors())
+
+
+class Hello(_Meta):
+    """node → coordinator: who it is."""
+
+    name: str = Field(min_length=1, max_length=256)
+    index: int | None = Field(default=None, ge=0)  # the node id a local run's node asks for
+    device: str = Field(default="cpu", max_length=64)
+    speed_factor: float = Field(default=1.0, gt=0, le=1)
+
+
+class WelcomeMeta(_Meta):
+    """coordinator → node: its id, the training settings, the model's layout."""
+
+    node_id: int = Field(ge=0)
+    training: dict[str, Any]
+    layout: str  # digest of the coordinator's ParamLayout
+    num_params: int | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One node's work for one round (the ``params`` message's meta carries it)."""
+
+    # The bounds bind what a node parses (from_meta); a planner's own values are its business.
+    batch_size: Annotated[int, Field(ge=1)]
+    local_steps: Annotated[int, Field(ge=0)]  # 0: the configured number of local epochs instead
+    accumulation: Annotated[int, Field(ge=1)] = 1
+    codec: str = "raw"
+    codec_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # top-k: fraction of coordinates sent
+    zstd: bool = False
+    down_codec: str = "raw"  # parameters to this node: whole (raw) or a delta in this codec
+
+    def as_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], default_batch: int) -> Assignment:
+        """The assignment a ``params`` meta carries (fields it lacks take their defaults)."""
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in meta.items() if k in known and v is not None}
+        given.setdefault("batch_size", default_batch)
+        given.setdefault("local_steps", 0)
+        try:
+            return _ASSIGNMENT.validate_python(given)
+        except ValidationError as exc:
+            raise FrameError(f"params meta refused: {_problems(exc)}") from None
+
+
+_ASSIGNMENT: TypeAdapter[Assignment] = TypeAdapter(Assignment)
+
+
+class UpdateMeta(_Meta):
+    """node → coordinator: what the update it carries cost and achieved."""
+
+    samples: int = Field(gt=0)  # what the node says it trained on
+    loss: float | None = None
+    accuracy: float | None = None
+    steps: int | None = None
+    compute_s: float = Field(default=0.0, ge=0)
+    wall_s: float = Field(default=0.0, ge=0)
+    version: int | None = None  # the model version the update started from
+
+
+class Ack(_Meta):
+    """coordinator → node: whether its update for ``round`` was taken, and if not, why."""
+
+    round: int
+    accepted: bool
+    reason: str | None = None  # a refusal's reason (a RoundBook verdict, or "invalid")
+    detail: str | None = None  # what was wrong with an invalid update
+
+
+class Control(_Meta):
+    """Either way: shard changes, link reshaping, stop, a request for the whole parameters."""
+
+    type: Literal["shard", "shape", "stop", "resync"]
+    profile: str | None = None  # shape: the link profile to switch to
+    reason: str | None = None  # resync: why the delta could not be applied

@@ -1,21 +1,16 @@
-"""Local steps between syncs (per node) and the coordinator's outer optimizer.
+"""Local steps between syncs, per node.
 
 A node on a slow link should compute longer between exchanges so its
 link's cost is amortised: H is chosen so that compute time is about
 ``ratio`` times the exchange's communication time, within bounds, moving
 by at most a factor ``step`` per round, and only when the ideal H is more
-than ``deadband`` away from the current one. The coordinator then treats the
-averaged update as a pseudo-gradient and applies an outer optimizer to it
-(DiLoCo-style Nesterov momentum SGD), or the plain scaled average.
+than ``deadband`` away from the current one. (The outer optimizer that
+applies the averaged update lives in :mod:`hypergpu.model.outer`.)
 """
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
-
-from hypergpu.model.manager import ModelManager
 
 
 class LocalStepChooser:
@@ -48,25 +43,3 @@ class LocalStepChooser:
 
     def restore(self, node_id: int, steps: int) -> None:
         self.current[node_id] = steps
-
-
-class NesterovOuter:
-    """Nesterov momentum SGD on the averaged update.
-
-    The nodes' update is ``params_after - params_received``, the negative
-    of a pseudo-gradient, so with velocity ``v = mu*v + u`` the step is
-    ``params += lr * (u + mu*v)``.
-    """
-
-    def __init__(self, lr: float = 0.7, momentum: float = 0.9):
-        if lr <= 0 or not 0 <= momentum < 1:
-            raise ValueError(f"outer lr must be > 0 and momentum in [0, 1), got {lr}, {momentum}")
-        self.lr, self.momentum = lr, momentum
-        self.velocity: np.ndarray | None = None
-
-    def step(self, model: ModelManager, update: np.ndarray) -> int:
-        if self.velocity is None or self.velocity.shape != update.shape:
-            self.velocity = np.zeros_like(update)
-        self.velocity *= np.float32(self.momentum)
-        self.velocity += update
-        return model.apply_update(update + np.float32(self.momentum) * self.velocity, lr_scale=self.lr)

@@ -20,19 +20,20 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypergpu.adapt.batch import BatchBounds, BatchChoice, BatchSizer
 from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser
-from hypergpu.adapt.local_steps import LocalStepChooser, NesterovOuter
+from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.monitor import NetworkMonitor
 from hypergpu.adapt.policy import POLICIES, Policy
 from hypergpu.adapt.quality import Quality
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator.plan import Assignment, RoundPlan
-from hypergpu.coordinator.registry import NodeInfo
+from hypergpu.protocol import Assignment
+from hypergpu.round import NodeAnswer, NodeView, PlanView, RoundPlan, RoundRecord
 
 
 #: Round deadline: this multiple of the expected exchange of the quorum's slowest node, plus a margin.
@@ -70,14 +71,23 @@ class Trial:
 
 
 class AdaptivePlanner:
-    """A :class:`~hypergpu.coordinator.plan.Planner` driven by link measurements."""
+    """A :class:`~hypergpu.round.Planner` driven by link measurements.
 
-    def __init__(self, config: HyperGPUConfig, *, policy: str | None = None, coordinator: Any = None):
+    It reads only what each :class:`~hypergpu.round.PlanView` and
+    :class:`~hypergpu.round.RoundRecord` hand it, and reports its decisions
+    through ``publish`` (an :meth:`~hypergpu.events.EventBus.publish`).
+    """
+
+    label = "adaptive"
+
+    def __init__(self, config: HyperGPUConfig, *, policy: str | None = None,
+                 publish: Callable[..., Any] | None = None):
         a = config.adapt
         self.config = config
         self.policy: Policy = POLICIES[policy or a.policy]
         p = self.policy
-        self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell)
+        self.publish = publish
+        self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell, publish=publish)
         self.selector = NodeSelector(SelectionRules(
             strategy=a.strategy, threshold=Quality(a.quality_threshold), top_n=a.top_n, slack=p.slack,
             strikes_to_quarantine=p.strikes_to_quarantine, quarantine_rounds=a.quarantine_rounds,
@@ -99,27 +109,14 @@ class AdaptivePlanner:
         self.knobs: dict[int, Knobs] = {}
         self.trials: dict[int, Trial] = {}
         self.frozen_until: dict[int, int] = {}
-        self.outstanding: dict[int, tuple[int, int]] = {}  # node -> (round asked, updates accepted then)
+        self.outstanding: dict[int, int] = {}  # node -> the round it missed and may still be working on
         self.overhead_s = 0.0
         self.round_s = 0.0
         self._last_plan: RoundPlan | None = None
         self._rate: dict[int, float] = {}  # node -> samples per second of its latest exchange
         self._loss: dict[int, float] = {}
-        self.coordinator: Any = None
+        self._shard: dict[int, int | None] = {}  # node -> samples in the shards it holds
         self.param_bytes = 0
-        if coordinator is not None:
-            self.bind(coordinator)
-
-    # --- wiring ---------------------------------------------------------------------
-
-    def bind(self, coordinator: Any) -> None:
-        """Read links through ``coordinator``; publish on its event bus; set its outer optimizer."""
-        self.coordinator = coordinator
-        self.monitor.publish = coordinator.events.publish
-        self.param_bytes = 4 * int(coordinator.model.layout.total)
-        a = self.config.adapt
-        if a.outer_optimizer == "nesterov":
-            coordinator.outer_optimizer = NesterovOuter(a.outer_lr, a.outer_momentum)
 
     @property
     def overhead(self) -> float:
@@ -128,30 +125,17 @@ class AdaptivePlanner:
 
     # --- before the round --------------------------------------------------------------
 
-    def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+    def plan(self, round_id: int, view: PlanView) -> RoundPlan:
         started = time.perf_counter()
         try:
-            return self._plan(round_id, nodes)
+            return self._plan(round_id, view)
         finally:
             self.overhead_s += time.perf_counter() - started
 
-    def _plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+    def _plan(self, round_id: int, view: PlanView) -> RoundPlan:
+        self.param_bytes = 4 * view.num_params
         plan = RoundPlan(round_id)
-        candidates: list[Candidate] = []
-        for node in nodes:
-            n = node.node_id
-            stats = self.coordinator.link_stats(n) if self.coordinator is not None else None
-            if stats:
-                self.monitor.observe_stats(n, stats)
-            link = self.monitor.refresh(n, round_id)
-            busy = self.outstanding.get(n)
-            if busy is not None:
-                if node.updates_accepted > busy[1] or round_id - busy[0] > 3:
-                    del self.outstanding[n]
-                else:
-                    plan.excluded[n] = f"still working on round {busy[0]}"
-                    continue
-            candidates.append(Candidate(n, link.quality, link.score or 0.0, self._prospective_s(n)))
+        candidates = [c for c in (self._candidate(round_id, node, plan) for node in view.nodes) if c is not None]
         chosen, excluded = self.selector.select(round_id, candidates)
         for n, reason in excluded.items():
             plan.excluded[n] = reason
@@ -177,6 +161,21 @@ class AdaptivePlanner:
             plan.optional = set(chosen) - set(paced)
         self._last_plan = plan
         return plan
+
+    def _candidate(self, round_id: int, node: NodeView, plan: RoundPlan) -> Candidate | None:
+        """Refresh the node's link from the transport's latest figures; None if it sits out."""
+        n = node.node_id
+        self._shard[n] = node.shard_samples
+        if node.link is not None:
+            self.monitor.observe_stats(n, node.link)
+        link = self.monitor.refresh(n, round_id)
+        busy = self.outstanding.get(n)
+        if busy is not None:
+            if round_id - busy <= 3:
+                plan.excluded[n] = f"still working on round {busy}"
+                return None
+            del self.outstanding[n]
+        return Candidate(n, link.quality, link.score or 0.0, self._prospective_s(n))
 
     def _down_s(self, n: int) -> float:
         knobs = self.knobs.get(n)
@@ -207,10 +206,6 @@ class AdaptivePlanner:
         raw_s = link.transfer_s(self.param_bytes)
         return self._exchange_s(n, self.down_codecs.ideal(raw_s), self.codecs.ideal(raw_s), link.wall_s or 0.0)
 
-    def _shard_samples(self, n: int) -> int | None:
-        source = getattr(self.coordinator, "shard_samples", None)
-        return source(n) if callable(source) else None
-
     def _expected_s(self, n: int) -> float:
         """The exchange node ``n`` should have with its current settings (raw before any)."""
         knobs = self.knobs.get(n)
@@ -227,7 +222,7 @@ class AdaptivePlanner:
             codec = self.codecs.choose(n, raw_s)
             down = self.down_codecs.choose(n, raw_s)
             comm = self._exchange_s(n, down, codec, 0.0)
-            shard = self._shard_samples(n)
+            shard = self._shard.get(n)
             split = self.batches.choose(n, batch_target, shard)
             step_s = link.sample_s * split.effective if link.sample_s else None
             # Amortising a slow link with more local steps stops at a few passes
@@ -264,19 +259,20 @@ class AdaptivePlanner:
 
     # --- after the round ---------------------------------------------------------------
 
-    def observe(self, record: dict[str, Any]) -> None:
+    def observe(self, record: RoundRecord) -> None:
         started = time.perf_counter()
         try:
             self._observe(record)
         finally:
             self.overhead_s += time.perf_counter() - started
-            self.round_s += float(record.get("duration_s") or 0.0)
+            self.round_s += record.duration_s
 
-    def _observe(self, record: dict[str, Any]) -> None:
-        round_id = int(record["round"])
-        answers = {int(k): v for k, v in (record.get("nodes") or {}).items()}
-        asked = [int(n) for n in record.get("participants", [])]
-        registry = getattr(self.coordinator, "registry", None)
+    def _observe(self, record: RoundRecord) -> None:
+        round_id = record.round
+        answers = record.answers
+        asked = record.participants
+        for n in record.late:  # a node that missed a round delivered after all
+            self.outstanding.pop(n, None)
         # What the old settings would give, from the link as measured before this
         # round: the exchange under judgement must not vouch for itself.
         would = {n: self._predicted_rate(n, t.before) for n, t in self.trials.items() if t.round == round_id}
@@ -284,26 +280,24 @@ class AdaptivePlanner:
             answer = answers.get(n)
             if answer is None:
                 self.monitor.observe_exchange(n, round_id=round_id, ok=False)
-                accepted = registry.get(n).updates_accepted if registry is not None and n in registry else 0
-                self.outstanding[n] = (round_id, accepted)
+                self.outstanding[n] = round_id
                 continue
-            moved = int(answer.get("params_bytes") or self.param_bytes) + int(answer.get("update_bytes") or 0)
+            moved = (answer.params_bytes or self.param_bytes) + answer.update_bytes
             self.monitor.observe_exchange(
-                n, round_id=round_id, ok=True, turnaround_s=answer.get("turnaround_s"),
-                compute_s=answer.get("compute_s"), wall_s=answer.get("wall_s"), samples=answer.get("samples"),
+                n, round_id=round_id, ok=True, turnaround_s=answer.turnaround_s,
+                compute_s=answer.compute_s, wall_s=answer.wall_s, samples=answer.samples,
                 bytes_moved=moved,
             )
-            took = answer.get("turnaround_s")
-            if took:
-                self._rate[n] = float(answer.get("samples") or 0) / float(took)
-            if isinstance(answer.get("loss"), (int, float)):
-                self._loss[n] = float(answer["loss"])
+            if answer.turnaround_s:
+                self._rate[n] = answer.samples / answer.turnaround_s
+            if answer.loss is not None:
+                self._loss[n] = answer.loss
         for n, what in self.selector.judge(round_id, asked, answers).items():
             self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
         self._check_trials(round_id, answers, would)
 
     def _check_trials(
-        self, round_id: int, answers: dict[int, dict[str, Any]], predicted: dict[int, float | None]
+        self, round_id: int, answers: dict[int, NodeAnswer], predicted: dict[int, float | None]
     ) -> None:
         p = self.policy
         for n, trial in list(self.trials.items()):
@@ -336,8 +330,8 @@ class AdaptivePlanner:
     def _decide(self, round_id: int, node: int, knob: str, old: Any, new: Any, reason: str) -> None:
         entry = {"round": round_id, "node": node, "knob": knob, "old": old, "new": new, "reason": reason}
         self.decisions.append(entry)
-        if self.coordinator is not None:
-            self.coordinator.events.publish("decision", **entry)
+        if self.publish is not None:
+            self.publish("decision", **entry)
 
     def status(self) -> dict[str, Any]:
         """Links, standings, current settings and recent decisions, for the dashboard."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypergpu.adapt.quality import Quality
+from hypergpu.round import NodeAnswer
 
 
 class Standing(str, enum.Enum):
@@ -151,11 +152,11 @@ class NodeSelector:
 
     # --- after the round --------------------------------------------------------------
 
-    def judge(self, round_id: int, asked: list[int], answers: dict[int, dict[str, Any]]) -> dict[int, str]:
+    def judge(self, round_id: int, asked: list[int], answers: dict[int, NodeAnswer]) -> dict[int, str]:
         """Strikes, quarantines and probation outcomes after a round; returns what changed."""
         r = self.rules
         changes: dict[int, str] = {}
-        turnarounds = [a["turnaround_s"] for a in answers.values() if a.get("turnaround_s")]
+        turnarounds = [a.turnaround_s for a in answers.values() if a.turnaround_s]
         median = sorted(turnarounds)[len(turnarounds) // 2] if turnarounds else None
         for node_id in asked:
             st = self.state(node_id)
@@ -164,8 +165,8 @@ class NodeSelector:
             if answer is None:
                 hurt = "did not answer"
             else:
-                took = answer.get("turnaround_s") or 0.0
-                st.useful_s += float(answer.get("compute_s") or 0.0)
+                took = answer.turnaround_s or 0.0
+                st.useful_s += answer.compute_s
                 st.total_s += took
                 if median and len(turnarounds) >= 3 and took > r.hurt_factor * median:
                     hurt = f"took {took:.1f} s, {took / median:.1f}x the median"

@@ -1,21 +1,7 @@
-"""The coordinator: node registry, shards, rounds, checkpoints."""
+"""The coordinator: membership, the round driver, the network script."""
 
-from hypergpu.coordinator.coordinator import Coordinator, Summary
-from hypergpu.coordinator.plan import Assignment, Planner, RoundPlan, StaticPlanner
+from hypergpu.coordinator.coordinator import Coordinator, RoundObserver
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry, NodeStatus
-from hypergpu.coordinator.rounds import LatePolicy, RoundBook, Verdict
+from hypergpu.coordinator.summary import Summary
 
-__all__ = [
-    "Assignment",
-    "Coordinator",
-    "LatePolicy",
-    "NodeInfo",
-    "NodeRegistry",
-    "NodeStatus",
-    "Planner",
-    "RoundBook",
-    "RoundPlan",
-    "StaticPlanner",
-    "Summary",
-    "Verdict",
-]
+__all__ = ["Coordinator", "NodeInfo", "NodeRegistry", "NodeStatus", "RoundObserver", "Summary"]

@@ -120,6 +120,15 @@ class NodeRegistry:
         node.rounds_ok += 1
         self.seen(node_id)
 
+    def credit(self, node_id: int, samples: int, compute_s: float, loss: float | None) -> None:
+        """Count one accepted update of the node's."""
+        node = self.get(node_id)
+        node.updates_accepted += 1
+        node.samples += samples
+        node.compute_s += compute_s
+        if loss is not None:
+            node.last_loss = loss
+
     def failed(self, node_id: int) -> bool:
         """Count a missed round or exchange; True if the node is now dead."""
         node = self.get(node_id)

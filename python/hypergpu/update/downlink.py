@@ -23,13 +23,17 @@ and asks for the whole vector again.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from hypergpu.errors import ParamsOutOfSyncError, ShapeMismatchError, UpdateError
+from hypergpu import protocol
+from hypergpu.errors import CodecError, ParamsOutOfSyncError, ShapeMismatchError, UpdateError
 from hypergpu.update.codec import Codec, decode
+
+log = logging.getLogger("hypergpu.downlink")
 
 __all__ = ["ParamsDecoder", "ParamsEncoder"]
 
@@ -54,6 +58,16 @@ class ParamsEncoder:
     def forget(self, node_id: int) -> None:
         """The node's state is unknown (new link, resync): send it everything next time."""
         self._held.pop(node_id, None)
+
+    def frame(self, node_id: int, params: np.ndarray, codec: str, meta: dict[str, Any]) -> bytes:
+        """The ``params`` frame (``meta`` plus what it takes) that brings the node to ``params``."""
+        try:
+            held, sections = self.parts(node_id, params, Codec(codec))
+        except CodecError as exc:  # e.g. a value beyond fp16's range: send it whole
+            log.info("node %d: parameters go whole this time (%s)", node_id, exc)
+            held, sections = self.parts(node_id, params, Codec("raw"))
+        msg = protocol.Message("params", {**meta, **held}, sections, round=int(meta.get("round", 0)), node_id=node_id)
+        return protocol.encode(msg)
 
     def parts(self, node_id: int, params: np.ndarray, codec: Codec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Meta fields and sections of a ``params`` message that bring the node to ``params``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypergpu.coordinator.rounds import LatePolicy, RoundBook, Verdict
+from hypergpu.round.book import LatePolicy, RoundBook, Verdict
 
 
 def test_each_update_is_taken_once_and_duplicates_counted():

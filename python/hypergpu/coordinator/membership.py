@@ -1,0 +1,212 @@
+"""Who is in the run: hellos and welcomes, links, heartbeats, shards, retirement.
+
+:class:`Membership` owns the node registry, the data shards lent to each
+node and the open link to each connected node. The coordinator hands it
+every new connection's hello; it admits the node (a node that reconnects
+under its name keeps its id), welcomes it with its shards, re-lends shards
+when nodes come and go, marks silent nodes suspect and retires nodes that
+miss too many rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hypergpu import protocol
+from hypergpu.coordinator.registry import NodeInfo, NodeRegistry, NodeStatus
+from hypergpu.data.shards import ShardManager
+from hypergpu.errors import FrameError, HyperGPUError, TransportError, UnknownNodeError
+from hypergpu.events import EventBus
+from hypergpu.protocol import Hello, Message, WelcomeMeta, parse_meta
+from hypergpu.round import RoundRecord
+from hypergpu.transport import Connection
+
+log = logging.getLogger("hypergpu.coordinator")
+
+
+class Membership:
+    """The registry, the shard ledger and the links of a run."""
+
+    def __init__(self, registry: NodeRegistry, shards: ShardManager, events: EventBus,
+                 on_new_link: Callable[[int], None] = lambda node_id: None):
+        self.registry = registry
+        self.shards = shards
+        self.events = events
+        self.links: dict[int, Connection] = {}
+        # A new link means what the node holds is unknown (the downlink mirror forgets it).
+        self._on_new_link = on_new_link
+
+    # --- joining -------------------------------------------------------------------
+
+    async def greet(self, link: Connection, welcome: WelcomeMeta, timeout_s: float) -> NodeInfo | None:
+        """Read the hello on a new link, admit the node and welcome it (``welcome`` gets its
+        node id); None, with the link closed, when the first message is no valid hello."""
+        try:
+            msg = protocol.decode(await link.recv(timeout=timeout_s))
+            if msg.kind != "hello":
+                raise FrameError(f"expected a hello, got {msg.kind}")
+            hello = parse_meta(Hello, msg)
+        except HyperGPUError as exc:
+            with contextlib.suppress(HyperGPUError):
+                await link.close(f"bad hello: {exc}")
+            return None
+        node, replaced = self.admit(hello, link)
+        if replaced is not None:
+            with contextlib.suppress(HyperGPUError):
+                await replaced.close("replaced by a new connection from the same node")
+        await self.welcome(node, link, welcome.model_copy(update={"node_id": node.node_id}))
+        return node
+
+    def admit(self, hello: Hello, link: Connection) -> tuple[NodeInfo, Connection | None]:
+        """Register the node saying ``hello`` on ``link``; returns it and the link it replaces."""
+        node = self.registry.join(
+            hello.name, device=hello.device, speed_factor=hello.speed_factor, preferred_id=hello.index
+        )
+        self._on_new_link(node.node_id)
+        old = self.links.get(node.node_id)
+        self.links[node.node_id] = link
+        self.events.publish("node", type="joined", **node.as_dict())
+        return node, old if old is not link else None
+
+    async def welcome(self, node: NodeInfo, link: Connection, meta: WelcomeMeta) -> None:
+        """Send the welcome with the node's shards, and new shards to whoever lost some."""
+        before = self.shards.assignment()
+        self.shards.join(node.node_id)
+        msg = Message("welcome", meta.as_meta(), self.shard_sections(node.node_id), node_id=node.node_id)
+        await link.send(protocol.encode(msg))
+        await self._sync_shards(before, skip=node.node_id)
+
+    def disconnected(self, node: NodeInfo, link: Connection) -> None:
+        """The node's reader ended; forget the link unless a newer one replaced it."""
+        if self.links.get(node.node_id) is not link:
+            return
+        del self.links[node.node_id]
+        if node.status is not NodeStatus.DEAD:
+            self.registry.mark(node.node_id, NodeStatus.SUSPECT)
+        self.events.publish("node", type="disconnected", node=node.node_id, name=node.name)
+
+    async def left(self, node: NodeInfo) -> None:
+        """The node said bye: its shards go to the others."""
+        self.registry.mark(node.node_id, NodeStatus.LEFT)
+        await self.release(node.node_id)
+        self.events.publish("node", type="left", node=node.node_id, name=node.name)
+
+    # --- who is there -------------------------------------------------------------
+
+    def connected(self) -> list[NodeInfo]:
+        """Alive nodes with an open link."""
+        return [n for n in self.registry.alive() if n.node_id in self.links]
+
+    def shard_samples(self, node_id: int) -> int | None:
+        """Training samples in the shards a node holds (None for a node without any)."""
+        try:
+            return sum(len(s) for s in self.shards.shards_of(node_id)) or None
+        except UnknownNodeError:
+            return None
+
+    def shard_sections(self, node_id: int) -> dict[str, np.ndarray]:
+        try:
+            shards = self.shards.shards_of(node_id)
+        except UnknownNodeError:
+            return {}
+        return {f"shard{i}": np.frombuffer(s.to_bytes(), dtype=np.uint8) for i, s in enumerate(shards)}
+
+    async def wait_for(self, count: int, timeout_s: float, stop: asyncio.Event) -> None:
+        """Until ``count`` nodes are connected, or ``timeout_s`` (an error if none came)."""
+        deadline = time.perf_counter() + timeout_s
+        while len(self.links) < count and time.perf_counter() < deadline and not stop.is_set():
+            await asyncio.sleep(0.05)
+        if not self.links and not stop.is_set():
+            raise TransportError(f"no node joined within {timeout_s:.0f} s")
+
+    # --- talking to nodes ---------------------------------------------------------
+
+    async def send(self, node_id: int, msg: Message) -> bool:
+        """Send ``msg`` to a connected node; False if it is not connected or the send failed."""
+        link = self.links.get(node_id)
+        if link is None:
+            return False
+        msg.node_id = node_id
+        frame = protocol.encode(msg)
+        try:
+            await link.send(frame)
+        except HyperGPUError as exc:
+            log.info("node %d: send failed: %s", node_id, exc)
+            return False
+        self.registry.get(node_id).bytes_sent += len(frame)
+        return True
+
+    async def farewell_all(self, reason: str) -> None:
+        """Say bye to every connected node and close its link."""
+
+        async def farewell(node_id: int, link: Connection) -> None:
+            # Wait for the node to hold the bye before closing, or it would
+            # see a dropped link and try to reconnect.
+            with contextlib.suppress(HyperGPUError):
+                bye = Message("bye", {"reason": reason}, node_id=node_id)
+                await link.send(protocol.encode(bye), timeout=5.0, acked=True)
+            with contextlib.suppress(HyperGPUError):
+                await link.close("coordinator shutting down")
+
+        await asyncio.gather(*(farewell(n, link) for n, link in list(self.links.items())))
+        self.links.clear()
+
+    # --- after each round, and in the background ----------------------------------
+
+    async def after_round(self, record: RoundRecord) -> None:
+        """Credit the nodes that answered; retire those that missed too many rounds in a row."""
+        for answer in [*record.answers.values(), *record.late.values()]:
+            self.registry.credit(answer.node_id, answer.samples, answer.compute_s, answer.loss)
+        for node_id in record.reported:
+            self.registry.succeeded(node_id)
+        for node_id in record.missing:
+            if node_id in self.registry and self.registry.failed(node_id):
+                await self.retire(node_id, f"missed {self.registry.max_failures} rounds in a row")
+
+    async def retire(self, node_id: int, reason: str) -> None:
+        """Give up on a node: close its link and hand its shards to others."""
+        self.registry.mark(node_id, NodeStatus.DEAD)
+        self.events.publish("alert", level="error", node=node_id, message=f"node retired: {reason}")
+        link = self.links.pop(node_id, None)
+        if link is not None:
+            with contextlib.suppress(HyperGPUError):
+                await link.close(reason)
+        await self.release(node_id)
+
+    async def release(self, node_id: int) -> None:
+        before = self.shards.assignment()
+        if node_id in before:
+            self.shards.leave(node_id)
+            await self._sync_shards(before)
+
+    async def _sync_shards(self, before: dict[int, list[int]], skip: int | None = None) -> None:
+        """Send new data to every node whose shard set changed."""
+        after = self.shards.assignment()
+        for node_id, held in after.items():
+            if node_id != skip and before.get(node_id) != held and node_id in self.links:
+                msg = Message("control", {"type": "shard"}, self.shard_sections(node_id))
+                await self.send(node_id, msg)
+                self.events.publish("node", type="shards", node=node_id, shards=held)
+
+    async def watch_heartbeats(self, interval_s: float) -> None:
+        """Mark nodes silent for three intervals suspect (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for node in self.registry.silent_since(time.monotonic() - 3 * interval_s):
+                if node.status is NodeStatus.ACTIVE:
+                    self.registry.mark(node.node_id, NodeStatus.SUSPECT)
+                    self.events.publish(
+                        "alert", level="warning", node=node.node_id, message="no heartbeat for 3 intervals"
+                    )
+
+    def link_stats(self, node_id: int) -> Any:
+        """The transport's measurements of a node's link (None if not connected)."""
+        link = self.links.get(node_id)
+        return link.stats() if link is not None else None

@@ -1,0 +1,81 @@
+"""What a finished round leaves behind: typed records for every consumer.
+
+The planner, the API service, the chain recorder, Prometheus and the
+benchmark harness all read the same :class:`RoundRecord`. JSON appears only
+at the edge (:meth:`RoundRecord.as_dict`, used for events and the API), where
+node ids become strings as JSON object keys must.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hypergpu.protocol import Assignment
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """What one node's accepted update for the round looked like."""
+
+    node_id: int
+    round: int  # the round the update was for (earlier than the record's when it came late)
+    samples: int
+    loss: float | None
+    compute_s: float
+    wall_s: float
+    # params sent -> update in: compute, waiting and both transfers (None: never sent this round)
+    turnaround_s: float | None
+    update_bytes: int
+    params_bytes: int | None
+    codec: str
+    weight: float
+    # agreement with the round's mean (None until the mean exists, or when undefined)
+    cosine: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["node_id"]
+        return d
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One closed round: who was asked, who answered, what was applied."""
+
+    round: int
+    applied: bool
+    participants: list[int]
+    reported: list[int]
+    missing: list[int]
+    excluded: dict[int, str]
+    train_loss: float | None
+    samples: int  # accepted this round, current and late (counted toward the run only if applied)
+    duration_s: float
+    model_version: int
+    assignments: dict[int, Assignment] = field(default_factory=dict)
+    answers: dict[int, NodeAnswer] = field(default_factory=dict)
+    # stale updates for earlier rounds accepted during this one (stale-weighted)
+    late: dict[int, NodeAnswer] = field(default_factory=dict)
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (events, API, dashboard): node ids as string keys."""
+        return {
+            "round": self.round,
+            "applied": self.applied,
+            "participants": list(self.participants),
+            "reported": list(self.reported),
+            "missing": list(self.missing),
+            "excluded": {str(k): v for k, v in self.excluded.items()},
+            "train_loss": self.train_loss,
+            "samples": self.samples,
+            "duration_s": self.duration_s,
+            "model_version": self.model_version,
+            "assignments": {str(k): a.as_meta() for k, a in self.assignments.items()},
+            "nodes": {str(k): a.as_dict() for k, a in self.answers.items()},
+            "late": {str(k): a.as_dict() for k, a in self.late.items()},
+            **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
+               if self.test_loss is not None or self.test_accuracy is not None else {}),
+        }

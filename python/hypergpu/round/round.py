@@ -1,0 +1,170 @@
+"""One training round as a plain object: no sockets, no asyncio, no clock.
+
+A :class:`Round` holds the plan, the parameters the round started from,
+the accumulator its accepted updates fold into and the answers it got.
+The coordinator's I/O drives it — it hands over each ``update`` message as
+it arrives (:meth:`Round.accept` answers with the :class:`~hypergpu.protocol.Ack`
+to send back), asks :meth:`Round.expire` whether to stop waiting, and
+finally :meth:`Round.close` folds it into a :class:`RoundRecord`. Every
+time is passed in, so a test can drive a round through quorum, deadline,
+late and duplicate updates directly.
+
+Admission across rounds (exactly once, staleness) is the shared
+:class:`~hypergpu.round.book.RoundBook`'s; a round opens it on creation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from hypergpu.errors import HyperGPUError, ShapeMismatchError, UpdateError
+from hypergpu.protocol import Ack, Message, UpdateMeta, parse_meta
+from hypergpu.round.book import RoundBook, Verdict
+from hypergpu.round.plan import RoundPlan
+from hypergpu.round.records import NodeAnswer, RoundRecord
+from hypergpu.update.aggregate import Accumulator, cosines
+from hypergpu.update.codec import decode as decode_update
+
+#: Refusal reason for an update that cannot be decoded or whose meta does not fit.
+INVALID = "invalid"
+
+
+class Round:
+    """The state of one open round and the updates it takes."""
+
+    def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float):
+        self.plan = plan
+        self.id = plan.round
+        self.params = params
+        self.book = book
+        self.opened_at = now
+        self.timeout_s = timeout_s
+        # Stop waiting at the plan's deadline once a quorum is in; without one,
+        # wait a second timeout before giving up on the round.
+        self.deadline = now + min(timeout_s, plan.deadline_s or timeout_s)
+        self.acc = Accumulator(params.shape)
+        self.answers: dict[int, NodeAnswer] = {}
+        self.late: dict[int, NodeAnswer] = {}
+        self.mean: np.ndarray | None = None
+        self._sent: dict[int, tuple[float, int]] = {}  # node -> (when, bytes) of its params message
+        self._updates: dict[int, np.ndarray] = {}  # this round's accepted updates, for cosines
+        self._sealed = False
+        book.open(self.id, plan.participants, plan.optional)
+
+    # --- while open -------------------------------------------------------------
+
+    def sent(self, node_id: int, nbytes: int, now: float) -> None:
+        """The node's parameters for this round went out at ``now`` (``nbytes`` on the wire)."""
+        self._sent[node_id] = (now, nbytes)
+
+    def owes(self, node_id: int) -> bool:
+        """Whether ``node_id`` was asked and has not answered yet."""
+        return not self._sealed and node_id in self.plan.assignments and node_id not in self.book.reported
+
+    def accept(self, node_id: int, msg: Message, size: int, now: float) -> Ack:
+        """Judge, decode and fold one ``update`` message; the ack says what became of it."""
+        decision = self.book.check(node_id, msg.round) if not self._sealed else None
+        if decision is None or not decision.accepted:
+            reason = decision.verdict.value if decision is not None else Verdict.CLOSED.value
+            return Ack(round=msg.round, accepted=False, reason=reason)
+        try:
+            meta = parse_meta(UpdateMeta, msg)
+            update = self._decode(msg)
+            self.acc.add(update, weight=meta.samples * decision.weight)
+        except HyperGPUError as exc:
+            return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
+        self.book.commit(node_id, msg.round)
+        sent = self._sent.get(node_id) if msg.round == self.id else None
+        answer = NodeAnswer(
+            node_id=node_id,
+            round=msg.round,
+            samples=meta.samples,
+            loss=meta.loss if meta.loss is not None and math.isfinite(meta.loss) else None,
+            compute_s=meta.compute_s,
+            wall_s=meta.wall_s,
+            turnaround_s=now - sent[0] if sent is not None else None,
+            update_bytes=size,
+            params_bytes=sent[1] if sent is not None else None,
+            codec=msg.codec,
+            weight=decision.weight,
+        )
+        if msg.round == self.id:
+            self.answers[node_id] = answer
+            self._updates[node_id] = update
+        else:
+            self.late[node_id] = answer
+        return Ack(round=msg.round, accepted=True)
+
+    def _decode(self, msg: Message) -> np.ndarray:
+        raw = msg.sections.get("update")
+        if raw is None:
+            raise UpdateError("update message has no 'update' section")
+        expected = self.params.shape
+        update = raw if msg.codec == "raw" else decode_update(raw, msg.codec, zstd=msg.zstd, shape=expected)
+        if update.shape != expected:
+            raise ShapeMismatchError(f"update has shape {update.shape}, the model has {expected}")
+        return update
+
+    def expire(self, now: float) -> bool:
+        """Whether to stop waiting: everyone answered, or the deadline passed with a
+        quorum, or a second timeout passed without one."""
+        if self._sealed or self.book.complete():
+            return True
+        if now < self.deadline:
+            return False
+        return self.book.has_quorum() or now > self.deadline + self.timeout_s
+
+    def wait_s(self, now: float) -> float:
+        """How long the driver may sleep before asking :meth:`expire` again (absent updates)."""
+        return max(0.05, self.deadline - now) if now < self.deadline else 0.25
+
+    # --- closing ------------------------------------------------------------------
+
+    def seal(self) -> None:
+        """Take no more updates (the driver calls this on its own thread before :meth:`close`)."""
+        if not self._sealed:
+            self._sealed = True
+            self.book.close()
+
+    @property
+    def applicable(self) -> bool:
+        """Whether the round has something to apply: accepted updates and a quorum."""
+        return self.acc.count > 0 and self.book.has_quorum()
+
+    def close(self, now: float, apply: Callable[[np.ndarray], int], model_version: int) -> RoundRecord:
+        """Apply the mean (through ``apply``, which returns the new model version) if the
+        round has a quorum, score each answer against it, and record the round."""
+        self.seal()
+        applied = self.applicable
+        answers = dict(self.answers)
+        if applied:
+            self.mean = self.acc.finalize()
+            model_version = apply(self.mean)
+            if self._updates:
+                scores = cosines(list(self._updates.values()), self.mean.reshape(-1))
+                for n, c in zip(self._updates, scores):
+                    if math.isfinite(c):
+                        answers[n] = replace(answers[n], cosine=float(c))
+        self._updates = {}
+        reported = self.book.reported
+        losses = [a.loss for a in self.answers.values() if a.loss is not None]
+        return RoundRecord(
+            round=self.id,
+            applied=applied,
+            participants=sorted(self.plan.participants),
+            reported=sorted(reported),
+            missing=sorted(self.plan.participants - reported),
+            excluded=dict(self.plan.excluded),
+            train_loss=float(np.mean(losses)) if losses else None,
+            samples=sum(a.samples for a in [*self.answers.values(), *self.late.values()]),
+            duration_s=now - self.opened_at,
+            model_version=model_version,
+            assignments=dict(self.plan.assignments),
+            answers=answers,
+            late=dict(self.late),
+        )
+

@@ -1,0 +1,149 @@
+"""The sans-IO round, driven directly: no sockets, no processes, explicit times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hypergpu.protocol import Assignment, Message, UpdateMeta
+from hypergpu.round import LatePolicy, Round, RoundBook, RoundPlan, Verdict
+from hypergpu.update.codec import Codec
+
+N = 8
+A = Assignment(batch_size=4, local_steps=1)
+
+
+def plan(round_id: int, *nodes: int, deadline_s: float | None = None, optional: set[int] | None = None) -> RoundPlan:
+    return RoundPlan(round_id, {n: A for n in nodes}, deadline_s=deadline_s, optional=optional or set())
+
+
+def update(round_id: int, value: float = 1.0, samples: int = 10, **meta: object) -> Message:
+    body = np.full(N, value, dtype=np.float32)
+    # The meta a node sends, with ``meta`` overriding fields (even into values a node must not send).
+    sent = {**UpdateMeta(samples=1, loss=0.5).as_meta(), "samples": samples, **meta}
+    return Message("update", sent, {"update": body}, round=round_id)
+
+
+def open_round(round_id: int, *nodes: int, book: RoundBook | None = None, **kw: object) -> Round:
+    return Round(plan(round_id, *nodes, **kw), np.zeros(N, dtype=np.float32), book or RoundBook(quorum=0.5),
+                 now=0.0, timeout_s=10.0)
+
+
+def keep(mean: np.ndarray) -> int:
+    return 1
+
+
+def test_accepted_updates_fold_into_a_weighted_mean_and_are_recorded() -> None:
+    rnd = open_round(1, 0, 1)
+    rnd.sent(0, 100, now=0.0)
+    assert rnd.accept(0, update(1, 1.0, samples=30), 64, now=2.0).accepted
+    assert not rnd.expire(2.0)  # node 1 still owes its update, deadline not reached
+    assert rnd.accept(1, update(1, 3.0, samples=10), 64, now=3.0).accepted
+    assert rnd.expire(3.0)  # everyone answered
+    applied: list[np.ndarray] = []
+    record = rnd.close(4.0, lambda mean: applied.append(mean) or 7, model_version=6)
+    assert record.applied and record.model_version == 7 and record.reported == [0, 1] and record.missing == []
+    np.testing.assert_allclose(applied[0], np.full(N, 1.5))  # (30*1 + 10*3) / 40
+    a0 = record.answers[0]
+    assert (a0.samples, a0.turnaround_s, a0.params_bytes, a0.update_bytes) == (30, 2.0, 100, 64)
+    assert a0.cosine == pytest.approx(1.0) and record.answers[1].turnaround_s is None
+    assert record.samples == 40 and record.train_loss == pytest.approx(0.5) and record.duration_s == 4.0
+    assert record.as_dict()["nodes"]["0"]["samples"] == 30  # JSON at the edge: string keys
+
+
+def test_deadline_closes_with_a_quorum_and_waits_a_second_timeout_without_one() -> None:
+    rnd = open_round(1, 0, 1, 2, 3, deadline_s=5.0)
+    assert rnd.deadline == 5.0 and not rnd.expire(4.9)
+    assert not rnd.expire(6.0)  # past the deadline but no quorum (2 of 4)
+    assert rnd.wait_s(6.0) == 0.25 and rnd.wait_s(1.0) == 4.0
+    assert rnd.expire(15.1)  # a whole second timeout without a quorum: give up
+    record = rnd.close(15.1, keep, model_version=0)
+    assert not record.applied and record.missing == [0, 1, 2, 3] and record.model_version == 0
+
+    rnd = open_round(2, 0, 1, 2, 3, book=RoundBook(quorum=0.5), deadline_s=5.0)
+    for n in (0, 1):
+        assert rnd.accept(n, update(2), 64, now=1.0).accepted
+    assert not rnd.expire(4.0) and rnd.expire(5.0)  # quorum in and deadline passed
+
+
+def test_optional_participants_do_not_count_toward_the_quorum() -> None:
+    rnd = open_round(1, 0, 1, 2, optional={2}, deadline_s=1.0)
+    assert rnd.accept(2, update(1), 64, now=0.5).accepted
+    assert not rnd.expire(1.5)  # the optional node answered, but none of the two the quorum waits for
+    assert rnd.accept(0, update(1), 64, now=1.6).accepted
+    assert rnd.expire(1.7)
+
+
+def test_every_refusal_reason() -> None:
+    book = RoundBook(quorum=1.0, late_policy=LatePolicy.DROP)
+    rnd = open_round(5, 0, 1, book=book)
+    assert rnd.accept(0, update(5), 64, now=1.0).accepted
+    cases = {
+        Verdict.DUPLICATE.value: rnd.accept(0, update(5), 64, now=1.0),
+        Verdict.FUTURE.value: rnd.accept(1, update(6), 64, now=1.0),
+        Verdict.NOT_PARTICIPANT.value: rnd.accept(9, update(5), 64, now=1.0),
+        Verdict.LATE.value: rnd.accept(1, update(4), 64, now=1.0),
+    }
+    for reason, ack in cases.items():
+        assert not ack.accepted and ack.reason == reason and ack.round in (4, 5, 6)
+    rnd.seal()
+    ack = rnd.accept(1, update(5), 64, now=2.0)
+    assert not ack.accepted and ack.reason == Verdict.CLOSED.value
+    assert book.refusals == {"duplicate": 1, "future": 1, "not-participant": 1, "late": 1}
+
+
+@pytest.mark.parametrize(
+    ("message", "detail"),
+    [
+        (Message("update", {"samples": 10}, {}, round=1), "no 'update' section"),
+        (update(1, samples=0), "samples"),
+        (update(1, samples=10, compute_s=-1.0), "compute_s"),
+        (Message("update", {"samples": 10}, {"update": np.ones(N + 1, np.float32)}, round=1), "shape"),
+        (update(1, float("nan")), "non-finite"),
+        (Message("update", {"samples": 10}, {"update": np.ones(3, np.uint8)}, round=1, codec="int8"), ""),
+    ],
+)
+def test_invalid_updates_are_refused_with_what_was_wrong_and_can_be_resent(message: Message, detail: str) -> None:
+    rnd = open_round(1, 0)
+    ack = rnd.accept(0, message, 64, now=1.0)
+    assert not ack.accepted and ack.reason == "invalid" and detail.lower() in (ack.detail or "").lower()
+    assert ack.detail
+    # Nothing was taken: a corrected resend still counts.
+    assert rnd.accept(0, update(1), 64, now=2.0).accepted and rnd.acc.count == 1
+
+
+def test_compressed_updates_are_decoded_against_the_model_size() -> None:
+    rnd = open_round(1, 0)
+    encoded = Codec("int8").encode(np.linspace(-1, 1, N, dtype=np.float32))
+    msg = Message("update", {"samples": 4}, {"update": np.frombuffer(encoded.payload, np.uint8)}, round=1,
+                  codec="int8")
+    assert rnd.accept(0, msg, 64, now=1.0).accepted
+    record = rnd.close(1.0, keep, model_version=0)
+    assert record.answers[0].codec == "int8" and record.applied
+
+
+def test_a_late_update_counts_stale_weighted_in_the_next_round() -> None:
+    book = RoundBook(quorum=0.5, late_policy=LatePolicy.STALE_WEIGHTED, decay=0.5)
+    first = open_round(1, 0, 1, book=book)
+    assert first.accept(0, update(1, 1.0), 64, now=1.0).accepted
+    first.close(2.0, keep, model_version=0)
+    second = open_round(2, 0, 1, book=book)
+    late = second.accept(1, update(1, 5.0), 64, now=3.0)
+    assert late.accepted and second.late[1].round == 1 and second.late[1].weight == 0.5
+    assert second.owes(0) and second.owes(1)  # a late update for round 1 pays nothing of round 2
+    assert second.accept(0, update(2, 1.0), 64, now=3.5).accepted
+    means: list[np.ndarray] = []
+    record = second.close(4.0, lambda m: means.append(m) or 1, model_version=0)
+    # 10 samples at weight 1 (value 1) and 10 at weight 0.5 (value 5): (10 + 25) / 15
+    np.testing.assert_allclose(means[0], np.full(N, 35 / 15), rtol=1e-6)
+    assert record.late[1].round == 1 and record.reported == [0] and record.missing == [1]
+    assert record.samples == 20 and 1 not in record.answers
+
+
+def test_a_round_that_owes_nothing_after_sealing() -> None:
+    rnd = open_round(1, 0, 1)
+    assert rnd.owes(0) and rnd.owes(1) and not rnd.owes(2)
+    rnd.accept(0, update(1), 64, now=1.0)
+    assert not rnd.owes(0)
+    rnd.seal()
+    assert not rnd.owes(1) and rnd.expire(1.0)
