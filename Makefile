@@ -37,11 +37,13 @@ lint:
 	cargo clippy --release --all-targets -- -D warnings
 
 test-rust:
-	cargo test --release
+	cargo test --profile test-checked
 
 test-python: build
 	$(PY) -m mypy.stubtest hypergpu._core --allowlist .stubtest-allowlist
 	$(PY) -m mypy python/hypergpu
+	PYTHONPATH=python $(VENV)/bin/lint-imports
+	$(PY) scripts/sizes.py
 	$(PY) -m pytest -q -W error
 	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
 

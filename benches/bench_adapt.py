@@ -30,10 +30,11 @@ from typing import Any
 import pytest
 
 from hypergpu.adapt import AdaptivePlanner
-from hypergpu.adapt.trial import TrialResult, run_trial
 from hypergpu.config import load_config
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator.plan import StaticPlanner
+from hypergpu.events import EventBus
+from hypergpu.launch import TrialResult, run_trial
+from hypergpu.round import StaticPlanner
 
 # Both arms train every round: the baseline's alone take several minutes.
 pytestmark = pytest.mark.timeout(1800)
@@ -86,8 +87,9 @@ def _arms(full: bool, tmp: str) -> dict[str, Any]:
     base_cfg = _config(full, tmp, adaptive=False)
     adapt_cfg = _config(full, tmp, adaptive=True)
     baseline = asyncio.run(run_trial(base_cfg, StaticPlanner(base_cfg, codec="raw")))
-    planner = AdaptivePlanner(adapt_cfg)
-    adaptive = asyncio.run(run_trial(adapt_cfg, planner))
+    events = EventBus()
+    planner = AdaptivePlanner(adapt_cfg, publish=events.publish)
+    adaptive = asyncio.run(run_trial(adapt_cfg, planner, events=events))
     return {"baseline": baseline, "adaptive": adaptive, "planner": planner}
 
 
@@ -114,7 +116,7 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
         "baseline_time_to_target_s": t_base,
         "adaptive_time_to_target_s": t_adapt,
         # A run that never got there counts as its whole wall time (a lower bound).
-        "speedup": ((t_base or base.rounds[-1]["t_s"]) / t_adapt) if t_adapt else None,
+        "speedup": ((t_base or base.rounds[-1].t_s) / t_adapt) if t_adapt else None,
         "baseline_reached": t_base is not None,
         "baseline_final_accuracy": base_final,
         "adaptive_final_accuracy": adapt_final,
@@ -123,8 +125,8 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
         "adaptive_last_accuracy": adapt.accuracy,
         "baseline_rounds": len(base.rounds),
         "adaptive_rounds": len(adapt.rounds),
-        "baseline_mean_round_s": statistics.fmean(r["duration_s"] for r in base.rounds),
-        "adaptive_mean_round_s": statistics.fmean(r["duration_s"] for r in adapt.rounds),
+        "baseline_mean_round_s": statistics.fmean(r.duration_s for r in base.rounds),
+        "adaptive_mean_round_s": statistics.fmean(r.duration_s for r in adapt.rounds),
         "adaptation_overhead": planner.overhead,
         "adaptive_decisions": len(planner.decisions),
         **{f"baseline_{k}": v for k, v in _per_node(base).items()},
@@ -136,9 +138,9 @@ def test_adaptive_vs_synchronous_baseline(benchmark, tmp_path) -> None:
         print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     for label, result in (("baseline", base), ("adaptive", adapt)):
         for r in result.rounds:
-            acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "-"
-            print(f"  {label} round {r['round']}: t={r['t_s']:.1f}s dur={r['duration_s']:.1f}s acc={acc} "
-                  f"reported={r['reported']}")
+            acc = f"{r.accuracy:.3f}" if r.accuracy is not None else "-"
+            print(f"  {label} round {r.round}: t={r.t_s:.1f}s dur={r.duration_s:.1f}s acc={acc} "
+                  f"reported={r.reported}")
     kinds: dict[str, int] = {}
     for d in planner.decisions:
         kinds[d["knob"]] = kinds.get(d["knob"], 0) + 1

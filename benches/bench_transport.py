@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hypergpu.transport import Connection, Server, connect
+from hypergpu.transport import Connection, Server, TransportConfig, connect
 from hypergpu.wire import encode_frame
 
 LARGE = 32 << 20
@@ -48,8 +48,9 @@ def links() -> Iterator[Links]:
     loop = asyncio.new_event_loop()
 
     async def setup() -> Links:
-        server = await Server.listen("127.0.0.1", 0, token="bench", max_message_bytes=LARGE * 2)
-        node = await connect(server.join_string, token="bench", name="bench", max_message_bytes=LARGE * 2)
+        config = TransportConfig(max_message_bytes=LARGE * 2)
+        server = await Server.listen("127.0.0.1", 0, token="bench", config=config)
+        node = await connect(server.join_string, token="bench", name="bench", config=config)
         peer = await server.accept(timeout=5)
         accepted: asyncio.Queue = asyncio.Queue()
         tcp_server = await asyncio.start_server(

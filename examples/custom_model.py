@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 import hypergpu
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator import Coordinator
+from hypergpu.launch import assemble
 
 
 class MyNet(nn.Module):
@@ -83,7 +83,7 @@ async def run_coordinator(nodes: int, rounds: int, local_steps: int, lr: float) 
         "coordinator": {"port": 0, "checkpoint_every": 0, "round_timeout_s": 30.0},
     })
     torch.manual_seed(0)
-    coordinator = Coordinator(config, model=MyNet())
+    coordinator = assemble(config, model=MyNet())  # the planner and outer optimizer the config asks for
     join = await coordinator.start()
     # The nodes import the same hypergpu package as this process.
     package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
@@ -106,8 +106,9 @@ async def run_coordinator(nodes: int, rounds: int, local_steps: int, lr: float) 
             except subprocess.TimeoutExpired:
                 proc.kill()
     for record in coordinator.history:
-        print(f"round {record['round']:2d}: train loss {record['train_loss']:.3f}  "
-              f"test accuracy {record.get('test_accuracy', float('nan')):.3f}")
+        loss = f"{record.train_loss:.3f}" if record.train_loss is not None else "n/a"
+        accuracy = f"{record.test_accuracy:.3f}" if record.test_accuracy is not None else "n/a"
+        print(f"round {record.round:2d}: train loss {loss}  test accuracy {accuracy}")
     assert summary.accuracy is not None
     return summary.accuracy
 

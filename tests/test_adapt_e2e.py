@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from hypergpu.adapt import AdaptivePlanner
-from hypergpu.adapt.trial import run_trial
 from hypergpu.config import load_config
+from hypergpu.events import EventBus
+from hypergpu.launch import run_trial
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,15 +30,16 @@ def test_adaptive_run_reaches_the_target(tmp_path: Path) -> None:
         tmp_path, "nodes.count=3", "training.rounds=15", "training.target_accuracy=0.95",
         "network.node_profiles={0='good', 1='average', 2='perfect'}",
     )
-    planner = AdaptivePlanner(cfg)
-    result = asyncio.run(run_trial(cfg, planner))
+    events = EventBus()
+    planner = AdaptivePlanner(cfg, publish=events.publish)
+    result = asyncio.run(run_trial(cfg, planner, events=events))
     assert result.accuracy is not None and result.accuracy >= 0.95, result.rounds
     assert result.time_to(0.95) is not None
     # The planner did its work: every node's link was measured, settings were chosen per node.
     links = planner.status()["links"]
     assert set(links) == {0, 1, 2} and all(v["rtt_ms"] for v in links.values())
     assert links[1]["rtt_ms"] > links[2]["rtt_ms"]
-    assert any(r["assignments"] for r in result.rounds)
+    assert any(r.assignments for r in result.rounds)
 
 
 def test_link_degrading_mid_run_is_handled(tmp_path: Path) -> None:
@@ -47,8 +49,9 @@ def test_link_degrading_mid_run_is_handled(tmp_path: Path) -> None:
         "network.events=[{node=2, profile='unstable', at_round=4}]",
         "adapt.strategy='all'",  # keep asking node 2, so its link is measured on real traffic
     )
-    planner = AdaptivePlanner(cfg)
-    result = asyncio.run(run_trial(cfg, planner))
+    events = EventBus()
+    planner = AdaptivePlanner(cfg, publish=events.publish)
+    result = asyncio.run(run_trial(cfg, planner, events=events))
     shaped = [e["data"] for e in result.events if e["kind"] == "network" and e["data"].get("type") == "shape"]
     assert len(shaped) == 1 and shaped[0]["node"] == 2 and shaped[0]["profile"] == "unstable", result.rounds
     series = planner.monitor.series(2)

@@ -242,3 +242,18 @@ def test_websocket_hello_and_resume(client):
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws?after=-4") as ws:
         ws.receive_json()
     assert refused.value.code == 1008  # policy violation: a negative sequence number
+
+
+def test_session_label_names_the_planner_the_run_is_assembled_with(config):
+    from hypergpu.adapt import AdaptivePlanner
+    from hypergpu.api.sessions import planner_label
+    from hypergpu.events import EventBus
+    from hypergpu.launch import planner_for
+    from hypergpu.round import StaticPlanner
+
+    bus = EventBus()
+    static = planner_for(config, bus.publish)
+    assert isinstance(static, StaticPlanner) and planner_label(static) == "baseline"
+    adaptive = planner_for(config.model_copy(update={"adapt": config.adapt.model_copy(update={"enabled": True})}),
+                           bus.publish)
+    assert isinstance(adaptive, AdaptivePlanner) and planner_label(adaptive) == "adaptive"

@@ -34,6 +34,7 @@ def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition"):
 
 
 def test_start_exclude_pause_stop_over_http_and_ws(tmp_path):
+    # one real run driven through its whole life: a run per step would take minutes
     with (
         BackgroundApi(small_run(tmp_path), presets_dir=tmp_path / "p") as api,
         httpx.Client(base_url=api.url, timeout=30) as http,

@@ -16,8 +16,9 @@ import pytest
 from eth_account import Account
 
 import hypergpu
-from hypergpu.chain import AnvilProcess, ChainClient, ChainConfig, ContributionEntry, SettlementQueue, chain_up
+from hypergpu.chain import AnvilProcess, ChainClient, ContributionEntry, SettlementQueue, chain_up
 from hypergpu.chain.testing import anvil_unavailable_reason, free_port
+from hypergpu.config.chain import ChainConfig
 
 SESSION = 7
 
@@ -34,6 +35,7 @@ def recorded(client: ChainClient) -> list[int]:
 
 
 def test_outage_and_crash_resume(anvil_ready, tmp_path: Path, monkeypatch) -> None:
+    # one scripted outage and crash on one chain, checked step by step as it happens
     key = Account.create()
     monkeypatch.setenv("HG_TEST_CHAIN_KEY", key.key.hex())
     config = ChainConfig(
@@ -79,7 +81,7 @@ def test_outage_and_crash_resume(anvil_ready, tmp_path: Path, monkeypatch) -> No
         script = textwrap.dedent(
             f"""
             import time
-            from hypergpu.chain import ChainClient, ChainConfig, ContributionEntry, SettlementQueue
+            from hypergpu.chain import ChainClient, ContributionEntry, SettlementQueue
             config = ChainConfig(kind="anvil", anvil_port={config.anvil_port}, key_env="HG_TEST_CHAIN_KEY",
                                  registry_address="{deployment.registry}", tracker_address="{deployment.tracker}",
                                  distributor_address="{deployment.distributor}")

@@ -9,8 +9,9 @@ import pytest
 from eth_account import Account
 from pydantic import ValidationError
 
-from hypergpu.chain import ChainClient, ChainConfig, ContributionEntry, SettlementQueue, Signer, load_signer
-from hypergpu.chain.client import retry
+from hypergpu.chain import ChainClient, ContributionEntry, SettlementQueue, Signer, load_signer
+from hypergpu.chain.rpc import retry
+from hypergpu.config.chain import ChainConfig
 from hypergpu.errors import ChainUnavailableError, ConfigError
 
 

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from hypergpu.chain.recorder import ChainRecorder
 from hypergpu.cli import main
 from hypergpu.config import load_config
-from hypergpu.coordinator.coordinator import _cosines
 from hypergpu.coordinator.registry import NodeRegistry
 from hypergpu.errors import ChainError, ConfigError
 from hypergpu.events import EventBus
+from hypergpu.round import NodeAnswer, RoundRecord
+from hypergpu.update.aggregate import cosines
 
 
 def test_rewards_config_defaults_and_validation() -> None:
@@ -42,8 +43,9 @@ def test_cosines_measure_agreement_with_the_mean() -> None:
         2: np.array([-1.0, 0.0, 0.0], dtype=np.float32),  # opposed
         3: np.zeros(3, dtype=np.float32),  # no direction: no figure
     }
-    got = _cosines(updates, mean)
-    assert got == pytest.approx({0: 1.0, 1: 0.0, 2: -1.0})
+    got = cosines(list(updates.values()), mean)
+    assert got[:3] == pytest.approx([1.0, 0.0, -1.0])
+    assert np.isnan(got[3])
 
 
 def fake_coordinator() -> SimpleNamespace:
@@ -53,9 +55,14 @@ def fake_coordinator() -> SimpleNamespace:
     return SimpleNamespace(registry=registry, events=EventBus(), model=SimpleNamespace(hash="cd" * 32))
 
 
-def record(round_id: int, samples: tuple[int, int] = (10, 30)) -> dict:
-    nodes = {str(i): {"samples": s, "compute_s": 1.0, "turnaround_s": 1.2, "cosine": 0.5} for i, s in enumerate(samples)}
-    return {"round": round_id, "applied": True, "participants": [0, 1], "reported": [0, 1], "nodes": nodes}
+def record(round_id: int, samples: tuple[int, int] = (10, 30)) -> RoundRecord:
+    answers = {
+        i: NodeAnswer(node_id=i, round=round_id, samples=s, loss=0.5, compute_s=1.0, wall_s=1.0, turnaround_s=1.2,
+                      update_bytes=100, params_bytes=100, codec="raw", weight=float(s), cosine=0.5)
+        for i, s in enumerate(samples)
+    }
+    return RoundRecord(round=round_id, applied=True, participants=[0, 1], reported=[0, 1], missing=[], excluded={},
+                       train_loss=0.5, samples=sum(samples), duration_s=1.2, model_version=round_id, answers=answers)
 
 
 def test_recorder_needs_start_and_splits_the_pool_exactly(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ SCRIPT = textwrap.dedent(
     from hypergpu.config import load_config
     from hypergpu.coordinator.registry import NodeRegistry
     from hypergpu.events import EventBus
+    from hypergpu.round import NodeAnswer, RoundRecord
 
     port, queue_path, resume, last_round, stall = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5] == "1"
     cfg = load_config(None, [
@@ -65,10 +66,13 @@ SCRIPT = textwrap.dedent(
         for r in range(1, last_round + 1):
             # a replayed round after the restart reports other figures: the first score must stand
             jitter = 0.5 if resume else 0.0
-            nodes = {str(i): {"samples": 32 * (i + 1), "compute_s": 0.5 + i + jitter, "turnaround_s": 0.6 + i + jitter,
-                              "cosine": 0.9 - 0.1 * i} for i in range(3)}
-            record = {"round": r, "applied": True, "participants": [0, 1, 2], "reported": [0, 1, 2],
-                      "missing": [], "nodes": nodes}
+            answers = {i: NodeAnswer(node_id=i, round=r, samples=32 * (i + 1), loss=None, compute_s=0.5 + i + jitter,
+                                     wall_s=0.5 + i + jitter, turnaround_s=0.6 + i + jitter, update_bytes=0,
+                                     params_bytes=None, codec="raw", weight=1.0, cosine=0.9 - 0.1 * i)
+                       for i in range(3)}
+            record = RoundRecord(round=r, applied=True, participants=[0, 1, 2], reported=[0, 1, 2], missing=[],
+                                 excluded={}, train_loss=None, samples=sum(a.samples for a in answers.values()),
+                                 duration_s=1.0, model_version=r, answers=answers)
             pending = recorder(coord, record)
             if pending is not None:
                 await pending

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypergpu.chain.types import ContributionEntry
 from hypergpu.errors import InvalidArgumentError
 from hypergpu.rewards import (
     NodeEpochStats,
@@ -95,7 +96,7 @@ def test_scoring_uses_verified_work_and_flags_outliers() -> None:
         assert 0.5 <= n.quality <= 1.5 and 0.8 <= n.reliability <= 1.2
         assert n.score == pytest.approx(n.base_credit * n.quality * n.reliability)
     assert s["a"].score > s["b"].score > s["evil"].score
-    entry = s["a"].to_entry(node_id=4)
+    entry = ContributionEntry.of(s["a"], node_id=4)
     assert (entry.compute_credit, entry.updates_accepted, entry.quality_bps) == (10_000, 100, round(s["a"].quality * 1e4))
 
 

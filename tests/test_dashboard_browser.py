@@ -31,6 +31,7 @@ def browser():
 
 
 def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
+    # one real run watched in one browser page: a run per check would take minutes
     cfg = load_config(None, [
         "nodes.count=2", "training.rounds=1000", "training.model='mlp'", "training.local_steps=4",
         "data.cache_dir=null", "coordinator.checkpoint_every=0", f"coordinator.checkpoint_dir='{tmp_path / 'c'}'",

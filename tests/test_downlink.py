@@ -13,11 +13,11 @@ import pytest
 
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
-from hypergpu.round import StaticPlanner
 from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
+from hypergpu.node.protocol import NodeProtocol, Reply, RoundOpened
 from hypergpu.node.session import Session
-from hypergpu.protocol import Hello
-from hypergpu.protocol import Message
+from hypergpu.protocol import Hello, Message
+from hypergpu.round import StaticPlanner
 from hypergpu.update.codec import Codec
 from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder
 
@@ -108,8 +108,10 @@ def test_corrupt_or_missing_sections_are_named() -> None:
 async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
     """A node that answers each round, but loses the parameters it holds before round 3."""
     session = Session(join, token=token, name="forgetful", hello=Hello(name="forgetful", index=1))
+    proto = NodeProtocol()
     await session.connect()
     welcome = await session.recv(timeout=30)
+    proto.handle(welcome)
     size = int(welcome.meta["num_params"])
     received: list[tuple[int, str]] = seen.setdefault("received", [])
     held: dict[int, np.ndarray] = seen.setdefault("held", {})
@@ -121,11 +123,16 @@ async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
             continue
         received.append((msg.round, "delta" if msg.meta.get("params_base") else "whole"))
         if msg.round == 3 and not any(r == 3 for r, _ in received[:-1]):
-            session.held = ParamsDecoder()  # as if it had restarted
-        params = session.take_params(msg)
-        if params is None:
+            proto.held = ParamsDecoder()  # as if it had restarted
+        opened = None
+        for event in proto.handle(msg):
+            if isinstance(event, Reply):
+                await session.send(event.message)
+            elif isinstance(event, RoundOpened):
+                opened = event
+        if opened is None:
             continue
-        held[msg.round] = params
+        held[msg.round] = opened.params
         update = np.zeros(size, dtype=np.float32)
         await session.send(Message("update", {"samples": 50}, {"update": update}, round=msg.round))
     await session.close("done")

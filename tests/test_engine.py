@@ -1,7 +1,7 @@
 """The training engine end to end: a coordinator and real node processes over QUIC.
 
 Each test runs a small real training (digits, a few rounds) with node
-processes started by :class:`hypergpu.cluster.LocalNodes`; faults are real
+processes started by :class:`hypergpu.launch.local.LocalNodes`; faults are real
 too: a node process is killed, a rogue peer sends bad updates over the
 transport, a checkpoint file is corrupted, a coordinator gets SIGTERM.
 """

@@ -31,12 +31,12 @@ PYTHONPATH = str(Path(hypergpu.__file__).resolve().parent.parent)
 
 RECEIVER = r"""
 import asyncio, hashlib, json, sys
-from hypergpu.transport import Server
+from hypergpu.transport import Server, TransportConfig
 from hypergpu.wire import decode_frame
 
 async def main(host):
-    server = await Server.listen(host, 0, token="netns", max_message_bytes=64 << 20,
-                                 idle_timeout=20.0, segmentation_offload=False)
+    server = await Server.listen(host, 0, token="netns", config=TransportConfig(
+        max_message_bytes=64 << 20, idle_timeout=20.0, segmentation_offload=False))
     print(server.join_string, flush=True)
     conn = await server.accept(timeout=30)
     frame = await conn.recv(timeout=90)
@@ -54,7 +54,7 @@ except Exception as e:  # the sender's close ends the last recv
 
 SENDER = r"""
 import asyncio, hashlib, json, os, sys, time
-from hypergpu.transport import LinkShape, connect
+from hypergpu.transport import LinkShape, TransportConfig, connect
 from hypergpu.wire import encode_frame
 
 async def main(join, size, shape_json):
@@ -62,8 +62,8 @@ async def main(join, size, shape_json):
     if shape_json != "none":
         f = json.loads(shape_json)
         shape = LinkShape.asymmetric(LinkShape(**f), LinkShape(), seed=1)
-    conn = await connect(join, token="netns", name="sender", shape=shape, idle_timeout=20.0,
-                         segmentation_offload=False)
+    conn = await connect(join, token="netns", name="sender", shape=shape,
+                         config=TransportConfig(idle_timeout=20.0, segmentation_offload=False))
     payload = os.urandom(size)
     frame = encode_frame("update", payload)
     t0 = time.monotonic()
@@ -72,8 +72,8 @@ async def main(join, size, shape_json):
     s = conn.stats()
     print(json.dumps({"elapsed": elapsed, "goodput_bps": len(frame) * 8 / elapsed,
                       "sha256": hashlib.sha256(payload).hexdigest(),
-                      "lost_packets": s["lost_packets"], "sent_packets": s["sent_packets"],
-                      "shaper_drops": s["shaper_drops"]["egress"]}), flush=True)
+                      "lost_packets": s.lost_packets, "sent_packets": s.sent_packets,
+                      "shaper_drops": s.shaper_drops["egress"]}), flush=True)
     await conn.close("done")
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))

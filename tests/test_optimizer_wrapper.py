@@ -24,11 +24,11 @@ from torch.nn import functional as F
 import hypergpu
 from hypergpu import DistributedOptimizer
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator import Assignment, Coordinator, RoundPlan
-from hypergpu.coordinator.registry import NodeInfo
+from hypergpu.coordinator import Coordinator
 from hypergpu.errors import InvalidArgumentError, ShapeMismatchError, TimeoutError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.node.runtime import Node
+from hypergpu.round import Assignment, PlanView, RoundPlan, RoundRecord
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_model.py"
 
@@ -57,8 +57,8 @@ def make_config(tmp_path: Path, *, rounds: int, local_steps: int, batch_size: in
 def snapshot_params(coordinator: Coordinator, store: dict[int, np.ndarray]) -> None:
     """Keep the global parameters after every round (what the next round sends)."""
 
-    def observer(coord: Coordinator, record: dict[str, Any]) -> None:
-        store[record["round"]] = coord.model.flat_parameters().copy()
+    def observer(coord: Coordinator, record: RoundRecord) -> None:
+        store[record.round] = coord.model.flat_parameters().copy()
 
     coordinator.observers.append(observer)
 
@@ -143,7 +143,7 @@ async def test_wrapper_drives_rounds_and_the_global_model_improves(tmp_path: Pat
     for r in range(1, rounds + 1):
         np.testing.assert_allclose(after_round[r], local_after_step[r * local_steps - 1], atol=1e-5)
     # The coordinator weighted it by the samples counted from the forward passes.
-    assert all(rec["samples"] == local_steps * 32 for rec in coord.history)
+    assert all(rec.samples == local_steps * 32 for rec in coord.history)
     assert summary.accuracy is not None and summary.accuracy >= 0.7
     assert summary.accuracy > initial_accuracy + 0.4
 
@@ -160,15 +160,15 @@ async def test_a_lost_link_is_reconnected_and_training_goes_on(tmp_path: Path) -
     coord = Coordinator(make_config(tmp_path, rounds=rounds, local_steps=4), model=TinyNet())
     join = await coord.start()
 
-    async def drop_link_after_round_1(c: Coordinator, record: dict[str, Any]) -> None:
-        if record["round"] != 1:
+    async def drop_link_after_round_1(c: Coordinator, record: RoundRecord) -> None:
+        if record.round != 1:
             return
-        (node_id,) = record["reported"]
-        link = c._links[node_id]
+        (node_id,) = record.reported
+        link = c.members.links[node_id]
         await link.close("dropped by the test")
         # Let the node come back before round 2 is planned.
         for _ in range(200):
-            if c.link_stats(node_id) is not None and c._links[node_id] is not link:
+            if c.link_stats(node_id) is not None and c.members.links.get(node_id) not in (None, link):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the node did not reconnect within 10 s")
@@ -186,7 +186,7 @@ async def test_a_lost_link_is_reconnected_and_training_goes_on(tmp_path: Path) -
     summary, opt = await run_with(coord, user)
     assert opt.links_lost == 1
     assert opt.report.rounds == rounds and opt.accepted == rounds
-    assert summary.rounds == rounds and all(rec["applied"] for rec in coord.history)
+    assert summary.rounds == rounds and all(rec.applied for rec in coord.history)
     assert len(coord.registry.all()) == 1  # the same node came back, not a new one
 
 
@@ -220,11 +220,14 @@ async def test_step_times_out_clearly_when_no_next_round_comes(tmp_path: Path) -
 class TopKPlanner:
     """Every node, 5 local steps, top-k updates of 20 % of the coordinates."""
 
-    def plan(self, round_id: int, nodes: list[NodeInfo]) -> RoundPlan:
+    def plan(self, round_id: int, view: PlanView) -> RoundPlan:
         a = Assignment(batch_size=16, local_steps=5, codec="topk", codec_ratio=0.2)
-        return RoundPlan(round_id, {n.node_id: a for n in nodes})
+        return RoundPlan(round_id, {n.node_id: a for n in view.nodes})
 
-    def observe(self, record: dict[str, Any]) -> None:
+    def observe(self, record: RoundRecord) -> None:
+        return None
+
+    def status(self) -> dict[str, Any] | None:
         return None
 
 
@@ -246,8 +249,8 @@ async def test_local_steps_override_explicit_samples_and_topk(tmp_path: Path) ->
     assert seen[:5] == [1, 1, 2, 2, 2]  # a boundary every 3 steps, not the assigned 5
     assert opt.accepted == rounds
     for record in coord.history:
-        node = next(iter(record["nodes"].values()))
-        assert record["applied"] and node["samples"] == 3 * 7 and node["codec"] == "topk"
+        node = next(iter(record.answers.values()))
+        assert record.applied and node.samples == 3 * 7 and node.codec == "topk"
     # The residual of what top-k left out is carried between rounds.
     residual = opt._encoder.residual  # noqa: SLF001 - the residual is internal state
     assert residual is not None and np.count_nonzero(residual) > 0
@@ -282,7 +285,7 @@ async def test_the_builtin_node_shares_the_session_and_still_trains(tmp_path: Pa
         await coord.close()
     report = await asyncio.wait_for(running, 30.0)
     assert summary.rounds == 2 and report.rounds == 2 and report.acks["accepted"] == 2
-    assert all(next(iter(r["nodes"].values()))["codec"] == "topk" for r in coord.history)
+    assert all(next(iter(r.answers.values())).codec == "topk" for r in coord.history)
 
 
 @pytest.mark.slow

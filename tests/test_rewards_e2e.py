@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from hypergpu.chain.client import fund_from_dev_account
+from hypergpu.chain.reconcile import compare_with_chain
+from hypergpu.chain.rpc import fund_from_dev_account
 from hypergpu.chain.recorder import ChainRecorder
-from hypergpu.cluster import LocalNodes
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.errors import ContractRevertError
+from hypergpu.launch import local_run
 
 POOL = 3 * 10**18 + 7  # an odd pool: the split must still be exact
 
@@ -26,7 +27,6 @@ def small_config(tmp_path: Path, *extra: str):
         "training.rounds=5",
         "training.local_steps=3",
         "data.cache_dir=null",
-        "coordinator.port=0",
         "coordinator.round_timeout_s=20.0",
         "coordinator.quorum=0.6",
         f"coordinator.checkpoint_dir='{tmp_path / 'ckpt'}'",
@@ -40,23 +40,17 @@ def small_config(tmp_path: Path, *extra: str):
 async def train_with_recorders(cfg, tmp_path: Path) -> tuple[Coordinator, dict[str, ChainRecorder], object]:
     """One training run watched by two recorders, each on its own embedded chain:
     one settles per node, the other by Merkle root."""
-    coord = Coordinator(cfg)
     recorders = {}
-    for settlement in ("per-node", "merkle"):
-        rcfg = cfg.model_copy(update={
-            "rewards": cfg.rewards.model_copy(update={"settlement": settlement}),
-            "chain": cfg.chain.model_copy(update={"queue_path": tmp_path / settlement / "queue.sqlite3"}),
-        })
-        recorders[settlement] = await asyncio.to_thread(ChainRecorder(rcfg).start, coord)
-        coord.observers.append(recorders[settlement])
-    join = await coord.start()
-    nodes = LocalNodes(cfg, join, coord.token, None)
-    nodes.start_all()
-    try:
-        summary = await coord.run(join_timeout_s=60)
-    finally:
-        await coord.close()
-        await asyncio.to_thread(nodes.stop, 3.0)
+    async with local_run(cfg, chain=False) as run:
+        coord = run.coordinator
+        for settlement in ("per-node", "merkle"):
+            rcfg = cfg.model_copy(update={
+                "rewards": cfg.rewards.model_copy(update={"settlement": settlement}),
+                "chain": cfg.chain.model_copy(update={"queue_path": tmp_path / settlement / "queue.sqlite3"}),
+            })
+            recorders[settlement] = await asyncio.to_thread(ChainRecorder(rcfg).start, coord)
+            coord.observers.append(recorders[settlement])
+        summary = await run.train(join_timeout_s=60)
     for recorder in recorders.values():
         assert await asyncio.to_thread(recorder.finish, coord, timeout_s=60), recorder.queue.last_error
     return coord, recorders, summary
@@ -74,6 +68,7 @@ def trained(tmp_path_factory):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("settlement", ["per-node", "merkle"])
 def test_training_run_settles_on_chain(trained, settlement: str) -> None:
+    # every check reads the one settled run of the module fixture, in the order settlement happens
     coord, recorders, summary = trained
     recorder = recorders[settlement]
     assert summary.rounds == 5
@@ -84,14 +79,14 @@ def test_training_run_settles_on_chain(trained, settlement: str) -> None:
     assert all(op.status == "done" for op in recorder.queue.ops()), recorder.transactions()
 
     # Agreement is measured: every reporting node's round figures carry a cosine.
-    cosines = [f["cosine"] for r in coord.history for f in r["nodes"].values()]
-    assert cosines and all(-1.0 <= c <= 1.0 for c in cosines)
+    cosines = [a.cosine for r in coord.history for a in r.answers.values()]
+    assert cosines and all(c is not None and -1.0 <= c <= 1.0 for c in cosines)
 
     # The chain's records equal the coordinator's local score book, node by node.
     contributions = recorder.contributions()
     assert {c["name"] for c in contributions} == {"node-0", "node-1", "node-2"}
     ids = {c["name"]: c["chain_node_id"] for c in contributions}
-    assert recorder.book.compare_with_chain(client, ids) == []
+    assert compare_with_chain(recorder.book, client, ids) == []
     for c in contributions:
         for key in ("compute_credit", "updates_accepted", "successful_rounds"):
             assert c["chain"][key] == c["local"][key]
@@ -100,11 +95,10 @@ def test_training_run_settles_on_chain(trained, settlement: str) -> None:
     for node in coord.registry.all():
         local = next(c["local"] for c in contributions if c["name"] == node.name)
         assert local["successful_rounds"] == sum(
-            1 for r in coord.history if r["applied"] and node.node_id in r["reported"]
+            1 for r in coord.history if r.applied and node.node_id in r.reported
         )
         assert local["updates_accepted"] == sum(
-            r["nodes"][str(node.node_id)]["samples"] for r in coord.history
-            if r["applied"] and str(node.node_id) in r["nodes"]
+            r.answers[node.node_id].samples for r in coord.history if r.applied and node.node_id in r.answers
         )
 
     # Rewards add up to exactly the pool, locally and on chain.

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hypergpu import errors
-from hypergpu.transport import LINK_PROFILES, Connection, LinkShape, Server, connect
+from hypergpu.transport import LINK_PROFILES, Connection, LinkShape, Server, TransportConfig, connect
 from hypergpu.wire import encode_frame
 from transport_helpers import stamp_of, stamped_frame
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 async def server():
-    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, idle_timeout=5.0)
+    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, config=TransportConfig(idle_timeout=5.0))
     yield srv
     await srv.close()
 
@@ -120,15 +120,15 @@ async def test_loss_rate_within_three_sigma(server):
     await node.send(frame, timeout=30)
     assert await peer.recv(timeout=30) == frame  # QUIC recovered every loss
     s = node.stats()
-    sent = s["shaper"]["egress"]["packets"]
-    dropped = s["shaper_drops"]["egress"]["random_loss"]
+    sent = s.shaper["egress"]["packets"]
+    dropped = s.shaper_drops["egress"]["random_loss"]
     sigma = math.sqrt(p * (1 - p) / sent)
     print(f"loss: {dropped}/{sent} = {dropped / sent:.4f} (configured {p}, 3 sigma = {3 * sigma:.4f}); "
-          f"QUIC declared {s['lost_packets']} packets lost")
+          f"QUIC declared {s.lost_packets} packets lost")
     assert sent > 1500
     assert abs(dropped / sent - p) <= 3 * sigma
     # QUIC saw the losses and retransmitted.
-    assert s["lost_packets"] >= 0.5 * dropped
+    assert s.lost_packets >= 0.5 * dropped
 
 
 async def test_bandwidth_cap_within_ten_percent(server):
@@ -143,7 +143,7 @@ async def test_bandwidth_cap_within_ten_percent(server):
     elapsed = time.monotonic() - t0
     await asyncio.gather(*sends)
     goodput = count * len(frame) * 8 / elapsed
-    wire = node.stats()["shaper"]["egress"]["delivered_bytes"] * 8 / elapsed
+    wire = node.stats().shaper["egress"]["delivered_bytes"] * 8 / elapsed
     print(f"bandwidth cap {cap / 1e6:.1f} Mbit/s: goodput {goodput / 1e6:.2f} Mbit/s, "
           f"on the wire {wire / 1e6:.2f} Mbit/s, {elapsed:.2f} s")
     assert abs(goodput - cap) <= 0.1 * cap
@@ -155,7 +155,7 @@ async def test_burst_loss_is_counted_and_recovered(server):
     frame = encode_frame("update", bytes(1_000_000))
     await node.send(frame, timeout=30)
     assert await peer.recv(timeout=30) == frame
-    drops = node.stats()["shaper_drops"]["egress"]
+    drops = node.stats().shaper_drops["egress"]
     assert drops["burst_loss"] > 0 and drops["random_loss"] == 0
 
 
@@ -179,7 +179,7 @@ async def test_scheduled_change_and_outage_follow_the_clock(server):
     await node.send(stamped_frame(2), timeout=5)
     await peer.recv(timeout=5)
     assert time.monotonic() - t0 >= 0.5  # nothing crossed during the outage
-    assert node.stats()["shaper_drops"]["egress"]["outage"] > 0
+    assert node.stats().shaper_drops["egress"]["outage"] > 0
 
 
 def test_same_seed_replays_the_same_decisions():
@@ -221,5 +221,5 @@ async def test_coordinator_shapes_each_link_on_its_own(server):
 
     slow, fast = await one_way(slow_peer, slow_node), await one_way(fast_peer, fast_node)
     assert 0.055 < slow < 0.1 and fast < 0.03, (slow, fast)
-    assert slow_peer.stats()["shaper"]["egress"]["delivered_packets"] > 0
-    assert fast_peer.stats()["shaper"]["egress"]["packets"] == 0
+    assert slow_peer.stats().shaper["egress"]["delivered_packets"] > 0
+    assert fast_peer.stats().shaper["egress"]["packets"] == 0

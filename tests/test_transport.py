@@ -4,6 +4,7 @@ input, timeouts, concurrency, metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import os
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from hypergpu import errors
-from hypergpu.transport import Connection, LinkShape, Server, connect
+from hypergpu.transport import Connection, LinkShape, LinkStats, Server, TransportConfig, connect
 from hypergpu.wire import decode_frame, encode_frame
 
 TOKEN = "s3cret"
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def server():
-    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, max_message_bytes=1 << 20, idle_timeout=5.0)
+    srv = await Server.listen(
+        "127.0.0.1", 0, token=TOKEN, config=TransportConfig(max_message_bytes=1 << 20, idle_timeout=5.0)
+    )
     yield srv
     await srv.close()
 
@@ -146,8 +149,8 @@ async def test_oversized_messages_are_refused_unread(server):
     with pytest.raises(errors.MessageTooLargeError):
         await node._inner.send_unchecked(unread, 10.0)
     stats = peer.stats()
-    assert stats["refused_too_large"] == 2
-    assert stats["bytes_received"] == 0
+    assert stats.refused_too_large == 2
+    assert stats.bytes_received == 0
     assert "exceeds the limit" in server.rejections()[-1]["reason"]
     # The link is still fine.
     ok = encode_frame("update", bytes(1 << 20))
@@ -211,29 +214,33 @@ async def test_stats_report_the_link(server):
         await peer.recv(timeout=5)
     await asyncio.sleep(1.2)  # a couple of RTT probes
     s = node.stats()
-    assert s["bytes_sent"] == 3 * len(frame) and s["messages_sent"] == 3
-    assert peer.stats()["bytes_received"] == 3 * len(frame)
-    assert peer.stats()["goodput_bps"] > 0
-    assert s["udp_bytes_sent"] > s["bytes_sent"]
-    assert s["cwnd"] > 0 and s["sent_packets"] > 0
-    assert s["rtt_samples_ms"], "no RTT probes answered"
+    assert s.bytes_sent == 3 * len(frame) and s.messages_sent == 3
+    assert peer.stats().bytes_received == 3 * len(frame)
+    assert peer.stats().goodput_bps > 0
+    assert s.udp_bytes_sent > s.bytes_sent
+    assert s.cwnd > 0 and s.sent_packets > 0
+    assert s.rtt_samples_ms, "no RTT probes answered"
     # 20 ms on this end's egress and 20 ms on its ingress: a 40 ms round trip
     # (a probe queued behind data may take longer).
-    samples = sorted(s["rtt_samples_ms"])
+    samples = sorted(s.rtt_samples_ms)
     assert 38 < samples[len(samples) // 2] < 50, samples
-    assert 38 < s["srtt_ms"] < 60
-    assert set(s["shaper_drops"]["egress"]) == {"random_loss", "burst_loss", "queue_full", "outage"}
-    assert s["shaper"]["egress"]["delivered_packets"] > 0
+    assert 38 < s.srtt_ms < 60
+    assert set(s.shaper_drops["egress"]) == {"random_loss", "burst_loss", "queue_full", "outage"}
+    assert s.shaper["egress"]["delivered_packets"] > 0
+    assert isinstance(s, LinkStats)
+    d = json.loads(json.dumps(s.as_dict()))  # the JSON edge
+    assert d["bytes_sent"] == s.bytes_sent and d["shaper_drops"] == s.shaper_drops
+    assert set(d) == {name for name in dir(s) if not name.startswith("_") and name != "as_dict"}
 
 
 async def test_idle_link_probes_follow_a_reshape(server):
     """With no traffic at all, the far end's RTT probes show the node's new shape within seconds."""
     node, peer = await join(server, shape=LinkShape(latency_ms=10, seed=4))
     await asyncio.sleep(1.5)
-    before = statistics.median(peer.stats()["rtt_samples_ms"])
+    before = statistics.median(peer.stats().rtt_samples_ms)
     node.set_shape(LinkShape(latency_ms=150, seed=5))
     await asyncio.sleep(3.0)
-    after = statistics.median(peer.stats()["rtt_samples_ms"][-4:])
+    after = statistics.median(peer.stats().rtt_samples_ms[-4:])
     assert 18 < before < 40 and 290 < after < 340, (before, after)
 
 
@@ -244,9 +251,20 @@ async def test_bad_arguments_are_typed(server):
         node, _ = await join(server)
         await node.recv(timeout=-1)
     with pytest.raises(errors.InvalidArgumentError, match="idle_timeout"):
-        await Server.listen("127.0.0.1", 0, token=TOKEN, idle_timeout=0)
+        TransportConfig(idle_timeout=0)
     with pytest.raises(errors.InvalidArgumentError, match="token"):
         await Server.listen("127.0.0.1", 0, token="")
+
+
+def test_transport_config_defaults_and_validation():
+    c = TransportConfig(idle_timeout=3.0, segmentation_offload=False)
+    assert (c.idle_timeout, c.segmentation_offload) == (3.0, False)
+    assert c.max_message_bytes == TransportConfig().max_message_bytes > 0
+    assert "idle_timeout=3.0" in repr(c)
+    bad = {"max_message_bytes": 0, "recv_queue": 0, "ping_interval": -1.0, "handshake_timeout": float("nan")}
+    for name, value in bad.items():
+        with pytest.raises(errors.InvalidArgumentError, match=name):
+            TransportConfig(**{name: value})
 
 
 def test_forked_child_is_refused_not_hung():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hypergpu import errors
-from hypergpu.transport import LinkShape, Server, connect
+from hypergpu.transport import LinkShape, Server, TransportConfig, connect
 from hypergpu.wire import decode_frame, encode_frame
 
 TOKEN = "faults"
@@ -20,14 +20,17 @@ TOKEN = "faults"
 
 @pytest.fixture
 async def server():
-    srv = await Server.listen("127.0.0.1", 0, token=TOKEN, max_message_bytes=128 << 20, idle_timeout=8.0)
+    srv = await Server.listen(
+        "127.0.0.1", 0, token=TOKEN, config=TransportConfig(max_message_bytes=128 << 20, idle_timeout=8.0)
+    )
     yield srv
     await srv.close()
 
 
 async def join(server, idle_timeout=8.0, **kw):
     # QUIC uses the smaller of the two ends' idle timeouts.
-    node = await connect(server.join_string, token=TOKEN, name="node", idle_timeout=idle_timeout, **kw)
+    config = TransportConfig(idle_timeout=idle_timeout)
+    node = await connect(server.join_string, token=TOKEN, name="node", config=config, **kw)
     return node, await server.accept(timeout=5)
 
 
@@ -40,7 +43,7 @@ async def test_partition_times_out_then_the_link_recovers(server):
     outcomes = await asyncio.gather(send, peer.recv(timeout=1.0), return_exceptions=True)
     assert all(isinstance(o, errors.TimeoutError) for o in outcomes), outcomes
     assert time.monotonic() - t0 < 2.5
-    drops = node.stats()["shaper_drops"]
+    drops = node.stats().shaper_drops
     assert drops["egress"]["random_loss"] > 0
     # The partition lifts before the idle timeout: the same link carries on.
     node.set_shape(LinkShape())
@@ -58,7 +61,7 @@ async def test_scheduled_outage_is_bridged_by_quic(server):
     await node.send(frame, timeout=10, acked=True)
     assert await peer.recv(timeout=10) == frame
     assert time.monotonic() - t0 > 0.8  # held until the link came back
-    assert node.stats()["shaper_drops"]["egress"]["outage"] > 0
+    assert node.stats().shaper_drops["egress"]["outage"] > 0
 
 
 @pytest.mark.timeout(30)
@@ -92,7 +95,7 @@ async def test_100_mb_arrives_intact_under_5_percent_loss(server):
     _, body = decode_frame(got)
     assert hashlib.sha256(body).hexdigest() == digest
     s = node.stats()
-    lost = s["shaper_drops"]["egress"]["random_loss"] + s["shaper_drops"]["ingress"]["random_loss"]
+    lost = s.shaper_drops["egress"]["random_loss"] + s.shaper_drops["ingress"]["random_loss"]
     print(f"100 MiB under 5% loss each way: {elapsed:.1f} s, {len(frame) * 8 / elapsed / 1e6:.0f} Mbit/s, "
-          f"shaper dropped {lost} datagrams, QUIC declared {s['lost_packets']} lost")
+          f"shaper dropped {lost} datagrams, QUIC declared {s.lost_packets} lost")
     assert lost > 1000

@@ -153,6 +153,115 @@ class LinkShape:
     __hash__: ClassVar[None]  # type: ignore[assignment]
 
 @final
+class TransportConfig:
+    """Settings both ends of a link take; every one has a default that works on a laptop."""
+    def __new__(
+        cls,
+        *,
+        max_message_bytes: int = ...,
+        idle_timeout: float = ...,
+        handshake_timeout: float = ...,
+        ping_interval: float = ...,
+        recv_queue: int = ...,
+        segmentation_offload: bool = ...,
+    ) -> TransportConfig: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def handshake_timeout(self) -> float: ...
+    @property
+    def ping_interval(self) -> float: ...
+    @property
+    def recv_queue(self) -> int: ...
+    @property
+    def segmentation_offload(self) -> bool: ...
+
+@final
+class LinkStats:
+    """One link's metrics; byte and packet counts are cumulative since it opened."""
+    def __new__(
+        cls,
+        *,
+        age_s: float = 0.0,
+        srtt_ms: float = 0.0,
+        rtt_samples_ms: Sequence[float] = ...,
+        bytes_sent: int = 0,
+        bytes_received: int = 0,
+        messages_sent: int = 0,
+        messages_received: int = 0,
+        goodput_bps: float = 0.0,
+        send_goodput_bps: float = 0.0,
+        refused_too_large: int = 0,
+        refused_by_peer: int = 0,
+        unacked_messages: int = 0,
+        udp_bytes_sent: int = 0,
+        udp_bytes_received: int = 0,
+        udp_datagrams_sent: int = 0,
+        udp_datagrams_received: int = 0,
+        sent_packets: int = 0,
+        lost_packets: int = 0,
+        lost_bytes: int = 0,
+        congestion_events: int = 0,
+        cwnd: int = 0,
+        mtu: int = 0,
+        shaper_drops: Mapping[str, Mapping[str, int]] | None = None,
+        shaper: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> LinkStats: ...
+    @property
+    def age_s(self) -> float: ...
+    @property
+    def srtt_ms(self) -> float: ...
+    @property
+    def rtt_samples_ms(self) -> list[float]: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def bytes_received(self) -> int: ...
+    @property
+    def messages_sent(self) -> int: ...
+    @property
+    def messages_received(self) -> int: ...
+    @property
+    def goodput_bps(self) -> float: ...
+    @property
+    def send_goodput_bps(self) -> float: ...
+    @property
+    def refused_too_large(self) -> int: ...
+    @property
+    def refused_by_peer(self) -> int: ...
+    @property
+    def unacked_messages(self) -> int: ...
+    @property
+    def udp_bytes_sent(self) -> int: ...
+    @property
+    def udp_bytes_received(self) -> int: ...
+    @property
+    def udp_datagrams_sent(self) -> int: ...
+    @property
+    def udp_datagrams_received(self) -> int: ...
+    @property
+    def sent_packets(self) -> int: ...
+    @property
+    def lost_packets(self) -> int: ...
+    @property
+    def lost_bytes(self) -> int: ...
+    @property
+    def congestion_events(self) -> int: ...
+    @property
+    def cwnd(self) -> int: ...
+    @property
+    def mtu(self) -> int: ...
+    @property
+    def shaper_drops(self) -> dict[str, dict[str, int]]:
+        """Datagrams the shaper dropped: ``{"egress"|"ingress": {cause: count}}``."""
+    @property
+    def shaper(self) -> dict[str, dict[str, int]]:
+        """Datagrams and bytes through the shaper: ``{"egress"|"ingress": {"packets", "bytes", "delivered_packets", "delivered_bytes"}}``."""
+    def as_dict(self) -> dict[str, Any]: ...
+
+@final
 class TransportServer:
     @staticmethod
     def listen(
@@ -160,14 +269,9 @@ class TransportServer:
         port: int,
         *,
         token: str,
-        max_message_bytes: int = ...,
-        idle_timeout: float = 10.0,
-        handshake_timeout: float = 10.0,
-        ping_interval: float = 0.5,
-        recv_queue: int = 64,
         name: str = ...,
         shape: LinkShape | None = None,
-        segmentation_offload: bool = True,
+        config: TransportConfig | None = None,
     ) -> Awaitable[TransportServer]: ...
     @property
     def join_string(self) -> str: ...
@@ -195,7 +299,7 @@ class TransportConnection:
     def send(self, frame: Buffer, timeout: float | None = None, *, acked: bool = False) -> Awaitable[None]: ...
     def send_unchecked(self, frame: Buffer, timeout: float | None = None, *, acked: bool = False) -> Awaitable[None]: ...
     def recv(self, timeout: float | None = None) -> Awaitable[bytes]: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> LinkStats: ...
     def set_shape(self, shape: LinkShape) -> None: ...
     @property
     def shape(self) -> LinkShape: ...
@@ -207,10 +311,5 @@ def transport_connect(
     token: str,
     name: str,
     shape: LinkShape | None = None,
-    max_message_bytes: int = ...,
-    idle_timeout: float = 10.0,
-    handshake_timeout: float = 10.0,
-    ping_interval: float = 0.5,
-    recv_queue: int = 64,
-    segmentation_offload: bool = True,
+    config: TransportConfig | None = None,
 ) -> Awaitable[TransportConnection]: ...

@@ -1,8 +1,9 @@
 """The one exception hierarchy of HyperGPU.
 
 Everything HyperGPU raises on purpose is a :class:`HyperGPUError`. Errors
-from the Rust core (``hypergpu._core``) are mapped onto these classes by
-name, so ``except hypergpu.errors.FrameError`` catches a malformed frame
+from the Rust core (``hypergpu._core``) are raised as these classes (the
+core imports each one by type and matches every error variant to one), so
+``except hypergpu.errors.FrameError`` catches a malformed frame
 whether it was found in Rust or in Python. Classes that describe bad input
 also derive from :class:`ValueError`, and transport timeouts from the
 builtin :class:`TimeoutError`, so generic handlers keep working.
@@ -43,6 +44,10 @@ __all__ = [
     "UnknownNodeError",
     "StaleUpdateError",
     "ParamsOutOfSyncError",
+    "ConflictError",
+    "NotRunningError",
+    "UnknownSessionError",
+    "UnknownPresetError",
 ]
 
 
@@ -194,3 +199,22 @@ class StaleUpdateError(UpdateError):
 
 class ParamsOutOfSyncError(UpdateError):
     """A parameter delta is against a state this node does not hold; it needs the whole vector."""
+
+
+# --- the control plane ----------------------------------------------------------
+
+
+class ConflictError(HyperGPUError):
+    """The request does not fit the service's state (e.g. start while running)."""
+
+
+class NotRunningError(ConflictError):
+    """There is no run to act on."""
+
+
+class UnknownSessionError(HyperGPUError, LookupError):
+    """No training session has this id."""
+
+
+class UnknownPresetError(HyperGPUError, LookupError):
+    """No saved configuration preset has this name."""

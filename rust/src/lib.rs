@@ -21,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::wire::register(m)?;
     py::aggregate::register(m)?;
     py::compress::register(m)?;
+    py::shaping::register(m)?;
     py::transport::register(m)?;
     Ok(())
 }

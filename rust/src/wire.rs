@@ -523,8 +523,15 @@ mod tests {
     #[test]
     fn unknown_codec_is_typed() {
         let payload = b"xy";
-        let mut h = sample(payload);
-        h.tensors.clear();
+        let h = Header::for_payload(
+            MessageKind::Update,
+            CodecId::Int8,
+            0,
+            42,
+            7,
+            Vec::new(),
+            payload,
+        );
         let mut frame = encode_frame(&h, payload).unwrap();
         frame[7] = 200;
         // Re-seal the header so only the codec byte is wrong.

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypergpu._core import LinkStats
 from hypergpu.adapt.quality import Quality, QualityTracker, link_score
 
 #: Typical QUIC payload per packet, for the loss-limited throughput estimate.
@@ -133,14 +134,14 @@ class NetworkMonitor:
 
     # --- inputs -------------------------------------------------------------------
 
-    def observe_stats(self, node_id: int, stats: dict[str, Any]) -> NodeLink:
+    def observe_stats(self, node_id: int, stats: LinkStats) -> NodeLink:
         """Fold in the transport's counters for this link (cumulative figures)."""
         link = self.link(node_id)
-        srtt = stats.get("srtt_ms")
+        srtt = stats.srtt_ms
         if isinstance(srtt, (int, float)) and srtt > 0:
             link.srtt_ms = float(srtt)
             link.rtt_recent.append(float(srtt))
-        samples = [float(s) for s in stats.get("rtt_samples_ms") or [] if s > 0]
+        samples = [float(s) for s in stats.rtt_samples_ms if s > 0]
         # The larger of QUIC's smoothed RTT (from acks of real traffic) and the
         # median of the last few ping round trips: a link that just got worse
         # shows within seconds in one or the other.
@@ -150,16 +151,16 @@ class NetworkMonitor:
             link.rtt_ms = max(candidates)
         if len(samples) >= 2:
             link.jitter_ms = statistics.pstdev(samples[-32:])
-        sent, lost = int(stats.get("sent_packets", 0)), int(stats.get("lost_packets", 0))
+        sent, lost = stats.sent_packets, stats.lost_packets
         d_sent, d_lost = sent - link._last_sent_packets, lost - link._last_lost_packets
         if d_sent >= 20:  # too few packets say nothing about the loss rate
             link.loss = _ewma(link.loss if link._last_sent_packets else None, d_lost / d_sent, link.alpha)
             link._last_sent_packets, link._last_lost_packets = sent, lost
         link.retransmits = lost
-        link.cwnd = stats.get("cwnd")
-        link.bytes_sent = int(stats.get("bytes_sent", 0))
-        link.bytes_received = int(stats.get("bytes_received", 0))
-        link.goodput_bps = stats.get("goodput_bps")
+        link.cwnd = stats.cwnd
+        link.bytes_sent = stats.bytes_sent
+        link.bytes_received = stats.bytes_received
+        link.goodput_bps = stats.goodput_bps
         return link
 
     def observe_exchange(

@@ -7,6 +7,7 @@ uvicorn in the caller's asyncio loop, beside the coordinator.
 
 from hypergpu.api.app import create_app
 from hypergpu.api.server import ApiServer
-from hypergpu.api.service import ConflictError, Session, TrainingService
+from hypergpu.api.service import TrainingService
+from hypergpu.api.sessions import Session
 
-__all__ = ["ApiServer", "ConflictError", "Session", "TrainingService", "create_app"]
+__all__ = ["ApiServer", "Session", "TrainingService", "create_app"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,12 +14,20 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hypergpu.api.presets import PresetStore, UnknownPresetError
+from hypergpu.api.presets import PresetStore
 from hypergpu.api.prometheus import build_registry
 from hypergpu.api.routes import chain, config, events, health, nodes, training
 from hypergpu.api.security import RateLimiter, new_token
-from hypergpu.api.service import ConflictError, TrainingService, UnknownSessionError
-from hypergpu.errors import ConfigError, HyperGPUError, InvalidArgumentError, UnknownNodeError
+from hypergpu.api.service import TrainingService
+from hypergpu.errors import (
+    ConfigError,
+    ConflictError,
+    HyperGPUError,
+    InvalidArgumentError,
+    UnknownNodeError,
+    UnknownPresetError,
+    UnknownSessionError,
+)
 
 log = logging.getLogger("hypergpu.api")
 STATIC = Path(__file__).parent / "static"

@@ -9,13 +9,9 @@ from pathlib import Path
 
 from hypergpu.config.loader import validate_config
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.errors import InvalidArgumentError
+from hypergpu.errors import InvalidArgumentError, UnknownPresetError
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class UnknownPresetError(LookupError):
-    """No preset has this name."""
 
 
 def public_config(config: HyperGPUConfig) -> HyperGPUConfig:

@@ -8,13 +8,16 @@ scrape always shows the registry as it is.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hypergpu.api.service import TrainingService
+
+if TYPE_CHECKING:
+    from hypergpu.round import RoundRecord
 
 ROUND_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 NODE_STATES = ("active", "suspect", "dead", "left")
@@ -77,13 +80,11 @@ def build_registry(service: TrainingService) -> CollectorRegistry:
     duration = Histogram("hypergpu_round_duration_seconds", "Wall time of a training round",
                          buckets=ROUND_BUCKETS, registry=registry)
 
-    def on_round(record: dict[str, Any]) -> None:
-        applied = bool(record.get("applied"))
-        rounds.labels(applied=str(applied).lower()).inc()
-        if applied:
-            samples.inc(record.get("samples", 0))
-        if record.get("duration_s") is not None:
-            duration.observe(record["duration_s"])
+    def on_round(record: RoundRecord) -> None:
+        rounds.labels(applied=str(record.applied).lower()).inc()
+        if record.applied:
+            samples.inc(record.samples)
+        duration.observe(record.duration_s)
 
     service.round_listeners.append(on_round)
     registry.register(NodeCollector(service))

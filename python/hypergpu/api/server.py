@@ -77,6 +77,10 @@ class ApiServer:
         shown = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{shown}:{self.port}"
 
+    def request_exit(self) -> None:
+        """Ask the server to finish its requests and exit (safe from a signal handler)."""
+        self.server.should_exit = True
+
     async def wait(self) -> None:
         """Until the server exits (e.g. on SIGINT, which uvicorn handles)."""
         if self._task is not None:

@@ -5,8 +5,9 @@ the durable, non-blocking way for the coordinator to send writes;
 ``RewardTree`` builds the per-epoch Merkle root for O(1) settlement;
 ``chain_up`` starts a local anvil and deploys (``hypergpu chain up``).
 
-Names are imported on first use, so reading the configuration
-(``hypergpu.chain.config``) does not pull in web3.
+Names are imported on first use, so importing the package does not pull in
+web3. The chain settings, ``ChainConfig``, are part of the configuration
+(:mod:`hypergpu.config.chain`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any
 _EXPORTS = {
     "AnvilProcess": "anvil",
     "ChainClient": "client",
-    "ChainConfig": "config",
     "ContributionEntry": "types",
     "ContributionRecord": "types",
     "Deployment": "types",
+    "Mismatch": "reconcile",
     "RewardTree": "merkle",
     "SessionInfo": "types",
     "SettlementQueue": "queue",
     "Signer": "keys",
     "TxResult": "types",
     "chain_up": "up",
+    "compare_with_chain": "reconcile",
     "load_signer": "keys",
 }
 

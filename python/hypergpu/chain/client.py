@@ -7,23 +7,23 @@ after a crash are idempotent: each checks on chain whether it already took
 effect before sending, and the contracts refuse a second (session, epoch).
 """
 
+
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-import requests
-from eth_typing import ChecksumAddress, HexStr
-from eth_utils import is_address, to_checksum_address
+from eth_typing import HexStr
+from eth_utils import to_checksum_address
 from web3 import Web3
-from web3.exceptions import TimeExhausted, Web3RPCError
-from web3.types import FilterParams, Wei
+from web3.types import FilterParams
 
-from hypergpu.chain.config import ChainConfig
-from hypergpu.chain.contracts import ERC20_ABI, decode_revert, load_artifact
+from hypergpu.config.chain import ChainConfig
+from hypergpu.chain.contracts import ERC20_ABI, load_artifact
 from hypergpu.chain.keys import Signer, load_signer
+from hypergpu.chain.rpc import checksum, fund_from_dev_account, make_web3, retry
+from hypergpu.chain.transactions import Transactor
 from hypergpu.chain.types import (
     SESSION_STATUS,
     ContributionEntry,
@@ -32,46 +32,21 @@ from hypergpu.chain.types import (
     SessionInfo,
     TxResult,
 )
-from hypergpu.errors import ChainError, ChainUnavailableError, ConfigError, ContractRevertError, InvalidArgumentError
+from hypergpu.errors import ChainError, ConfigError, InvalidArgumentError
+
+__all__ = ["ChainClient"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Faults of the link, not of the request: worth retrying.
-_RETRYABLE: tuple[type[BaseException], ...] = (OSError, requests.RequestException, TimeExhausted)
 _DEV_FUNDING_WEI = 100 * 10**18
 
 
-def checksum(address: str, what: str = "address") -> ChecksumAddress:
-    """``address`` in checksum form, or InvalidArgumentError naming ``what``."""
-    if not isinstance(address, str) or not is_address(address):
-        raise InvalidArgumentError(f"{what} is not a valid address: {address!r}")
-    return to_checksum_address(address)
-
-
-def make_web3(config: ChainConfig) -> Web3:
-    """A Web3 for ``config.kind`` (embedded: an in-process eth-tester chain)."""
-    if config.kind == "embedded":
-        from web3 import EthereumTesterProvider
-
-        return Web3(EthereumTesterProvider())
-    url = config.effective_rpc_url
-    if not url:
-        raise ConfigError(f"chain kind {config.kind!r} needs rpc_url")
-    return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": config.rpc_timeout_s}))
-
-
-class ChainClient:
+class ChainClient(Transactor):
     """Deploys, writes to and reads the three HyperGPU contracts as one signer."""
 
     def __init__(self, w3: Web3, signer: Signer, config: ChainConfig, deployment: Deployment | None = None):
-        self.w3 = w3
-        self.config = config
-        self._signer = signer
-        self._nonce: int | None = None
+        super().__init__(w3, signer, config)
         self.deployment: Deployment | None = None
-        self.transactions: list[TxResult] = []
         if deployment is not None:
             self.attach(deployment)
 
@@ -111,10 +86,6 @@ class ChainClient:
     def with_signer(self, signer: Signer) -> ChainClient:
         """The same chain and contracts, acting as another account (e.g. a node claiming)."""
         return ChainClient(self.w3, signer, self.config, self.deployment)
-
-    @property
-    def address(self) -> ChecksumAddress:
-        return self._signer.address
 
     def attach(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -161,74 +132,7 @@ class ChainClient:
         self.attach(deployment)
         return deployment
 
-    # --- transactions ------------------------------------------------------------
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
-        return retry(self.config, what, call)
-
-    def _estimate(self, action: str, fn: Any, value: int) -> int:
-        try:
-            estimate = fn.estimate_gas({"from": self.address, "value": value})
-        except _RETRYABLE:
-            raise
-        except Exception as exc:  # web3 / eth-tester report reverts with assorted types
-            raise decode_revert(exc, action) from None
-        return int(estimate * (1 + self.config.gas_margin)) + self.config.gas_extra
-
-    def _send_once(self, action: str, fn: Any, value: int) -> TxResult:
-        gas = self._estimate(action, fn, value)
-        if self._nonce is None:
-            self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
-        tx = fn.build_transaction(
-            {"from": self.address, "value": value, "gas": gas, "nonce": self._nonce, "chainId": self.w3.eth.chain_id}
-        )
-        raw = self._signer.sign_transaction(tx)
-        try:
-            tx_hash = self.w3.eth.send_raw_transaction(raw)
-        except Web3RPCError as exc:
-            # A nonce the node no longer agrees with: resynchronise and try again.
-            self._nonce = None
-            if "nonce" in str(exc).lower():
-                raise ConnectionError(f"nonce out of sync: {exc}") from exc
-            raise decode_revert(exc, action) from None
-        self._nonce += 1
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.config.receipt_timeout_s)
-        result = TxResult(action, "0x" + bytes(tx_hash).hex(), receipt["blockNumber"], receipt["gasUsed"], gas)
-        if receipt["status"] != 1:
-            raise ContractRevertError(f"{action} reverted on chain in block {result.block} (tx {result.tx_hash})")
-        self.transactions.append(result)
-        log.info("%s: tx %s gas %d/%d", action, result.tx_hash, result.gas_used, gas)
-        return result
-
-    def _transact(
-        self, action: str, fn: Any, *, value: int = 0, applied: Callable[[], bool] | None = None
-    ) -> TxResult | None:
-        """Sends ``fn`` unless ``applied()`` says it already took effect (then None)."""
-
-        def attempt() -> TxResult | None:
-            if applied is not None and applied():
-                log.info("%s: already on chain, not sent again", action)
-                return None
-            try:
-                return self._send_once(action, fn, value)
-            except _RETRYABLE:
-                self._nonce = None  # whatever happened to the last send, ask the node
-                raise
-
-        return self._retry(action, attempt)
-
-    def _call(self, what: str, fn: Any) -> Any:
-        def call() -> Any:
-            try:
-                return fn.call({"from": self.address})
-            except _RETRYABLE:
-                raise
-            except Exception as exc:
-                raise decode_revert(exc, what) from None
-
-        return self._retry(what, call)
-
-    # --- registry ----------------------------------------------------------------
 
     def create_session(self, session_id: int, model_hash: bytes) -> TxResult | None:
         self._require_deployed()
@@ -428,28 +332,6 @@ class ChainClient:
             )
         rows.sort(key=lambda r: (r["block"], r["log_index"]))
         return rows
-
-
-def retry(config: ChainConfig, what: str, call: Callable[[], T]) -> T:
-    """Runs ``call``, retrying link faults with exponential backoff."""
-    attempts = config.retries + 1
-    for attempt in range(attempts):
-        try:
-            return call()
-        except _RETRYABLE as exc:
-            if attempt + 1 == attempts:
-                raise ChainUnavailableError(f"{what}: chain unreachable after {attempts} tries: {exc}") from exc
-            delay = min(config.backoff_s * (2**attempt), config.backoff_max_s)
-            log.warning("%s: %s; retrying in %.2fs", what, type(exc).__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def fund_from_dev_account(w3: Web3, address: str, wei: int) -> None:
-    """Funds ``address`` from a local chain's first unlocked dev account."""
-    dev = w3.eth.accounts[0]
-    tx_hash = w3.eth.send_transaction({"from": dev, "to": address, "value": Wei(wei)})
-    w3.eth.wait_for_transaction_receipt(tx_hash)
 
 
 def _deployment_from(config: ChainConfig) -> Deployment | None:

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_utils import function_signature_to_4byte_selector
 
 from hypergpu.errors import ChainError, ContractRevertError
@@ -109,8 +110,8 @@ def decode_revert(exc: BaseException, context: str) -> ContractRevertError:
             name, types, names = known
             try:
                 values = abi_decode(types, body)
-            except Exception:  # a payload that does not match its selector
-                values = ()
+            except (DecodingError, ValueError):  # a payload that does not match its selector:
+                values = ()  # the revert is still reported, by name, without its arguments
             args = {n: (v.hex() if isinstance(v, bytes) else v) for n, v in zip(names, values)}
             shown = ", ".join(f"{k}={v}" for k, v in args.items())
             return ContractRevertError(f"{context} reverted: {name}({shown})", name, args)

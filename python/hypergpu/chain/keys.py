@@ -9,7 +9,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 
-from hypergpu.chain.config import ChainConfig
+from hypergpu.config.chain import ChainConfig
 from hypergpu.errors import ConfigError
 
 

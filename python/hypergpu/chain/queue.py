@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypergpu.chain.client import ChainClient, checksum
+from hypergpu.chain.client import ChainClient
+from hypergpu.chain.rpc import checksum
 from hypergpu.chain.types import ContributionEntry, TxResult
 from hypergpu.errors import ChainError, ChainUnavailableError, ContractRevertError, HyperGPUError
 

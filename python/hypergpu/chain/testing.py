@@ -6,7 +6,8 @@ import shutil
 import socket
 
 from hypergpu.chain.anvil import ANVIL_ENV, contracts_dir
-from hypergpu.chain.client import ChainClient, fund_from_dev_account
+from hypergpu.chain.client import ChainClient
+from hypergpu.chain.rpc import fund_from_dev_account
 from hypergpu.chain.keys import Signer
 from hypergpu.errors import ChainError
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hypergpu.errors import InvalidArgumentError
+from hypergpu.rewards.scoring import NodeScore
+
 SESSION_STATUS = ("none", "active", "completed", "cancelled")
 
 UINT96_MAX = 2**96 - 1
@@ -28,14 +31,17 @@ class ContributionEntry:
     """One node's contribution in one epoch, in on-chain units."""
 
     node_id: int
-    compute_credit: int  # verified compute, fixed-point (see rewards.scoring.CREDIT_SCALE)
+    compute_credit: int  # verified compute, fixed-point (rewards.scoring.CREDIT_SCALE per second)
     updates_accepted: int  # samples whose update the coordinator accepted
     successful_rounds: int
     quality_bps: int  # quality multiplier in basis points, 5000..15000
 
-    def __post_init__(self) -> None:
-        from hypergpu.errors import InvalidArgumentError
+    @classmethod
+    def of(cls, score: NodeScore, node_id: int) -> ContributionEntry:
+        """A node's epoch score in the contract's units, for its on-chain id."""
+        return cls(node_id, score.compute_credit, score.samples_accepted, score.rounds_succeeded, score.quality_bps)
 
+    def __post_init__(self) -> None:
         checks = (
             ("node_id", self.node_id, 1, UINT64_MAX),
             ("compute_credit", self.compute_credit, 0, UINT96_MAX),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypergpu.chain.anvil import AnvilProcess
 from hypergpu.chain.client import ChainClient
-from hypergpu.chain.config import ChainConfig
+from hypergpu.config.chain import ChainConfig
 from hypergpu.chain.types import Deployment
 from hypergpu.errors import ConfigError
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from hypergpu.config import config_schema, load_config
-from hypergpu.errors import ConfigError
+from hypergpu.cli.common import config_or_exit, set_option
+from hypergpu.config import config_schema
 
 
 @click.group()
@@ -29,16 +28,10 @@ def config_schema_cmd() -> None:
 
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a field, e.g. --set training.lr=0.01 (repeatable)")
+@set_option
 def config_check(file: str, overrides: tuple[str, ...]) -> None:
     """Validate FILE (TOML) with overrides and print the resolved config."""
-    try:
-        cfg = load_config(file, overrides)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    click.echo(cfg.model_dump_json(indent=2))
+    click.echo(config_or_exit(file, overrides).model_dump_json(indent=2))
 
 
 def _register() -> None:

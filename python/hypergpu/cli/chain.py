@@ -1,71 +1,18 @@
-"""``hypergpu chain up`` / ``chain status``, and the rewards hooks of the run commands."""
+"""``hypergpu chain up`` / ``chain status``."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import secrets
-import sys
+import sqlite3
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
+from hypergpu.cli.common import config_or_exit, fail, set_option
 from hypergpu.errors import HyperGPUError
-
-if TYPE_CHECKING:
-    from hypergpu.chain.recorder import ChainRecorder
-    from hypergpu.config.schema import HyperGPUConfig
-
-
-# --- used by coordinator / train / demo -------------------------------------------------
-
-
-async def attach_recorder(cfg: HyperGPUConfig, coord: Any, *, resume: bool = False) -> ChainRecorder | None:
-    """Starts a chain recorder (off the event loop) and attaches it, if ``rewards.enabled``."""
-    if not cfg.rewards.enabled:
-        return None
-    from hypergpu.chain.recorder import ChainRecorder
-
-    try:
-        recorder = await asyncio.to_thread(ChainRecorder(cfg, resume=resume).start, coord)
-    except HyperGPUError as exc:
-        click.echo(f"error: chain recorder could not start: {exc}", err=True)
-        sys.exit(1)
-    coord.observers.append(recorder)
-    s = recorder.status()
-    click.echo(f"chain: {s['kind']} (chain id {s['chain_id']}), session {s['session_id']}, "
-               f"distributor {s['deployment']['distributor']}")
-    return recorder
-
-
-async def finish_recorder(recorder: ChainRecorder | None, coord: Any, summary: Any) -> None:
-    """Settles the last epoch, waits (bounded) for the chain, prints the rewards table."""
-    if recorder is None:
-        return
-    try:
-        drained = await asyncio.to_thread(recorder.finish, coord, complete=not summary.stopped_early)
-        print_rewards(recorder, drained)
-    finally:
-        await asyncio.to_thread(recorder.close)
-
-
-def print_rewards(recorder: ChainRecorder, drained: bool = True) -> None:
-    """The rewards table: each node's account, score and reward."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("node", "account", "score", "reward (ETH)")
-    for row in recorder.table():
-        table.add_row(row["name"], row["account"], f"{row['score']:.1f}", f"{row['reward_wei'] / 1e18:.6f}")
-    console = Console()
-    console.print(table)
-    if not drained:
-        console.print(f"[yellow]chain: {recorder.status()['queue_depth']} writes still queued "
-                      f"(kept on disk; `--resume` sends them)[/]")
-
-
-# --- hypergpu chain ------------------------------------------------------------------
 
 
 @click.group("chain")
@@ -75,13 +22,12 @@ def chain_group() -> None:
 
 @chain_group.command("up")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
+@set_option
 def chain_up_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
     """Start anvil, deploy the contracts, print where they are; Ctrl-C stops."""
     from hypergpu.chain import chain_up
-    from hypergpu.cli.run import _config
 
-    cfg = _config(file, ("chain.kind='anvil'", *overrides))
+    cfg = config_or_exit(file, ("chain.kind='anvil'", *overrides))
     chain = cfg.chain
     generated = False
     if not os.environ.get(chain.key_env) and chain.keystore_path is None:
@@ -92,8 +38,7 @@ def chain_up_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
     try:
         anvil, client, deployment = chain_up(chain)
     except HyperGPUError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc))
     with anvil:
         click.echo(f"rpc: {anvil.url} (chain id {client.w3.eth.chain_id})")
         click.echo(f"coordinator account: {client.address}")
@@ -118,26 +63,22 @@ def chain_up_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
 
 @chain_group.command("status")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
+@set_option
 def chain_status_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
     """Show the configured chain, its block, and the last session's settlement queue."""
-    import json
+    from hypergpu.chain import session_state
+    from hypergpu.chain.rpc import make_web3, retry
 
-    from hypergpu.chain.client import make_web3, retry
-    from hypergpu.cli.run import _config
-
-    cfg = _config(file, overrides)
+    cfg = config_or_exit(file, overrides)
     chain = cfg.chain
     out: dict[str, Any] = {"kind": chain.kind, "rpc_url": chain.effective_rpc_url}
-    state_path = chain.queue_path.with_suffix(".session.json")
+    state_path = session_state.state_path(chain)
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         out["session_id"] = state["session_id"]
         out["deployment"] = state.get("deployment")
-        queue_file = chain.queue_path.with_name(f"{chain.queue_path.stem}-{state['session_id']}.sqlite3")
+        queue_file = session_state.session_file(chain, state["session_id"], ".sqlite3")
         if queue_file.exists():
-            import sqlite3
-
             with sqlite3.connect(queue_file) as db:
                 out["queue"] = dict(db.execute("SELECT status, COUNT(*) FROM ops GROUP BY status").fetchall())
     if chain.kind != "embedded":

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from hypergpu.config import load_config
+from hypergpu.cli.common import (
+    announce_recorder,
+    config_or_exit,
+    fail,
+    on_signals,
+    open_api,
+    print_rewards,
+    print_summary,
+    set_option,
+)
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.errors import ConfigError, HyperGPUError
+from hypergpu.errors import HyperGPUError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from hypergpu.events import EventBus
 
 #: The demo: ten node processes on mixed links train the CNN on digits.
 DEMO_OVERRIDES = (
@@ -37,49 +49,33 @@ DEMO_OVERRIDES = (
 )
 
 
-def _config(file: str | None, overrides: tuple[str, ...] | list[str]) -> HyperGPUConfig:
-    try:
-        return load_config(file, list(overrides))
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _on_signals(handler: Any) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, handler)
-
-
 @click.command("coordinator")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
+@set_option
 @click.option("--token", envvar="HYPERGPU_TOKEN", help="join token nodes must present (default: generated)")
 @click.option("--resume", is_flag=True, help="continue from the newest valid checkpoint")
 def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | None, resume: bool) -> None:
     """Run a coordinator; nodes join with the printed join string and token."""
-    from hypergpu.cli.chain import attach_recorder, finish_recorder
-    from hypergpu.coordinator import Coordinator
-
-    cfg = _config(file, overrides)
+    cfg = config_or_exit(file, overrides)
 
     async def main() -> None:
-        coord = Coordinator(cfg, token=token)
-        recorder = await attach_recorder(cfg, coord, resume=resume)
-        join = await coord.start()
-        click.echo(f"join: {join}")
-        if token is None:
-            click.echo(f"token: {coord.token}")
-        _on_signals(coord.request_stop)
-        try:
-            summary = await coord.run(resume=resume)
-        finally:
-            await coord.close()
-        _print_summary(summary)
-        await finish_recorder(recorder, coord, summary)
+        from hypergpu.launch import local_run
 
-    asyncio.run(main())
+        async with local_run(cfg, token=token, resume=resume, spawn_nodes=False) as run:
+            announce_recorder(run.recorder)
+            click.echo(f"join: {run.join}")
+            if token is None:
+                click.echo(f"token: {run.coordinator.token}")
+            on_signals(run.coordinator.request_stop)
+            summary = await run.train()
+        print_summary(summary)
+        if run.recorder is not None:
+            print_rewards(run.recorder, run.drained, run.pending_writes)
+
+    try:
+        asyncio.run(main())
+    except HyperGPUError as exc:
+        fail(str(exc))
 
 
 @click.command("node")
@@ -131,8 +127,7 @@ def node_cmd(
         else:
             shape = LinkShape.profile(profile, seed=seed_value)
     except HyperGPUError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        fail(str(exc), 2)
     node = Node(
         join,
         token=token,
@@ -148,19 +143,18 @@ def node_cmd(
     try:
         report = asyncio.run(node.run())
     except HyperGPUError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc))
     click.echo(f"node {report.node_id}: {report.rounds} rounds, {report.samples} samples, acks {dict(report.acks)}")
 
 
 @click.command("train")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
+@set_option
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="write each node's log here")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
 def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool) -> None:
     """Train FILE's configuration: a coordinator here plus N local node processes."""
-    sys.exit(_train(_config(file, overrides), Path(log_dir) if log_dir else None, api))
+    sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api))
 
 
 @click.command("demo")
@@ -168,85 +162,74 @@ def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None,
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
 def demo_cmd(overrides: tuple[str, ...], api: bool) -> None:
     """Ten node processes on mixed links train a CNN on digits to >= 97%."""
-    cfg = _config(None, [*DEMO_OVERRIDES, *overrides])
+    cfg = config_or_exit(None, [*DEMO_OVERRIDES, *overrides])
     click.echo(
         f"demo: {cfg.nodes.count} node processes, profiles "
         + ", ".join(f"{i}:{cfg.network.profile_of(i)}" for i in range(cfg.nodes.count))
     )
-    sys.exit(_train(cfg, Path("runs/demo/logs"), api))
+    sys.exit(train_here(cfg, Path("runs/demo/logs"), api))
 
 
-def _train(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
-    if api:
-        from hypergpu.cli.serve import train_with_api
+def train_here(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
+    """Trains ``cfg`` with local node processes, with the dashboard or a progress bar; the exit status."""
+    try:
+        return asyncio.run(_train_with_api(cfg, log_dir) if api else _train_with_progress(cfg, log_dir))
+    except HyperGPUError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
 
-        return train_with_api(cfg, log_dir)
+
+async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hypergpu.cli.chain import attach_recorder, finish_recorder
-    from hypergpu.cluster import LocalNodes
-    from hypergpu.coordinator import Coordinator
+    from hypergpu.launch import local_run
 
-    async def main() -> int:
-        run_cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
-        coord = Coordinator(run_cfg)
-        recorder = await attach_recorder(cfg, coord)
-        join = await coord.start()
-        nodes = LocalNodes(cfg, join, coord.token, log_dir)
-        nodes.start_all()
-        _on_signals(coord.request_stop)
+    columns = (TextColumn("round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    async with local_run(cfg, log_dir=log_dir) as run:
+        announce_recorder(run.recorder)
+        on_signals(run.coordinator.request_stop)
         started = time.perf_counter()
-        columns = (TextColumn("round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn())
-        try:
-            with Progress(*columns, transient=False) as progress:
-                task = progress.add_task("waiting for nodes", total=cfg.training.rounds)
-
-                async def follow() -> None:
-                    async for event in coord.events.subscribe():
-                        d = event.data
-                        if event.kind == "training" and d.get("type") == "round":
-                            acc = d.get("test_accuracy")
-                            progress.update(task, completed=d["round"], description=(
-                                f"acc {acc:.3f}  " if acc is not None else "") + f"{len(d['reported'])} nodes")
-
-                follower = asyncio.ensure_future(follow())
-                try:
-                    summary = await coord.run()
-                finally:
-                    follower.cancel()
-        finally:
-            await coord.close()
-            await asyncio.to_thread(nodes.stop)
-        _print_summary(summary, time.perf_counter() - started)
-        await finish_recorder(recorder, coord, summary)
-        return 0
-
-    return asyncio.run(main())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task("waiting for nodes", total=cfg.training.rounds)
+            follower = asyncio.ensure_future(_follow_rounds(run.coordinator.events, progress, task))
+            try:
+                summary = await run.train()
+            finally:
+                follower.cancel()
+    print_summary(summary, time.perf_counter() - started)
+    if run.recorder is not None:
+        print_rewards(run.recorder, run.drained, run.pending_writes)
+    return 0
 
 
-def _print_summary(summary: Any, wall_s: float | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+async def _follow_rounds(events: EventBus, progress: Progress, task: TaskID) -> None:
+    async for event in events.subscribe():
+        d = event.data
+        if event.kind == "training" and d.get("type") == "round":
+            acc = d.get("test_accuracy")
+            progress.update(task, completed=d["round"], description=(
+                f"acc {acc:.3f}  " if acc is not None else "") + f"{len(d['reported'])} nodes")
 
-    console = Console()
-    acc = f"{summary.accuracy:.4f}" if summary.accuracy is not None else "n/a"
-    console.print(
-        f"[bold]accuracy {acc}[/]  rounds {summary.rounds}  wall {wall_s or summary.wall_s:.1f} s  "
-        f"samples {summary.samples}  samples/s {summary.samples_per_s:.0f}"
-        + ("  (target reached)" if summary.reached_target else "")
-        + ("  (stopped early)" if summary.stopped_early else ""),
-        soft_wrap=True,
-    )
-    table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
-                  "MB sent", "MB recv", "refused")
-    for n in summary.nodes:
-        table.add_row(
-            str(n["node_id"]), n["name"], n["status"], str(n["rounds_ok"]), str(n["rounds_missed"]),
-            str(n["updates_accepted"]), str(n["samples"]), f"{n['compute_s']:.1f}",
-            f"{n['bytes_sent'] / 1e6:.2f}", f"{n['bytes_received'] / 1e6:.2f}",
-            ", ".join(f"{k}={v}" for k, v in n["refusals"].items()) or "-",
-        )
-    console.print(table)
-    if summary.refusals:
-        console.print("refused updates: " + ", ".join(f"{k}={v}" for k, v in summary.refusals.items()))
+
+async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
+    """``train``/``demo`` with the dashboard: one run, served while it lasts."""
+    from hypergpu.api import TrainingService
+
+    service = TrainingService(cfg, log_dir=log_dir)
+    server = await open_api(service, cfg, None, None)
+    try:
+        session = await service.start()
+        on_signals(service.shutdown_soon)  # Ctrl-C: finish the round, checkpoint, stop
+        await service.wait()
+        if service.chain is not None:
+            print_rewards(service.chain)
+    finally:
+        await service.shutdown()
+        await server.stop()
+    if session.state == "failed":
+        click.echo(f"error: training failed: {session.error}", err=True)
+        return 1
+    assert session.result is not None
+    print_summary(session.result)
+    return 0

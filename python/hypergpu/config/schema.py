@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hypergpu.chain.config import ChainConfig
+from hypergpu.config.chain import ChainConfig
 
 ModelKind = Literal["mlp", "cnn", "custom"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]

@@ -5,7 +5,8 @@ connects, keeps the link up (reconnecting after a loss), sends heartbeats,
 counts acks and follows shard and shape changes; a ``params`` message, the
 end of the training (``bye`` or ``stop``) or a fatal error reaches the
 caller's thread through :meth:`BackgroundLink.next_round`, so a plain
-PyTorch loop can block on it without ever touching asyncio.
+PyTorch loop can block on it without ever touching asyncio. What each
+message means is decided by :class:`~hypergpu.node.protocol.NodeProtocol`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ from hypergpu import protocol
 from hypergpu.data.shards import Shard
 from hypergpu.errors import HyperGPUError, TimeoutError, TransportError
 from hypergpu.model.layout import ParamLayout
-from hypergpu.node.session import Session, Welcome, shards_of
+from hypergpu.node.protocol import (
+    Ended,
+    Event,
+    NodeProtocol,
+    Reply,
+    Reshape,
+    RoundOpened,
+    ShardsChanged,
+    Welcome,
+    Welcomed,
+)
+from hypergpu.node.session import Session
 from hypergpu.protocol import Message
 
 __all__ = ["BackgroundLink"]
@@ -37,7 +49,8 @@ class BackgroundLink:
         self.layout = layout
         self.idle_timeout_s = idle_timeout_s
         self.seed = seed
-        session.on_welcome = self._on_welcome
+        self.protocol = NodeProtocol(session.report)
+        session.on_message = self._handle
         self.welcome: Welcome | None = None
         self.shard_version = 0
         #: Times the link broke and was re-established (hello and welcome again).
@@ -51,6 +64,7 @@ class BackgroundLink:
         self._finished = threading.Event()
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._closing = False
+        self._replies: set[asyncio.Future[float]] = set()
         self._driver_task: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"hypergpu-{session.name}", daemon=True)
@@ -78,8 +92,8 @@ class BackgroundLink:
         with self._lock:
             return list(self._shards)
 
-    def next_round(self, timeout_s: float, after: int) -> Message | None:
-        """The newest ``params`` message, or None once the training has ended.
+    def next_round(self, timeout_s: float, after: int) -> RoundOpened | None:
+        """The newest round opened, or None once the training has ended.
 
         Raises :class:`~hypergpu.errors.TimeoutError` when neither comes
         within ``timeout_s``, and the link's fatal error if it failed.
@@ -99,12 +113,12 @@ class BackgroundLink:
                 newer = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if kind == "params" and newer[0] == "params":
+            if kind == "round" and newer[0] == "round":
                 self.rounds_skipped += 1
             kind, value = newer
         if kind == "error":
             raise value
-        return value if kind == "params" else None
+        return value if kind == "round" else None
 
     def send(self, msg: Message, timeout_s: float) -> float:
         """Send ``msg`` (resent over a new link if this one breaks); seconds spent."""
@@ -166,39 +180,34 @@ class BackgroundLink:
 
     def _handle(self, msg: Message) -> bool:
         """Act on one message; False ends the session."""
-        if msg.kind == "welcome":
-            self._on_welcome(msg)
-        elif msg.kind == "params":
-            # Deltas apply in arrival order here; the caller's thread may skip rounds.
-            params = self.session.take_params(msg)
-            if params is not None:
-                msg.sections = {"params": params}
-                self._inbox.put(("params", msg))
-        elif msg.kind == "ack":
-            self.session.report.record_ack(msg)
-        elif msg.kind == "control":
-            kind = msg.meta.get("type")
-            if kind == "shard":
-                self._set_shards(shards_of(msg))
-            elif kind == "shape":
-                self.session.set_shape(str(msg.meta["profile"]), seed=self.seed)
-            elif kind == "stop":
-                self._end()
-                return False
-        elif msg.kind == "bye":
-            self._end()
-            return False
-        return True
+        for event in self.protocol.handle(msg):
+            self._act(event)
+        return not self.protocol.finished
 
-    def _on_welcome(self, msg: Message) -> None:
-        welcome = Welcome.parse(msg)
+    def _act(self, event: Event) -> None:
+        if isinstance(event, Welcomed):
+            self._on_welcome(event.welcome)
+        elif isinstance(event, RoundOpened):
+            # Deltas were applied in arrival order; the caller's thread may skip rounds.
+            self._inbox.put(("round", event))
+        elif isinstance(event, ShardsChanged):
+            self._set_shards(event.shards)
+        elif isinstance(event, Reshape):
+            self.session.set_shape(event.profile, seed=self.seed)
+        elif isinstance(event, Reply):
+            reply = asyncio.ensure_future(self.session.send(event.message, reconnect=False))
+            self._replies.add(reply)  # held until sent: the loop keeps only weak references
+            reply.add_done_callback(self._replies.discard)
+        elif isinstance(event, Ended):
+            self._end()
+
+    def _on_welcome(self, welcome: Welcome) -> None:
         try:
             welcome.check_layout(self.layout.digest, self.session.name, self.layout.total)
         except HyperGPUError as exc:
             self._fail(exc)
             raise
         self.welcome = welcome
-        self.session.report.node_id = welcome.node_id
         if welcome.shards:
             self._set_shards(welcome.shards)
         self._welcomed.set()

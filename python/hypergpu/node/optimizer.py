@@ -59,7 +59,9 @@ from hypergpu.data.shards import Shard
 from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.node.background import BackgroundLink
-from hypergpu.node.session import Backoff, NodeReport, Session, UpdateEncoder, hello_meta
+from hypergpu.node.protocol import NodeReport, UpdateEncoder, hello
+from hypergpu.node.session import Backoff, Session
+from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.transport import LinkShape
 
 __all__ = ["DistributedOptimizer"]
@@ -67,6 +69,14 @@ __all__ = ["DistributedOptimizer"]
 
 class DistributedOptimizer:
     """Wraps a torch optimizer so that ``step()`` takes part in the coordinator's rounds."""
+
+    # The current round's counts (see _start_round).
+    _round_started: float
+    _round_steps: int
+    _round_samples: int
+    _round_loss: float
+    _round_loss_samples: int
+    _forward_samples: int  # samples the forward passes saw since the last step
 
     def __init__(
         self,
@@ -106,7 +116,7 @@ class DistributedOptimizer:
             join,
             token=token,
             name=self.name,
-            hello=hello_meta(self.name, index, device, 1.0),
+            hello=hello(name=self.name, index=index, device=device),
             shape=shape,
             backoff=backoff,
             heartbeat_s=heartbeat_s,
@@ -116,14 +126,10 @@ class DistributedOptimizer:
         self._encoder = UpdateEncoder()
         self._closed = False
         self.round = 0
-        self._assignment: dict[str, Any] = {}
+        self._assignment: Assignment | None = None
+        self._version: int | None = None
         self._received: np.ndarray | None = None
-        self._round_started = 0.0
-        self._round_steps = 0
-        self._round_samples = 0
-        self._round_loss = 0.0
-        self._round_loss_samples = 0
-        self._forward_samples = 0
+        self._start_round(0.0)
         self._hook = model.register_forward_pre_hook(self._count_forward)
         try:
             self._welcome = self._link.start(connect_timeout_s)
@@ -174,14 +180,14 @@ class DistributedOptimizer:
     @property
     def batch_size(self) -> int:
         """The batch size this round's assignment asks for."""
-        return int(self._assignment.get("batch_size") or self.training.batch_size)
+        return self._assignment.batch_size if self._assignment is not None else self.training.batch_size
 
     @property
     def local_steps(self) -> int:
         """Optimizer steps in the current round (see the module docs for the order of precedence)."""
         if self.local_steps_override is not None:
             return self.local_steps_override
-        assigned = int(self._assignment.get("local_steps", 0) or 0)
+        assigned = self._assignment.local_steps if self._assignment is not None else 0
         if assigned > 0:
             return assigned
         return math.ceil(len(self.shard) / self.batch_size) * self.training.epochs
@@ -291,22 +297,22 @@ class DistributedOptimizer:
             self._forward_samples += int(args[0].shape[0]) if args[0].dim() else 1
 
     def _finish_round(self) -> None:
-        assert self._received is not None
+        assert self._received is not None and self._assignment is not None
         if self.finished:
             return  # the run ended while this round trained: nobody takes the update
         update = self.layout.flatten(self.model) - self._received
         if not np.isfinite(update).all():
             raise NonFiniteError(f"{self.name}: round {self.round} produced a non-finite update")
         elapsed = time.perf_counter() - self._round_started
-        meta = {
-            "samples": self._round_samples,
-            "loss": self._round_loss / self._round_loss_samples if self._round_loss_samples else None,
-            "steps": self._round_steps,
+        meta = UpdateMeta(
+            samples=self._round_samples,
+            loss=self._round_loss / self._round_loss_samples if self._round_loss_samples else None,
+            steps=self._round_steps,
             # The caller's loop between the parameters' arrival and now.
-            "compute_s": elapsed,
-            "wall_s": elapsed,
-            "version": self._assignment.get("version"),
-        }
+            compute_s=elapsed,
+            wall_s=elapsed,
+            version=self._version,
+        )
         self._link.send(self._encoder.message(update, self._assignment, meta, self.round), self.round_timeout_s)
         self.report.rounds += 1
         self.report.samples += self._round_samples
@@ -315,18 +321,23 @@ class DistributedOptimizer:
 
     def _load_next_round(self) -> None:
         """Block until the next round's parameters (then load them into the model) or the end."""
-        msg = self._link.next_round(self.round_timeout_s, after=self.round)
-        if msg is None:
+        opened = self._link.next_round(self.round_timeout_s, after=self.round)
+        if opened is None:
             return
-        params = np.asarray(msg.sections["params"])
+        params = opened.params  # a fresh array the link handed over
         self.layout.check(params, "received parameters")
         if not np.isfinite(params).all():
-            raise NonFiniteError(f"{self.name}: round {msg.round}'s parameters hold NaN or Inf")
-        self._received = np.array(params, dtype=np.float32, copy=True)
+            raise NonFiniteError(f"{self.name}: round {opened.round}'s parameters hold NaN or Inf")
+        self._received = params
         self.layout.load_into(self.model, self._received)
-        self.round = msg.round
-        self._assignment = dict(msg.meta)
-        self._round_started = time.perf_counter()
+        self.round = opened.round
+        self._assignment = opened.assignment
+        self._version = opened.version
+        self._start_round(time.perf_counter())
+
+    def _start_round(self, now: float) -> None:
+        """Zero the round's counts (steps, samples, loss) from ``now`` on."""
+        self._round_started = now
         self._round_steps = self._round_samples = self._round_loss_samples = 0
         self._round_loss = 0.0
         self._forward_samples = 0

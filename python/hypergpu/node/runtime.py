@@ -14,24 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 
-import numpy as np
 from torch import nn
 
 from hypergpu.errors import TransportError
 from hypergpu.model.nets import build_model
-from hypergpu.node.session import (
-    Backoff,
+from hypergpu.node.protocol import (
+    Ended,
+    Event,
+    NodeProtocol,
     NodeReport,
-    Session,
+    Reply,
+    Reshape,
+    RoundOpened,
+    ShardsChanged,
     UpdateEncoder,
     Welcome,
-    hello_meta,
-    shards_of,
+    Welcomed,
+    hello,
 )
+from hypergpu.node.session import Backoff, Session
 from hypergpu.node.trainer import LocalTrainer
-from hypergpu.protocol import Message
+from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape
 
 __all__ = ["Backoff", "Node", "NodeReport"]
@@ -70,16 +76,19 @@ class Node:
         self.model_factory = model_factory
         self.idle_timeout_s = idle_timeout_s
         self.report = NodeReport(node_id=None)
+        self.protocol = NodeProtocol(self.report)
+        self._pending: deque[Message] = deque()
         self.session = Session(
             join,
             token=token,
             name=name,
-            hello=hello_meta(name, index, device, speed_factor),
+            hello=hello(name=name, index=index, device=device, speed_factor=speed_factor),
             shape=shape,
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             report=self.report,
-            on_welcome=self._on_welcome,
+            # A welcome that a resend had to wait for is handled once the round in hand is done.
+            on_message=self._pending.append,
         )
         self._trainer: LocalTrainer | None = None
         self._encoder = UpdateEncoder()
@@ -94,33 +103,12 @@ class Node:
         session = self.session
         await session.connect()
         heartbeat = asyncio.ensure_future(session.heartbeats())
-        early: Message | None = None
         try:
-            while True:
-                try:
-                    msg = await session.recv(timeout=self.idle_timeout_s)
-                except TransportError as exc:
-                    log.info("%s: link lost (%s); reconnecting", self.name, exc)
-                    await session.connect()
-                    continue
-                if msg.kind == "welcome":
-                    self._on_welcome(msg)
-                    if early is not None:
-                        msg, early = early, None
-                        await self._on_params(msg)
-                elif msg.kind == "params" and self._trainer is None:
-                    # Each message has its own stream, so the first round's
-                    # parameters can overtake the (larger) welcome: hold them.
-                    early = msg
-                elif msg.kind == "params":
-                    await self._on_params(msg)
-                elif msg.kind == "ack":
-                    self.report.record_ack(msg)
-                elif msg.kind == "control":
-                    if self._on_control(msg):
-                        break
-                elif msg.kind == "bye":
-                    break
+            while not self.protocol.finished:
+                msg = self._pending.popleft() if self._pending else await self._recv()
+                if msg is not None:
+                    for event in self.protocol.handle(msg):
+                        await self._act(event)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(BaseException):
@@ -130,11 +118,31 @@ class Node:
             self.report.metrics = self._trainer.metrics.snapshot()
         return self.report
 
-    # --- messages ---------------------------------------------------------------
+    async def _recv(self) -> Message | None:
+        try:
+            return await self.session.recv(timeout=self.idle_timeout_s)
+        except TransportError as exc:
+            log.info("%s: link lost (%s); reconnecting", self.name, exc)
+            await self.session.connect()
+            return None
 
-    def _on_welcome(self, msg: Message) -> None:
-        welcome = Welcome.parse(msg)
-        self.report.node_id = welcome.node_id
+    async def _act(self, event: Event) -> None:
+        if isinstance(event, Welcomed):
+            self._on_welcome(event.welcome)
+        elif isinstance(event, RoundOpened):
+            await self._train(event)
+        elif isinstance(event, ShardsChanged) and self._trainer is not None:
+            self._trainer.set_shard(event.shards)
+        elif isinstance(event, Reshape):
+            self.session.set_shape(event.profile, seed=self.seed or 0)
+        elif isinstance(event, Reply):
+            await self.session.send(event.message)
+        elif isinstance(event, Ended):
+            log.info("%s: training over (%s)", self.name, event.reason)
+
+    # --- events -----------------------------------------------------------------
+
+    def _on_welcome(self, welcome: Welcome) -> None:
         if self._trainer is None:
             first = welcome.shards[0]
             input_shape = tuple(first.x.shape[1:])
@@ -155,45 +163,31 @@ class Node:
         elif welcome.shards:
             self._trainer.set_shard(welcome.shards)
 
-    async def _on_params(self, msg: Message) -> None:
+    async def _train(self, opened: RoundOpened) -> None:
         trainer = self._trainer
         if trainer is None:
             raise TransportError(f"{self.name}: parameters arrived before the welcome")
-        params = self.session.take_params(msg)
-        if params is None:
-            return  # the coordinator sends the whole vector again
-        meta = msg.meta
-        steps = int(meta.get("local_steps", 0)) or None
+        work = opened.assignment
         result = await asyncio.to_thread(
             trainer.train_round,
-            params,
-            steps=steps,
-            batch_size=int(meta.get("batch_size", trainer.training.batch_size)),
-            accumulation=int(meta.get("accumulation", 1)),
+            opened.params,
+            steps=work.local_steps or None,
+            batch_size=work.batch_size,
+            accumulation=work.accumulation,
         )
-        out_meta = {
-            "samples": result.samples_seen,
-            "loss": result.metrics["loss"],
-            "accuracy": result.metrics["accuracy"],
-            "compute_s": result.metrics["compute_s"],
-            "wall_s": result.metrics["wall_s"],
-            "version": meta.get("version"),
-        }
-        update = self._encoder.message(result.update, meta, out_meta, msg.round)
+        meta = UpdateMeta(
+            samples=result.samples_seen,
+            loss=result.metrics["loss"],
+            accuracy=result.metrics["accuracy"],
+            compute_s=result.metrics["compute_s"],
+            wall_s=result.metrics["wall_s"],
+            version=opened.version,
+        )
+        update = self._encoder.message(result.update, work, meta, opened.round)
         retries_before = self.report.retries
         comm = await self.session.send(update)
         trainer.metrics.record_comm(comm, self.report.retries - retries_before)
-        log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, msg.round, update.codec, result.metrics["loss"])
+        log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, opened.round, update.codec,
+                 result.metrics["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
-
-    def _on_control(self, msg: Message) -> bool:
-        """Handle a control message; True means stop."""
-        kind = msg.meta.get("type")
-        if kind == "shard" and self._trainer is not None:
-            self._trainer.set_shard(shards_of(msg))
-        elif kind == "shape":
-            self.session.set_shape(str(msg.meta["profile"]), seed=self.seed or 0)
-        elif kind == "stop":
-            return True
-        return False

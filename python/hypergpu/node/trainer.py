@@ -111,34 +111,13 @@ class LocalTrainer:
 
         ``steps`` optimizer steps, or ``epochs`` passes over the shard
         (default: the config's ``local_steps``, or its ``epochs`` when that
-        is 0; an epoch is ``ceil(len(shard) / effective batch)`` steps). Each step sees ``batch_size * accumulation`` samples in
+        is 0; an epoch is ``ceil(len(shard) / effective batch)`` steps).
+        Each step sees ``batch_size * accumulation`` samples in
         ``accumulation`` micro-batches whose gradients are summed, so a
         smaller per-step batch can keep the same effective batch.
         """
-        if self._x is None or self._y is None:
-            raise DataError("no shard assigned to this trainer")
-        if steps is not None and epochs is not None:
-            raise InvalidArgumentError("pass steps or epochs, not both")
         batch = self.training.batch_size if batch_size is None else batch_size
-        for name, count in (("batch_size", batch), ("accumulation", accumulation)):
-            if count < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {count}")
-        effective = batch * accumulation
-        n = len(self._y)
-        if steps is None and epochs is None:
-            if self.training.local_steps > 0:
-                steps = self.training.local_steps
-            else:
-                epochs = self.training.epochs
-        if epochs is not None:
-            if epochs < 1:
-                raise InvalidArgumentError(f"epochs must be >= 1, got {epochs}")
-            steps = math.ceil(n / effective) * epochs
-            self._perm, self._pos = None, 0  # whole passes from a fresh shuffle
-        assert steps is not None
-        if steps < 1:
-            raise InvalidArgumentError(f"steps must be >= 1, got {steps}")
-
+        steps = self._count_steps(steps, epochs, batch, accumulation)
         received = self._load(flat_params)
         optimizer = make_optimizer(self.training, self.model.parameters())
         self.model.train()
@@ -146,24 +125,14 @@ class LocalTrainer:
         loss_sum, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
         for _ in range(steps):
-            idx = self._next_indices(effective)
+            idx = self._next_indices(batch * accumulation)
             timings, step_loss, step_correct = self._step(optimizer, idx, accumulation)
-            compute = sum(timings.values())
-            throttle = compute * (1.0 / self.speed_factor - 1.0)
-            if throttle > 0:
-                time.sleep(throttle)
+            totals["throttle_s"] += self._throttle(timings, step_loss)
             for key, value in timings.items():
                 totals[key] += value
-            totals["throttle_s"] += throttle
             loss_sum += step_loss * len(idx)
             correct += step_correct
             seen += len(idx)
-            self.metrics.record("loss", step_loss)
-            self.metrics.record("forward_s", timings["forward_s"])
-            self.metrics.record("backward_s", timings["backward_s"])
-            self.metrics.record("step_s", timings["step_s"])
-            self.metrics.record("compute_s", compute)
-            self.metrics.record("throttle_s", throttle)
         self.metrics.record("accuracy", correct / seen)
 
         update = self.layout.flatten(self.model) - received
@@ -183,6 +152,43 @@ class LocalTrainer:
         return RoundResult(update, seen, figures)
 
     # --- internals --------------------------------------------------------------
+
+    def _count_steps(self, steps: int | None, epochs: int | None, batch: int, accumulation: int) -> int:
+        """The round's optimizer steps (checked); counting by epochs restarts the shuffle."""
+        if self._x is None or self._y is None:
+            raise DataError("no shard assigned to this trainer")
+        if steps is not None and epochs is not None:
+            raise InvalidArgumentError("pass steps or epochs, not both")
+        for name, count in (("batch_size", batch), ("accumulation", accumulation)):
+            if count < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {count}")
+        if steps is None and epochs is None:
+            if self.training.local_steps > 0:
+                steps = self.training.local_steps
+            else:
+                epochs = self.training.epochs
+        if epochs is not None:
+            if epochs < 1:
+                raise InvalidArgumentError(f"epochs must be >= 1, got {epochs}")
+            steps = math.ceil(len(self._y) / (batch * accumulation)) * epochs
+            self._perm, self._pos = None, 0  # whole passes from a fresh shuffle
+        assert steps is not None
+        if steps < 1:
+            raise InvalidArgumentError(f"steps must be >= 1, got {steps}")
+        return steps
+
+    def _throttle(self, timings: dict[str, float], step_loss: float) -> float:
+        """Record one step's figures and sleep as a slower GPU would; returns the seconds slept."""
+        compute = sum(timings.values())
+        throttle = compute * (1.0 / self.speed_factor - 1.0)
+        if throttle > 0:
+            time.sleep(throttle)
+        self.metrics.record("loss", step_loss)
+        for key in ("forward_s", "backward_s", "step_s"):
+            self.metrics.record(key, timings[key])
+        self.metrics.record("compute_s", compute)
+        self.metrics.record("throttle_s", throttle)
+        return throttle
 
     def _load(self, flat_params: np.ndarray) -> np.ndarray:
         self.layout.check(flat_params, "received parameters")

@@ -1,7 +1,7 @@
 """Contribution scoring and reward splitting (pure Python, no chain needed)."""
 
 from hypergpu.rewards.allocation import RewardPolicy, allocate, largest_remainder, nonzero
-from hypergpu.rewards.history import Mismatch, ScoreBook
+from hypergpu.rewards.history import ScoreBook
 from hypergpu.rewards.scoring import (
     EpochScores,
     NodeEpochStats,
@@ -13,12 +13,14 @@ from hypergpu.rewards.scoring import (
     score_epoch,
     session_totals,
 )
+from hypergpu.rewards.tally import EpochTally, NodeTally
 
 __all__ = [
     "EpochScores",
-    "Mismatch",
+    "EpochTally",
     "NodeEpochStats",
     "NodeScore",
+    "NodeTally",
     "RewardPolicy",
     "ScoreBook",
     "ScoringWeights",

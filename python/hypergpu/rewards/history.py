@@ -1,27 +1,15 @@
-"""A local, append-only history of scored epochs and reward splits, which can
-be checked against what the chain recorded."""
+"""A local, append-only history of scored epochs and reward splits (checked
+against what the chain recorded by :func:`hypergpu.chain.reconcile.compare_with_chain`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hypergpu.rewards.scoring import EpochScores, NodeScore
-
-if TYPE_CHECKING:
-    from hypergpu.chain.client import ChainClient
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    node: str
-    field: str
-    local: int
-    chain: int
-
 
 class ScoreBook:
     """Epoch scores and reward amounts of one session, in a JSON-lines file."""
@@ -73,11 +61,10 @@ class ScoreBook:
         out: dict[str, dict[str, int]] = {}
         for epoch in sorted(self.epochs):
             for node, s in self.epochs[epoch].nodes.items():
-                entry = s.to_entry(node_id=1)
                 t = out.setdefault(node, {"compute_credit": 0, "updates_accepted": 0, "successful_rounds": 0})
-                t["compute_credit"] += entry.compute_credit
-                t["updates_accepted"] += entry.updates_accepted
-                t["successful_rounds"] += entry.successful_rounds
+                t["compute_credit"] += s.compute_credit
+                t["updates_accepted"] += s.samples_accepted
+                t["successful_rounds"] += s.rounds_succeeded
         return out
 
     def reward_totals(self) -> dict[str, int]:
@@ -86,14 +73,3 @@ class ScoreBook:
             for node, a in amounts.items():
                 out[node] = out.get(node, 0) + a
         return out
-
-    def compare_with_chain(self, client: ChainClient, node_ids: Mapping[str, int]) -> list[Mismatch]:
-        """Differences between the local totals and the chain's records (empty when they agree)."""
-        mismatches = []
-        for node, local in self.totals().items():
-            record = client.get_contribution(self.session_id, node_ids[node])
-            for name, value in local.items():
-                on_chain = getattr(record, name)
-                if on_chain != value:
-                    mismatches.append(Mismatch(node, name, value, on_chain))
-        return mismatches

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import median
 
-from hypergpu.chain.types import ContributionEntry
 from hypergpu.errors import InvalidArgumentError
 
 QUALITY_MIN, QUALITY_MAX = 0.5, 1.5
@@ -86,15 +85,16 @@ class NodeScore:
     outlier: bool = False
     reasons: tuple[str, ...] = ()
 
-    def to_entry(self, node_id: int) -> ContributionEntry:
-        """This score in the contract's units, for the node's on-chain id."""
-        return ContributionEntry(
-            node_id=node_id,
-            compute_credit=round(self.verified_seconds * CREDIT_SCALE),
-            updates_accepted=self.samples_accepted,
-            successful_rounds=self.rounds_succeeded,
-            quality_bps=round(self.quality * 10_000),
-        )
+    # The contract's units (see chain.types.ContributionEntry).
+    @property
+    def compute_credit(self) -> int:
+        """Verified compute, fixed-point."""
+        return round(self.verified_seconds * CREDIT_SCALE)
+
+    @property
+    def quality_bps(self) -> int:
+        """The quality multiplier in basis points."""
+        return round(self.quality * 10_000)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ on a real WAN::
 
     server = await Server.listen("127.0.0.1", 0, token="s3cret")
     conn = await connect(server.join_string, token="s3cret", name="node-3",
-                         shape=LinkShape.profile("poor", seed=1))
+                         shape=LinkShape.profile("poor", seed=1),
+                         config=TransportConfig(idle_timeout=20.0))
     await conn.send(encode_frame("heartbeat", b""))
     peer = await server.accept()
     frame = await peer.recv(timeout=5.0)
@@ -22,6 +23,11 @@ Profiles (``LINK_PROFILES``): perfect; good 10-50 ms, 0.1% loss, 100 Mbit/s;
 average 50-150 ms, 1%, 20 Mbit/s; poor 150-300 ms, 5%, 5 Mbit/s; unstable
 50-500 ms, 10%, 2 Mbit/s. The same seed replays the same decisions
 (:meth:`LinkShape.simulate` runs them on a virtual clock).
+
+A :class:`TransportConfig` holds the settings both ends take (size limit,
+timeouts, probe interval, receive queue, segmentation offload); its defaults
+are the Rust core's. :meth:`Connection.stats` returns a typed
+:class:`LinkStats` (``as_dict()`` for JSON).
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import time
 from typing import Any
 
 from hypergpu import _core
-from hypergpu._core import LINK_PROFILES, LinkShape
+from hypergpu._core import LINK_PROFILES, LinkShape, LinkStats, TransportConfig
 
-__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "Server", "connect"]
+__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "LinkStats", "Server", "TransportConfig", "connect"]
 
 
 class Connection:
@@ -85,11 +91,11 @@ class Connection:
         """
         return await self._inner.recv(timeout)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> LinkStats:
         """Link metrics: ``srtt_ms``, ``rtt_samples_ms``, ``bytes_sent``,
         ``bytes_received``, ``goodput_bps``, ``lost_packets``, ``lost_bytes``,
         ``congestion_events``, ``cwnd``, ``shaper_drops`` (per direction, per
-        cause) and more."""
+        cause) and more, as a :class:`LinkStats` (``as_dict()`` for JSON)."""
         return self._inner.stats()
 
     @property
@@ -124,32 +130,16 @@ class Server:
         port: int,
         *,
         token: str,
-        max_message_bytes: int = 256 << 20,
-        idle_timeout: float = 10.0,
-        handshake_timeout: float = 10.0,
-        ping_interval: float = 0.5,
-        recv_queue: int = 64,
         name: str = "coordinator",
         shape: LinkShape | None = None,
-        segmentation_offload: bool = True,
+        config: TransportConfig | None = None,
     ) -> Server:
         """Listen on ``host:port`` (port 0 picks a free one) with a fresh
         self-signed certificate. ``shape`` shapes every peer's link at this
-        end until a connection is given its own shape. ``segmentation_offload``
-        lets the kernel split batches of datagrams (off: one packet per
-        datagram, as kernel-level shapers such as tc and nftables expect)."""
+        end until a connection is given its own shape; ``config`` holds the
+        transport settings (defaults when ``None``)."""
         inner = await _core.TransportServer.listen(
-            host,
-            port,
-            token=token,
-            max_message_bytes=max_message_bytes,
-            idle_timeout=idle_timeout,
-            handshake_timeout=handshake_timeout,
-            ping_interval=ping_interval,
-            recv_queue=recv_queue,
-            name=name,
-            shape=shape,
-            segmentation_offload=segmentation_offload,
+            host, port, token=token, name=name, shape=shape, config=config
         )
         return cls(inner)
 
@@ -195,31 +185,16 @@ async def connect(
     token: str,
     name: str,
     shape: LinkShape | None = None,
-    max_message_bytes: int = 256 << 20,
-    idle_timeout: float = 10.0,
-    handshake_timeout: float = 10.0,
-    ping_interval: float = 0.5,
-    recv_queue: int = 64,
-    segmentation_offload: bool = True,
+    config: TransportConfig | None = None,
 ) -> Connection:
     """Join the coordinator named by ``join_string``.
 
-    ``shape`` shapes both directions of this endpoint (egress and ingress).
-    A wrong token or fingerprint raises :class:`~hypergpu.errors.AuthError`
+    ``shape`` shapes both directions of this endpoint (egress and ingress);
+    ``config`` holds the transport settings (defaults when ``None``). A
+    wrong token or fingerprint raises :class:`~hypergpu.errors.AuthError`
     saying which.
     """
-    inner = await _core.transport_connect(
-        join_string,
-        token=token,
-        name=name,
-        shape=shape,
-        max_message_bytes=max_message_bytes,
-        idle_timeout=idle_timeout,
-        handshake_timeout=handshake_timeout,
-        ping_interval=ping_interval,
-        recv_queue=recv_queue,
-        segmentation_offload=segmentation_offload,
-    )
+    inner = await _core.transport_connect(join_string, token=token, name=name, shape=shape, config=config)
     return Connection(inner)
 
 

@@ -1,60 +1,60 @@
 //! Maps [`Error`] onto the exception classes defined once in
 //! `hypergpu.errors` (a pure-Python module, so the hierarchy can use
 //! multiple inheritance: `FrameError` is also a `ValueError`).
+//!
+//! One imported type per class and an exhaustive `match`: a new variant
+//! without a class is a compile error, and a class missing from
+//! `hypergpu.errors` fails loudly at first use rather than falling back.
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::import_exception;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use crate::error::Error;
 
-fn class_name(err: &Error) -> &'static str {
-    match err {
-        Error::Empty(_) => "EmptyInputError",
-        Error::ShapeMismatch { .. } => "ShapeMismatchError",
-        Error::DtypeMismatch { .. } => "DtypeMismatchError",
-        Error::NonContiguous { .. } => "NonContiguousError",
-        Error::Weights(_) => "WeightsError",
-        Error::NonFinite { .. } => "NonFiniteError",
-        Error::InvalidArgument(_) => "InvalidArgumentError",
-        Error::UnknownCodec(_) => "UnknownCodecError",
-        Error::Codec(_) => "CodecError",
-        Error::Truncated { .. } => "TruncatedFrameError",
-        Error::BadMagic { .. } => "BadMagicError",
-        Error::UnsupportedVersion { .. } => "UnsupportedVersionError",
-        Error::Checksum { .. } => "ChecksumError",
-        Error::Frame(_) => "FrameError",
-        Error::Transport(_) => "TransportError",
-        Error::Auth(_) => "AuthError",
-        Error::Timeout(_) => "TimeoutError",
-        Error::TooLarge { .. } => "MessageTooLargeError",
-        Error::Closed(_) => "ConnectionClosedError",
-    }
-}
-
-/// Build the Python exception for `err`.
-pub fn to_pyerr(py: Python<'_>, err: &Error) -> PyErr {
-    let build = || -> PyResult<PyErr> {
-        let cls = py.import("hypergpu.errors")?.getattr(class_name(err))?;
-        let message = err.to_string();
-        let args = match err {
-            Error::NonFinite { update, .. } => PyTuple::new(
-                py,
-                [
-                    message.into_pyobject(py)?.into_any(),
-                    update.into_pyobject(py)?.into_any(),
-                ],
-            )?,
-            _ => PyTuple::new(py, [message])?,
-        };
-        Ok(PyErr::from_value(cls.call1(args)?))
-    };
-    // Only an unimportable `hypergpu.errors` could fail here; keep the message.
-    build().unwrap_or_else(|_| PyRuntimeError::new_err(err.to_string()))
-}
+import_exception!(hypergpu.errors, EmptyInputError);
+import_exception!(hypergpu.errors, ShapeMismatchError);
+import_exception!(hypergpu.errors, DtypeMismatchError);
+import_exception!(hypergpu.errors, NonContiguousError);
+import_exception!(hypergpu.errors, WeightsError);
+import_exception!(hypergpu.errors, NonFiniteError);
+import_exception!(hypergpu.errors, InvalidArgumentError);
+import_exception!(hypergpu.errors, UnknownCodecError);
+import_exception!(hypergpu.errors, CodecError);
+import_exception!(hypergpu.errors, TruncatedFrameError);
+import_exception!(hypergpu.errors, BadMagicError);
+import_exception!(hypergpu.errors, UnsupportedVersionError);
+import_exception!(hypergpu.errors, ChecksumError);
+import_exception!(hypergpu.errors, FrameError);
+import_exception!(hypergpu.errors, TransportError);
+import_exception!(hypergpu.errors, AuthError);
+import_exception!(hypergpu.errors, TimeoutError);
+import_exception!(hypergpu.errors, MessageTooLargeError);
+import_exception!(hypergpu.errors, ConnectionClosedError);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
-        Python::attach(|py| to_pyerr(py, &err))
+        let message = err.to_string();
+        match err {
+            Error::Empty(_) => EmptyInputError::new_err(message),
+            Error::ShapeMismatch { .. } => ShapeMismatchError::new_err(message),
+            Error::DtypeMismatch { .. } => DtypeMismatchError::new_err(message),
+            Error::NonContiguous { .. } => NonContiguousError::new_err(message),
+            Error::Weights(_) => WeightsError::new_err(message),
+            // `update_index` on the Python side names the offending update.
+            Error::NonFinite { update, .. } => NonFiniteError::new_err((message, update)),
+            Error::InvalidArgument(_) => InvalidArgumentError::new_err(message),
+            Error::UnknownCodec(_) => UnknownCodecError::new_err(message),
+            Error::Codec(_) => CodecError::new_err(message),
+            Error::Truncated { .. } => TruncatedFrameError::new_err(message),
+            Error::BadMagic { .. } => BadMagicError::new_err(message),
+            Error::UnsupportedVersion { .. } => UnsupportedVersionError::new_err(message),
+            Error::Checksum { .. } => ChecksumError::new_err(message),
+            Error::Frame(_) => FrameError::new_err(message),
+            Error::Transport(_) => TransportError::new_err(message),
+            Error::Auth(_) => AuthError::new_err(message),
+            Error::Timeout(_) => TimeoutError::new_err(message),
+            Error::TooLarge { .. } => MessageTooLargeError::new_err(message),
+            Error::Closed(_) => ConnectionClosedError::new_err(message),
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! node's [`connect`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::{Connection, Endpoint, EndpointConfig, Incoming, TokioRuntime};
 use sha2::{Digest, Sha256};
@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use super::hello::{Hello, Welcome, MAX_HELLO};
 use super::link::Link;
+use super::rejections::{Rejection, Rejections};
 use super::tls::{self, Identity};
-use super::{code, connection_error, Config};
+use super::{code, connection_error, TransportConfig};
 use crate::error::{Error, Result};
 use crate::shaping::{LinkShape, ShapedSocket};
 
@@ -58,44 +59,6 @@ impl JoinString {
     }
 }
 
-/// A peer the server turned away (or cut off), and why.
-#[derive(Clone, Debug)]
-pub struct Rejection {
-    pub peer: SocketAddr,
-    pub name: Option<String>,
-    pub reason: String,
-    /// Seconds since the server started.
-    pub at_s: f64,
-}
-
-/// The server's log of rejections, bounded to the most recent ones.
-pub struct Rejections {
-    started: Instant,
-    log: Mutex<(Vec<Rejection>, u64)>,
-}
-
-const REJECTIONS_KEPT: usize = 1000;
-
-impl Rejections {
-    pub(crate) fn record(&self, peer: SocketAddr, name: Option<&str>, reason: &str) {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        if log.0.len() == REJECTIONS_KEPT {
-            log.0.remove(0);
-        }
-        log.0.push(Rejection {
-            peer,
-            name: name.map(str::to_string),
-            reason: reason.to_string(),
-            at_s: self.started.elapsed().as_secs_f64(),
-        });
-        log.1 += 1;
-    }
-
-    fn snapshot(&self) -> (Vec<Rejection>, u64) {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
 /// Socket buffers big enough for a burst at full speed; the kernel caps
 /// them at its `rmem_max`/`wmem_max`.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -136,7 +99,7 @@ impl Server {
         host: &str,
         port: u16,
         token: &str,
-        cfg: Config,
+        cfg: TransportConfig,
         name: &str,
         shape: LinkShape,
     ) -> Result<Server> {
@@ -162,10 +125,7 @@ impl Server {
         let local = endpoint
             .local_addr()
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let rejections = Arc::new(Rejections {
-            started: Instant::now(),
-            log: Mutex::new((Vec::new(), 0)),
-        });
+        let rejections = Arc::new(Rejections::new());
         let (tx, rx) = mpsc::channel(256);
         let gate = Arc::new(Gate {
             token_digest: Sha256::digest(token.as_bytes()).into(),
@@ -243,7 +203,7 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 /// What a joining peer must get past.
 struct Gate {
     token_digest: [u8; 32],
-    cfg: Config,
+    cfg: TransportConfig,
     name: String,
     socket: Arc<ShapedSocket>,
     rejections: Arc<Rejections>,
@@ -354,7 +314,7 @@ pub async fn connect(
     token: &str,
     name: &str,
     shape: LinkShape,
-    cfg: Config,
+    cfg: TransportConfig,
 ) -> Result<Link> {
     cfg.validate()?;
     shape.validate()?;
@@ -416,22 +376,34 @@ pub async fn connect(
     ))
 }
 
-async fn say_hello(conn: &Connection, token: &str, name: &str, cfg: &Config) -> Result<Welcome> {
+async fn say_hello(
+    conn: &Connection,
+    token: &str,
+    name: &str,
+    cfg: &TransportConfig,
+) -> Result<Welcome> {
     let hello = Hello {
         token: token.to_string(),
         max_message_bytes: cfg.max_message_bytes,
         name: name.to_string(),
     }
     .encode()?;
-    let lost = |conn: &Connection| match conn.close_reason() {
-        Some(e) => connection_error(&e),
-        None => Error::Transport("join exchange failed".into()),
-    };
+    // A refused join ends with the coordinator closing the connection with
+    // the reason, but the end of its (empty) answer may arrive first: wait
+    // for the close (the caller bounds the wait) and report its reason.
+    let refused = || async { connection_error(&conn.closed().await) };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
-    send.write_all(&hello).await.map_err(|_| lost(conn))?;
+    if send.write_all(&hello).await.is_err() {
+        return Err(refused().await);
+    }
     let _ = send.finish();
-    let buf = recv.read_to_end(MAX_HELLO).await.map_err(|_| lost(conn))?;
-    Welcome::decode(&buf)
+    match recv.read_to_end(MAX_HELLO).await {
+        Ok(buf) if !buf.is_empty() => Welcome::decode(&buf),
+        Err(quinn::ReadToEndError::TooLong) => Err(Error::Frame(format!(
+            "the coordinator's answer to the join is over {MAX_HELLO} bytes"
+        ))),
+        Ok(_) | Err(quinn::ReadToEndError::Read(_)) => Err(refused().await),
+    }
 }
 
 #[cfg(test)]

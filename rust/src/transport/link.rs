@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::endpoint::Rejections;
-use super::{code, connection_error, Config, FrameAllocator, FrameBuf};
+use super::rejections::Rejections;
+use super::{code, connection_error, FrameAllocator, FrameBuf, TransportConfig};
 use crate::error::{Error, Result};
 use crate::shaping::{LinkCounters, LinkShape, ShapedSocket};
 use crate::wire::{self, Header, FIXED_LEN};
@@ -99,7 +99,7 @@ impl Link {
         conn: Connection,
         socket: Arc<ShapedSocket>,
         endpoint: Option<Endpoint>,
-        cfg: &Config,
+        cfg: &TransportConfig,
         peer_name: String,
         peer_max_message_bytes: u64,
         rejections: Option<Arc<Rejections>>,

@@ -9,6 +9,7 @@
 mod endpoint;
 mod hello;
 mod link;
+mod rejections;
 pub mod tls;
 
 use std::time::Duration;
@@ -17,12 +18,14 @@ use quinn::{ConnectionError, VarInt};
 
 use crate::error::Error;
 
-pub use endpoint::{connect, JoinString, Rejection, Server};
+pub use endpoint::{connect, JoinString, Server};
 pub use link::{Link, LinkStats};
+pub use rejections::Rejection;
 
-/// Settings shared by both ends.
+/// Settings shared by both ends. [`Default`] is the one place their
+/// defaults are written (Python's `TransportConfig` takes them from here).
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct TransportConfig {
     /// Largest payload accepted; larger messages are refused unread.
     pub max_message_bytes: u64,
     /// A peer silent this long is dead; its link fails with a timeout.
@@ -73,9 +76,9 @@ impl std::fmt::Debug for FrameAllocator {
     }
 }
 
-impl Default for Config {
+impl Default for TransportConfig {
     fn default() -> Self {
-        Config {
+        TransportConfig {
             max_message_bytes: 256 << 20,
             idle_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -87,7 +90,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl TransportConfig {
     pub fn validate(&self) -> crate::error::Result<()> {
         if self.max_message_bytes == 0 {
             return Err(Error::InvalidArgument(
@@ -187,9 +190,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn join_send_and_refuse() {
-        let cfg = Config {
+        let cfg = TransportConfig {
             max_message_bytes: 1 << 16,
-            ..Config::default()
+            ..TransportConfig::default()
         };
         let server = Server::listen(
             "127.0.0.1",
@@ -231,12 +234,21 @@ mod tests {
             LinkShape::default(),
             cfg.clone(),
         )
-        .await;
-        assert!(matches!(bad_token, Err(Error::Auth(m)) if m.contains("invalid join token")));
+        .await
+        .err();
+        assert!(
+            matches!(&bad_token, Some(Error::Auth(m)) if m.contains("invalid join token")),
+            "{bad_token:?}"
+        );
         let other = "0".repeat(64);
         let join = format!("quic://{}#{other}", server.local_addr());
-        let bad_pin = connect(&join, "tok", "n3", LinkShape::default(), cfg).await;
-        assert!(matches!(bad_pin, Err(Error::Auth(m)) if m.contains("fingerprint mismatch")));
+        let bad_pin = connect(&join, "tok", "n3", LinkShape::default(), cfg)
+            .await
+            .err();
+        assert!(
+            matches!(&bad_pin, Some(Error::Auth(m)) if m.contains("fingerprint mismatch")),
+            "{bad_pin:?}"
+        );
         server.close().await;
     }
 }

@@ -73,7 +73,7 @@ async def events(websocket: WebSocket, after: int = Query(0, ge=0)) -> None:
                 receiver.result()
             else:
                 receiver.cancel()
-    except WebSocketDisconnect:
+    except WebSocketDisconnect:  # the client went away: the normal end of a subscription
         pass
     finally:
         sender.cancel()

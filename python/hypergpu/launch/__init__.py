@@ -1,0 +1,22 @@
+"""Where a run is put together: the planner and outer optimizer chosen for a
+configuration (:func:`assemble`), the local-run harness (:func:`local_run`:
+coordinator, node processes, chain recorder), and the time-to-accuracy
+trial the benchmarks and end-to-end tests share (:func:`run_trial`)."""
+
+from hypergpu.launch.assemble import assemble, planner_for
+from hypergpu.launch.local import LocalNodes, LocalRun, local_run
+from hypergpu.launch.recorder import attach_recorder, settle_recorder
+from hypergpu.launch.trial import TrialResult, TrialRound, run_trial
+
+__all__ = [
+    "LocalNodes",
+    "LocalRun",
+    "TrialResult",
+    "TrialRound",
+    "assemble",
+    "attach_recorder",
+    "local_run",
+    "planner_for",
+    "run_trial",
+    "settle_recorder",
+]

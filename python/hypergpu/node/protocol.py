@@ -1,0 +1,296 @@
+"""What each message from the coordinator means to a node, decided once (sans-IO).
+
+:class:`NodeProtocol` takes the messages a node receives, in arrival order,
+and answers each with the events it amounts to: :class:`Welcomed`,
+:class:`RoundOpened` (the parameters already decoded, whole or as a delta,
+with the round's typed :class:`~hypergpu.protocol.Assignment`),
+:class:`Acked`, :class:`ShardsChanged`, :class:`Reshape`, :class:`Ended`,
+and :class:`Reply` for a message the node must send back (a ``resync``
+request when a parameter delta cannot be applied). It does no I/O and
+knows no clock, so both drivers — the built-in node
+(:mod:`hypergpu.node.runtime`) and the wrapped optimizer's background link
+(:mod:`hypergpu.node.background`) — act on the same decisions, and tests
+feed it messages directly. :class:`UpdateEncoder` builds the node's side:
+the ``update`` message in the codec a round assigned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+from pydantic import ValidationError
+
+from hypergpu.config.schema import TrainingConfig
+from hypergpu.data.shards import Shard
+from hypergpu.errors import FrameError, HyperGPUError, InvalidArgumentError, ShapeMismatchError
+from hypergpu.protocol import Ack, Assignment, Control, Hello, Message, UpdateMeta, WelcomeMeta, parse_meta
+from hypergpu.update.codec import Codec
+from hypergpu.update.downlink import ParamsDecoder
+from hypergpu.wire import TensorSpec
+
+__all__ = [
+    "Acked",
+    "Ended",
+    "Event",
+    "NodeProtocol",
+    "NodeReport",
+    "Reply",
+    "Reshape",
+    "RoundOpened",
+    "ShardsChanged",
+    "UpdateEncoder",
+    "Welcome",
+    "Welcomed",
+    "hello",
+    "shards_of",
+]
+
+log = logging.getLogger("hypergpu.node")
+
+#: ``params`` messages held while the welcome has not come yet (they can overtake it).
+MAX_EARLY = 4
+
+
+@dataclass
+class NodeReport:
+    node_id: int | None
+    rounds: int = 0
+    samples: int = 0
+    acks: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    reconnects: int = 0
+    #: Messages dropped because their meta or sections did not fit.
+    malformed: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def record_ack(self, ack: Ack) -> None:
+        """Count an ``ack``: ``accepted``, or the coordinator's refusal reason."""
+        self.acks["accepted" if ack.accepted else str(ack.reason)] += 1
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The coordinator's answer to a hello."""
+
+    node_id: int
+    training: TrainingConfig
+    layout: str  # digest of the coordinator's ParamLayout
+    num_params: int | None
+    shards: list[Shard]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Welcome:
+        meta = parse_meta(WelcomeMeta, msg)
+        try:
+            training = TrainingConfig.model_validate(meta.training)
+        except ValidationError as exc:
+            raise FrameError(f"welcome meta refused: training: {exc}") from None
+        return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg))
+
+    def check_layout(self, digest: str, who: str, num_params: int | None = None) -> None:
+        """Refuse a model whose flat layout differs from the coordinator's."""
+        if digest != self.layout:
+            sizes = ""
+            if num_params is not None and self.num_params is not None:
+                sizes = f"; {num_params} values here, {self.num_params} there"
+            raise ShapeMismatchError(
+                f"{who}: this node's model does not match the coordinator's "
+                f"(layout {digest[:12]} vs {self.layout[:12]}{sizes})"
+            )
+
+
+def shards_of(msg: Message) -> list[Shard]:
+    """The data shards a welcome or a ``shard`` control message carries (checksums verified)."""
+    return [Shard.from_bytes(bytes(v)) for k, v in sorted(msg.sections.items()) if k.startswith("shard")]
+
+
+def hello(**fields: Any) -> Hello:
+    """What a node says about itself when it joins; a bad field is an InvalidArgumentError."""
+    try:
+        return Hello(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"cannot introduce this node: {problems}") from None
+
+
+# --- events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcomed:
+    """The coordinator (re)admitted this node; ``first`` unless it is a reconnection."""
+
+    welcome: Welcome
+    first: bool
+
+
+@dataclass(frozen=True)
+class RoundOpened:
+    """A round's work: the parameters to start from (a fresh float32 array this node owns)."""
+
+    round: int
+    version: int | None  # the model version the parameters are
+    assignment: Assignment
+    params: np.ndarray
+
+
+@dataclass(frozen=True)
+class Acked:
+    ack: Ack
+
+
+@dataclass(frozen=True)
+class ShardsChanged:
+    shards: list[Shard]
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """Shape this node's link with the named profile from now on."""
+
+    profile: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The training is over for this node (``bye``, or a ``stop`` control)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message the node must send to the coordinator."""
+
+    message: Message
+
+
+Event = Union[Welcomed, RoundOpened, Acked, ShardsChanged, Reshape, Ended, Reply]
+
+
+# --- the handler ------------------------------------------------------------------
+
+
+class NodeProtocol:
+    """A node's protocol state: the welcome, the parameters it holds, the acks, the end.
+
+    :meth:`handle` each received message in arrival order (from one thread).
+    A welcome that does not fit raises (the node cannot work without it);
+    any other message that does not fit is dropped and counted in
+    ``report.malformed``, so one bad message never stops the node.
+    """
+
+    def __init__(self, report: NodeReport | None = None):
+        self.report = report if report is not None else NodeReport(node_id=None)
+        self.welcome: Welcome | None = None
+        #: The parameters this node holds, kept current from ``params`` messages (whole or deltas).
+        self.held = ParamsDecoder()
+        self.finished = False
+        self._early: list[Message] = []
+
+    def handle(self, msg: Message) -> list[Event]:
+        """The events ``msg`` amounts to (none for a heartbeat or an unknown kind)."""
+        if msg.kind == "welcome":
+            return self._welcome(msg)
+        try:
+            if msg.kind == "params":
+                return self._params(msg)
+            if msg.kind == "ack":
+                ack = parse_meta(Ack, msg)
+                self.report.record_ack(ack)
+                return [Acked(ack)]
+            if msg.kind == "control":
+                return self._control(msg)
+        except HyperGPUError as exc:
+            self.report.malformed += 1
+            log.warning("node %s: %s message dropped: %s", self.report.node_id, msg.kind, exc)
+            return []
+        if msg.kind == "bye":
+            return self._end(str(msg.meta.get("reason") or "bye"))
+        return []
+
+    def _welcome(self, msg: Message) -> list[Event]:
+        welcome = Welcome.parse(msg)
+        first = self.welcome is None
+        self.welcome = welcome
+        self.report.node_id = welcome.node_id
+        events: list[Event] = [Welcomed(welcome, first)]
+        early, self._early = self._early, []
+        opened = [e for m in early for e in self.handle(m)]
+        # Rounds that opened before the welcome and were superseded are skipped.
+        rounds = [e for e in opened if isinstance(e, RoundOpened)]
+        events += [e for e in opened if not isinstance(e, RoundOpened)]
+        events += rounds[-1:]
+        return events
+
+    def _params(self, msg: Message) -> list[Event]:
+        if self.welcome is None:
+            # Each message has its own stream, so a round's parameters can
+            # overtake the (larger) welcome: hold them, in order, until it comes.
+            self._early = [*self._early[-(MAX_EARLY - 1):], msg]
+            return []
+        assignment = Assignment.from_meta(msg.meta, default_batch=self.welcome.training.batch_size)
+        version = msg.meta.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise FrameError(f"params meta refused: version: not an integer ({version!r})")
+        try:
+            params = self.held.apply(msg.meta, msg.sections)
+        except HyperGPUError as exc:
+            log.info("node %s: round %d parameters unusable (%s); asking for them whole",
+                     self.report.node_id, msg.round, exc)
+            resync = Control(type="resync", reason=str(exc))
+            return [Reply(Message("control", resync.as_meta(), round=msg.round))]
+        return [RoundOpened(msg.round, version, assignment, params)]
+
+    def _control(self, msg: Message) -> list[Event]:
+        control = parse_meta(Control, msg)
+        if control.type == "shard":
+            return [ShardsChanged(shards_of(msg))]
+        if control.type == "shape":
+            if not control.profile:
+                raise FrameError("control meta refused: profile: a shape control needs one")
+            return [Reshape(control.profile)]
+        if control.type == "stop":
+            return self._end(control.reason or "stop")
+        return []  # resync goes node -> coordinator only
+
+    def _end(self, reason: str) -> list[Event]:
+        self.finished = True
+        return [Ended(reason)]
+
+
+class UpdateEncoder:
+    """Encodes updates with the codec a round's assignment names.
+
+    The top-k residual (what earlier rounds did not send) lives here, so it
+    carries over from round to round.
+    """
+
+    def __init__(self) -> None:
+        self.residual: np.ndarray | None = None
+
+    def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
+        """The ``update`` message for ``update`` (float32, flat) in ``round_id``."""
+        if assignment.codec == "raw" and not assignment.zstd:
+            return Message("update", meta.as_meta(), {"update": update}, round=round_id)
+        ratio = assignment.codec_ratio if assignment.codec == "topk" else None
+        codec = Codec(assignment.codec, ratio=ratio, zstd=assignment.zstd)
+        residual = None
+        if codec.error_feedback:
+            if self.residual is None or self.residual.shape != update.shape:
+                self.residual = np.zeros_like(update)
+            residual = self.residual
+        encoded = codec.encode(update, residual)
+        return Message(
+            "update",
+            meta.as_meta(),
+            {"update": np.frombuffer(encoded.payload, dtype=np.uint8)},
+            round=round_id,
+            codec=assignment.codec,
+            zstd=codec.zstd,
+            update_spec=TensorSpec("update", "f32", list(update.shape), 0),
+        )

@@ -1,0 +1,71 @@
+"""``hypergpu train --no-api`` and ``hypergpu coordinator`` as processes: the
+local-run harness end to end, with and without the chain recorder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hypergpu
+
+pytestmark = pytest.mark.timeout(180)
+
+SMALL = ("nodes.count=2", "training.rounds=3", "training.model='mlp'", "training.local_steps=2",
+         "data.cache_dir=null", "coordinator.checkpoint_every=0", "coordinator.heartbeat_interval_s=0.5")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hypergpu.cli", *args]
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(Path(hypergpu.__file__).resolve().parent.parent))
+
+
+def sets(*overrides: str) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_train_without_api_settles_on_the_embedded_chain(tmp_path: Path) -> None:
+    overrides = (*SMALL, f"chain.queue_path='{tmp_path / 'chain' / 'q.sqlite3'}'")
+    done = subprocess.run(cli("train", "--no-api", *sets(*overrides)), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=150)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "chain: embedded" in out and "rounds 3" in out
+    # The rewards table: both nodes were paid, and nothing was left queued.
+    assert "node-0" in out and "node-1" in out and "reward (ETH)" in out
+    assert "still queued" not in out
+
+
+def test_coordinator_serves_nodes_that_join_from_elsewhere(tmp_path: Path) -> None:
+    overrides = (*SMALL, "nodes.count=1", "coordinator.port=0", "rewards.enabled=false")
+    coord = subprocess.Popen(cli("coordinator", *sets(*overrides)), cwd=tmp_path, env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert coord.stdout is not None
+        lines: dict[str, str] = {}
+        deadline = time.monotonic() + 120
+        while "token" not in lines:
+            assert time.monotonic() < deadline, lines
+            line = coord.stdout.readline()
+            assert line, f"the coordinator exited: {lines}"
+            key, _, value = line.partition(": ")
+            lines[key] = value.strip()
+        node = subprocess.run(
+            cli("node", "--join", lines["join"], "--token", lines["token"], "--index", "0"),
+            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120,
+        )
+        assert node.returncode == 0, node.stdout + node.stderr
+        out, _ = coord.communicate(timeout=60)
+    finally:
+        if coord.poll() is None:
+            coord.kill()
+            coord.communicate()
+    assert coord.returncode == 0, out
+    assert "rounds 3" in out and "chain:" not in out
