@@ -12,8 +12,9 @@ import json
 import pytest
 from eth_account import Account
 
-from hypergpu.chain import AnvilProcess, ChainClient, ChainConfig, ContributionEntry, RewardTree
+from hypergpu.chain import AnvilProcess, ChainClient, ContributionEntry, RewardTree
 from hypergpu.chain.testing import anvil_unavailable_reason, free_port, funded_signer
+from hypergpu.config.chain import ChainConfig
 
 ETH = 10**18
 

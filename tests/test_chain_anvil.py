@@ -82,6 +82,7 @@ def test_outage_and_crash_resume(anvil_ready, tmp_path: Path, monkeypatch) -> No
             f"""
             import time
             from hypergpu.chain import ChainClient, ContributionEntry, SettlementQueue
+            from hypergpu.config.chain import ChainConfig
             config = ChainConfig(kind="anvil", anvil_port={config.anvil_port}, key_env="HG_TEST_CHAIN_KEY",
                                  registry_address="{deployment.registry}", tracker_address="{deployment.tracker}",
                                  distributor_address="{deployment.distributor}")

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 import hypergpu
-from hypergpu.chain import ChainClient, ChainConfig
+from hypergpu.chain import ChainClient
 from hypergpu.chain.anvil import ANVIL_ENV, AnvilProcess, contracts_dir
 from hypergpu.chain.testing import free_port
+from hypergpu.config.chain import ChainConfig
 from hypergpu.errors import ChainError
 
 POOL = 10**18 + 1

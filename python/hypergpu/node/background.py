@@ -138,8 +138,10 @@ class BackgroundLink:
         self._closing = True
         if self._loop.is_running():
             done = asyncio.run_coroutine_threadsafe(self._leave(), self._loop)
-            with contextlib.suppress(Exception):
+            try:
                 done.result(timeout=10.0)
+            except Exception as exc:  # closing goes on: the link is going away either way
+                log.warning("%s: saying bye failed: %s", self.session.name, exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10.0)
         if not self._loop.is_running():
@@ -173,8 +175,8 @@ class BackgroundLink:
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
-                with contextlib.suppress(BaseException):
-                    await heartbeat
+                # Cancelled just now: its end, or a send failing on a closing link, is no news.
+                await asyncio.gather(heartbeat, return_exceptions=True)
             if self.failure is not None:
                 await session.close(f"node failed: {self.failure}")
 
@@ -230,11 +232,11 @@ class BackgroundLink:
     async def _leave(self) -> None:
         link = self.session.link
         if not self.finished and link is not None:
-            with contextlib.suppress(HyperGPUError):
+            with contextlib.suppress(HyperGPUError):  # a link already gone cannot carry the bye
                 await link.send(protocol.encode(Message("bye", {"reason": "leaving"})))
         await self.session.close("node leaving")
         task = self._driver_task
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # A failure of the driver has reached the caller already (``_fail``).
+            await asyncio.gather(task, return_exceptions=True)
