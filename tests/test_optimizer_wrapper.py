@@ -220,6 +220,8 @@ async def test_step_times_out_clearly_when_no_next_round_comes(tmp_path: Path) -
 class TopKPlanner:
     """Every node, 5 local steps, top-k updates of 20 % of the coordinates."""
 
+    label = "topk"
+
     def plan(self, round_id: int, view: PlanView) -> RoundPlan:
         a = Assignment(batch_size=16, local_steps=5, codec="topk", codec_ratio=0.2)
         return RoundPlan(round_id, {n.node_id: a for n in view.nodes})

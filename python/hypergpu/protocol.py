@@ -188,10 +188,11 @@ def parse_meta(schema: type[M], msg: Message) -> M:
     try:
         return schema.model_validate(msg.meta)
     except ValidationError as exc:
-        raise FrameError(f"{msg.kind} meta refused: {_problems(exc)}") from None
+        raise FrameError(f"{msg.kind} meta refused: {validation_problems(exc)}") from None
 
 
-def _problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: each bad field and what is wrong with it."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in exc.errors())
 
 
@@ -239,7 +240,7 @@ class Assignment:
         try:
             return _ASSIGNMENT.validate_python(given)
         except ValidationError as exc:
-            raise FrameError(f"params meta refused: {_problems(exc)}") from None
+            raise FrameError(f"params meta refused: {validation_problems(exc)}") from None
 
 
 _ASSIGNMENT: TypeAdapter[Assignment] = TypeAdapter(Assignment)

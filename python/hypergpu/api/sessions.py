@@ -15,9 +15,8 @@ if TYPE_CHECKING:  # the coordinator pulls in torch: `import hypergpu.api` shoul
 
 
 def planner_label(planner: Planner) -> str:
-    """A planner's display name: its ``label`` ('baseline', 'adaptive'), else its class name."""
-    label = getattr(planner, "label", None)  # optional: not part of the Planner protocol
-    return label if isinstance(label, str) and label else type(planner).__name__.lower()
+    """A planner's display name ('baseline', 'adaptive')."""
+    return planner.label
 
 
 def metric_point(record: RoundRecord) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypergpu.config.schema import NetworkEvent
 from hypergpu.protocol import Control, Message
 
 log = logging.getLogger("hypergpu.coordinator")
@@ -22,7 +23,7 @@ log = logging.getLogger("hypergpu.coordinator")
 class NetworkScript:
     """Runs the scheduled link changes of a run."""
 
-    def __init__(self, events: list[Any], send: Callable[[int, Message], Awaitable[bool]],
+    def __init__(self, events: list[NetworkEvent], send: Callable[[int, Message], Awaitable[bool]],
                  publish: Callable[..., Any]):
         self.pending = list(events)
         self._send = send

@@ -27,7 +27,17 @@ from pydantic import ValidationError
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
 from hypergpu.errors import FrameError, HyperGPUError, InvalidArgumentError, ShapeMismatchError
-from hypergpu.protocol import Ack, Assignment, Control, Hello, Message, UpdateMeta, WelcomeMeta, parse_meta
+from hypergpu.protocol import (
+    Ack,
+    Assignment,
+    Control,
+    Hello,
+    Message,
+    UpdateMeta,
+    WelcomeMeta,
+    parse_meta,
+    validation_problems,
+)
 from hypergpu.update.codec import Codec
 from hypergpu.update.downlink import ParamsDecoder
 from hypergpu.wire import TensorSpec
@@ -88,7 +98,7 @@ class Welcome:
         try:
             training = TrainingConfig.model_validate(meta.training)
         except ValidationError as exc:
-            raise FrameError(f"welcome meta refused: training: {exc}") from None
+            raise FrameError(f"welcome meta refused: training: {validation_problems(exc)}") from None
         return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg))
 
     def check_layout(self, digest: str, who: str, num_params: int | None = None) -> None:
@@ -113,8 +123,7 @@ def hello(**fields: Any) -> Hello:
     try:
         return Hello(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgumentError(f"cannot introduce this node: {problems}") from None
+        raise InvalidArgumentError(f"cannot introduce this node: {validation_problems(exc)}") from None
 
 
 # --- events -----------------------------------------------------------------------

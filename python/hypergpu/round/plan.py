@@ -71,6 +71,9 @@ class RoundPlan:
 
 
 class Planner(Protocol):
+    #: A short name for runs planned this way ('baseline', 'adaptive'), shown by the API.
+    label: str
+
     def plan(self, round_id: int, view: PlanView) -> RoundPlan:
         """Who takes part in ``round_id`` and what each participant does."""
 
