@@ -7,7 +7,7 @@
 # is missing, and refreshes the package lists only when it has to install.
 set -euo pipefail
 
-packages=(iproute2 nftables chromium)
+packages=(iproute2 nftables chromium dataset-fashion-mnist)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hypergpu.config.chain import ChainConfig
 
-ModelKind = Literal["mlp", "cnn", "custom"]
+ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
+TaskKind = Literal["auto", "classification", "lm"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic"]
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "stdlib", "text", "tokens"]
 ProfileName = Literal["perfect", "good", "average", "poor", "unstable", "custom"]
 Device = Literal["auto", "cpu", "cuda"]
 LatePolicy = Literal["drop", "stale-weighted"]
@@ -40,17 +41,44 @@ def _all_param_codecs() -> list[ParamCodec]:
 
 
 #: Datasets read from files under ``data.path``.
-FILE_DATASETS = frozenset({"mnist", "fashion-mnist", "cifar10"})
+FILE_DATASETS = frozenset({"mnist", "cifar10", "text", "tokens"})
+#: Token corpora: the language-model task's datasets (never held as float32 arrays).
+CORPUS_DATASETS = frozenset({"stdlib", "text", "tokens"})
+#: Where Debian's ``dataset-fashion-mnist`` package puts its IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class GPTConfig(_Section):
+    """Shape of ``model = "gpt"``: a decoder-only, pre-norm transformer."""
+
+    n_layer: int = Field(4, ge=1, le=256)
+    n_head: int = Field(4, ge=1, le=256)
+    n_embd: int = Field(128, ge=8, le=65536, description="must be a multiple of n_head")
+    block_size: int = Field(128, ge=2, le=65536, description="context length in tokens")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    vocab_size: int | None = Field(
+        None, ge=2, le=1_000_000, description="unset: the corpus's (256 for byte-level tokens)"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> GPTConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        return self
+
+
 class TrainingConfig(_Section):
     """What is trained and how each node trains locally."""
 
+    task: TaskKind = Field(
+        "auto", description="classification or lm (causal language modelling); auto: from the dataset"
+    )
     model: ModelKind = "cnn"
+    gpt: GPTConfig = Field(default_factory=GPTConfig)
     custom_model: str | None = Field(
         None,
         min_length=3,
@@ -79,7 +107,10 @@ class TrainingConfig(_Section):
     eval_interval: int = Field(1, ge=1, le=1_000_000, description="rounds between evaluations")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(
-        None, gt=0, le=1, description="stop once the test accuracy reaches this"
+        None, gt=0, le=1, description="stop once the test accuracy reaches this (classification)"
+    )
+    target_loss: float | None = Field(
+        None, gt=0, le=1000, description="stop once the held-out loss falls to this (any task)"
     )
 
     @model_validator(mode="after")
@@ -94,7 +125,25 @@ class DataConfig(_Section):
 
     dataset: DatasetName = "digits"
     path: Path | None = Field(
-        None, description="directory holding the files of mnist / fashion-mnist / cifar10"
+        None,
+        description="mnist / fashion-mnist / cifar10 / text: a directory of files; "
+        "tokens: a nanoGPT-style .bin of uint16 tokens (fashion-mnist defaults to Debian's package)",
+    )
+    tokenizer: Path | None = Field(
+        None, description="a `tokenizers` vocabulary file (JSON) for text corpora; unset: bytes (256)"
+    )
+    shards: int | None = Field(
+        None, ge=1, le=1_000_000, description="training-set shards (unset: one per node)"
+    )
+    eval_samples: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="held-out samples evaluated each time (an even stride over them); unset: all "
+        "for classification, 256 blocks for language models",
+    )
+    source_url: str | None = Field(
+        None, min_length=8,
+        description="where nodes read corpus shards themselves, e.g. file:///shared/{file}; "
+        "unset: the coordinator's prepared file (local runs) or each node's own copy",
     )
     synthetic_samples: int = Field(2000, ge=10, le=100_000_000)
     synthetic_features: int = Field(32, ge=1, le=1_000_000)
@@ -106,6 +155,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _files_need_path(self) -> DataConfig:
+        if self.dataset == "fashion-mnist" and self.path is None:
+            self.__dict__["path"] = DEBIAN_FASHION_MNIST  # no re-validation loop
         if self.dataset in FILE_DATASETS and self.path is None:
             raise ValueError(f"path is required for dataset '{self.dataset}'")
         if self.path is not None and str(self.path).strip() in ("", "."):
@@ -266,6 +317,28 @@ class HyperGPUConfig(_Section):
     chain: ChainConfig = Field(default_factory=ChainConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
 
+    @property
+    def task(self) -> Literal["classification", "lm"]:
+        """The task the run trains: ``training.task``, or the dataset's when that is auto."""
+        if self.training.task != "auto":
+            return self.training.task
+        return "lm" if self.data.dataset in CORPUS_DATASETS else "classification"
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> HyperGPUConfig:
+        lm_data = self.data.dataset in CORPUS_DATASETS
+        task = self.task
+        if (task == "lm") != lm_data:
+            kind = "a token corpus (stdlib, text, tokens)" if task == "lm" else "a labelled dataset"
+            raise ValueError(f"training.task {task!r} needs {kind}, not data.dataset {self.data.dataset!r}")
+        if self.training.model == "gpt" and task != "lm":
+            raise ValueError("training.model 'gpt' is a language model: use a corpus dataset")
+        if task == "lm" and self.training.model in ("mlp", "cnn", "resnet"):
+            raise ValueError(f"training.model {self.training.model!r} cannot model language: use 'gpt' or 'custom'")
+        if self.training.target_accuracy is not None and task == "lm":
+            raise ValueError("training.target_accuracy is for classification; use training.target_loss")
+        return self
+
     @model_validator(mode="after")
     def _node_ids_exist(self) -> HyperGPUConfig:
         count = self.nodes.count
@@ -290,7 +363,7 @@ class HyperGPUConfig(_Section):
         but not after the model or data did.
         """
         # How long to train does not change what was trained so far.
-        when_to_stop = {"rounds", "target_accuracy", "eval_interval"}
+        when_to_stop = {"rounds", "target_accuracy", "target_loss", "eval_interval"}
         return _hash_json(
             self.model_dump(mode="json", include={"training", "data"}, exclude={"training": when_to_stop})
         )
