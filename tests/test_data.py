@@ -107,8 +107,7 @@ def test_reassignment_touches_only_orphans(digits_train):
     assert manager.join(9) == []  # every shard owned: nothing to give
     final = manager.assignment()
     assert sorted(i for ids in final.values() for i in ids) == [0, 1, 2, 3, 4]
-    merged = manager.data_for(0)
-    assert len(merged) == len(manager.shards[final[0][0]])
+    assert [len(s) for s in manager.shards_of(0)] == [len(manager.shards[final[0][0]])]
     with pytest.raises(UnknownNodeError, match="node 42"):
         manager.leave(42)
 
@@ -118,7 +117,7 @@ def test_node_with_lent_shards_trains_on_all(digits_train):
     manager.assign([10, 11, 12])
     manager.leave(12)
     lent_to = [n for n, ids in manager.assignment().items() if len(ids) == 2][0]
-    data = manager.data_for(lent_to)
+    data = Shard.concat(manager.shards_of(lent_to))
     assert len(data) == sum(len(s) for s in manager.shards_of(lent_to))
     data.verify()
 

@@ -91,6 +91,25 @@ def test_flat_layout_round_trip():
         layout.load_into(other, flat.astype(np.float64))
 
 
+def test_layout_keeps_tied_weights_once():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+            self.b.weight = self.a.weight
+            # empty tensors all have a null data pointer without being tied
+            self.e1, self.e2 = nn.Parameter(torch.zeros(0)), nn.Parameter(torch.zeros(0))
+
+    model = Tied()
+    layout = ParamLayout.from_model(model)
+    assert [s.name for s in layout.specs] == ["e1", "e2", "a.weight", "a.bias", "b.bias"]
+    assert layout.total == 9 + 3 + 3
+    flat = np.arange(layout.total, dtype=np.float32)
+    layout.load_into(model, flat)
+    np.testing.assert_array_equal(model.b.weight.detach().numpy().reshape(-1), flat[:9])
+    np.testing.assert_array_equal(layout.flatten(model), flat)
+
+
 def test_versions_hashes_and_updates():
     manager = _mlp_manager()
     v0, h0 = manager.version, manager.hash

@@ -114,10 +114,15 @@ def test_new_parameters_and_new_shard_between_rounds(digits):
     fresh = np.random.default_rng(1).normal(scale=0.1, size=trainer.layout.total).astype(np.float32)
     result = trainer.train_round(fresh, steps=1)
     np.testing.assert_allclose(trainer.layout.flatten(trainer.model), fresh + result.update, atol=1e-6)
-    trainer.set_shard([shards[1], shards[2]])  # a node lent an orphan trains on both
-    assert trainer.train_round(zero, epochs=1, batch_size=len(shards[1]) + len(shards[2])).samples_seen == (
-        len(shards[1]) + len(shards[2])
-    )
+    trainer.set_shard([shards[1], shards[2]])  # shards lent to a node add to what it holds
+    held = sum(len(s) for s in shards)
+    assert trainer.train_round(zero, epochs=1, batch_size=held).samples_seen == held
+    # Work names the exact samples: two of shard 2 and one of shard 0, one step of three.
+    work = np.array([[2, 5], [0, 1], [2, 7]])
+    named = trainer.train_round(zero, batch_size=3, work=work)
+    assert named.samples_seen == 3 and named.metrics["steps"] == 1
+    with pytest.raises(DataError, match="shard 9"):
+        trainer.train_round(zero, batch_size=1, work=np.array([[9, 0]]))
     with pytest.raises(ShapeMismatchError):
         trainer.train_round(zero[:-1], steps=1)
     bad = zero.copy()

@@ -203,15 +203,22 @@ class Hello(_Meta):
     index: int | None = Field(default=None, ge=0)  # the node id a local run's node asks for
     device: str = Field(default="cpu", max_length=64)
     speed_factor: float = Field(default=1.0, gt=0, le=1)
+    # False: the node trains on its own data (a user's loop), so the coordinator names no samples
+    follows_work: bool = True
 
 
 class WelcomeMeta(_Meta):
-    """coordinator → node: its id, the training settings, the model's layout."""
+    """coordinator → node: its id, the task and training settings, the model's layout,
+    and (for a corpus) where to read the shards."""
 
     node_id: int = Field(ge=0)
     training: dict[str, Any]
     layout: str  # digest of the coordinator's ParamLayout
     num_params: int | None = None
+    task: Literal["classification", "lm"] = "classification"
+    input_shape: list[int] | None = None  # the model's input (per sample); a language model's block
+    num_classes: int | None = None  # classes, or a language model's vocabulary
+    corpus: dict[str, Any] | None = None  # see hypergpu.data.run_data.CorpusRunData.node_meta
 
 
 @dataclass(frozen=True)

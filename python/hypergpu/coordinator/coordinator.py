@@ -30,13 +30,15 @@ from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
 from hypergpu.coordinator.summary import Summary
-from hypergpu.data.prepare import prepare_data
+from hypergpu.data.run_data import prepare_run_data
+from hypergpu.data.sampler import WorkSampler
 from hypergpu.errors import FrameError, HyperGPUError, TransportError
 from hypergpu.events import EventBus
 from hypergpu.model.checkpoint import CheckpointManager
 from hypergpu.model.manager import ModelManager
 from hypergpu.model.nets import build_model
 from hypergpu.model.outer import OuterOptimizer, SGDOuter
+from hypergpu.model.task import task_for
 from hypergpu.protocol import Ack, Control, Message, WelcomeMeta, parse_meta
 from hypergpu.round import LatePolicy, NodeView, Planner, PlanView, Round, RoundBook, RoundPlan, RoundRecord
 from hypergpu.round import StaticPlanner
@@ -71,8 +73,11 @@ class Coordinator:
         self.token = token or secrets.token_urlsafe(18)
         self.events = events or EventBus()
         self.expected_nodes = config.nodes.count if expected_nodes is None else expected_nodes
-        self.data = prepare_data(config.data, config.training.seed, config.nodes.count)
+        self.data = prepare_run_data(config)
         self.shards = self.data.manager
+        self.task = task_for(config, bytes_per_token=self.data.bytes_per_token)
+        #: which samples each node trains on per round: shards follow the work
+        self.sampler = WorkSampler([len(s) for s in self.shards.shards], config.training.seed)
         if model is None:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)
         self.model = ModelManager(model)
@@ -80,7 +85,8 @@ class Coordinator:
         self.registry = NodeRegistry(c.max_consecutive_failures)
         #: What each node holds, so parameters can go down as compressed deltas.
         self.downlink = ParamsEncoder()
-        self.members = Membership(self.registry, self.shards, self.events, on_new_link=self.downlink.forget)
+        self.members = Membership(self.registry, self.shards, self.events, on_new_link=self.downlink.forget,
+                                  sections_for=self.data.shard_sections)
         self.book = RoundBook(quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay)
         self.planner: Planner = planner or StaticPlanner(config)
         self.outer: OuterOptimizer = outer or SGDOuter(config.training.server_lr)
@@ -181,12 +187,16 @@ class Coordinator:
             await self.network.at_round(round_id)
             record = await self._run_round(round_id)
             if round_id % t.eval_interval == 0 or round_id == t.rounds:
-                result = await asyncio.to_thread(self.model.evaluate, self.data.test)
-                record = replace(record, test_loss=result.loss, test_accuracy=result.accuracy)
+                result = await asyncio.to_thread(
+                    self.task.evaluate, self.model.model, self.data.test, indices=self.data.eval_indices
+                )
+                self.model.model.train()
+                record = replace(record, test_loss=result.loss, test_accuracy=result.accuracy,
+                                 test_perplexity=result.perplexity, test_bits_per_byte=result.bits_per_byte)
                 last = record
+                reached = self.task.reached(result, t)
             await self._finish_round(record)
-            if last is not None and t.target_accuracy is not None and (last.test_accuracy or 0) >= t.target_accuracy:
-                reached = True
+            if reached:
                 break
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
@@ -195,6 +205,9 @@ class Coordinator:
             rounds=self.round,
             accuracy=last.test_accuracy if last else None,
             loss=last.test_loss if last else None,
+            perplexity=last.test_perplexity if last else None,
+            task=self.task.name,
+            coverage=[c.fraction for c in self.sampler.coverage() if c.complete],
             wall_s=time.perf_counter() - started,
             samples=self.samples,
             reached_target=reached,
@@ -235,6 +248,9 @@ class Coordinator:
             "nodes": len(self.registry.alive()),
             "samples": self.samples,
             "last": self.history[-1].as_dict() if self.history else {},
+            "task": self.task.name,
+            "data": self.data.describe(),
+            "epoch": self.sampler.epoch,
             "refusals": dict(self.refusals),
             # an adaptive planner's links, standings, settings and decisions
             "planner": self.planner.status(),
@@ -266,10 +282,11 @@ class Coordinator:
         now = time.perf_counter()
         rnd = self._open = Round(plan, params, self.book, now=now, timeout_s=self.config.coordinator.round_timeout_s)
         self._progress.clear()
+        work = self._draw_work(rnd)
         # Sends run on their own: a slow link must not hold up the others,
         # and the round's deadline runs from its start.
         for node_id in plan.participants:
-            self._sending[node_id] = self._spawn(self._send_params(rnd, node_id))
+            self._sending[node_id] = self._spawn(self._send_params(rnd, node_id, work.get(node_id)))
         while not rnd.expire(now := time.perf_counter()) and not self._stop.is_set():
             self._progress.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -282,16 +299,61 @@ class Coordinator:
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
         if record.applied:
             self.samples += record.samples
+        self._settle_work(record)
         await self.members.after_round(record)
         return record
 
-    async def _send_params(self, rnd: Round, node_id: int) -> None:
+    def _draw_work(self, rnd: Round) -> dict[int, np.ndarray]:
+        """Each participant's samples for the round: its planned work, drawn from the shards
+        it holds first, then from those no participant holds (the run's data, not the node's)."""
+        plan = rnd.plan
+        takers = [n for n in plan.participants if n in self.members.follows_work]
+        held = {n: self._held_shards(n) for n in takers}
+        work: dict[int, np.ndarray] = {}
+        for node_id in takers:
+            a = plan.assignments[node_id]
+            steps = a.local_steps
+            if steps == 0:  # whole passes over what the node holds
+                shard = self.members.shard_samples(node_id) or a.batch_size
+                steps = -(-shard // (a.batch_size * a.accumulation)) * self.config.training.epochs
+            others = [s for m in takers if m != node_id for s in held[m]]
+            drawn = self.sampler.take((rnd.id, node_id), steps * a.batch_size * a.accumulation,
+                                      prefer=held[node_id], avoid=others)
+            work[node_id] = drawn.pairs
+        return work
+
+    def _held_shards(self, node_id: int) -> list[int]:
+        try:
+            return self.shards.shard_ids_of(node_id)
+        except HyperGPUError:
+            return []
+
+    def _settle_work(self, record: RoundRecord) -> None:
+        """Samples of applied updates count as trained; the rest are handed out again."""
+        for answer in [*record.answers.values(), *record.late.values()]:
+            key = (answer.round, answer.node_id)
+            if record.applied:
+                self.sampler.confirm(key)
+            else:
+                self.sampler.give_back(key)
+        for node_id in record.participants:
+            if node_id not in record.answers:
+                # Never answered (or refused): another node trains these samples. A late
+                # answer that is applied after all only trains them twice.
+                self.sampler.give_back((record.round, node_id))
+
+    async def _send_params(self, rnd: Round, node_id: int, work: np.ndarray | None = None) -> None:
         link = self.members.links.get(node_id)
         if link is None:
             return
         assignment = rnd.plan.assignments[node_id]
         meta = {"round": rnd.id, "version": self.model.version, **assignment.as_meta()}
-        frame = self.downlink.frame(node_id, rnd.params, assignment.down_codec, meta)
+        sections = {}
+        if work is not None:
+            # Shipped data the work lends this node for the round goes first.
+            await self.members.deliver(node_id, sorted({int(s) for s in np.unique(work[:, 0])}))
+            sections["work"] = work
+        frame = self.downlink.frame(node_id, rnd.params, assignment.down_codec, meta, sections)
         try:
             rnd.sent(node_id, len(frame), time.perf_counter())
             await link.send(frame)
@@ -332,8 +394,12 @@ class Coordinator:
             self._spawn(self._serve(link))
 
     async def _serve(self, link: Connection) -> None:
-        welcome = WelcomeMeta(node_id=0, training=self.config.training.model_dump(mode="json"),
-                              layout=self.model.layout.digest, num_params=self.model.layout.total)
+        welcome = WelcomeMeta(
+            node_id=0, training=self.config.training.model_dump(mode="json"),
+            layout=self.model.layout.digest, num_params=self.model.layout.total,
+            task=self.task.name, input_shape=list(self.data.input_shape), num_classes=self.data.num_classes,
+            corpus=self.data.node_meta(),
+        )
         node = await self.members.greet(link, welcome, HELLO_TIMEOUT_S)
         if node is None:
             self.refusals["bad-hello"] += 1

@@ -34,12 +34,18 @@ log = logging.getLogger("hypergpu.coordinator")
 class Membership:
     """The registry, the shard ledger and the links of a run."""
 
-    def __init__(self, registry: NodeRegistry, shards: ShardManager, events: EventBus,
-                 on_new_link: Callable[[int], None] = lambda node_id: None):
+    def __init__(self, registry: NodeRegistry, shards: ShardManager[Any], events: EventBus,
+                 on_new_link: Callable[[int], None] = lambda node_id: None,
+                 sections_for: Callable[[list[int]], dict[str, np.ndarray]] = lambda ids: {}):
         self.registry = registry
         self.shards = shards
         self.events = events
         self.links: dict[int, Connection] = {}
+        #: node -> shards it was sent over its current link (shipped data only)
+        self.delivered: dict[int, set[int]] = {}
+        #: nodes that train on the samples the coordinator names (not on their own data)
+        self.follows_work: set[int] = set()
+        self._sections_for = sections_for
         # A new link means what the node holds is unknown (the downlink mirror forgets it).
         self._on_new_link = on_new_link
 
@@ -70,6 +76,11 @@ class Membership:
             hello.name, device=hello.device, speed_factor=hello.speed_factor, preferred_id=hello.index
         )
         self._on_new_link(node.node_id)
+        self.delivered[node.node_id] = set()
+        if hello.follows_work:
+            self.follows_work.add(node.node_id)
+        else:
+            self.follows_work.discard(node.node_id)
         old = self.links.get(node.node_id)
         self.links[node.node_id] = link
         self.events.publish("node", type="joined", **node.as_dict())
@@ -112,11 +123,21 @@ class Membership:
             return None
 
     def shard_sections(self, node_id: int) -> dict[str, np.ndarray]:
+        """Sections carrying the shards a node holds (none for data nodes read themselves)."""
         try:
-            shards = self.shards.shards_of(node_id)
+            ids = self.shards.shard_ids_of(node_id)
         except UnknownNodeError:
             return {}
-        return {f"shard{i}": np.frombuffer(s.to_bytes(), dtype=np.uint8) for i, s in enumerate(shards)}
+        self.delivered.setdefault(node_id, set()).update(ids)
+        return self._sections_for(ids)
+
+    async def deliver(self, node_id: int, shard_ids: list[int]) -> None:
+        """Ship the shards a round's work names that the node was not sent yet (lent for the round)."""
+        missing = sorted(set(shard_ids) - self.delivered.setdefault(node_id, set()))
+        sections = self._sections_for(missing) if missing else {}
+        if sections and await self.send(node_id, Message("control", {"type": "shard"}, sections)):
+            self.delivered[node_id].update(missing)
+            self.events.publish("node", type="shards-lent", node=node_id, shards=missing)
 
     async def wait_for(self, count: int, timeout_s: float, stop: asyncio.Event) -> None:
         """Until ``count`` nodes are connected, or ``timeout_s`` (an error if none came)."""

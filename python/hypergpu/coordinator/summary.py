@@ -19,6 +19,10 @@ class Summary:
     stopped_early: bool
     nodes: list[dict[str, Any]] = field(default_factory=list)
     refusals: dict[str, int] = field(default_factory=dict)
+    task: str = "classification"
+    perplexity: float | None = None  # language models
+    #: share of the training set trained on in each finished epoch
+    coverage: list[float] = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float:

@@ -1,8 +1,10 @@
 """Datasets, the train/test split, shards and their on-disk cache.
 
-The coordinator calls :func:`prepare_data` once, hands each node
-``manager.data_for(node).to_bytes()``, and the node rebuilds it with
-:meth:`Shard.from_bytes` (which verifies the checksum).
+The coordinator calls :func:`prepare_run_data` once: labelled arrays are
+cut into shards shipped to nodes as checksummed bytes
+(:meth:`Shard.to_bytes` / :meth:`Shard.from_bytes`); a token corpus is cut
+into byte ranges nodes read themselves (:mod:`hypergpu.data.corpus`).
+:class:`WorkSampler` decides which samples each node trains on per round.
 """
 
 from hypergpu.data.datasets import (

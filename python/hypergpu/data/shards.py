@@ -14,6 +14,7 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -21,6 +22,13 @@ from safetensors.numpy import save as st_save
 
 from hypergpu.data.datasets import Dataset
 from hypergpu.errors import DataError, UnknownNodeError
+
+
+class _Sized(Protocol):
+    def __len__(self) -> int: ...
+
+
+S = TypeVar("S", bound=_Sized)
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,19 +168,24 @@ def partition(train: Dataset, num_shards: int, seed: int) -> list[Shard]:
     return shards
 
 
-class ShardManager:
-    """Which node holds which shard; reassigns only orphaned shards."""
+class ShardManager(Generic[S]):
+    """Which node holds which shard; reassigns only orphaned shards.
 
-    def __init__(self, shards: Sequence[Shard]):
+    A shard is anything with a length in samples: labelled arrays
+    (:class:`Shard`) or a corpus's token ranges
+    (:class:`~hypergpu.data.corpus.TokenShardInfo`).
+    """
+
+    def __init__(self, shards: Sequence[S]):
         if not shards:
             raise DataError("a ShardManager needs at least one shard")
-        self.shards: list[Shard] = list(shards)
+        self.shards: list[S] = list(shards)
         self._owner: dict[int, int] = {}  # node -> its own shard
         self._lent: dict[int, list[int]] = {}  # node -> orphans it holds for now
 
     @classmethod
-    def from_dataset(cls, train: Dataset, num_shards: int, seed: int) -> ShardManager:
-        return cls(partition(train, num_shards, seed))
+    def from_dataset(cls, train: Dataset, num_shards: int, seed: int) -> ShardManager[Shard]:
+        return ShardManager(partition(train, num_shards, seed))
 
     # --- queries ------------------------------------------------------------
 
@@ -189,12 +202,8 @@ class ShardManager:
             raise UnknownNodeError(f"node {node} holds no shard")
         return [self._owner[node], *self._lent.get(node, [])]
 
-    def shards_of(self, node: int) -> list[Shard]:
+    def shards_of(self, node: int) -> list[S]:
         return [self.shards[i] for i in self.shard_ids_of(node)]
-
-    def data_for(self, node: int) -> Shard:
-        """Everything ``node`` trains on, as one shard."""
-        return Shard.concat(self.shards_of(node))
 
     def orphans(self) -> list[int]:
         """Shards no live node owns (lent ones included)."""

@@ -6,6 +6,14 @@ compare :attr:`ParamLayout.digest` before exchanging vectors. The layout
 covers every floating-point entry of ``state_dict()`` in its order:
 parameters and float buffers (e.g. batch-norm statistics), so averaging
 the vector averages those too. Integer buffers stay local.
+
+Tied weights (e.g. a GPT's ``wte.weight`` and ``lm_head.weight``) appear in
+``state_dict()`` once per name but are one tensor. The layout keeps only
+the first name of entries that share storage (same data pointer and
+shape): otherwise the vector would carry the weight twice, averaging and
+compression would treat the copies as independent, and loading would
+write the shared tensor twice with possibly different values. Loading it
+once under the first name updates every name, since they are one tensor.
 """
 
 from __future__ import annotations
@@ -39,9 +47,15 @@ class ParamLayout:
     @classmethod
     def from_model(cls, model: nn.Module) -> ParamLayout:
         specs, offset = [], 0
+        seen: set[tuple[torch.device, int, tuple[int, ...]]] = set()
         for name, t in model.state_dict().items():
             if not t.is_floating_point():
                 continue
+            key = (t.device, t.data_ptr(), tuple(t.shape))
+            if key in seen:
+                continue  # a tied weight: laid out under its first name
+            if t.numel():  # empty tensors all have a null data pointer without being tied
+                seen.add(key)
             specs.append(ParamSpec(name, tuple(t.shape), offset, t.numel()))
             offset += t.numel()
         return cls(tuple(specs))

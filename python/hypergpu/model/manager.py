@@ -21,9 +21,9 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import nn
-from torch.nn import functional as F
 
 from hypergpu.data.datasets import Dataset
+from hypergpu.data.samples import ArraySamples, SampleSource
 from hypergpu.data.shards import safetensors_metadata
 from hypergpu.errors import (
     DataError,
@@ -33,6 +33,7 @@ from hypergpu.errors import (
     UpdateError,
 )
 from hypergpu.model.layout import ParamLayout
+from hypergpu.model.task import Classification, Evaluation, Task
 
 PackageKind = Literal["full", "delta"]
 
@@ -74,13 +75,6 @@ class Package:
         if params_hash(flat) != self.hash:
             raise UpdateError(f"package for version {self.version} does not hash to its declared hash")
         return flat
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    accuracy: float
-    samples: int
 
 
 class ModelManager:
@@ -232,26 +226,13 @@ class ModelManager:
 
     # --- evaluation ---------------------------------------------------------
 
-    @torch.no_grad()
-    def evaluate(self, data: Dataset, *, batch_size: int = 1024) -> EvalResult:
-        """Mean cross-entropy loss and accuracy of the current model on ``data``."""
-        if len(data) == 0:
-            raise DataError("cannot evaluate on an empty dataset")
-        model = self.model
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        loss_sum, correct = 0.0, 0
-        try:
-            for start in range(0, len(data), batch_size):
-                x = torch.from_numpy(data.x[start : start + batch_size]).to(device)
-                y = torch.from_numpy(data.y[start : start + batch_size]).to(device)
-                logits = model(x)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(dim=1) == y).sum())
-        finally:
-            model.train(was_training)
-        return EvalResult(loss_sum / len(data), correct / len(data), len(data))
+    def evaluate(
+        self, data: Dataset | SampleSource, *, task: Task | None = None,
+        indices: np.ndarray | None = None, batch_size: int = 1024,
+    ) -> Evaluation:
+        """The task's figures (default: classification) of the current model on ``data``."""
+        source = ArraySamples(data.x, data.y) if isinstance(data, Dataset) else data
+        return (task or Classification()).evaluate(self.model, source, indices=indices, batch_size=batch_size)
 
     # --- internals ----------------------------------------------------------
 

@@ -91,6 +91,10 @@ class Welcome:
     layout: str  # digest of the coordinator's ParamLayout
     num_params: int | None
     shards: list[Shard]
+    task: str = "classification"
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    corpus: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, msg: Message) -> Welcome:
@@ -99,7 +103,18 @@ class Welcome:
             training = TrainingConfig.model_validate(meta.training)
         except ValidationError as exc:
             raise FrameError(f"welcome meta refused: training: {validation_problems(exc)}") from None
-        return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg))
+        shape = tuple(meta.input_shape) if meta.input_shape is not None else None
+        return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg),
+                   meta.task, shape, meta.num_classes, meta.corpus)
+
+    def model_io(self) -> tuple[tuple[int, ...], int]:
+        """The model's input shape and output size, from the welcome (or its first shard)."""
+        if self.input_shape is not None and self.num_classes is not None:
+            return self.input_shape, self.num_classes
+        if not self.shards:
+            raise FrameError("the welcome names neither the model's input nor any shard")
+        first = self.shards[0]
+        return tuple(first.x.shape[1:]), first.num_classes
 
     def check_layout(self, digest: str, who: str, num_params: int | None = None) -> None:
         """Refuse a model whose flat layout differs from the coordinator's."""
@@ -145,6 +160,8 @@ class RoundOpened:
     version: int | None  # the model version the parameters are
     assignment: Assignment
     params: np.ndarray
+    # the samples to train on, rows of (shard, index) in training order (None: the node's own choice)
+    work: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,11 @@ class NodeProtocol:
         version = msg.meta.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise FrameError(f"params meta refused: version: not an integer ({version!r})")
+        work = msg.sections.get("work")
+        if work is not None:
+            work = np.asarray(work)
+            if work.ndim != 2 or work.shape[1:] != (2,) or work.dtype != np.int64 or (work < 0).any():
+                raise FrameError(f"params work refused: expected (n, 2) non-negative int64 rows, got {work.dtype} {work.shape}")
         try:
             params = self.held.apply(msg.meta, msg.sections)
         except HyperGPUError as exc:
@@ -253,7 +275,7 @@ class NodeProtocol:
                      self.report.node_id, msg.round, exc)
             resync = Control(type="resync", reason=str(exc))
             return [Reply(Message("control", resync.as_meta(), round=msg.round))]
-        return [RoundOpened(msg.round, version, assignment, params)]
+        return [RoundOpened(msg.round, version, assignment, params, work)]
 
     def _control(self, msg: Message) -> list[Event]:
         control = parse_meta(Control, msg)

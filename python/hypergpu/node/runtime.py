@@ -21,6 +21,8 @@ from torch import nn
 
 from hypergpu.errors import TransportError
 from hypergpu.model.nets import build_model
+from hypergpu.model.task import task_for
+from hypergpu.node.data import CorpusReader, ensure_shards
 from hypergpu.node.protocol import (
     Ended,
     Event,
@@ -91,6 +93,7 @@ class Node:
             on_message=self._pending.append,
         )
         self._trainer: LocalTrainer | None = None
+        self._corpus: CorpusReader | None = None
         self._encoder = UpdateEncoder()
 
     @property
@@ -143,17 +146,19 @@ class Node:
     # --- events -----------------------------------------------------------------
 
     def _on_welcome(self, welcome: Welcome) -> None:
+        if welcome.corpus is not None and self._corpus is None:
+            self._corpus = CorpusReader(welcome.corpus, self.name)
         if self._trainer is None:
-            first = welcome.shards[0]
-            input_shape = tuple(first.x.shape[1:])
+            input_shape, num_classes = welcome.model_io()
             if self.model_factory is not None:
-                model = self.model_factory(input_shape, first.num_classes)
+                model = self.model_factory(input_shape, num_classes)
             else:
-                model = build_model(welcome.training, input_shape, first.num_classes)
+                model = build_model(welcome.training, input_shape, num_classes)
             self._trainer = LocalTrainer(
                 model,
-                welcome.shards,
+                welcome.shards or None,
                 welcome.training,
+                task=task_for(welcome.task),  # type: ignore[arg-type]
                 device=self.device,
                 speed_factor=self.speed_factor,
                 seed=self.seed,
@@ -168,12 +173,15 @@ class Node:
         if trainer is None:
             raise TransportError(f"{self.name}: parameters arrived before the welcome")
         work = opened.assignment
+        if opened.work is not None:
+            await asyncio.to_thread(ensure_shards, trainer.data, self._corpus, opened.work)
         result = await asyncio.to_thread(
             trainer.train_round,
             opened.params,
             steps=work.local_steps or None,
             batch_size=work.batch_size,
             accumulation=work.accumulation,
+            work=opened.work,
         )
         meta = UpdateMeta(
             samples=result.samples_seen,

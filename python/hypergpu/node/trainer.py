@@ -1,5 +1,9 @@
-"""Train a model on a node's shard for one round and return the update.
+"""Train a model on a node's shards for one round and return the update.
 
+A round trains on the exact samples the coordinator named (``work``: rows
+of ``(shard, index)``, so shards follow the work) or, without them, on a
+seeded shuffle of every shard the node holds. The loss is the task's
+(:mod:`hypergpu.model.task`): classification or causal language modelling.
 The update is ``params_after - params_received`` (float32, the model's flat
 layout): the coordinator *adds* a weighted average of these to the global
 parameters. A ``speed_factor`` below 1 emulates a slower GPU by sleeping
@@ -17,12 +21,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from hypergpu.config.schema import TrainingConfig
+from hypergpu.data.samples import ArraySamples, ShardSet
 from hypergpu.data.shards import Shard
 from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
+from hypergpu.model.task import Classification, Task
 from hypergpu.node.metrics import RollingMetrics
 
 
@@ -44,14 +49,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 class LocalTrainer:
-    """A node's local trainer: one model, one shard, fresh optimizer per round."""
+    """A node's local trainer: one model, the shards it holds, fresh optimizer per round."""
 
     def __init__(
         self,
         model: nn.Module | Callable[[], nn.Module],
-        shard: Shard | Sequence[Shard] | None,
+        shard: Shard | Sequence[Shard] | ShardSet | None,
         training: TrainingConfig,
         *,
+        task: Task | None = None,
         device: str = "auto",
         speed_factor: float = 1.0,
         seed: int | None = None,
@@ -67,29 +73,32 @@ class LocalTrainer:
         self.model = module.to(self.device)
         self.layout = ParamLayout.from_model(self.model)
         self.training = training
+        self.task = task or Classification()
         self.metrics = RollingMetrics(metrics_window)
         self.set_speed_factor(speed_factor)
         self._gen = torch.Generator().manual_seed(training.seed if seed is None else seed)
         self._perm: torch.Tensor | None = None
         self._pos = 0
-        self._x: torch.Tensor | None = None
-        self._y: torch.Tensor | None = None
-        if shard is not None:
+        self.data = shard if isinstance(shard, ShardSet) else ShardSet()
+        self._pairs: np.ndarray | None = None  # every (shard, index) held, for rounds without work
+        if shard is not None and not isinstance(shard, ShardSet):
             self.set_shard(shard)
 
     # --- between rounds -------------------------------------------------------
 
     def set_shard(self, shard: Shard | Sequence[Shard]) -> None:
-        """Train on ``shard`` (or several) from the next round on; verifies checksums."""
+        """Hold ``shard`` (or several) from the next round on; verifies checksums."""
         shards = [shard] if isinstance(shard, Shard) else list(shard)
         for s in shards:
             s.verify()
-        merged = Shard.concat(shards)
-        if len(merged) == 0:
-            raise DataError("cannot train on an empty shard")
-        self._x = torch.from_numpy(merged.x).to(self.device)
-        self._y = torch.from_numpy(merged.y).to(self.device)
-        self._perm, self._pos = None, 0
+            if len(s) == 0:
+                raise DataError(f"shard {s.index} is empty")
+            self.data.add(s.index, ArraySamples(s.x, s.y))
+        self.data_changed()
+
+    def data_changed(self) -> None:
+        """The shards held changed: rounds without work reshuffle over all of them."""
+        self._pairs, self._perm, self._pos = None, None, 0
 
     def set_speed_factor(self, speed_factor: float) -> None:
         if not (0 < speed_factor <= 1) or math.isnan(speed_factor):
@@ -106,8 +115,12 @@ class LocalTrainer:
         epochs: int | None = None,
         batch_size: int | None = None,
         accumulation: int = 1,
+        work: np.ndarray | None = None,
     ) -> RoundResult:
         """Load ``flat_params``, train, and return the update and the round's figures.
+
+        ``work`` (rows of ``(shard, index)``) names the round's samples in
+        training order; it sets the step count to cover them once.
 
         ``steps`` optimizer steps, or ``epochs`` passes over the shard
         (default: the config's ``local_steps``, or its ``epochs`` when that
@@ -117,6 +130,10 @@ class LocalTrainer:
         smaller per-step batch can keep the same effective batch.
         """
         batch = self.training.batch_size if batch_size is None else batch_size
+        if work is not None:
+            if len(work) == 0:
+                raise DataError("the round's work names no samples")
+            steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
         steps = self._count_steps(steps, epochs, batch, accumulation)
         received = self._load(flat_params)
         optimizer = make_optimizer(self.training, self.model.parameters())
@@ -124,23 +141,28 @@ class LocalTrainer:
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
-        for _ in range(steps):
-            idx = self._next_indices(batch * accumulation)
-            timings, step_loss, step_correct = self._step(optimizer, idx, accumulation)
+        predictions = 0
+        for step in range(steps):
+            if work is not None:
+                rows = work[step * batch * accumulation : (step + 1) * batch * accumulation]
+            else:
+                rows = self._next_rows(batch * accumulation)
+            timings, step_loss, step_correct, step_predictions = self._step(optimizer, rows, accumulation)
             totals["throttle_s"] += self._throttle(timings, step_loss)
             for key, value in timings.items():
                 totals[key] += value
-            loss_sum += step_loss * len(idx)
+            loss_sum += step_loss * len(rows)
             correct += step_correct
-            seen += len(idx)
-        self.metrics.record("accuracy", correct / seen)
+            predictions += step_predictions
+            seen += len(rows)
+        self.metrics.record("accuracy", correct / predictions)
 
         update = self.layout.flatten(self.model) - received
         if not np.isfinite(update).all():
             raise NonFiniteError("the round produced a non-finite update")
         figures = {
             "loss": loss_sum / seen,
-            "accuracy": correct / seen,
+            "accuracy": correct / predictions,
             "steps": float(steps),
             "samples": float(seen),
             "batch_size": float(batch),
@@ -155,7 +177,7 @@ class LocalTrainer:
 
     def _count_steps(self, steps: int | None, epochs: int | None, batch: int, accumulation: int) -> int:
         """The round's optimizer steps (checked); counting by epochs restarts the shuffle."""
-        if self._x is None or self._y is None:
+        if len(self.data) == 0:
             raise DataError("no shard assigned to this trainer")
         if steps is not None and epochs is not None:
             raise InvalidArgumentError("pass steps or epochs, not both")
@@ -170,7 +192,7 @@ class LocalTrainer:
         if epochs is not None:
             if epochs < 1:
                 raise InvalidArgumentError(f"epochs must be >= 1, got {epochs}")
-            steps = math.ceil(len(self._y) / (batch * accumulation)) * epochs
+            steps = math.ceil(len(self.data) / (batch * accumulation)) * epochs
             self._perm, self._pos = None, 0  # whole passes from a fresh shuffle
         assert steps is not None
         if steps < 1:
@@ -199,52 +221,55 @@ class LocalTrainer:
         return received
 
     def _step(
-        self, optimizer: torch.optim.Optimizer, idx: torch.Tensor, accumulation: int
-    ) -> tuple[dict[str, float], float, int]:
-        assert self._x is not None and self._y is not None
+        self, optimizer: torch.optim.Optimizer, rows: np.ndarray, accumulation: int
+    ) -> tuple[dict[str, float], float, int, int]:
         timings = {"forward_s": 0.0, "backward_s": 0.0, "step_s": 0.0}
         optimizer.zero_grad(set_to_none=True)
-        loss_total, correct = 0.0, 0
-        for micro in torch.tensor_split(idx, min(accumulation, len(idx))):
-            x, y = self._x[micro], self._y[micro]
+        loss_total, correct, predictions = 0.0, 0, 0
+        for micro in np.array_split(rows, min(accumulation, len(rows))):
+            x, y = self.data.batch_of(micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             t0 = self._clock()
-            logits = self.model(x)
+            out = self.model(x)
             # Each micro-batch's mean loss is weighted by its share of the step,
             # so the summed gradients equal those of the whole batch.
-            loss = F.cross_entropy(logits, y) * (len(micro) / len(idx))
+            loss = self.task.loss(out, y) * (len(micro) / len(rows))
             t1 = self._clock()
             loss.backward()
             t2 = self._clock()
             timings["forward_s"] += t1 - t0
             timings["backward_s"] += t2 - t1
             loss_total += float(loss.detach())
-            correct += int((logits.detach().argmax(dim=1) == y).sum())
+            hits, n = self.task.correct(out, y)
+            correct += hits
+            predictions += n
         if not math.isfinite(loss_total):
             raise NonFiniteError(f"training diverged: loss is {loss_total}")
         t0 = self._clock()
         optimizer.step()
         timings["step_s"] = self._clock() - t0
-        return timings, loss_total, correct
+        return timings, loss_total, correct, predictions
 
-    def _next_indices(self, count: int) -> torch.Tensor:
-        """The next ``count`` indices of a seeded shuffle, always a full batch.
+    def _next_rows(self, count: int) -> np.ndarray:
+        """The next ``count`` held samples of a seeded shuffle, always a full batch.
 
         A batch that runs past the end of a pass continues into the next
         shuffle: short batches would make batch-norm statistics noisy (or
         fail outright on one sample).
         """
-        assert self._y is not None
-        n = len(self._y)
+        if self._pairs is None:
+            self._pairs = self.data.all_pairs()
+        n = len(self._pairs)
         parts = []
         while count > 0:
             if self._perm is None or self._pos >= n:
-                self._perm = torch.randperm(n, generator=self._gen).to(self.device)
+                self._perm = torch.randperm(n, generator=self._gen)
                 self._pos = 0
             part = self._perm[self._pos : self._pos + count]
             self._pos += len(part)
             count -= len(part)
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            parts.append(part.numpy())
+        return self._pairs[np.concatenate(parts)]
 
     def _clock(self) -> float:
         if self.device.type == "cuda":

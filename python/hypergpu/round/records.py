@@ -58,7 +58,9 @@ class RoundRecord:
     # stale updates for earlier rounds accepted during this one (stale-weighted)
     late: dict[int, NodeAnswer] = field(default_factory=dict)
     test_loss: float | None = None
-    test_accuracy: float | None = None
+    test_accuracy: float | None = None  # a language model's: next-token accuracy
+    test_perplexity: float | None = None  # language models only
+    test_bits_per_byte: float | None = None  # language models only
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (events, API, dashboard): node ids as string keys."""
@@ -78,4 +80,6 @@ class RoundRecord:
             "late": {str(k): a.as_dict() for k, a in self.late.items()},
             **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
                if self.test_loss is not None or self.test_accuracy is not None else {}),
+            **({"test_perplexity": self.test_perplexity, "test_bits_per_byte": self.test_bits_per_byte}
+               if self.test_perplexity is not None else {}),
         }

@@ -59,14 +59,17 @@ class ParamsEncoder:
         """The node's state is unknown (new link, resync): send it everything next time."""
         self._held.pop(node_id, None)
 
-    def frame(self, node_id: int, params: np.ndarray, codec: str, meta: dict[str, Any]) -> bytes:
-        """The ``params`` frame (``meta`` plus what it takes) that brings the node to ``params``."""
+    def frame(self, node_id: int, params: np.ndarray, codec: str, meta: dict[str, Any],
+              extra: dict[str, np.ndarray] | None = None) -> bytes:
+        """The ``params`` frame (``meta`` plus what it takes) that brings the node to ``params``;
+        ``extra`` sections ride along (e.g. the round's work)."""
         try:
             held, sections = self.parts(node_id, params, Codec(codec))
         except CodecError as exc:  # e.g. a value beyond fp16's range: send it whole
             log.info("node %d: parameters go whole this time (%s)", node_id, exc)
             held, sections = self.parts(node_id, params, Codec("raw"))
-        msg = protocol.Message("params", {**meta, **held}, sections, round=int(meta.get("round", 0)), node_id=node_id)
+        msg = protocol.Message("params", {**meta, **held}, {**sections, **(extra or {})},
+                               round=int(meta.get("round", 0)), node_id=node_id)
         return protocol.encode(msg)
 
     def parts(self, node_id: int, params: np.ndarray, codec: Codec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
