@@ -23,14 +23,23 @@ from torch.nn import functional as F
 
 import hypergpu
 from hypergpu import DistributedOptimizer
-from hypergpu.config.schema import HyperGPUConfig
+from hypergpu.config.schema import GPTConfig, HyperGPUConfig
 from hypergpu.coordinator import Coordinator
-from hypergpu.errors import InvalidArgumentError, ShapeMismatchError, TimeoutError
+from hypergpu.data.corpus import TokenWindows, load_corpus
+from hypergpu.errors import DataError, InvalidArgumentError, ShapeMismatchError, TimeoutError
+from hypergpu.model import GPT
 from hypergpu.model.layout import ParamLayout
+from hypergpu.node.optimizer import HostStaging
 from hypergpu.node.runtime import Node
 from hypergpu.round import Assignment, PlanView, RoundPlan, RoundRecord
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_model.py"
+GPT_EXAMPLE = EXAMPLE.with_name("gpt_custom_loop.py")
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the pinned host buffer and device<->host copies are checked on a GPU only",
+)
 
 
 class TinyNet(nn.Module):
@@ -303,3 +312,174 @@ def test_example_trains_a_custom_model_end_to_end(tmp_path: Path) -> None:
     assert found, done.stdout
     assert float(found.group(1)) >= 0.9
     assert done.stdout.count("6 updates accepted, 0 refused") == 2
+
+
+@pytest.mark.slow
+def test_gpt_example_trains_a_language_model_end_to_end(tmp_path: Path) -> None:
+    package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=package_root)
+    done = subprocess.run(
+        [sys.executable, str(GPT_EXAMPLE), "--rounds", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    held_out = [float(v) for v in re.findall(r"held-out loss ([0-9.]+)  perplexity", done.stdout)]
+    assert len(held_out) == 4, done.stdout
+    found = re.search(r"final held-out loss: ([0-9.]+) \(perplexity ([0-9.]+), 2 nodes", done.stdout)
+    assert found, done.stdout
+    loss, perplexity = float(found.group(1)), float(found.group(2))
+    assert loss == pytest.approx(held_out[-1], abs=1e-3) and perplexity == pytest.approx(np.exp(loss), rel=1e-3)
+    # Uniform guessing over 256 bytes is ln 256 = 5.55; 40 local steps get a tiny GPT to about 3.0.
+    assert loss < held_out[0] - 0.2 and loss < 3.5, done.stdout
+    assert done.stdout.count("4 updates accepted, 0 refused") == 2
+    assert (tmp_path / ".hypergpu-cache").is_dir()  # the corpus was cached under the working dir
+
+
+async def test_the_wrapper_brings_its_own_data_and_still_gets_its_shard(tmp_path: Path) -> None:
+    """Its hello says follows_work=False: it takes part in rounds, but no samples are named for it."""
+    coord = Coordinator(make_config(tmp_path, rounds=1, local_steps=2), model=TinyNet())
+    join = await coord.start()
+    seen: list[tuple[list[int], set[int]]] = []
+    coord.observers.append(lambda c, record: seen.append((record.participants, set(c.members.follows_work))))
+    model = TinyNet()
+
+    def user() -> DistributedOptimizer:
+        opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, join=join,
+                                   token=coord.token, name="own-data", round_timeout_s=30.0)
+        with opt:
+            assert opt._link.session.hello.follows_work is False  # noqa: SLF001 - what it said
+            assert len(opt.shard) > 0  # a classification welcome still carries the shard
+            train_loop(opt, model)
+        return opt
+
+    summary, opt = await run_with(coord, user)
+    assert summary.rounds == 1 and opt.accepted == 1
+    assert seen == [([opt.node_id], set())]
+
+
+def make_lm_config(tmp_path: Path, *, rounds: int, local_steps: int, batch_size: int) -> HyperGPUConfig:
+    return HyperGPUConfig.model_validate({
+        "training": {"model": "gpt", "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+                     "rounds": rounds, "local_steps": local_steps, "batch_size": batch_size, "seed": 0},
+        "data": {"dataset": "stdlib", "cache_dir": str(tmp_path / "cache"), "eval_samples": 16},
+        "nodes": {"count": 1},
+        "coordinator": {"port": 0, "checkpoint_every": 0, "checkpoint_dir": str(tmp_path / "ckpt"),
+                        "round_timeout_s": 30.0},
+    })
+
+
+async def test_a_language_model_loop_counts_blocks_and_reports_any_loss(tmp_path: Path) -> None:
+    batch = 4
+    config = make_lm_config(tmp_path, rounds=1, local_steps=5, batch_size=batch)
+    coord = Coordinator(config)
+    join = await coord.start()
+    windows = TokenWindows(load_corpus(config.data).train, config.training.gpt.block_size)
+    model = GPT(config.training.gpt, 256)
+    first_loss: list[float] = []
+
+    def user() -> DistributedOptimizer:
+        opt = DistributedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), model, join=join,
+                                   token=coord.token, name="lm", round_timeout_s=30.0)
+        with opt:
+            with pytest.raises(DataError, match="token corpus"):
+                opt.dataloader()  # no arrays to serve: the loop brings its own batches
+            with pytest.raises(InvalidArgumentError, match="a tensor or a number, got str"):
+                opt.step(loss="low")  # type: ignore[arg-type]
+            # Whatever the loop's loss looks like: per token, a numpy number, NaN, a 0-d tensor, an array.
+            reported: list[Any] = [None, np.float32(2.0), float("nan"), torch.tensor(4.0), np.array([5.0, 7.0])]
+            for step, value in enumerate(reported):
+                x, y = windows.batch(np.arange(step * batch, (step + 1) * batch))
+                logits = model(x)
+                loss = F.cross_entropy(logits.view(-1, 256), y.view(-1), reduction="none")
+                opt.zero_grad()
+                loss.mean().backward()
+                if value is None:
+                    value = loss  # (batch * block_size,) per-token losses: reported as their mean
+                    first_loss.append(float(loss.detach().mean()))
+                opt.step(loss=value)
+            assert opt.finished
+        return opt
+
+    summary, opt = await run_with(coord, user)
+    assert opt.accepted == 1 and summary.loss is not None
+    (record,) = coord.history
+    answer = record.answers[opt.node_id]  # type: ignore[index]
+    # A sample is a block: 5 steps of `batch` sequences, not batch * block_size tokens.
+    assert answer.samples == record.samples == 5 * batch
+    # Equal samples per step, and the NaN left out.
+    assert answer.loss == pytest.approx((first_loss[0] + 2.0 + 4.0 + 6.0) / 4)
+
+
+def test_host_staging_round_trips_a_cpu_model_through_one_buffer() -> None:
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8), 256)  # a tied weight
+    layout = ParamLayout.from_model(model)
+    staging = HostStaging(layout, torch.device("cpu"))
+    assert not staging.pinned and staging.host.shape == (layout.total,)
+    buffer = staging.host.data_ptr()
+    np.testing.assert_array_equal(staging.gather(model), layout.flatten(model))
+    new = np.random.default_rng(0).standard_normal(layout.total).astype(np.float32)
+    staging.scatter(model, new)
+    np.testing.assert_array_equal(staging.gather(model), new)
+    assert model.lm_head.weight is model.wte.weight
+    assert staging.host.data_ptr() == buffer  # allocated once
+    with pytest.raises(ShapeMismatchError):
+        staging.scatter(model, new[:-1])
+    # Other float types are converted both ways.
+    half = nn.Linear(3, 2).to(torch.float64)
+    layout64 = ParamLayout.from_model(half)
+    staging64 = HostStaging(layout64, torch.device("cpu"))
+    values = np.arange(layout64.total, dtype=np.float32)
+    staging64.scatter(half, values)
+    assert half.weight.dtype == torch.float64
+    np.testing.assert_array_equal(staging64.gather(half), values)
+
+
+@needs_cuda
+def test_host_staging_moves_a_cuda_model_through_a_pinned_buffer() -> None:
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8), 256).cuda()
+    layout = ParamLayout.from_model(model)
+    staging = HostStaging(layout, next(model.parameters()).device)
+    assert staging.pinned and staging.host.is_pinned()
+    buffer = staging.host.data_ptr()
+    np.testing.assert_array_equal(staging.gather(model), layout.flatten(model))
+    new = np.random.default_rng(0).standard_normal(layout.total).astype(np.float32)
+    for _ in range(3):  # each round reuses the buffer after the asynchronous upload
+        staging.scatter(model, new)
+        np.testing.assert_array_equal(staging.gather(model), new)
+        np.testing.assert_array_equal(layout.flatten(model), new)
+        new = new * 0.5
+    assert staging.host.data_ptr() == buffer
+
+
+@needs_cuda
+async def test_wrapper_drives_rounds_of_a_cuda_model(tmp_path: Path) -> None:
+    rounds, local_steps = 3, 4
+    coord = Coordinator(make_config(tmp_path, rounds=rounds, local_steps=local_steps), model=TinyNet())
+    after_round: dict[int, np.ndarray] = {}
+    snapshot_params(coord, after_round)
+    join = await coord.start()
+    model = TinyNet().cuda()
+    layout = ParamLayout.from_model(model)
+    local_after_step: list[np.ndarray] = []
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    inner.register_step_post_hook(lambda *_: local_after_step.append(layout.flatten(model)))
+
+    def user() -> DistributedOptimizer:
+        opt = DistributedOptimizer(inner, model, join=join, token=coord.token, name="gpu", round_timeout_s=30.0)
+        assert opt._staging.pinned  # noqa: SLF001 - the path under test
+        with opt:
+            while not opt.finished:
+                for x, y in opt.dataloader():
+                    loss = F.cross_entropy(model(x.cuda()), y.cuda())
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step(loss=loss)
+                    if opt.finished:
+                        break
+        return opt
+
+    summary, opt = await run_with(coord, user)
+    assert summary.rounds == rounds and opt.accepted == rounds and opt.refused == 0
+    assert all(rec.train_loss is not None for rec in coord.history)
+    for r in range(1, rounds + 1):
+        np.testing.assert_allclose(after_round[r], local_after_step[r * local_steps - 1], atol=1e-5)

@@ -348,11 +348,12 @@ class Coordinator:
             return
         assignment = rnd.plan.assignments[node_id]
         meta = {"round": rnd.id, "version": self.model.version, **assignment.as_meta()}
-        sections = {}
+        sections: dict[str, np.ndarray] = {}
+        lent: list[int] = []
         if work is not None:
-            # Shipped data the work lends this node for the round goes first.
-            await self.members.deliver(node_id, sorted({int(s) for s in np.unique(work[:, 0])}))
-            sections["work"] = work
+            lent = sorted({int(s) for s in np.unique(work[:, 0])})
+            # Shipped data the work lends this node travels with the work itself.
+            sections = {"work": work, **self.members.lend(node_id, lent)}
         frame = self.downlink.frame(node_id, rnd.params, assignment.down_codec, meta, sections)
         try:
             rnd.sent(node_id, len(frame), time.perf_counter())
@@ -360,6 +361,7 @@ class Coordinator:
             self.registry.get(node_id).bytes_sent += len(frame)
         except HyperGPUError as exc:
             self.downlink.forget(node_id)  # it may not hold what was sent
+            self.members.forget_delivered(node_id, lent)
             log.warning("node %d: sending round %d failed: %s", node_id, rnd.id, exc)
             self.events.publish("alert", level="warning", node=node_id, message=f"send failed: {exc}")
 

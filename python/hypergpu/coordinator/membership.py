@@ -131,13 +131,22 @@ class Membership:
         self.delivered.setdefault(node_id, set()).update(ids)
         return self._sections_for(ids)
 
-    async def deliver(self, node_id: int, shard_ids: list[int]) -> None:
-        """Ship the shards a round's work names that the node was not sent yet (lent for the round)."""
+    def lend(self, node_id: int, shard_ids: list[int]) -> dict[str, np.ndarray]:
+        """Sections shipping the shards a round's work names that the node was not sent yet.
+
+        They ride in the round's own ``params`` message: a separate message
+        could arrive after the parameters (each message has its own stream).
+        """
         missing = sorted(set(shard_ids) - self.delivered.setdefault(node_id, set()))
         sections = self._sections_for(missing) if missing else {}
-        if sections and await self.send(node_id, Message("control", {"type": "shard"}, sections)):
+        if sections:
             self.delivered[node_id].update(missing)
             self.events.publish("node", type="shards-lent", node=node_id, shards=missing)
+        return sections
+
+    def forget_delivered(self, node_id: int, shard_ids: list[int]) -> None:
+        """A send failed: the node may not hold these shards."""
+        self.delivered.get(node_id, set()).difference_update(shard_ids)
 
     async def wait_for(self, count: int, timeout_s: float, stop: asyncio.Event) -> None:
         """Until ``count`` nodes are connected, or ``timeout_s`` (an error if none came)."""

@@ -25,10 +25,31 @@ params_received`` (encoded with the codec the round assigned) and blocks
 until the next round's parameters arrive and are loaded: ``step()`` is where
 the round boundary happens.
 
+Data: the loop brings its own. The hello says so (``follows_work=False``),
+so the coordinator never names samples for this node to train on; for an
+array dataset (classification) the welcome still carries this node's shard,
+which :meth:`DistributedOptimizer.dataloader` serves. For a token corpus
+(``model = "gpt"``) there are no arrays to hand over: build the batches
+yourself, e.g. with :func:`~hypergpu.data.corpus.load_corpus` and
+:class:`~hypergpu.data.corpus.TokenWindows` (``examples/gpt_custom_loop.py``).
+
 Samples: pass ``step(batch_size=n)``; otherwise the wrapper counts the
 leading dimension of the first input of every forward pass the model ran
 in training mode with gradients enabled since the previous step (gradient
 accumulation is counted whole). The coordinator weights updates by it.
+For a language model a sample is one sequence: a block of ``block_size``
+tokens, so an input of shape (B, T) counts B samples, not B * T tokens.
+
+Loss: ``step(loss=...)`` (or what the closure returned) is reported as the
+round's sample-weighted mean. Any loss works: a tensor or numpy array of
+any shape (a per-sample loss counts as its mean) on any device, or a number;
+non-finite values are left out. Tensors are read only at the round
+boundary, so reporting never makes a CUDA loop wait for its device.
+
+CUDA: when the model lives on a GPU, its flat parameters cross to the host
+only at a round boundary, gathered on the device and copied once through
+a page-locked (pinned) host buffer allocated once; the next round's
+parameters go back the same way (see :class:`HostStaging`).
 
 Local steps per round: the wrapper's ``local_steps`` when given, else the
 round's assignment, else (assignment of 0) ``epochs`` passes over the
@@ -44,6 +65,7 @@ local steps of the wrapped optimizer, so a loop should check ``finished``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -64,7 +86,90 @@ from hypergpu.node.session import Backoff, Session
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.transport import LinkShape
 
-__all__ = ["DistributedOptimizer"]
+__all__ = ["DistributedOptimizer", "HostStaging"]
+
+
+class HostStaging:
+    """The model's flat parameters between its device and the host, at round boundaries.
+
+    One float32 host buffer of ``layout.total`` values, allocated once. For
+    a model on a CUDA device it is page-locked (pinned): the device copies
+    straight into and out of it, rather than through the driver's pageable
+    bounce buffer, and the host-to-device copy runs asynchronously. The
+    parameters are gathered into one flat tensor on the device first, so
+    each direction is a single transfer instead of one per tensor.
+
+    Elsewhere (a CPU model, or no CUDA) the buffer is ordinary memory and
+    the copies are plain; a CPU model is flattened straight into it.
+    """
+
+    def __init__(self, layout: ParamLayout, device: torch.device):
+        self.layout = layout
+        self.device = device
+        self.pinned = device.type == "cuda" and torch.cuda.is_available()
+        self.host = torch.empty(layout.total, dtype=torch.float32, pin_memory=self.pinned)
+        # Set after an asynchronous upload: the buffer must not be rewritten before the copy read it.
+        self._uploaded: torch.cuda.Event | None = None
+
+    def gather(self, model: nn.Module) -> np.ndarray:
+        """The model's flat parameters, in the host buffer: a view, valid until the next call."""
+        self._wait_for_upload()
+        state = model.state_dict()
+        parts = [state[s.name].detach().reshape(-1) for s in self.layout.specs]
+        if not parts:
+            return self.host.numpy()
+        with torch.no_grad():
+            if self.device.type == "cpu":
+                torch.cat([p.to(torch.float32) for p in parts], out=self.host)
+            else:
+                flat = torch.cat([p.to(self.device, torch.float32) for p in parts])
+                self.host.copy_(flat)  # blocking: the caller reads the buffer next
+        return self.host.numpy()
+
+    def scatter(self, model: nn.Module, flat: np.ndarray) -> None:
+        """Load ``flat`` (checked against the layout) into the model's tensors."""
+        self.layout.check(flat)
+        if self.device.type == "cpu":
+            source = torch.from_numpy(np.ascontiguousarray(flat))
+        else:
+            self._wait_for_upload()
+            np.copyto(self.host.numpy(), flat)
+            source = self.host.to(self.device, non_blocking=self.pinned)
+        state = model.state_dict()
+        with torch.no_grad():
+            for s in self.layout.specs:
+                state[s.name].copy_(source[s.offset : s.offset + s.numel].view(s.shape))
+        if self.pinned:
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record(torch.cuda.current_stream(self.device))
+
+    def _wait_for_upload(self) -> None:
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+            self._uploaded = None
+
+
+def _model_device(model: nn.Module, layout: ParamLayout) -> torch.device:
+    """Where the model's flat entries live (those of its first one)."""
+    if not layout.specs:
+        return torch.device("cpu")
+    return model.state_dict()[layout.specs[0].name].device
+
+
+def _loss_value(reported: object) -> torch.Tensor | float | None:
+    """A reported loss as a detached scalar tensor or a float; None when it is neither.
+
+    A tensor is kept as it is and read at the round boundary: reading a CUDA
+    value every step would make the loop wait for the device each time.
+    Detached, so the round's losses do not keep their autograd graphs alive.
+    """
+    if isinstance(reported, torch.Tensor):
+        return reported.detach().float().mean()  # a per-sample loss counts as its mean
+    if isinstance(reported, np.ndarray):
+        return float(reported.mean())
+    if isinstance(reported, numbers.Real):  # Python and numpy numbers
+        return float(reported)
+    return None
 
 
 class DistributedOptimizer:
@@ -74,8 +179,7 @@ class DistributedOptimizer:
     _round_started: float
     _round_steps: int
     _round_samples: int
-    _round_loss: float
-    _round_loss_samples: int
+    _round_losses: list[tuple[torch.Tensor | float, int]]  # (loss, samples) of each step
     _forward_samples: int  # samples the forward passes saw since the last step
 
     def __init__(
@@ -111,12 +215,14 @@ class DistributedOptimizer:
         self.seed = seed
         self.report = NodeReport(node_id=None)
 
-        device = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
+        device = _model_device(model, self.layout)
+        self._staging = HostStaging(self.layout, device)
         session = Session(
             join,
             token=token,
             name=self.name,
-            hello=hello(name=self.name, index=index, device=device),
+            # The user's loop trains on its own data: the coordinator must not name samples for it.
+            hello=hello(name=self.name, index=index, device=device.type, follows_work=False),
             shape=shape,
             backoff=backoff,
             heartbeat_s=heartbeat_s,
@@ -159,6 +265,11 @@ class DistributedOptimizer:
         """The data the coordinator assigned this node now (several shards merged)."""
         shards = self._link.shards
         if not shards:
+            if self._welcome.corpus is not None:
+                raise DataError(
+                    f"{self.name}: this run trains on a token corpus, which comes as no array shard; "
+                    "bring your own batches (e.g. hypergpu.data.corpus.load_corpus and TokenWindows)"
+                )
             raise DataError(f"{self.name}: the coordinator assigned no data to this node")
         return Shard.concat(shards)
 
@@ -246,14 +357,20 @@ class DistributedOptimizer:
         """One step of the wrapped optimizer; at the round's last one, exchange with the coordinator.
 
         ``batch_size``: samples this step trained on (default: counted from
-        the forward passes). ``loss``: reported to the coordinator (default:
-        what ``closure`` returned, if anything). Blocks at a round boundary
+        the forward passes; sequences for a language model). ``loss``:
+        reported to the coordinator, a tensor or a number (default: what
+        ``closure`` returned, if it is one). Blocks at a round boundary
         until the next round's parameters are loaded; raises
         :class:`~hypergpu.errors.TimeoutError` when none come within
         ``round_timeout_s`` and the link's error when it cannot be kept up.
         """
         if self._link.failure is not None:
             raise self._link.failure
+        explicit = _loss_value(loss) if loss is not None else None
+        if loss is not None and explicit is None:
+            raise InvalidArgumentError(
+                f"{self.name}: step(loss=...) takes a tensor or a number, got {type(loss).__name__}"
+            )
         result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
         counted, self._forward_samples = self._forward_samples, 0
         if self.finished or self._received is None:
@@ -266,12 +383,9 @@ class DistributedOptimizer:
             )
         self._round_steps += 1
         self._round_samples += samples
-        reported = loss if loss is not None else result
+        reported = explicit if explicit is not None else _loss_value(result)
         if reported is not None:
-            value = float(reported.detach()) if isinstance(reported, torch.Tensor) else float(reported)
-            if math.isfinite(value):
-                self._round_loss += value * samples
-                self._round_loss_samples += samples
+            self._round_losses.append((reported, samples))
         if self._round_steps >= self.local_steps:
             self._finish_round()
         return result
@@ -300,13 +414,14 @@ class DistributedOptimizer:
         assert self._received is not None and self._assignment is not None
         if self.finished:
             return  # the run ended while this round trained: nobody takes the update
-        update = self.layout.flatten(self.model) - self._received
+        # A fresh array: the staged parameters are a view of the host buffer.
+        update = self._staging.gather(self.model) - self._received
         if not np.isfinite(update).all():
             raise NonFiniteError(f"{self.name}: round {self.round} produced a non-finite update")
         elapsed = time.perf_counter() - self._round_started
         meta = UpdateMeta(
             samples=self._round_samples,
-            loss=self._round_loss / self._round_loss_samples if self._round_loss_samples else None,
+            loss=self._mean_loss(),
             steps=self._round_steps,
             # The caller's loop between the parameters' arrival and now.
             compute_s=elapsed,
@@ -329,15 +444,25 @@ class DistributedOptimizer:
         if not np.isfinite(params).all():
             raise NonFiniteError(f"{self.name}: round {opened.round}'s parameters hold NaN or Inf")
         self._received = params
-        self.layout.load_into(self.model, self._received)
+        self._staging.scatter(self.model, params)
         self.round = opened.round
         self._assignment = opened.assignment
         self._version = opened.version
         self._start_round(time.perf_counter())
 
+    def _mean_loss(self) -> float | None:
+        """The round's sample-weighted mean loss over its finite values (None without any)."""
+        total = weight = 0.0
+        for value, samples in self._round_losses:
+            v = float(value)  # the first CUDA value read waits for the device; the rest are done
+            if math.isfinite(v):
+                total += v * samples
+                weight += samples
+        return total / weight if weight else None
+
     def _start_round(self, now: float) -> None:
-        """Zero the round's counts (steps, samples, loss) from ``now`` on."""
+        """Zero the round's counts (steps, samples, losses) from ``now`` on."""
         self._round_started = now
-        self._round_steps = self._round_samples = self._round_loss_samples = 0
-        self._round_loss = 0.0
+        self._round_steps = self._round_samples = 0
+        self._round_losses = []
         self._forward_samples = 0

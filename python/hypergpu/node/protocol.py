@@ -162,6 +162,8 @@ class RoundOpened:
     params: np.ndarray
     # the samples to train on, rows of (shard, index) in training order (None: the node's own choice)
     work: np.ndarray | None = None
+    # shipped shards lent to this node for the work (checksums verified)
+    shards: list[Shard] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,7 @@ class NodeProtocol:
                      self.report.node_id, msg.round, exc)
             resync = Control(type="resync", reason=str(exc))
             return [Reply(Message("control", resync.as_meta(), round=msg.round))]
-        return [RoundOpened(msg.round, version, assignment, params, work)]
+        return [RoundOpened(msg.round, version, assignment, params, work, shards_of(msg))]
 
     def _control(self, msg: Message) -> list[Event]:
         control = parse_meta(Control, msg)

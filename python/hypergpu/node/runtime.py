@@ -173,6 +173,8 @@ class Node:
         if trainer is None:
             raise TransportError(f"{self.name}: parameters arrived before the welcome")
         work = opened.assignment
+        if opened.shards:
+            trainer.set_shard(opened.shards)
         if opened.work is not None:
             await asyncio.to_thread(ensure_shards, trainer.data, self._corpus, opened.work)
         result = await asyncio.to_thread(

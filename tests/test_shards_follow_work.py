@@ -1,0 +1,107 @@
+"""Shards belong to the run: whoever the planner leaves out, every epoch covers
+the training set. Unit tests drive the WorkSampler; the end-to-end test runs
+10 real node processes with the three slowest left out for the whole run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hypergpu.config import load_config
+from hypergpu.data.sampler import WorkSampler
+from hypergpu.errors import DataError
+from hypergpu.launch import local_run
+from hypergpu.round import PlanView, RoundPlan, StaticPlanner
+
+
+def test_each_epoch_hands_out_every_sample_once_across_shards() -> None:
+    sizes = [50, 40, 60]
+    sampler = WorkSampler(sizes, seed=1)
+    seen: list[tuple[int, int]] = []
+    for r in range(15):  # 15 * 10 = 150 = one epoch
+        drawn = sampler.take((r, 0), 10, prefer=[0])
+        seen += [tuple(p) for p in drawn.pairs.tolist()]
+        sampler.confirm((r, 0))
+    assert sorted(seen) == sorted((s, i) for s, n in enumerate(sizes) for i in range(n))
+    # The node's own shard came first, then the shards nobody holds.
+    assert {s for s, _ in seen[:50]} == {0}
+    sampler.take((99, 0), 1)  # rolls into the next epoch
+    assert [(c.epoch, c.trained, c.complete) for c in sampler.coverage()] == [(0, 150, True), (1, 0, False)]
+
+
+def test_samples_of_a_lost_update_are_handed_out_again() -> None:
+    sampler = WorkSampler([30, 30], seed=0)
+    lost = sampler.take(("r1", "slow"), 20, prefer=[1], avoid=[0])
+    kept = sampler.take(("r1", "fast"), 20, prefer=[0], avoid=[1])
+    assert sampler.give_back(("r1", "slow")) == 20
+    sampler.confirm(("r1", "fast"))
+    # The rest of the epoch: shard 0's last 10, then shard 1 — the given-back samples first.
+    again = sampler.take(("r2", "fast"), 40, prefer=[0])
+    sampler.confirm(("r2", "fast"))
+    assert {tuple(p) for p in lost.pairs.tolist()} <= {tuple(p) for p in again.pairs.tolist()}
+    assert set(map(tuple, kept.pairs.tolist())).isdisjoint(map(tuple, again.pairs.tolist()))
+    sampler.take(("r3", "fast"), 1)  # the next epoch begins
+    first = sampler.coverage()[0]
+    assert first.complete and first.fraction == 1.0
+
+
+def test_sampler_refuses_nonsense() -> None:
+    with pytest.raises(DataError, match="non-empty shards"):
+        WorkSampler([10, 0], seed=0)
+    sampler = WorkSampler([10], seed=0)
+    with pytest.raises(DataError, match="cannot hand out 0"):
+        sampler.take("k", 0)
+    sampler.take("k", 3)
+    with pytest.raises(DataError, match="already handed out"):
+        sampler.take("k", 3)
+    assert sampler.confirm("unknown") == 0 and sampler.give_back("unknown") == 0
+
+
+class SlowestLeftOut(StaticPlanner):
+    """The baseline plan without the three slowest nodes, every round."""
+
+    def plan(self, round_id: int, view: PlanView) -> RoundPlan:
+        plan = super().plan(round_id, view)
+        for node in sorted(view.nodes, key=lambda n: n.speed_factor)[:3]:
+            plan.leave_out(node.node_id, "among the three slowest")
+        return plan
+
+
+@pytest.mark.slow
+def test_three_slowest_of_ten_left_out_and_every_epoch_still_covered(tmp_path: Path) -> None:
+    cfg = load_config(None, [
+        "nodes.count=10",
+        "nodes.speed_factors={7 = 0.5, 8 = 0.4, 9 = 0.3}",
+        "training.model='mlp'",
+        "training.hidden_sizes=[32]",
+        "training.rounds=12",
+        "training.local_steps=4",
+        "training.batch_size=16",
+        "data.cache_dir=null",
+        "coordinator.round_timeout_s=30.0",
+        "coordinator.quorum=1.0",
+        "coordinator.checkpoint_every=0",
+        "rewards.enabled=false",
+    ])
+
+    async def train():
+        async with local_run(cfg, log_dir=tmp_path, planner=SlowestLeftOut(cfg)) as run:
+            summary = await run.train(join_timeout_s=120)
+            return run.coordinator, summary
+
+    coord, summary = asyncio.run(train())
+    assert all(set(r.participants).isdisjoint({7, 8, 9}) for r in coord.history)
+    assert all(r.applied for r in coord.history)
+    # 7 nodes x 4 steps x 16 = 448 samples a round over 1437 training samples: 3+ epochs.
+    finished = [c for c in coord.sampler.coverage() if c.complete]
+    assert len(finished) >= 3, coord.sampler.coverage()
+    assert all(c.fraction >= 0.99 for c in finished), finished
+    assert summary.coverage == [c.fraction for c in finished]
+    # The left-out nodes' shards were lent to those that took part, so they were shipped.
+    left_out_shards = {s for n in (7, 8, 9) for s in coord.shards.shard_ids_of(n)}
+    lent = {s for n in range(7) for s in coord.members.delivered[n]}
+    assert left_out_shards <= lent
+    assert np.isclose(sum(c.trained for c in finished), len(finished) * coord.sampler.total)
