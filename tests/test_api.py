@@ -49,7 +49,7 @@ def test_idle_status_nodes_metrics(client):
     s = client.get("/api/status").json()
     assert s["state"] == "idle" and s["round"] == 0 and s["session"] is None and s["rounds"] == 20
     assert client.get("/api/nodes").json() == []
-    assert client.get("/api/metrics").json() == {"session": None, "label": None, "points": []}
+    assert client.get("/api/metrics").json() == {"session": None, "label": None, "task": "classification", "points": []}
     assert client.get("/api/sessions").json() == []
     csv = client.get("/api/metrics.csv")
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
@@ -257,3 +257,77 @@ def test_session_label_names_the_planner_the_run_is_assembled_with(config):
     adaptive = planner_for(config.model_copy(update={"adapt": config.adapt.model_copy(update={"enabled": True})}),
                            bus.publish)
     assert isinstance(adaptive, AdaptivePlanner) and planner_label(adaptive) == "adaptive"
+
+
+def _record(round_id: int, **evaluated):
+    from hypergpu.round import RoundRecord
+
+    return RoundRecord(round=round_id, applied=True, participants=[0, 1], reported=[0, 1], missing=[], excluded={},
+                       train_loss=4.0 - round_id / 10, samples=32, duration_s=0.5, model_version=round_id, **evaluated)
+
+
+@pytest.fixture
+def lm_service(tmp_path):
+    """A service holding a language-model session whose rounds are records built here (no nodes run)."""
+    from hypergpu.api.sessions import Session, metric_point
+    from hypergpu.coordinator import Coordinator
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"mod{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 40)
+    cfg = load_config(None, [
+        "nodes.count=2", "training.model='gpt'", "training.optimizer='adamw'", "training.gpt.n_layer=1",
+        "training.gpt.n_head=1", "training.gpt.n_embd=16", "training.gpt.block_size=16", "data.dataset='text'",
+        f"data.path='{src}'", f"data.cache_dir='{tmp_path / 'cache'}'", "data.eval_samples=8", "rewards.enabled=false",
+    ])
+    service = TrainingService(cfg)
+    service.coordinator = coord = Coordinator(cfg)
+    session = Session(1, "baseline", cfg, state="running")
+    session.metrics = [
+        metric_point(_record(1, test_loss=3.2, test_accuracy=0.21, test_perplexity=24.5, test_bits_per_byte=4.6)),
+        metric_point(_record(2)),  # not evaluated: the status keeps the last evaluation
+    ]
+    service.sessions.append(session)
+    # A pass and a bit over the training windows: one epoch done.
+    coord.samples = sum(len(s) for s in coord.data.manager.shards) + 5
+    return service
+
+
+def test_language_model_figures_in_status_sessions_metrics(lm_service):
+    with TestClient(create_app(lm_service, token=TOKEN)) as c:
+        s = c.get("/api/status").json()
+        assert s["task"] == "lm" and s["epoch"] == 1 and s["round"] == 0
+        assert (s["test_loss"], s["test_accuracy"], s["test_perplexity"], s["test_bits_per_byte"]) == (3.2, 0.21, 24.5, 4.6)
+        assert s["train_loss"] == pytest.approx(3.8)
+        assert c.get("/api/sessions").json()[0]["task"] == "lm"
+        assert c.get("/api/sessions/1").json()["task"] == "lm"
+        points = c.get("/api/metrics").json()["points"]
+        assert [p["test_perplexity"] for p in points] == [24.5, None]
+        assert [p["test_bits_per_byte"] for p in points] == [4.6, None]
+        header = c.get("/api/metrics.csv").text.splitlines()[0].split(",")
+        assert "test_perplexity" in header and "test_bits_per_byte" in header
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+        assert families["hypergpu_test_perplexity"].samples[0].value == 24.5
+        assert families["hypergpu_test_bits_per_byte"].samples[0].value == 4.6
+        assert families["hypergpu_test_loss"].samples[0].value == 3.2
+
+
+def test_classification_has_no_language_model_figures(client):
+    s = client.get("/api/status").json()
+    assert s["task"] == "classification" and s["test_perplexity"] is None and s["test_bits_per_byte"] is None
+    from hypergpu.api.sessions import Session, metric_point
+    from hypergpu.coordinator import Coordinator
+
+    service = client.app.state.service
+    service.coordinator = Coordinator(service.config)
+    session = Session(1, "baseline", service.config, state="finished")
+    session.metrics = [metric_point(_record(1, test_loss=0.4, test_accuracy=0.9)), metric_point(_record(2))]
+    service.sessions.append(session)
+    s = client.get("/api/status").json()
+    assert (s["round"], s["test_accuracy"], s["test_perplexity"]) == (2, 0.9, None)
+    assert client.get("/api/sessions").json()[0]["task"] == "classification"
+    assert client.get("/api/metrics").json()["points"][0]["test_perplexity"] is None
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert families["hypergpu_test_accuracy_ratio"].samples[0].value == 0.9
+    assert "hypergpu_test_perplexity" not in families and "hypergpu_test_bits_per_byte" not in families

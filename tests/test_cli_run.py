@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 import hypergpu
+from hypergpu.cli.common import headline
+from hypergpu.cli.run import held_out_brief
+from hypergpu.coordinator import Summary
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,3 +72,25 @@ def test_coordinator_serves_nodes_that_join_from_elsewhere(tmp_path: Path) -> No
             coord.communicate()
     assert coord.returncode == 0, out
     assert "rounds 3" in out and "chain:" not in out
+
+
+def _summary(task: str, **figures: float) -> Summary:
+    return Summary(rounds=3, accuracy=figures.get("accuracy"), loss=figures.get("loss"), wall_s=2.0, samples=480,
+                   reached_target=False, stopped_early=False, task=task, perplexity=figures.get("perplexity"),
+                   bits_per_byte=figures.get("bits_per_byte"))
+
+
+def test_the_summary_line_is_in_the_task_s_units() -> None:
+    line = headline(_summary("classification", accuracy=0.9712, loss=0.1))
+    assert line.startswith("[bold]accuracy 0.9712[/]  rounds 3  wall 2.0 s  samples 480  samples/s 240")
+    lm = headline(_summary("lm", accuracy=0.31, loss=3.8119, perplexity=45.23, bits_per_byte=5.4995))
+    assert lm.startswith("[bold]held-out loss 3.8119  perplexity 45.23  bits/byte 5.500[/]  rounds 3")
+    assert "accuracy" not in lm
+    assert "perplexity n/a  bits/byte n/a" in headline(_summary("lm"))  # stopped before any evaluation
+
+
+def test_progress_shows_the_task_s_held_out_figures() -> None:
+    assert held_out_brief({"test_loss": 0.2, "test_accuracy": 0.95}) == "acc 0.950  "
+    lm = {"test_loss": 3.81, "test_accuracy": 0.3, "test_perplexity": 45.2, "test_bits_per_byte": 5.5}
+    assert held_out_brief(lm) == "loss 3.810  ppl 45.2  "
+    assert held_out_brief({"round": 2}) == ""

@@ -17,6 +17,24 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 
 pytestmark = pytest.mark.timeout(300)
 
+#: Plots a language-model session (and a classifier's, left out: no shared axis) on a chart of its own.
+LM_CHART_CHECK = """() => {
+  document.body.append(Object.assign(document.createElement("canvas"), { id: "lm-check" }));
+  const chart = lineChart("#lm-check", "");
+  const runs = [
+    { s: { id: 8, label: "baseline", task: "classification" }, points: [{ round: 1, test_accuracy: 0.9 }] },
+    { s: { id: 9, label: "baseline", task: "lm" }, points: [{ round: 1, test_loss: 3.2, test_perplexity: 24.5 }] },
+  ];
+  plotHeldOut(chart, runs, "lm");
+  const ds = chart.data.datasets[0];
+  return {
+    axis: chart.options.scales.y.title.text, legend: ds.label, datasets: chart.data.datasets.length,
+    tooltip: heldOutTooltip({ raw: ds.data[0], parsed: { y: ds.data[0].y }, dataset: ds }),
+    stat: heldOutView("lm").stat({ test_loss: 3.2, test_perplexity: 24.5 }),
+    title: document.querySelector("#held-out-title").textContent,
+  };
+}"""
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -76,6 +94,9 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.wait_for_function(
             f"() => Chart.getChart('loss-chart').data.datasets[0].data.length > {points_before}", timeout=60_000)
         assert float(page.locator("#accuracy").inner_text().rstrip("%")) > 10
+        # A classifier's held-out chart is accuracy.
+        assert page.evaluate("() => Chart.getChart('accuracy-chart').options.scales.y.title.text") == "test accuracy"
+        assert page.locator("#held-out-title").inner_text() == "Accuracy"
         assert page.locator("#network-map circle").count() == 3  # coordinator and two nodes
         page.locator("#node-grid .node").first.click()
         page.wait_for_selector("#node-detail canvas#latency-chart")
@@ -95,6 +116,13 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         print(f"\nscreenshot: {shot} (stopped at round {stopped_at})")
         if os.environ.get("HYPERGPU_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["HYPERGPU_KEEP_SCREENSHOT"])
+        # A language model's is held-out loss, perplexity in the tooltip: checked on a chart
+        # of its own (a second run, of a language model, would take minutes).
+        assert page.evaluate(LM_CHART_CHECK) == {
+            "axis": "held-out loss (nats/token)", "legend": "baseline #9 held-out loss", "datasets": 1,
+            "tooltip": "baseline #9 held-out loss: 3.200 (perplexity 24.5)", "stat": "3.200 · 24.5",
+            "title": "Held-out loss",
+        }
         page.close()
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -285,3 +285,17 @@ def test_cifar_bad_files(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="no data_batch"):
         load_cifar10(empty)
+
+
+def test_fashion_mnist_loads_by_name_from_debians_package() -> None:
+    from hypergpu.config.schema import DEBIAN_FASHION_MNIST, DataConfig
+    from hypergpu.data.datasets import load_dataset
+
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST}); `make system-deps` installs it")
+    cfg = DataConfig(dataset="fashion-mnist")
+    assert cfg.path == DEBIAN_FASHION_MNIST
+    data = load_dataset(cfg)
+    assert data.name == "fashion-mnist" and len(data) == 70_000 and data.input_shape == (1, 28, 28)
+    assert np.bincount(data.y).tolist() == [7000] * 10
+    assert 0.0 <= float(data.x.min()) and float(data.x.max()) <= 1.0

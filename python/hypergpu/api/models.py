@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypergpu.config.schema import HyperGPUConfig
 
 SessionState = Literal["idle", "starting", "running", "paused", "stopping", "finished", "stopped", "failed"]
+#: What a run trains; it decides the held-out figures: accuracy, or loss, perplexity and bits per byte.
+TaskName = Literal["classification", "lm"]
 PresetName = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="letters, digits, '_' and '-' (1-64)")
 
 
@@ -21,6 +23,7 @@ class Status(BaseModel):
     state: SessionState
     session: int | None
     label: str | None
+    task: TaskName
     round: int
     rounds: int
     epoch: int = Field(description="passes over the whole training set, across all nodes")
@@ -29,7 +32,9 @@ class Status(BaseModel):
     elapsed_s: float
     train_loss: float | None
     test_loss: float | None
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(description="a language model's: next-token accuracy")
+    test_perplexity: float | None = Field(description="language models only")
+    test_bits_per_byte: float | None = Field(description="language models only")
     samples: int
     nodes_alive: int
     nodes_total: int
@@ -81,7 +86,9 @@ class MetricPoint(BaseModel):
     applied: bool | None
     train_loss: float | None
     test_loss: float | None
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(description="a language model's: next-token accuracy")
+    test_perplexity: float | None = Field(description="language models only")
+    test_bits_per_byte: float | None = Field(description="language models only")
     samples: int
     duration_s: float | None
     participants: int
@@ -91,12 +98,14 @@ class MetricPoint(BaseModel):
 class Metrics(BaseModel):
     session: int | None
     label: str | None
+    task: TaskName  # the units of the held-out figures: accuracy, or a language model's loss
     points: list[MetricPoint]
 
 
 class Session(BaseModel):
     id: int
     label: str
+    task: TaskName
     state: SessionState
     started_at: float
     finished_at: float | None

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 
 ROUND_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 NODE_STATES = ("active", "suspect", "dead", "left")
+#: (status key, gauge name, help) of the last evaluation's figures.
+HELD_OUT_GAUGES = (
+    ("test_accuracy", "hypergpu_test_accuracy_ratio", "Last evaluated test accuracy (a language model's: next token)"),
+    ("test_loss", "hypergpu_test_loss", "Last evaluated held-out loss"),
+    ("test_perplexity", "hypergpu_test_perplexity", "Last evaluated held-out perplexity (language models)"),
+    ("test_bits_per_byte", "hypergpu_test_bits_per_byte", "Last evaluated held-out bits per byte (language models)"),
+)
 
 
 class NodeCollector(Collector):
@@ -58,9 +65,11 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("hypergpu_training_active", "1 while a run is in progress",
                                 value=1 if service.running else 0)
         yield GaugeMetricFamily("hypergpu_round", "Last finished round of the current run", value=status["round"])
-        if status["test_accuracy"] is not None:
-            yield GaugeMetricFamily("hypergpu_test_accuracy_ratio", "Last evaluated test accuracy",
-                                    value=status["test_accuracy"])
+        # Held-out figures as the last evaluation gave them; a task's own ones only
+        # (no perplexity for a classifier), so absent rather than zero.
+        for key, name, help_text in HELD_OUT_GAUGES:
+            if status[key] is not None:
+                yield GaugeMetricFamily(name, help_text, value=status[key])
         depth = _chain_queue_depth(service.chain)
         if depth is not None:
             yield GaugeMetricFamily("hypergpu_chain_queue_depth", "Chain writes waiting to be sent", value=depth)

@@ -49,13 +49,16 @@ class ServiceViews:
     def status(self) -> dict[str, Any]:
         session = self.current
         coord = self.coordinator
+        cfg = session.config if session else self.config
         base: dict[str, Any] = {
             "state": session.state if session else "idle",
             "session": session.id if session else None,
             "label": session.label if session else None,
-            "rounds": (session.config if session else self.config).training.rounds,
+            "task": cfg.task,
+            "rounds": cfg.training.rounds,
             "round": 0, "epoch": 0, "progress": 0.0, "eta_s": None, "elapsed_s": 0.0,
-            "train_loss": None, "test_loss": None, "test_accuracy": None, "samples": 0,
+            "train_loss": None, "test_loss": None, "test_accuracy": None,
+            "test_perplexity": None, "test_bits_per_byte": None, "samples": 0,
             "nodes_alive": 0, "nodes_total": 0, "model_version": None, "paused": False,
             "chain_enabled": self.chain is not None,
         }
@@ -69,8 +72,9 @@ class ServiceViews:
         if session.active and points:
             per_round = sum(p["duration_s"] or 0 for p in points) / len(points)
             eta = max(0.0, (rounds - points[-1]["round"]) * per_round)
-        last_eval = next((p for p in reversed(points) if p["test_accuracy"] is not None), None)
-        samples_per_epoch = max(1, sum(len(s) for s in coord.data.shards))
+        # Every evaluation has a held-out loss, whatever the task; accuracy is a classifier's figure.
+        last_eval = next((p for p in reversed(points) if p["test_loss"] is not None), None)
+        samples_per_epoch = max(1, sum(len(s) for s in coord.data.manager.shards))
         base.update(
             round=done,
             # An epoch is one pass over the training data, across all nodes.
@@ -81,6 +85,8 @@ class ServiceViews:
             train_loss=points[-1]["train_loss"] if points else None,
             test_loss=last_eval["test_loss"] if last_eval else None,
             test_accuracy=last_eval["test_accuracy"] if last_eval else None,
+            test_perplexity=last_eval["test_perplexity"] if last_eval else None,
+            test_bits_per_byte=last_eval["test_bits_per_byte"] if last_eval else None,
             samples=st["samples"],
             nodes_alive=st["nodes"],
             nodes_total=len(coord.registry),

@@ -28,6 +28,8 @@ def metric_point(record: RoundRecord) -> dict[str, Any]:
         "train_loss": record.train_loss,
         "test_loss": record.test_loss,
         "test_accuracy": record.test_accuracy,
+        "test_perplexity": record.test_perplexity,
+        "test_bits_per_byte": record.test_bits_per_byte,
         "samples": record.samples,
         "duration_s": record.duration_s,
         "participants": len(record.participants),
@@ -51,6 +53,11 @@ class Session:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def task(self) -> str:
+        """'classification' or 'lm': which figures its points carry and the dashboard plots."""
+        return self.config.task
+
+    @property
     def active(self) -> bool:
         return self.state in ("starting", "running", "paused", "stopping")
 
@@ -60,6 +67,7 @@ class Session:
             "rounds": summary.rounds,
             "accuracy": summary.accuracy,
             "loss": summary.loss,
+            "perplexity": summary.perplexity,
             "wall_s": summary.wall_s,
             "samples": summary.samples,
             "samples_per_s": summary.samples_per_s,
@@ -73,6 +81,7 @@ class Session:
         return {
             "id": self.id,
             "label": self.label,
+            "task": self.task,
             "state": self.state,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

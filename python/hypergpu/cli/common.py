@@ -49,20 +49,33 @@ def on_signals(handler: Callable[[], object]) -> None:
             loop.add_signal_handler(sig, handler)
 
 
+def headline(summary: Summary, wall_s: float | None = None) -> str:
+    """The end-of-run line, in the task's own figures: a classifier's accuracy; a
+    language model's held-out loss, perplexity and bits per byte (its accuracy is
+    only next-token accuracy, which says little)."""
+    def num(v: float | None, digits: int) -> str:
+        return f"{v:.{digits}f}" if v is not None else "n/a"
+
+    if summary.task == "lm":
+        figures = (f"held-out loss {num(summary.loss, 4)}  perplexity {num(summary.perplexity, 2)}  "
+                   f"bits/byte {num(summary.bits_per_byte, 3)}")
+    else:
+        figures = f"accuracy {num(summary.accuracy, 4)}"
+    return (
+        f"[bold]{figures}[/]  rounds {summary.rounds}  wall {wall_s or summary.wall_s:.1f} s  "
+        f"samples {summary.samples}  samples/s {summary.samples_per_s:.0f}"
+        + ("  (target reached)" if summary.reached_target else "")
+        + ("  (stopped early)" if summary.stopped_early else "")
+    )
+
+
 def print_summary(summary: Summary, wall_s: float | None = None) -> None:
-    """Accuracy, rounds and throughput of a run, and a row per node."""
+    """The run's headline (:func:`headline`), a row per node, and refused updates."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    acc = f"{summary.accuracy:.4f}" if summary.accuracy is not None else "n/a"
-    console.print(
-        f"[bold]accuracy {acc}[/]  rounds {summary.rounds}  wall {wall_s or summary.wall_s:.1f} s  "
-        f"samples {summary.samples}  samples/s {summary.samples_per_s:.0f}"
-        + ("  (target reached)" if summary.reached_target else "")
-        + ("  (stopped early)" if summary.stopped_early else ""),
-        soft_wrap=True,
-    )
+    console.print(headline(summary, wall_s), soft_wrap=True)
     table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
                   "MB sent", "MB recv", "refused")
     for n in summary.nodes:

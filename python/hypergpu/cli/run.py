@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -207,9 +207,17 @@ async def _follow_rounds(events: EventBus, progress: Progress, task: TaskID) -> 
     async for event in events.subscribe():
         d = event.data
         if event.kind == "training" and d.get("type") == "round":
-            acc = d.get("test_accuracy")
-            progress.update(task, completed=d["round"], description=(
-                f"acc {acc:.3f}  " if acc is not None else "") + f"{len(d['reported'])} nodes")
+            progress.update(task, completed=d["round"], description=held_out_brief(d) + f"{len(d['reported'])} nodes")
+
+
+def held_out_brief(round_data: dict[str, Any]) -> str:
+    """A round event's evaluation for the progress bar: a language model's loss and
+    perplexity (its accuracy is next-token accuracy), a classifier's accuracy; '' when not evaluated."""
+    ppl = round_data.get("test_perplexity")
+    if ppl is not None:
+        return f"loss {round_data['test_loss']:.3f}  ppl {ppl:.1f}  "
+    acc = round_data.get("test_accuracy")
+    return f"acc {acc:.3f}  " if acc is not None else ""
 
 
 async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
@@ -231,5 +239,6 @@ async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
         click.echo(f"error: training failed: {session.error}", err=True)
         return 1
     assert session.result is not None
+    coord = service.coordinator
     print_summary(session.result)
     return 0

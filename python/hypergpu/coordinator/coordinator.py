@@ -206,6 +206,7 @@ class Coordinator:
             accuracy=last.test_accuracy if last else None,
             loss=last.test_loss if last else None,
             perplexity=last.test_perplexity if last else None,
+            bits_per_byte=last.test_bits_per_byte if last else None,
             task=self.task.name,
             coverage=[c.fraction for c in self.sampler.coverage() if c.complete],
             wall_s=time.perf_counter() - started,

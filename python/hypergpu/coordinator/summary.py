@@ -21,6 +21,7 @@ class Summary:
     refusals: dict[str, int] = field(default_factory=dict)
     task: str = "classification"
     perplexity: float | None = None  # language models
+    bits_per_byte: float | None = None  # language models
     #: share of the training set trained on in each finished epoch
     coverage: list[float] = field(default_factory=list)
 

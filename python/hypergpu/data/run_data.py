@@ -114,8 +114,11 @@ class CorpusRunData:
 
     @property
     def bytes_per_token(self) -> float:
+        """1 for byte-level tokens; a vocabulary's average over the corpus (for bits per byte)."""
         tokens = len(self.corpus.tokens)
-        return self.corpus.source_bytes / tokens if tokens and self.corpus.source_bytes else 1.0
+        if self.data_config.get("tokenizer") is None or not tokens or not self.corpus.source_bytes:
+            return 1.0
+        return self.corpus.source_bytes / tokens
 
     def shard_sections(self, shard_ids: list[int]) -> dict[str, np.ndarray]:
         return {}

@@ -40,6 +40,7 @@ def metrics(service: Service, session: SessionId = None) -> Metrics:
     return Metrics(
         session=s.id if s else None,
         label=s.label if s else None,
+        task=(s.config if s else service.config).task,
         points=[MetricPoint(**p) for p in service.metrics(s)],
     )
 

@@ -77,11 +77,47 @@ const lossChart = lineChart("#loss-chart", "loss", { beginAtZero: true });
 const accChart = lineChart("#accuracy-chart", "accuracy", { min: 0, max: 1 });
 let latencyChart = null;
 
+// The held-out figures in the task's own units. A language model's accuracy is
+// only next-token accuracy, so its chart is held-out loss, with perplexity in the tooltip.
+const HELD_OUT = {
+  classification: {
+    title: "Accuracy", axis: "test accuracy", legend: "accuracy", key: "test_accuracy", scale: { min: 0, max: 1 },
+    statLabel: "test accuracy", stat: (s) => fmt.pct(s.test_accuracy),
+    summary: (sum) => fmt.pct(sum && sum.accuracy),
+  },
+  lm: {
+    title: "Held-out loss", axis: "held-out loss (nats/token)", legend: "held-out loss", key: "test_loss",
+    scale: { beginAtZero: true },
+    statLabel: "held-out loss · perplexity", stat: (s) => `${fmt.num(s.test_loss)} · ${fmt.num(s.test_perplexity, 1)}`,
+    summary: (sum) => (sum && sum.perplexity != null ? `ppl ${fmt.num(sum.perplexity, 1)}` : "–"),
+  },
+};
+function heldOutView(task) { return HELD_OUT[task] || HELD_OUT.classification; }
+
 function series(label, points, key, color, dashed) {
   return {
     label, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 1.5, borderDash: dashed ? [5, 4] : [],
-    data: points.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => ({ x: p.round, y: p[key] })),
+    // the point rides along so a tooltip can show its other figures (perplexity)
+    data: points.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => ({ x: p.round, y: p[key], point: p })),
   };
+}
+
+function heldOutTooltip(ctx) {
+  const ppl = ctx.raw.point && ctx.raw.point.test_perplexity;
+  return `${ctx.dataset.label}: ${fmt.num(ctx.parsed.y)}` + (ppl != null ? ` (perplexity ${fmt.num(ppl, 1)})` : "");
+}
+
+// Plots runs of `task` only: a loss and an accuracy share no axis.
+function plotHeldOut(chart, runs, task) {
+  const view = heldOutView(task);
+  chart.options.scales.y = { title: { display: true, text: view.axis }, ...view.scale };
+  chart.options.plugins.tooltip = { callbacks: { label: heldOutTooltip } };
+  chart.data.datasets = runs
+    .map(({ s, points }, i) => ({ s, data: series(`${s.label} #${s.id} ${view.legend}`, points, view.key, PALETTE[i % PALETTE.length], false) }))
+    .filter(({ s }) => (s.task || "classification") === task)
+    .map(({ data }) => data);
+  chart.update();
+  $("#held-out-title").textContent = view.title;
 }
 
 async function refreshCharts() {
@@ -96,16 +132,16 @@ async function refreshCharts() {
     }
     all.push({ s, points });
   }
-  const loss = [], acc = [];
+  const loss = [];
   all.forEach(({ s, points }, i) => {
     const color = PALETTE[i % PALETTE.length];
     const name = `${s.label} #${s.id}`;
     loss.push(series(`${name} train`, points, "train_loss", color, false));
     loss.push(series(`${name} test`, points, "test_loss", color, true));
-    acc.push(series(`${name}`, points, "test_accuracy", color, false));
   });
   lossChart.data.datasets = loss; lossChart.update();
-  accChart.data.datasets = acc; accChart.update();
+  // the current (or held) run's task: the status payload has it even before a run
+  plotHeldOut(accChart, all, state.status ? state.status.task : "classification");
   const cur = sessions[sessions.length - 1];
   $("#csv-link").href = cur ? `/api/metrics.csv?session=${cur.id}` : "/api/metrics.csv";
 }
@@ -125,7 +161,9 @@ function renderStatus(s) {
   $("#epoch").textContent = s.epoch;
   $("#round").textContent = s.round; $("#rounds").textContent = s.rounds;
   $("#loss").textContent = fmt.num(s.train_loss);
-  $("#accuracy").textContent = fmt.pct(s.test_accuracy);
+  const view = heldOutView(s.task);
+  $("#held-out-k").textContent = view.statLabel;
+  $("#accuracy").textContent = view.stat(s);
   $("#samples").textContent = fmt.int(s.samples);
   $("#nodes-alive").textContent = `${s.nodes_alive}/${s.nodes_total}`;
   $("#elapsed").textContent = fmt.dur(s.elapsed_s);
@@ -296,7 +334,7 @@ async function refreshChain() {
 function renderSessions(sessions) {
   $("#sessions tbody").replaceChildren(...sessions.slice().reverse().map((s) => el("tr", {},
     el("td", {}, s.id), el("td", {}, s.label), el("td", {}, s.state), el("td", {}, s.summary ? s.summary.rounds : "–"),
-    el("td", {}, fmt.pct(s.summary && s.summary.accuracy)), el("td", {}, s.summary ? s.summary.wall_s.toFixed(1) : "–"))));
+    el("td", {}, heldOutView(s.task).summary(s.summary)), el("td", {}, s.summary ? s.summary.wall_s.toFixed(1) : "–"))));
 }
 
 // ---- control panel ----
@@ -312,6 +350,8 @@ async function loadConfig() {
   for (const input of form.elements) {
     if (!input.name) continue;
     const v = getPath(heldConfig, input.name);
+    // a held choice the form does not list (a preset's, the server's) stays selected, not blanked
+    if (input.tagName === "SELECT" && v != null && ![...input.options].some((o) => o.value === String(v))) input.append(el("option", {}, v));
     input.value = v === null || v === undefined ? "" : v;
   }
 }
