@@ -209,7 +209,7 @@ class Hello(_Meta):
 
 class WelcomeMeta(_Meta):
     """coordinator → node: its id, the task and training settings, the model's layout,
-    and (for a corpus) where to read the shards."""
+    and where to read the shards when they do not travel with the messages."""
 
     node_id: int = Field(ge=0)
     training: dict[str, Any]
@@ -218,7 +218,8 @@ class WelcomeMeta(_Meta):
     task: Literal["classification", "lm"] = "classification"
     input_shape: list[int] | None = None  # the model's input (per sample); a language model's block
     num_classes: int | None = None  # classes, or a language model's vocabulary
-    corpus: dict[str, Any] | None = None  # see hypergpu.data.run_data.CorpusRunData.node_meta
+    # None: shards are shipped; else see node_meta() in hypergpu.data.run_data
+    data_source: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

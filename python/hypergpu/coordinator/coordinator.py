@@ -401,7 +401,7 @@ class Coordinator:
             node_id=0, training=self.config.training.model_dump(mode="json"),
             layout=self.model.layout.digest, num_params=self.model.layout.total,
             task=self.task.name, input_shape=list(self.data.input_shape), num_classes=self.data.num_classes,
-            corpus=self.data.node_meta(),
+            data_source=self.data.node_meta(),
         )
         node = await self.members.greet(link, welcome, HELLO_TIMEOUT_S)
         if node is None:

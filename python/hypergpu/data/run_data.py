@@ -4,11 +4,13 @@
 :class:`~hypergpu.data.shards.ShardManager`), the held-out samples the
 coordinator evaluates on, the model's input shape and output size, and how
 nodes get the shards. Labelled arrays (:class:`ArrayRunData`) travel to
-nodes as checksummed shard bytes; a token corpus (:class:`CorpusRunData`)
-never does: nodes read its shards themselves by byte range from a URL (the
-coordinator's prepared file for a local run, ``data.source_url`` for
-others) or prepare the same corpus from their own copy and prove it by
-fingerprint (``data.source_url = "node-local"``).
+nodes as checksummed shard bytes, unless ``data.source_url = "node-local"``:
+then each node prepares the same shards from its own copy of the dataset
+(Fashion-MNIST from Debian's package, say) and proves them by checksum. A
+token corpus (:class:`CorpusRunData`) never travels: nodes read its shards
+themselves by byte range from a URL (the coordinator's prepared file for a
+local run, ``data.source_url`` for others) or prepare the same corpus from
+their own files and prove it by fingerprint (``"node-local"``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class ArrayRunData:
     prepared: PreparedData
     test: ArraySamples
     eval_indices: np.ndarray
+    data_config: dict[str, Any]
+    seed: int
+    node_local: bool = False  # nodes prepare the shards themselves
     bytes_per_token: float = 1.0
 
     @property
@@ -78,11 +83,16 @@ class ArrayRunData:
         return self.prepared.num_classes
 
     def shard_sections(self, shard_ids: list[int]) -> dict[str, np.ndarray]:
+        if self.node_local:
+            return {}
         shards = self.manager.shards
         return {f"shard{i}": np.frombuffer(shards[i].to_bytes(), dtype=np.uint8) for i in shard_ids}
 
     def node_meta(self) -> dict[str, Any] | None:
-        return None
+        if not self.node_local:
+            return None
+        return {"kind": "arrays", "data": self.data_config, "seed": self.seed,
+                "checksums": [s.checksum for s in self.manager.shards]}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -125,6 +135,7 @@ class CorpusRunData:
 
     def node_meta(self) -> dict[str, Any] | None:
         return {
+            "kind": "corpus",
             "name": self.corpus.name,
             "fingerprint": self.corpus.fingerprint,
             "dtype": self.corpus.dtype.name,
@@ -157,4 +168,5 @@ def prepare_run_data(config: HyperGPUConfig) -> ArrayRunData | CorpusRunData:
         )
     prepared = prepare_data(d, t.seed, num_shards)
     test_samples = ArraySamples(prepared.test.x, prepared.test.y)
-    return ArrayRunData(prepared, test_samples, even_stride(len(test_samples), d.eval_samples))
+    return ArrayRunData(prepared, test_samples, even_stride(len(test_samples), d.eval_samples),
+                        d.model_dump(mode="json"), t.seed, node_local=d.source_url == NODE_LOCAL)

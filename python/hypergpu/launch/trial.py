@@ -34,6 +34,8 @@ class TrialRound:
     reported: list[int]
     excluded: dict[int, str]
     assignments: dict[int, Assignment]
+    loss: float | None = None  # held-out loss (None: not evaluated this round)
+    samples: int = 0  # trained into this round's applied update
 
 
 @dataclass
@@ -50,6 +52,13 @@ class TrialResult:
         """Seconds from the start until the test accuracy first reached ``accuracy``."""
         for r in self.rounds:
             if r.accuracy is not None and r.accuracy >= accuracy:
+                return r.t_s
+        return None
+
+    def time_to_loss(self, loss: float) -> float | None:
+        """Seconds from the start until the held-out loss first fell to ``loss``."""
+        for r in self.rounds:
+            if r.loss is not None and r.loss <= loss:
                 return r.t_s
         return None
 
@@ -73,6 +82,7 @@ async def run_trial(config: HyperGPUConfig, planner: Planner | None = None, log_
             round=record.round, t_s=time.perf_counter() - started[0], duration_s=record.duration_s,
             accuracy=record.test_accuracy, participants=list(record.participants), reported=list(record.reported),
             excluded=dict(record.excluded), assignments=dict(record.assignments),
+            loss=record.test_loss, samples=record.samples if record.applied else 0,
         ))
 
     async with local_run(config, log_dir=log_dir, events=events, planner=planner, observers=[follow],

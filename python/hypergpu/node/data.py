@@ -1,7 +1,9 @@
-"""The shards a node holds: shipped to it, or read by it from where the corpus lives.
+"""The shards a node holds: shipped to it, or read by it from where the data lives.
 
-Labelled arrays arrive as checksummed shard bytes in the welcome and in
-``shard`` controls. A corpus's shards never travel over the link: the
+Labelled arrays arrive as checksummed shard bytes in the welcome and with
+the work that lends them — or, with ``data.source_url = "node-local"``, the
+node prepares the same shards from its own copy of the dataset and checks
+each against the coordinator's checksum. A corpus's shards never travel over the link: the
 welcome lists each shard's token range and checksum, and the node reads a
 shard the first time a round's work names it — by byte range from the URL
 the coordinator gave (``file://`` on a shared filesystem, or http(s)) or,
@@ -16,12 +18,54 @@ from typing import Any
 
 import numpy as np
 
+from typing import Protocol
+
 from hypergpu.config.schema import DataConfig
 from hypergpu.data.corpus import Corpus, TokenShardInfo, TokenWindows, check_fingerprint, load_corpus, read_shard
-from hypergpu.data.samples import ShardSet
-from hypergpu.errors import DataError
+from hypergpu.data.prepare import prepare_data
+from hypergpu.data.samples import ArraySamples, SampleSource, ShardSet
+from hypergpu.data.shards import Shard
+from hypergpu.errors import DataError, HyperGPUError
 
 log = logging.getLogger("hypergpu.node")
+
+
+class ShardReader(Protocol):
+    def read(self, shard_id: int) -> SampleSource: ...
+
+
+def reader_for(meta: dict[str, Any], who: str) -> ShardReader:
+    """The reader a welcome's data description calls for."""
+    if meta.get("kind") == "arrays":
+        return ArrayReader(meta, who)
+    return CorpusReader(meta, who)
+
+
+class ArrayReader:
+    """Prepares a labelled dataset's shards from this machine's copy, checked by checksum."""
+
+    def __init__(self, meta: dict[str, Any], who: str):
+        try:
+            cfg = DataConfig.model_validate(meta["data"])
+            checksums = [str(c) for c in meta["checksums"]]
+            seed = int(meta["seed"])
+        except (KeyError, TypeError, ValueError, HyperGPUError) as exc:
+            raise DataError(f"{who}: the welcome's data description is malformed: {exc}") from None
+        shards = prepare_data(cfg, seed, len(checksums)).shards
+        for shard, expected in zip(shards, checksums):
+            if shard.checksum != expected:
+                raise DataError(
+                    f"{who}: shard {shard.index} of {cfg.dataset} prepared here hashes to {shard.checksum[:12]}…, "
+                    f"the coordinator's to {expected[:12]}… (different files or versions)"
+                )
+        self.shards: list[Shard] = shards
+        self.who = who
+
+    def read(self, shard_id: int) -> ArraySamples:
+        if not 0 <= shard_id < len(self.shards):
+            raise DataError(f"{self.who}: work names shard {shard_id}, which the dataset does not have")
+        shard = self.shards[shard_id]
+        return ArraySamples(shard.x, shard.y)
 
 
 class CorpusReader:
@@ -59,8 +103,8 @@ class CorpusReader:
         return TokenWindows(tokens, self.block_size)
 
 
-def ensure_shards(held: ShardSet, reader: CorpusReader | None, work: np.ndarray | None) -> None:
-    """Make sure ``held`` has every shard ``work`` names (reading corpus shards as needed)."""
+def ensure_shards(held: ShardSet, reader: ShardReader | None, work: np.ndarray | None) -> None:
+    """Make sure ``held`` has every shard ``work`` names (reading shards as needed)."""
     if work is None or reader is None:
         return
     for shard_id in np.unique(work[:, 0]):

@@ -265,10 +265,11 @@ class DistributedOptimizer:
         """The data the coordinator assigned this node now (several shards merged)."""
         shards = self._link.shards
         if not shards:
-            if self._welcome.corpus is not None:
+            if self._welcome.data_source is not None:
                 raise DataError(
-                    f"{self.name}: this run trains on a token corpus, which comes as no array shard; "
-                    "bring your own batches (e.g. hypergpu.data.corpus.load_corpus and TokenWindows)"
+                    f"{self.name}: this run's nodes read their data themselves (a token corpus, or "
+                    "node-local shards), so none comes as an array shard; bring your own batches "
+                    "(e.g. hypergpu.data.corpus.load_corpus and TokenWindows)"
                 )
             raise DataError(f"{self.name}: the coordinator assigned no data to this node")
         return Shard.concat(shards)

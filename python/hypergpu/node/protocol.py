@@ -94,7 +94,7 @@ class Welcome:
     task: str = "classification"
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
-    corpus: dict[str, Any] | None = None
+    data_source: dict[str, Any] | None = None  # where to read shards (None: they are shipped)
 
     @classmethod
     def parse(cls, msg: Message) -> Welcome:
@@ -105,7 +105,7 @@ class Welcome:
             raise FrameError(f"welcome meta refused: training: {validation_problems(exc)}") from None
         shape = tuple(meta.input_shape) if meta.input_shape is not None else None
         return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg),
-                   meta.task, shape, meta.num_classes, meta.corpus)
+                   meta.task, shape, meta.num_classes, meta.data_source)
 
     def model_io(self) -> tuple[tuple[int, ...], int]:
         """The model's input shape and output size, from the welcome (or its first shard)."""

@@ -22,7 +22,7 @@ from torch import nn
 from hypergpu.errors import TransportError
 from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
-from hypergpu.node.data import CorpusReader, ensure_shards
+from hypergpu.node.data import ShardReader, ensure_shards, reader_for
 from hypergpu.node.protocol import (
     Ended,
     Event,
@@ -93,7 +93,7 @@ class Node:
             on_message=self._pending.append,
         )
         self._trainer: LocalTrainer | None = None
-        self._corpus: CorpusReader | None = None
+        self._reader: ShardReader | None = None
         self._encoder = UpdateEncoder()
 
     @property
@@ -146,8 +146,8 @@ class Node:
     # --- events -----------------------------------------------------------------
 
     def _on_welcome(self, welcome: Welcome) -> None:
-        if welcome.corpus is not None and self._corpus is None:
-            self._corpus = CorpusReader(welcome.corpus, self.name)
+        if welcome.data_source is not None and self._reader is None:
+            self._reader = reader_for(welcome.data_source, self.name)
         if self._trainer is None:
             input_shape, num_classes = welcome.model_io()
             if self.model_factory is not None:
@@ -176,7 +176,7 @@ class Node:
         if opened.shards:
             trainer.set_shard(opened.shards)
         if opened.work is not None:
-            await asyncio.to_thread(ensure_shards, trainer.data, self._corpus, opened.work)
+            await asyncio.to_thread(ensure_shards, trainer.data, self._reader, opened.work)
         result = await asyncio.to_thread(
             trainer.train_round,
             opened.params,
