@@ -183,3 +183,15 @@ def test_cli_check_and_schema(tmp_path):
     schema = _cli("config", "schema")
     assert schema.returncode == 0
     assert "TrainingConfig" in json.loads(schema.stdout)["$defs"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_every_example_config_loads_and_names_its_task(name: str) -> None:
+    cfg = load_config(EXAMPLES / name)
+    expected = "lm" if cfg.data.dataset in ("stdlib", "text", "tokens") else "classification"
+    assert cfg.task == expected
+    if name == "gpt_stdlib.toml":
+        from hypergpu.model import gpt_param_count
+
+        params = gpt_param_count(cfg.training.gpt, 256)
+        assert 3_000_000 < params < 4_000_000  # "a few million parameters", as its comment says

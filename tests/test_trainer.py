@@ -178,3 +178,18 @@ def test_cnn_reaches_97_percent_on_digits(digits):
     accuracy = manager.evaluate(test).accuracy
     print(f"CNN digits test accuracy after 4 epochs: {accuracy:.4f}")
     assert accuracy >= 0.97
+
+
+def test_the_inner_optimizer_state_carries_over_rounds(digits):
+    train, _ = digits
+    cfg = _mlp()
+    shard = partition(train, 2, seed=0)[0]
+    trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+    zero = np.zeros(trainer.layout.total, np.float32)
+    trainer.train_round(zero, steps=3)
+    optimizer = trainer.optimizer
+    assert optimizer is not None
+    steps = [float(s["step"]) for s in optimizer.state.values()]
+    trainer.train_round(zero, steps=2)  # new parameters, same optimizer and moments
+    assert trainer.optimizer is optimizer
+    assert [float(s["step"]) for s in optimizer.state.values()] == [n + 2 for n in steps] == [5.0] * len(steps)

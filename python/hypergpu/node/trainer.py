@@ -49,7 +49,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 class LocalTrainer:
-    """A node's local trainer: one model, the shards it holds, fresh optimizer per round."""
+    """A node's local trainer: one model, the shards it holds, and one inner optimizer whose
+    state (e.g. Adam's moments) carries over from round to round, as DiLoCo's inner optimizer does."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class LocalTrainer:
         self.model = module.to(self.device)
         self.layout = ParamLayout.from_model(self.model)
         self.training = training
+        self.optimizer: torch.optim.Optimizer | None = None  # made at the first round
         self.task = task or Classification()
         self.metrics = RollingMetrics(metrics_window)
         self.set_speed_factor(speed_factor)
@@ -136,7 +138,10 @@ class LocalTrainer:
             steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
         steps = self._count_steps(steps, epochs, batch, accumulation)
         received = self._load(flat_params)
-        optimizer = make_optimizer(self.training, self.model.parameters())
+        # The parameters are loaded in place, so the optimizer's state stays attached to them.
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(self.training, self.model.parameters())
+        optimizer = self.optimizer
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen = 0.0, 0, 0
