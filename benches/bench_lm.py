@@ -114,6 +114,13 @@ def _node_points(result: TrialResult, block: int) -> list[tuple[int, float]]:
     return points
 
 
+def _report(benchmark: Any, title: str, info: dict[str, Any]) -> None:
+    benchmark.extra_info.update(info)
+    print(f"\n{title}:")
+    for key, value in info.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
 def test_gpt_four_nodes_match_one_process_at_equal_tokens(benchmark, tmp_path) -> None:
     size = SMOKE if benchmark.disabled else FULL
     rounds = size["steps"] // size["local_steps"]
@@ -147,10 +154,7 @@ def test_gpt_four_nodes_match_one_process_at_equal_tokens(benchmark, tmp_path) -
         "single_curve": single,
         "nodes_curve": node_curve,
     }
-    benchmark.extra_info.update(info)
-    print("\nGPT, 4 node processes vs one process at equal tokens:")
-    for key, value in info.items():
-        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    _report(benchmark, "GPT, 4 node processes vs one process at equal tokens", info)
     if not benchmark.disabled:
         assert abs(gap) <= 0.03
 
@@ -181,9 +185,6 @@ def test_node_tokens_per_second_against_plain_torch(benchmark, tmp_path) -> None
     overhead = 1 - node_tps / out["plain"]
     info = {"full_run": not benchmark.disabled, "node_tokens_per_s": node_tps,
             "plain_tokens_per_s": out["plain"], "overhead": overhead, "tokens": tokens}
-    benchmark.extra_info.update(info)
-    print("\nnode process vs plain torch, tokens/s:")
-    for key, value in info.items():
-        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    _report(benchmark, "node process vs plain torch, tokens/s", info)
     if not benchmark.disabled:
         assert overhead <= 0.10

@@ -29,7 +29,7 @@ from hypergpu.data.corpus import TokenWindows, load_corpus
 from hypergpu.errors import DataError, InvalidArgumentError, ShapeMismatchError, TimeoutError
 from hypergpu.model import GPT
 from hypergpu.model.layout import ParamLayout
-from hypergpu.node.optimizer import HostStaging
+from hypergpu.model.staging import HostStaging
 from hypergpu.node.runtime import Node
 from hypergpu.round import Assignment, PlanView, RoundPlan, RoundRecord
 
@@ -299,15 +299,20 @@ async def test_the_builtin_node_shares_the_session_and_still_trains(tmp_path: Pa
     assert all(next(iter(r.answers.values())).codec == "topk" for r in coord.history)
 
 
-@pytest.mark.slow
-def test_example_trains_a_custom_model_end_to_end(tmp_path: Path) -> None:
+def _run_example(script: Path, rounds: int, cwd: Path) -> subprocess.CompletedProcess[str]:
     package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=package_root)
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--rounds", "6"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, str(script), "--rounds", str(rounds)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_example_trains_a_custom_model_end_to_end(tmp_path: Path) -> None:
+    done = _run_example(EXAMPLE, 6, tmp_path)
     found = re.search(r"final test accuracy: ([0-9.]+) \(2 nodes", done.stdout)
     assert found, done.stdout
     assert float(found.group(1)) >= 0.9
@@ -316,13 +321,7 @@ def test_example_trains_a_custom_model_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpt_example_trains_a_language_model_end_to_end(tmp_path: Path) -> None:
-    package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=package_root)
-    done = subprocess.run(
-        [sys.executable, str(GPT_EXAMPLE), "--rounds", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _run_example(GPT_EXAMPLE, 4, tmp_path)
     held_out = [float(v) for v in re.findall(r"held-out loss ([0-9.]+)  perplexity", done.stdout)]
     assert len(held_out) == 4, done.stdout
     found = re.search(r"final held-out loss: ([0-9.]+) \(perplexity ([0-9.]+), 2 nodes", done.stdout)

@@ -18,7 +18,6 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,9 +28,9 @@ from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
-from hypergpu.coordinator.summary import Summary
+from hypergpu.coordinator.summary import Summary, run_status, run_summary
+from hypergpu.coordinator.work import WorkDealer
 from hypergpu.data.run_data import prepare_run_data
-from hypergpu.data.sampler import WorkSampler
 from hypergpu.errors import FrameError, HyperGPUError, TransportError
 from hypergpu.events import EventBus
 from hypergpu.model.checkpoint import CheckpointManager
@@ -77,7 +76,8 @@ class Coordinator:
         self.shards = self.data.manager
         self.task = task_for(config, bytes_per_token=self.data.bytes_per_token)
         #: which samples each node trains on per round: shards follow the work
-        self.sampler = WorkSampler([len(s) for s in self.shards.shards], config.training.seed)
+        self.work = WorkDealer(self.shards, config.training.seed, config.training.epochs)
+        self.sampler = self.work.sampler
         if model is None:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)
         self.model = ModelManager(model)
@@ -142,6 +142,10 @@ class Coordinator:
     def paused(self) -> bool:
         return not self._running.is_set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def exclude(self, node_id: int, reason: str = "excluded by operator") -> None:
         """Leave a known node out of every round from the next one on, whatever
         the planner decides (it stays connected and keeps its shard)."""
@@ -187,13 +191,9 @@ class Coordinator:
             await self.network.at_round(round_id)
             record = await self._run_round(round_id)
             if round_id % t.eval_interval == 0 or round_id == t.rounds:
-                result = await asyncio.to_thread(
-                    self.task.evaluate, self.model.model, self.data.test, indices=self.data.eval_indices
-                )
-                self.model.model.train()
-                record = replace(record, test_loss=result.loss, test_accuracy=result.accuracy,
-                                 test_perplexity=result.perplexity, test_bits_per_byte=result.bits_per_byte)
-                last = record
+                result = await asyncio.to_thread(self.model.evaluate, self.data.test, task=self.task,
+                                                 indices=self.data.eval_indices)
+                record = last = record.evaluated(result)
                 reached = self.task.reached(result, t)
             await self._finish_round(record)
             if reached:
@@ -201,21 +201,7 @@ class Coordinator:
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
             await asyncio.to_thread(self.checkpoints.save, self.model, self.round)
-        summary = Summary(
-            rounds=self.round,
-            accuracy=last.test_accuracy if last else None,
-            loss=last.test_loss if last else None,
-            perplexity=last.test_perplexity if last else None,
-            bits_per_byte=last.test_bits_per_byte if last else None,
-            task=self.task.name,
-            coverage=[c.fraction for c in self.sampler.coverage() if c.complete],
-            wall_s=time.perf_counter() - started,
-            samples=self.samples,
-            reached_target=reached,
-            stopped_early=self._stop.is_set(),
-            nodes=[n.as_dict() for n in self.registry.all()],
-            refusals=dict(self.refusals),
-        )
+        summary = run_summary(self, last, reached, time.perf_counter() - started)
         self.events.publish("training", type="finished", **summary.as_dict())
         return summary
 
@@ -239,23 +225,7 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         """Where the run stands, JSON-ready."""
-        return {
-            "round": self.round,
-            "rounds": self.config.training.rounds,
-            "paused": self.paused,
-            "stopping": self._stop.is_set(),
-            "model_version": self.model.version,
-            "model_hash": self.model.hash,
-            "nodes": len(self.registry.alive()),
-            "samples": self.samples,
-            "last": self.history[-1].as_dict() if self.history else {},
-            "task": self.task.name,
-            "data": self.data.describe(),
-            "epoch": self.sampler.epoch,
-            "refusals": dict(self.refusals),
-            # an adaptive planner's links, standings, settings and decisions
-            "planner": self.planner.status(),
-        }
+        return run_status(self)
 
     # --- the round ------------------------------------------------------------
 
@@ -283,7 +253,7 @@ class Coordinator:
         now = time.perf_counter()
         rnd = self._open = Round(plan, params, self.book, now=now, timeout_s=self.config.coordinator.round_timeout_s)
         self._progress.clear()
-        work = self._draw_work(rnd)
+        work = self.work.deal(rnd.id, plan, [n for n in plan.participants if n in self.members.follows_work])
         # Sends run on their own: a slow link must not hold up the others,
         # and the round's deadline runs from its start.
         for node_id in plan.participants:
@@ -300,48 +270,9 @@ class Coordinator:
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
         if record.applied:
             self.samples += record.samples
-        self._settle_work(record)
+        self.work.settle(record)
         await self.members.after_round(record)
         return record
-
-    def _draw_work(self, rnd: Round) -> dict[int, np.ndarray]:
-        """Each participant's samples for the round: its planned work, drawn from the shards
-        it holds first, then from those no participant holds (the run's data, not the node's)."""
-        plan = rnd.plan
-        takers = [n for n in plan.participants if n in self.members.follows_work]
-        held = {n: self._held_shards(n) for n in takers}
-        work: dict[int, np.ndarray] = {}
-        for node_id in takers:
-            a = plan.assignments[node_id]
-            steps = a.local_steps
-            if steps == 0:  # whole passes over what the node holds
-                shard = self.members.shard_samples(node_id) or a.batch_size
-                steps = -(-shard // (a.batch_size * a.accumulation)) * self.config.training.epochs
-            others = [s for m in takers if m != node_id for s in held[m]]
-            drawn = self.sampler.take((rnd.id, node_id), steps * a.batch_size * a.accumulation,
-                                      prefer=held[node_id], avoid=others)
-            work[node_id] = drawn.pairs
-        return work
-
-    def _held_shards(self, node_id: int) -> list[int]:
-        try:
-            return self.shards.shard_ids_of(node_id)
-        except HyperGPUError:
-            return []
-
-    def _settle_work(self, record: RoundRecord) -> None:
-        """Samples of applied updates count as trained; the rest are handed out again."""
-        for answer in [*record.answers.values(), *record.late.values()]:
-            key = (answer.round, answer.node_id)
-            if record.applied:
-                self.sampler.confirm(key)
-            else:
-                self.sampler.give_back(key)
-        for node_id in record.participants:
-            if node_id not in record.answers:
-                # Never answered (or refused): another node trains these samples. A late
-                # answer that is applied after all only trains them twice.
-                self.sampler.give_back((record.round, node_id))
 
     async def _send_params(self, rnd: Round, node_id: int, work: np.ndarray | None = None) -> None:
         link = self.members.links.get(node_id)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypergpu.coordinator.coordinator import Coordinator
+    from hypergpu.round import RoundRecord
 
 
 @dataclass
@@ -31,3 +35,43 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "samples_per_s": self.samples_per_s}
+
+
+def run_status(coord: Coordinator) -> dict[str, Any]:
+    """Where a coordinator's run stands, JSON-ready (``Coordinator.status``)."""
+    return {
+        "round": coord.round,
+        "rounds": coord.config.training.rounds,
+        "paused": coord.paused,
+        "stopping": coord.stopping,
+        "model_version": coord.model.version,
+        "model_hash": coord.model.hash,
+        "nodes": len(coord.registry.alive()),
+        "samples": coord.samples,
+        "last": coord.history[-1].as_dict() if coord.history else {},
+        "task": coord.task.name,
+        "data": coord.data.describe(),
+        "epoch": coord.sampler.epoch,
+        "refusals": dict(coord.refusals),
+        # an adaptive planner's links, standings, settings and decisions
+        "planner": coord.planner.status(),
+    }
+
+
+def run_summary(coord: Coordinator, last: RoundRecord | None, reached: bool, wall_s: float) -> Summary:
+    """What ``coord``'s run achieved; ``last`` is its last evaluated round."""
+    return Summary(
+        rounds=coord.round,
+        accuracy=last.test_accuracy if last else None,
+        loss=last.test_loss if last else None,
+        perplexity=last.test_perplexity if last else None,
+        bits_per_byte=last.test_bits_per_byte if last else None,
+        task=coord.task.name,
+        coverage=[c.fraction for c in coord.sampler.coverage() if c.complete],
+        wall_s=wall_s,
+        samples=coord.samples,
+        reached_target=reached,
+        stopped_early=coord.stopping,
+        nodes=[n.as_dict() for n in coord.registry.all()],
+        refusals=dict(coord.refusals),
+    )

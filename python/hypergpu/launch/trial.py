@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hypergpu.adapt import AdaptivePlanner
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator
@@ -47,6 +49,7 @@ class TrialResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     overhead: float | None = None
     planner_status: dict[str, Any] | None = None
+    params: np.ndarray | None = None  # the trained model's flat parameters at the end
 
     def time_to(self, accuracy: float) -> float | None:
         """Seconds from the start until the test accuracy first reached ``accuracy``."""
@@ -103,4 +106,5 @@ async def run_trial(config: HyperGPUConfig, planner: Planner | None = None, log_
         events=[e.as_dict() for e in coord.events.since(0)],
         overhead=used.overhead if isinstance(used, AdaptivePlanner) else None,
         planner_status=used.status(),
+        params=coord.model.flat_parameters(),
     )

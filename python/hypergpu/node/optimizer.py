@@ -80,80 +80,14 @@ from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
 from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
+from hypergpu.model.staging import HostStaging, model_device
 from hypergpu.node.background import BackgroundLink
 from hypergpu.node.protocol import NodeReport, UpdateEncoder, hello
 from hypergpu.node.session import Backoff, Session
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.transport import LinkShape
 
-__all__ = ["DistributedOptimizer", "HostStaging"]
-
-
-class HostStaging:
-    """The model's flat parameters between its device and the host, at round boundaries.
-
-    One float32 host buffer of ``layout.total`` values, allocated once. For
-    a model on a CUDA device it is page-locked (pinned): the device copies
-    straight into and out of it, rather than through the driver's pageable
-    bounce buffer, and the host-to-device copy runs asynchronously. The
-    parameters are gathered into one flat tensor on the device first, so
-    each direction is a single transfer instead of one per tensor.
-
-    Elsewhere (a CPU model, or no CUDA) the buffer is ordinary memory and
-    the copies are plain; a CPU model is flattened straight into it.
-    """
-
-    def __init__(self, layout: ParamLayout, device: torch.device):
-        self.layout = layout
-        self.device = device
-        self.pinned = device.type == "cuda" and torch.cuda.is_available()
-        self.host = torch.empty(layout.total, dtype=torch.float32, pin_memory=self.pinned)
-        # Set after an asynchronous upload: the buffer must not be rewritten before the copy read it.
-        self._uploaded: torch.cuda.Event | None = None
-
-    def gather(self, model: nn.Module) -> np.ndarray:
-        """The model's flat parameters, in the host buffer: a view, valid until the next call."""
-        self._wait_for_upload()
-        state = model.state_dict()
-        parts = [state[s.name].detach().reshape(-1) for s in self.layout.specs]
-        if not parts:
-            return self.host.numpy()
-        with torch.no_grad():
-            if self.device.type == "cpu":
-                torch.cat([p.to(torch.float32) for p in parts], out=self.host)
-            else:
-                flat = torch.cat([p.to(self.device, torch.float32) for p in parts])
-                self.host.copy_(flat)  # blocking: the caller reads the buffer next
-        return self.host.numpy()
-
-    def scatter(self, model: nn.Module, flat: np.ndarray) -> None:
-        """Load ``flat`` (checked against the layout) into the model's tensors."""
-        self.layout.check(flat)
-        if self.device.type == "cpu":
-            source = torch.from_numpy(np.ascontiguousarray(flat))
-        else:
-            self._wait_for_upload()
-            np.copyto(self.host.numpy(), flat)
-            source = self.host.to(self.device, non_blocking=self.pinned)
-        state = model.state_dict()
-        with torch.no_grad():
-            for s in self.layout.specs:
-                state[s.name].copy_(source[s.offset : s.offset + s.numel].view(s.shape))
-        if self.pinned:
-            self._uploaded = torch.cuda.Event()
-            self._uploaded.record(torch.cuda.current_stream(self.device))
-
-    def _wait_for_upload(self) -> None:
-        if self._uploaded is not None:
-            self._uploaded.synchronize()
-            self._uploaded = None
-
-
-def _model_device(model: nn.Module, layout: ParamLayout) -> torch.device:
-    """Where the model's flat entries live (those of its first one)."""
-    if not layout.specs:
-        return torch.device("cpu")
-    return model.state_dict()[layout.specs[0].name].device
+__all__ = ["DistributedOptimizer"]
 
 
 def _loss_value(reported: object) -> torch.Tensor | float | None:
@@ -215,19 +149,12 @@ class DistributedOptimizer:
         self.seed = seed
         self.report = NodeReport(node_id=None)
 
-        device = _model_device(model, self.layout)
+        device = model_device(model, self.layout)
         self._staging = HostStaging(self.layout, device)
-        session = Session(
-            join,
-            token=token,
-            name=self.name,
-            # The user's loop trains on its own data: the coordinator must not name samples for it.
-            hello=hello(name=self.name, index=index, device=device.type, follows_work=False),
-            shape=shape,
-            backoff=backoff,
-            heartbeat_s=heartbeat_s,
-            report=self.report,
-        )
+        # The user's loop trains on its own data: the coordinator must not name samples for it.
+        me = hello(name=self.name, index=index, device=device.type, follows_work=False)
+        session = Session(join, token=token, name=self.name, hello=me, shape=shape, backoff=backoff,
+                          heartbeat_s=heartbeat_s, report=self.report)
         self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
         self._encoder = UpdateEncoder()
         self._closed = False

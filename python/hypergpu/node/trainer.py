@@ -122,8 +122,7 @@ class LocalTrainer:
         """Load ``flat_params``, train, and return the update and the round's figures.
 
         ``work`` (rows of ``(shard, index)``) names the round's samples in
-        training order; it sets the step count to cover them once.
-
+        training order and sets the step count to cover them once. Else
         ``steps`` optimizer steps, or ``epochs`` passes over the shard
         (default: the config's ``local_steps``, or its ``epochs`` when that
         is 0; an epoch is ``ceil(len(shard) / effective batch)`` steps).
@@ -138,15 +137,11 @@ class LocalTrainer:
             steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
         steps = self._count_steps(steps, epochs, batch, accumulation)
         received = self._load(flat_params)
-        # The parameters are loaded in place, so the optimizer's state stays attached to them.
-        if self.optimizer is None:
-            self.optimizer = make_optimizer(self.training, self.model.parameters())
-        optimizer = self.optimizer
+        optimizer = self._inner_optimizer()
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, predictions = 0.0, 0, 0, 0
         started = time.perf_counter()
-        predictions = 0
         for step in range(steps):
             if work is not None:
                 rows = work[step * batch * accumulation : (step + 1) * batch * accumulation]
@@ -156,14 +151,11 @@ class LocalTrainer:
             totals["throttle_s"] += self._throttle(timings, step_loss)
             for key, value in timings.items():
                 totals[key] += value
-            loss_sum += step_loss * len(rows)
-            correct += step_correct
-            predictions += step_predictions
-            seen += len(rows)
+            loss_sum, seen = loss_sum + step_loss * len(rows), seen + len(rows)
+            correct, predictions = correct + step_correct, predictions + step_predictions
         self.metrics.record("accuracy", correct / predictions)
 
-        update = self.layout.flatten(self.model) - received
-        if not np.isfinite(update).all():
+        if not np.isfinite(update := self.layout.flatten(self.model) - received).all():
             raise NonFiniteError("the round produced a non-finite update")
         figures = {
             "loss": loss_sum / seen,
@@ -179,6 +171,12 @@ class LocalTrainer:
         return RoundResult(update, seen, figures)
 
     # --- internals --------------------------------------------------------------
+
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        # Made once: parameters are loaded in place, so its state stays attached to them.
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(self.training, self.model.parameters())
+        return self.optimizer
 
     def _count_steps(self, steps: int | None, epochs: int | None, batch: int, accumulation: int) -> int:
         """The round's optimizer steps (checked); counting by epochs restarts the shuffle."""

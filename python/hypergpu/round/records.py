@@ -8,9 +8,10 @@ node ids become strings as JSON object keys must.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from hypergpu.model.task import Evaluation
 from hypergpu.protocol import Assignment
 
 
@@ -61,6 +62,11 @@ class RoundRecord:
     test_accuracy: float | None = None  # a language model's: next-token accuracy
     test_perplexity: float | None = None  # language models only
     test_bits_per_byte: float | None = None  # language models only
+
+    def evaluated(self, result: Evaluation) -> RoundRecord:
+        """This record with the held-out figures of the model it applied."""
+        return replace(self, test_loss=result.loss, test_accuracy=result.accuracy,
+                       test_perplexity=result.perplexity, test_bits_per_byte=result.bits_per_byte)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (events, API, dashboard): node ids as string keys."""
