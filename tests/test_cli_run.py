@@ -46,6 +46,18 @@ def test_train_without_api_settles_on_the_embedded_chain(tmp_path: Path) -> None
     assert "still queued" not in out
 
 
+def test_the_language_model_demo_trains_a_gpt_on_the_stdlib(tmp_path: Path) -> None:
+    overrides = ("nodes.count=2", "training.rounds=2", "training.local_steps=3", "training.gpt.n_layer=1",
+                 "training.gpt.n_embd=32", "training.gpt.block_size=32", "data.eval_samples=16",
+                 "network.node_profiles={}", "rewards.enabled=false", f"data.cache_dir='{tmp_path / 'cache'}'")
+    done = subprocess.run(cli("demo", "--task", "lm", "--no-api", *sets(*overrides)), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=150)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "demo: 2 node processes" in out and "held-out loss" in out and "perplexity" in out
+    assert "rounds 2" in out and (tmp_path / "runs" / "demo-lm" / "logs").is_dir()
+
+
 def test_coordinator_serves_nodes_that_join_from_elsewhere(tmp_path: Path) -> None:
     overrides = (*SMALL, "nodes.count=1", "coordinator.port=0", "rewards.enabled=false")
     coord = subprocess.Popen(cli("coordinator", *sets(*overrides)), cwd=tmp_path, env=env(),
