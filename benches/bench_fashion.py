@@ -3,9 +3,10 @@
 The CNN trains on Debian's ``dataset-fashion-mnist`` (loaded by name) with
 ``examples/fashion_mnist.toml``: 3 good, 4 average, 2 poor and 1 unstable
 link, two half-speed nodes, nodes preparing their own shards (checked by
-checksum). The run stops at 90 % on its per-round evaluation (2,000 test
-images, an even stride); the trained model is then evaluated on the whole
-test set (14,000 images), which must be >= 90 %. Reported: time to 90 %,
+checksum). Each round is evaluated on 2,000 test images (an even stride);
+the run stops once that reaches 91 %, a little past the target, and the
+trained model is then evaluated on the whole test set (14,000 images),
+which must be >= 90 %. Reported: time to 90 % on the per-round evaluation,
 rounds, final accuracy on the full test set, bytes per node. Under
 ``--benchmark-disable`` two nodes train an MLP for two rounds as a smoke test.
 """
@@ -40,6 +41,8 @@ def test_fashion_mnist_ten_nodes_adaptive_to_ninety_percent(benchmark, tmp_path)
     full = not benchmark.disabled
     cfg = load_config(EXAMPLE, [
         f"data.cache_dir='{tmp_path}/cache'", "coordinator.checkpoint_every=0", "rewards.enabled=false",
+        # Stops a little past 90 % on the 2,000-image stride, so the whole test set is judged past it too.
+        *(("training.target_accuracy=0.91", "training.rounds=90") if full else ()),
         *(() if full else SMOKE),
     ])
     out: dict[str, Any] = {}

@@ -105,3 +105,16 @@ def test_three_slowest_of_ten_left_out_and_every_epoch_still_covered(tmp_path: P
     lent = {s for n in range(7) for s in coord.members.delivered[n]}
     assert left_out_shards <= lent
     assert np.isclose(sum(c.trained for c in finished), len(finished) * coord.sampler.total)
+
+
+def test_mixed_draws_span_every_shard_and_still_cover_each_epoch_once() -> None:
+    sizes = [40, 40, 40, 40]
+    sampler = WorkSampler(sizes, seed=3)
+    first = sampler.take((1, 0), 32, mix=True)
+    assert first.shards == [0, 1, 2, 3]  # not one contiguous stretch of the data
+    seen = [tuple(p) for p in first.pairs.tolist()]
+    sampler.confirm((1, 0))
+    for r in range(2, 6):  # 32 + 4 * 32 = 160: the epoch
+        seen += [tuple(p) for p in sampler.take((r, 0), 32, mix=True).pairs.tolist()]
+        sampler.confirm((r, 0))
+    assert sorted(seen) == sorted((s, i) for s in range(4) for i in range(40))

@@ -76,7 +76,8 @@ class Coordinator:
         self.shards = self.data.manager
         self.task = task_for(config, bytes_per_token=self.data.bytes_per_token)
         #: which samples each node trains on per round: shards follow the work
-        self.work = WorkDealer(self.shards, config.training.seed, config.training.epochs)
+        self.work = WorkDealer(self.shards, config.training.seed, config.training.epochs,
+                               mix=self.data.node_meta() is not None)
         self.sampler = self.work.sampler
         if model is None:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)

@@ -21,10 +21,14 @@ from hypergpu.round import RoundPlan, RoundRecord
 
 
 class WorkDealer:
-    def __init__(self, shards: ShardManager[Any], seed: int, epochs: int):
+    """``mix``: nodes read any shard themselves, so each node's samples are drawn across all
+    shards (see :class:`WorkSampler`); otherwise the shards a node holds come first."""
+
+    def __init__(self, shards: ShardManager[Any], seed: int, epochs: int, *, mix: bool = False):
         self.shards = shards
         self.sampler = WorkSampler([len(s) for s in shards.shards], seed)
         self.epochs = epochs  # whole passes over its own shards, for a plan of 0 local steps
+        self.mix = mix
 
     def deal(self, round_id: int, plan: RoundPlan, takers: list[int]) -> dict[int, np.ndarray]:
         """Each of ``takers`` (participants that train on named samples) gets its rows."""
@@ -38,7 +42,7 @@ class WorkDealer:
                 steps = -(-own // (a.batch_size * a.accumulation)) * self.epochs
             others = [s for m in takers if m != node_id for s in held[m]]
             drawn = self.sampler.take((round_id, node_id), steps * a.batch_size * a.accumulation,
-                                      prefer=held[node_id], avoid=others)
+                                      prefer=held[node_id], avoid=others, mix=self.mix)
             work[node_id] = drawn.pairs
         return work
 

@@ -96,7 +96,7 @@ class ArrayRunData:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "dataset": self.prepared.test.name,
+            "name": self.prepared.test.name,
             "train_samples": sum(len(s) for s in self.manager.shards),
             "test_samples": len(self.test),
             "shards": len(self.manager.shards),

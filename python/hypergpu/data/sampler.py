@@ -3,9 +3,13 @@
 A shard belongs to the run, not to a node. :class:`WorkSampler` walks each
 epoch through every shard in a seeded order and hands each round's
 participants exactly as many ``(shard, index)`` samples as the planner gave
-them work — first from the shards the node already holds, then from shards
-no participant holds (those of nodes left out, too slow or gone), then from
-any shard with samples left. Samples of an update that is never applied
+them work. Where shards travel to nodes, locality pays: a node's samples
+come first from the shards it already holds, then from shards no
+participant holds (those of nodes left out, too slow or gone), then from
+any shard with samples left. Where nodes read any shard themselves (a
+corpus), a node's samples are drawn across all shards in proportion to
+what each has left, so every node's round sees the whole corpus rather
+than one contiguous stretch of it (contiguous shards are not alike). Samples of an update that is never applied
 are given back and handed out again, so every epoch covers the whole
 training set whatever the planner decides. :meth:`WorkSampler.coverage`
 says how much of each epoch was trained on. Sans-IO and clock-free.
@@ -95,9 +99,11 @@ class WorkSampler:
 
     # --- handing out ------------------------------------------------------------
 
-    def take(self, key: Hashable, count: int, *, prefer: Iterable[int] = (), avoid: Iterable[int] = ()) -> Drawn:
+    def take(self, key: Hashable, count: int, *, prefer: Iterable[int] = (), avoid: Iterable[int] = (),
+             mix: bool = False) -> Drawn:
         """``count`` samples for ``key`` (e.g. ``(round, node)``): from ``prefer``'s shards
-        first, then shards outside ``avoid`` (held by other participants), then any."""
+        first, then shards outside ``avoid`` (held by other participants), then any;
+        with ``mix``, from every shard in proportion to what it has left."""
         if count < 1:
             raise DataError(f"cannot hand out {count} samples")
         if key in self._out:
@@ -110,10 +116,10 @@ class WorkSampler:
         while count > 0:
             if not any(p.remaining() for p in self._pools):
                 self._new_epoch()
-            for shard in self._visit_order(prefer, avoid_set):
+            for shard, want in self._shares(count, prefer, avoid_set, mix):
                 if count == 0:
                     break
-                got, got_eps = self._pools[shard].take(count, self.epoch)
+                got, got_eps = self._pools[shard].take(min(want, count), self.epoch)
                 for part, ep in zip(got, got_eps):
                     idx.append(part)
                     eps.append(ep)
@@ -125,6 +131,14 @@ class WorkSampler:
         drawn = Drawn(pairs[perm], np.concatenate(eps)[perm])
         self._out[key] = drawn
         return drawn
+
+    def _shares(self, count: int, prefer: list[int], avoid: set[int], mix: bool) -> list[tuple[int, int]]:
+        """(shard, how many at most) in the order to take them this epoch."""
+        if mix:
+            left = np.array([p.remaining() for p in self._pools], dtype=np.int64)
+            shares = self._rng.multivariate_hypergeometric(left, min(count, int(left.sum())))
+            return [(s, int(n)) for s, n in enumerate(shares) if n]
+        return [(s, count) for s in self._visit_order(prefer, avoid)]
 
     def _visit_order(self, prefer: list[int], avoid: set[int]) -> list[int]:
         rest = [s for s in range(len(self._pools)) if s not in prefer]
