@@ -126,6 +126,9 @@ async def _rogue(join: str, token: str, seen: dict[str, Any]) -> None:
         ("future", lambda r: Message("update", {"samples": 10}, {"update": good}, round=r + 5)),
         ("samples", lambda r: Message("update", {"samples": -4}, {"update": good}, round=r)),
         ("duplicate", lambda r: Message("update", {"samples": 10}, {"update": good}, round=r)),
+        # Weighted by its claim, this would become the whole mean: refused, it changes nothing.
+        ("overclaim", lambda r: Message("update", {"samples": 10**15}, {"update": np.full(size, 5.0, np.float32)},
+                                        round=r)),
     ]
     acks: list[dict[str, Any]] = seen.setdefault("acks", [])
     while True:
@@ -148,7 +151,7 @@ async def _rogue(join: str, token: str, seen: dict[str, Any]) -> None:
 def test_bad_updates_are_refused_counted_and_training_goes_on(tmp_path):
     cfg = make_config(
         tmp_path,
-        "training.rounds=5",
+        "training.rounds=6",
         "coordinator.round_timeout_s=6",
         "coordinator.quorum=0.6",
         "coordinator.max_consecutive_failures=10",  # keep the rogue around for every round
@@ -171,12 +174,13 @@ def test_bad_updates_are_refused_counted_and_training_goes_on(tmp_path):
     assert rogue.refusals["future"] == 1
     assert rogue.updates_accepted == 1 and rogue.refusals["duplicate"] == 1
     assert rogue.refusals["malformed"] == 1
+    assert rogue.refusals["overclaim"] == 1 and summary.refusals["overclaim"] == 1
     assert summary.refusals["bad-hello"] == 1
     refused = [a for a in seen["acks"] if not a["accepted"]]
-    assert {a["reason"] for a in refused} == {"invalid", "future", "duplicate"}
+    assert {a["reason"] for a in refused} == {"invalid", "future", "duplicate", "overclaim"}
     # The honest nodes were never refused, and training still converged.
     for i in (0, 1):
-        assert not coord.registry.get(i).refusals and coord.registry.get(i).rounds_ok == 5
+        assert not coord.registry.get(i).refusals and coord.registry.get(i).rounds_ok == 6
     assert summary.accuracy is not None and summary.accuracy >= 0.9
 
 

@@ -10,7 +10,7 @@ from hypergpu.round import LatePolicy, Round, RoundBook, RoundPlan, Verdict
 from hypergpu.update.codec import Codec
 
 N = 8
-A = Assignment(batch_size=4, local_steps=1)
+A = Assignment(batch_size=8, local_steps=4)  # 32 samples: what an update may claim at most
 
 
 def plan(round_id: int, *nodes: int, deadline_s: float | None = None, optional: set[int] | None = None) -> RoundPlan:
@@ -147,3 +147,23 @@ def test_a_round_that_owes_nothing_after_sealing() -> None:
     assert not rnd.owes(0)
     rnd.seal()
     assert not rnd.owes(1) and rnd.expire(1.0)
+
+
+def test_an_update_claiming_more_than_its_assigned_work_is_refused_and_the_rest_weigh_by_work() -> None:
+    book = RoundBook(quorum=0.5)
+    rnd = open_round(1, 0, 1, book=book)
+    # 10**15 claimed samples would make this update the whole mean.
+    lying = rnd.accept(0, update(1, 100.0, samples=10**15), 64, now=1.0)
+    assert not lying.accepted and lying.reason == "overclaim" and "assigned 32" in (lying.detail or "")
+    assert rnd.owes(0)  # refused, not taken: an honest resend still counts
+    assert rnd.accept(0, update(1, 1.0, samples=32), 64, now=1.5).accepted
+    assert rnd.accept(1, update(1, 3.0, samples=32), 64, now=2.0).accepted
+    rnd.seal()
+    record = rnd.close(3.0, keep, 1)
+    assert rnd.mean is not None and np.allclose(rnd.mean, 2.0)
+    # The coordinator's own count caps a round it planned with 0 local steps (whole passes).
+    plan0 = RoundPlan(2, {0: Assignment(batch_size=8, local_steps=0)})
+    rnd2 = Round(plan0, np.zeros(N, dtype=np.float32), book, now=4.0, timeout_s=10.0, assigned={0: 40})
+    assert rnd2.accept(0, update(2, samples=41), 64, now=5.0).reason == "overclaim"
+    assert rnd2.accept(0, update(2, samples=40), 64, now=5.5).accepted
+    assert record.samples == 64

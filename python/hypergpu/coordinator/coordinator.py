@@ -252,9 +252,11 @@ class Coordinator:
         plan = self._plan(round_id)
         params = self.model.flat_parameters()
         now = time.perf_counter()
-        rnd = self._open = Round(plan, params, self.book, now=now, timeout_s=self.config.coordinator.round_timeout_s)
+        assigned = self.work.assigned(plan)  # caps and weighs updates: never what nodes claim
+        rnd = self._open = Round(plan, params, self.book, now=now, timeout_s=self.config.coordinator.round_timeout_s,
+                                 assigned=assigned)
         self._progress.clear()
-        work = self.work.deal(rnd.id, plan, [n for n in plan.participants if n in self.members.follows_work])
+        work = self.work.deal(rnd.id, assigned, [n for n in plan.participants if n in self.members.follows_work])
         # Sends run on their own: a slow link must not hold up the others,
         # and the round's deadline runs from its start.
         for node_id in plan.participants:

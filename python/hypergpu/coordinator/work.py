@@ -30,18 +30,25 @@ class WorkDealer:
         self.epochs = epochs  # whole passes over its own shards, for a plan of 0 local steps
         self.mix = mix
 
-    def deal(self, round_id: int, plan: RoundPlan, takers: list[int]) -> dict[int, np.ndarray]:
-        """Each of ``takers`` (participants that train on named samples) gets its rows."""
+    def assigned(self, plan: RoundPlan) -> dict[int, int]:
+        """The samples each participant is to train on: steps x batch x accumulation (for a plan
+        of 0 local steps, whole passes over the shards it holds)."""
+        counts = {}
+        for node_id, a in plan.assignments.items():
+            steps = a.local_steps
+            if steps == 0:
+                own = sum(len(self.shards.shards[s]) for s in self._held(node_id)) or a.batch_size
+                steps = -(-own // (a.batch_size * a.accumulation)) * self.epochs
+            counts[node_id] = steps * a.batch_size * a.accumulation
+        return counts
+
+    def deal(self, round_id: int, assigned: dict[int, int], takers: list[int]) -> dict[int, np.ndarray]:
+        """Each of ``takers`` (participants that train on named samples) gets its ``assigned`` rows."""
         held = {n: self._held(n) for n in takers}
         work: dict[int, np.ndarray] = {}
         for node_id in takers:
-            a = plan.assignments[node_id]
-            steps = a.local_steps
-            if steps == 0:
-                own = sum(len(self.shards.shards[s]) for s in held[node_id]) or a.batch_size
-                steps = -(-own // (a.batch_size * a.accumulation)) * self.epochs
             others = [s for m in takers if m != node_id for s in held[m]]
-            drawn = self.sampler.take((round_id, node_id), steps * a.batch_size * a.accumulation,
+            drawn = self.sampler.take((round_id, node_id), assigned[node_id],
                                       prefer=held[node_id], avoid=others, mix=self.mix)
             work[node_id] = drawn.pairs
         return work

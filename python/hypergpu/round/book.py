@@ -61,11 +61,13 @@ class RoundBook:
     reported: set[int] = field(default_factory=set)
     # Every (node, round) ever taken; trimmed to the staleness window.
     _taken: set[tuple[int, int]] = field(default_factory=set)
-    # Who was asked in recent rounds, to judge late updates.
-    _asked: dict[int, set[int]] = field(default_factory=dict)
+    # Who was asked in recent rounds, and the samples each was assigned (None: no cap known),
+    # to judge late updates and to weigh every update by the work it was given.
+    _asked: dict[int, dict[int, int | None]] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
 
-    def open(self, round_id: int, participants: set[int], optional: set[int] | None = None) -> None:
+    def open(self, round_id: int, participants: set[int], optional: set[int] | None = None,
+             assigned: dict[int, int] | None = None) -> None:
         if round_id <= self.current and self.current:
             raise ValueError(f"round {round_id} does not follow round {self.current}")
         self.current = round_id
@@ -73,13 +75,17 @@ class RoundBook:
         self.participants = set(participants)
         self.optional = set(optional or ()) & self.participants
         self.reported = set()
-        self._asked[round_id] = set(participants)
+        self._asked[round_id] = {n: (assigned or {}).get(n) for n in participants}
         horizon = round_id - self.max_staleness - 1
         self._asked = {r: p for r, p in self._asked.items() if r >= horizon}
         self._taken = {(n, r) for n, r in self._taken if r >= horizon}
 
     def close(self) -> None:
         self.is_open = False
+
+    def assigned(self, node_id: int, round_id: int) -> int | None:
+        """The samples ``node_id`` was assigned for ``round_id`` (None: unknown, no cap)."""
+        return self._asked.get(round_id, {}).get(node_id)
 
     @property
     def quorum_count(self) -> int:

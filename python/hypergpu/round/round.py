@@ -31,12 +31,15 @@ from hypergpu.update.codec import decode as decode_update
 
 #: Refusal reason for an update that cannot be decoded or whose meta does not fit.
 INVALID = "invalid"
+#: Refusal reason for an update claiming more samples than its node was assigned.
+OVERCLAIM = "overclaim"
 
 
 class Round:
     """The state of one open round and the updates it takes."""
 
-    def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float):
+    def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
+                 assigned: dict[int, int] | None = None):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -53,7 +56,12 @@ class Round:
         self._sent: dict[int, tuple[float, int]] = {}  # node -> (when, bytes) of its params message
         self._updates: dict[int, np.ndarray] = {}  # this round's accepted updates, for cosines
         self._sealed = False
-        book.open(self.id, plan.participants, plan.optional)
+        # What each node was given to do caps what its update may claim and weighs it:
+        # the coordinator's count, else the plan's steps x batch x accumulation.
+        if assigned is None:
+            assigned = {n: a.local_steps * a.batch_size * a.accumulation
+                        for n, a in plan.assignments.items() if a.local_steps > 0}
+        book.open(self.id, plan.participants, plan.optional, assigned)
 
     # --- while open -------------------------------------------------------------
 
@@ -73,6 +81,14 @@ class Round:
             return Ack(round=msg.round, accepted=False, reason=reason)
         try:
             meta = parse_meta(UpdateMeta, msg)
+        except HyperGPUError as exc:
+            return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
+        cap = self.book.assigned(node_id, msg.round)
+        if cap is not None and meta.samples > cap:
+            # Weighted by its own claim, one update could outweigh all the others.
+            return Ack(round=msg.round, accepted=False, reason=OVERCLAIM,
+                       detail=f"claims {meta.samples} samples; it was assigned {cap}")
+        try:
             update = self._decode(msg)
             self.acc.add(update, weight=meta.samples * decision.weight)
         except HyperGPUError as exc:
