@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,7 +28,7 @@ from torch.nn import functional as F
 
 import hypergpu
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.launch import assemble
+from hypergpu.launch import assemble, train_with_script_nodes
 
 
 class MyNet(nn.Module):
@@ -84,27 +81,10 @@ async def run_coordinator(nodes: int, rounds: int, local_steps: int, lr: float) 
     })
     torch.manual_seed(0)
     coordinator = assemble(config, model=MyNet())  # the planner and outer optimizer the config asks for
-    join = await coordinator.start()
-    # The nodes import the same hypergpu package as this process.
-    package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "node", "--join", join, "--token", coordinator.token,
-             "--name", f"node-{i}", "--lr", str(lr)],
-            env=env,
-        )
-        for i in range(nodes)
-    ]
-    try:
-        summary = await coordinator.run(join_timeout_s=60.0)
-    finally:
-        await coordinator.close()  # says bye: the nodes' loops end
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    summary = await train_with_script_nodes(
+        coordinator, __file__,
+        [["--name", f"node-{i}", "--lr", str(lr)] for i in range(nodes)],
+    )
     for record in coordinator.history:
         loss = f"{record.train_loss:.3f}" if record.train_loss is not None else "n/a"
         accuracy = f"{record.test_accuracy:.3f}" if record.test_accuracy is not None else "n/a"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch.nn import functional as F
 import hypergpu
 from hypergpu.config.schema import DataConfig, GPTConfig, HyperGPUConfig
 from hypergpu.data.corpus import TokenWindows, load_corpus
-from hypergpu.launch import assemble
+from hypergpu.launch import assemble, train_with_script_nodes
 from hypergpu.model import GPT
 
 #: The model's shape: coordinator and nodes must build the same one (the layouts are compared).
@@ -96,28 +94,11 @@ async def run_coordinator(args: argparse.Namespace) -> tuple[float, float]:
     })
     # Blocking (tokenizes the corpus on first use), so off the event loop.
     coordinator = await asyncio.to_thread(assemble, config)
-    join = await coordinator.start()
-    # The nodes import the same hypergpu package as this process.
-    package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "node", "--join", join, "--token", coordinator.token,
-             "--name", f"node-{i}", "--lr", str(args.lr), "--cache-dir", str(args.cache_dir),
-             "--device", args.device, "--seed", str(i)],
-            env=env,
-        )
-        for i in range(args.nodes)
-    ]
-    try:
-        summary = await coordinator.run(join_timeout_s=60.0)
-    finally:
-        await coordinator.close()  # says bye: the nodes' loops end
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    summary = await train_with_script_nodes(
+        coordinator, __file__,
+        [["--name", f"node-{i}", "--lr", str(args.lr), "--cache-dir", str(args.cache_dir),
+         "--device", args.device, "--seed", str(i)] for i in range(args.nodes)],
+    )
     for record in coordinator.history:
         train = f"{record.train_loss:.3f}" if record.train_loss is not None else "n/a"
         held = f"{record.test_loss:.3f}" if record.test_loss is not None else "n/a"

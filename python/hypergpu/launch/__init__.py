@@ -1,11 +1,13 @@
 """Where a run is put together: the planner and outer optimizer chosen for a
 configuration (:func:`assemble`), the local-run harness (:func:`local_run`:
 coordinator, node processes, chain recorder), and the time-to-accuracy
-trial the benchmarks and end-to-end tests share (:func:`run_trial`)."""
+trial the benchmarks and end-to-end tests share (:func:`run_trial`), and
+runs whose nodes run the user's own script (:func:`train_with_script_nodes`)."""
 
 from hypergpu.launch.assemble import assemble, planner_for
 from hypergpu.launch.local import LocalNodes, LocalRun, local_run
 from hypergpu.launch.recorder import attach_recorder, settle_recorder
+from hypergpu.launch.script_nodes import train_with_script_nodes
 from hypergpu.launch.trial import TrialResult, TrialRound, run_trial
 
 __all__ = [
@@ -19,4 +21,5 @@ __all__ = [
     "planner_for",
     "run_trial",
     "settle_recorder",
+    "train_with_script_nodes",
 ]
