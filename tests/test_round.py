@@ -155,6 +155,7 @@ def test_an_update_claiming_more_than_its_assigned_work_is_refused_and_the_rest_
     # 10**15 claimed samples would make this update the whole mean.
     lying = rnd.accept(0, update(1, 100.0, samples=10**15), 64, now=1.0)
     assert not lying.accepted and lying.reason == "overclaim" and "assigned 32" in (lying.detail or "")
+    assert rnd.accept(0, update(1, 100.0, samples=2**64), 64, now=1.2).reason == "overclaim"
     assert rnd.owes(0)  # refused, not taken: an honest resend still counts
     assert rnd.accept(0, update(1, 1.0, samples=32), 64, now=1.5).accepted
     assert rnd.accept(1, update(1, 3.0, samples=32), 64, now=2.0).accepted
