@@ -46,6 +46,18 @@ def test_train_without_api_settles_on_the_embedded_chain(tmp_path: Path) -> None
     assert "still queued" not in out
 
 
+def test_version_and_the_node_s_environment_variables(tmp_path: Path) -> None:
+    done = subprocess.run(cli("--version"), env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"hypergpu, version {hypergpu.__version__}"
+    # The join string and token come from the environment, as torchrun users expect: the node
+    # gets as far as reading this (deliberately fingerprint-less) join string.
+    node_env = dict(env(), HYPERGPU_JOIN="quic://127.0.0.1:9", HYPERGPU_TOKEN="t" * 12, HYPERGPU_NODE_NAME="env-node")
+    node = subprocess.run(cli("node", "--device", "cpu"), cwd=tmp_path, env=node_env, capture_output=True,
+                          text=True, timeout=60)
+    out = node.stdout + node.stderr
+    assert node.returncode != 0 and 'join string "quic://127.0.0.1:9" has no #fingerprint' in out, out
+
+
 def test_the_language_model_demo_trains_a_gpt_on_the_stdlib(tmp_path: Path) -> None:
     overrides = ("nodes.count=2", "training.rounds=2", "training.local_steps=3", "training.gpt.n_layer=1",
                  "training.gpt.n_embd=32", "training.gpt.block_size=32", "data.eval_samples=16",

@@ -356,6 +356,28 @@ async def test_the_wrapper_brings_its_own_data_and_still_gets_its_shard(tmp_path
     assert seen == [([opt.node_id], set())]
 
 
+async def test_the_wrapper_joins_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = TinyNet()
+    monkeypatch.delenv("HYPERGPU_JOIN", raising=False)
+    monkeypatch.setenv("HYPERGPU_TOKEN", "x" * 12)
+    with pytest.raises(InvalidArgumentError, match="HYPERGPU_JOIN not set"):
+        DistributedOptimizer.from_env(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    coord = Coordinator(make_config(tmp_path, rounds=1, local_steps=2), model=TinyNet())
+    monkeypatch.setenv("HYPERGPU_JOIN", await coord.start())
+    monkeypatch.setenv("HYPERGPU_TOKEN", coord.token)
+    monkeypatch.setenv("HYPERGPU_NODE_NAME", "from-env")
+
+    def user() -> DistributedOptimizer:
+        opt = DistributedOptimizer.from_env(torch.optim.SGD(model.parameters(), lr=0.1), model, round_timeout_s=30.0)
+        with opt:
+            train_loop(opt, model)
+        return opt
+
+    summary, opt = await run_with(coord, user)
+    assert summary.rounds == 1 and opt.accepted == 1 and opt.name == "from-env"
+    assert coord.registry.get(opt.node_id).name == "from-env"
+
+
 def make_lm_config(tmp_path: Path, *, rounds: int, local_steps: int, batch_size: int) -> HyperGPUConfig:
     return HyperGPUConfig.model_validate({
         "training": {"model": "gpt", "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},

@@ -6,11 +6,13 @@ import json
 
 import click
 
+from hypergpu._core import __version__
 from hypergpu.cli.common import config_or_exit, set_option
 from hypergpu.config import config_schema
 
 
 @click.group()
+@click.version_option(__version__, prog_name="hypergpu")
 def main() -> None:
     """HyperGPU: network-aware distributed PyTorch training."""
 

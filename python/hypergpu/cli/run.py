@@ -102,9 +102,10 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
 
 
 @click.command("node")
-@click.option("--join", "join", required=True, help="the coordinator's join string, quic://host:port#fingerprint")
+@click.option("--join", "join", envvar="HYPERGPU_JOIN", required=True,
+              help="the coordinator's join string, quic://host:port#fingerprint (or $HYPERGPU_JOIN)")
 @click.option("--token", envvar="HYPERGPU_TOKEN", required=True, help="join token (or $HYPERGPU_TOKEN)")
-@click.option("--name", default=None, help="node name (default: host-pid)")
+@click.option("--name", envvar="HYPERGPU_NODE_NAME", default=None, help="node name (or $HYPERGPU_NODE_NAME; default: host-pid)")
 @click.option("--index", type=int, default=None, help="ask for this node id (local runs)")
 @click.option("--profile", default="perfect", help="link profile to emulate on this node's link")
 @click.option("--latency-ms", type=float, default=None, help="custom profile: mean one-way latency")

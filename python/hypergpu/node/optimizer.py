@@ -25,41 +25,35 @@ params_received`` (encoded with the codec the round assigned) and blocks
 until the next round's parameters arrive and are loaded: ``step()`` is where
 the round boundary happens.
 
-Data: the loop brings its own. The hello says so (``follows_work=False``),
-so the coordinator never names samples for this node to train on; for an
-array dataset (classification) the welcome still carries this node's shard,
-which :meth:`DistributedOptimizer.dataloader` serves. For a token corpus
-(``model = "gpt"``) there are no arrays to hand over: build the batches
-yourself, e.g. with :func:`~hypergpu.data.corpus.load_corpus` and
-:class:`~hypergpu.data.corpus.TokenWindows` (``examples/gpt_custom_loop.py``).
+Data: the loop brings its own (the hello says ``follows_work=False``, so the
+coordinator names no samples for it). For an array dataset the welcome still
+carries this node's shard (:meth:`DistributedOptimizer.dataloader`); for a
+token corpus, batch it yourself (``examples/gpt_custom_loop.py``).
 
 Samples: pass ``step(batch_size=n)``; otherwise the wrapper counts the
 leading dimension of the first input of every forward pass the model ran
 in training mode with gradients enabled since the previous step (gradient
-accumulation is counted whole). The coordinator weights updates by it.
-For a language model a sample is one sequence: a block of ``block_size``
-tokens, so an input of shape (B, T) counts B samples, not B * T tokens.
+accumulation is counted whole). The coordinator weights updates by it, up
+to the work it assigned (steps x batch x accumulation); a claim beyond is
+refused. For a language model a sample is one block of ``block_size``
+tokens: an input of shape (B, T) counts B samples.
 
-Loss: ``step(loss=...)`` (or what the closure returned) is reported as the
-round's sample-weighted mean. Any loss works: a tensor or numpy array of
-any shape (a per-sample loss counts as its mean) on any device, or a number;
-non-finite values are left out. Tensors are read only at the round
-boundary, so reporting never makes a CUDA loop wait for its device.
+Loss: ``step(loss=...)`` (or the closure's result) is reported as the round's
+sample-weighted mean: a tensor or array of any shape (its mean) on any device,
+or a number; non-finite values are left out; tensors are read only at the
+round boundary, so reporting never makes a CUDA loop wait for its device.
 
-CUDA: when the model lives on a GPU, its flat parameters cross to the host
-only at a round boundary, gathered on the device and copied once through
-a page-locked (pinned) host buffer allocated once; the next round's
-parameters go back the same way (see :class:`HostStaging`).
+CUDA: the flat parameters cross to the host only at a round boundary, in
+one copy each way through a pinned host buffer (:class:`HostStaging`).
+:meth:`DistributedOptimizer.from_env` joins as ``$HYPERGPU_JOIN`` and
+``$HYPERGPU_TOKEN`` say (the name from ``$HYPERGPU_NODE_NAME``).
 
 Local steps per round: the wrapper's ``local_steps`` when given, else the
 round's assignment, else (assignment of 0) ``epochs`` passes over the
-shard at the assigned batch size. The wrapped optimizer keeps its own state
-(e.g. Adam moments) across rounds.
+shard at the assigned batch size. The wrapped optimizer keeps its state.
 
-When the coordinator says ``bye`` (training finished) or ``stop``,
-:attr:`~DistributedOptimizer.finished` becomes True and the model keeps its
-parameters after its last local steps; further ``step()`` calls are plain
-local steps of the wrapped optimizer, so a loop should check ``finished``.
+On ``bye`` or ``stop``, :attr:`~DistributedOptimizer.finished` turns True; the
+model keeps its last local parameters and later ``step()`` calls are plain.
 """
 
 from __future__ import annotations
@@ -317,6 +311,16 @@ class DistributedOptimizer:
         if self._round_steps >= self.local_steps:
             self._finish_round()
         return result
+
+    @classmethod
+    def from_env(cls, optimizer: torch.optim.Optimizer, model: nn.Module, **kwargs: Any) -> DistributedOptimizer:
+        """Join as ``$HYPERGPU_JOIN`` and ``$HYPERGPU_TOKEN`` say (named ``$HYPERGPU_NODE_NAME``
+        if set), as torchrun hands ranks their rendezvous; ``kwargs`` as for the constructor."""
+        missing = [v for v in ("HYPERGPU_JOIN", "HYPERGPU_TOKEN") if not os.environ.get(v)]
+        if missing:
+            raise InvalidArgumentError(f"DistributedOptimizer.from_env: {' and '.join(missing)} not set")
+        kwargs.setdefault("name", os.environ.get("HYPERGPU_NODE_NAME") or None)
+        return cls(optimizer, model, join=os.environ["HYPERGPU_JOIN"], token=os.environ["HYPERGPU_TOKEN"], **kwargs)
 
     def close(self) -> None:
         """Leave: say bye (unless the coordinator already did), close the link, stop its thread."""
