@@ -69,22 +69,33 @@ def headline(summary: Summary, wall_s: float | None = None) -> str:
     )
 
 
-def print_summary(summary: Summary, wall_s: float | None = None) -> None:
-    """The run's headline (:func:`headline`), a row per node, and refused updates."""
+def print_summary(summary: Summary, wall_s: float | None = None, *, wide: bool = False) -> None:
+    """The run's headline (:func:`headline`), a row per node, and refused updates.
+
+    The table fits 80 columns (rounds ok/missed and MB down/up share a column);
+    ``wide`` shows every column on its own.
+    """
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     console.print(headline(summary, wall_s), soft_wrap=True)
-    table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
-                  "MB sent", "MB recv", "refused")
+    if wide:
+        table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
+                      "MB sent", "MB recv", "refused")
+    else:
+        table = Table("id", "name", "status", "ok/miss", "samples", "MB dn/up", "refused")
     for n in summary.nodes:
-        table.add_row(
-            str(n["node_id"]), n["name"], n["status"], str(n["rounds_ok"]), str(n["rounds_missed"]),
-            str(n["updates_accepted"]), str(n["samples"]), f"{n['compute_s']:.1f}",
-            f"{n['bytes_sent'] / 1e6:.2f}", f"{n['bytes_received'] / 1e6:.2f}",
-            ", ".join(f"{k}={v}" for k, v in n["refusals"].items()) or "-",
-        )
+        refused = ", ".join(f"{k}={v}" for k, v in n["refusals"].items()) or "-"
+        sent, received = f"{n['bytes_sent'] / 1e6:.2f}", f"{n['bytes_received'] / 1e6:.2f}"
+        if wide:
+            table.add_row(
+                str(n["node_id"]), n["name"], n["status"], str(n["rounds_ok"]), str(n["rounds_missed"]),
+                str(n["updates_accepted"]), str(n["samples"]), f"{n['compute_s']:.1f}", sent, received, refused,
+            )
+        else:
+            table.add_row(str(n["node_id"]), n["name"], n["status"], f"{n['rounds_ok']}/{n['rounds_missed']}",
+                          str(n["samples"]), f"{sent}/{received}", refused)
     console.print(table)
     if summary.refusals:
         console.print("refused updates: " + ", ".join(f"{k}={v}" for k, v in summary.refusals.items()))

@@ -77,7 +77,9 @@ DEMO_LM_OVERRIDES = (
 @set_option
 @click.option("--token", envvar="HYPERGPU_TOKEN", help="join token nodes must present (default: generated)")
 @click.option("--resume", is_flag=True, help="continue from the newest valid checkpoint")
-def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | None, resume: bool) -> None:
+@click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
+def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | None, resume: bool,
+                    wide: bool) -> None:
     """Run a coordinator; nodes join with the printed join string and token."""
     cfg = config_or_exit(file, overrides)
 
@@ -91,7 +93,7 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
                 click.echo(f"token: {run.coordinator.token}")
             on_signals(run.coordinator.request_stop)
             summary = await run.train()
-        print_summary(summary)
+        print_summary(summary, wide=wide)
         if run.recorder is not None:
             print_rewards(run.recorder, run.drained, run.pending_writes)
 
@@ -176,9 +178,10 @@ def node_cmd(
 @set_option
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="write each node's log here")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
-def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool) -> None:
+@click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
+def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool, wide: bool) -> None:
     """Train FILE's configuration: a coordinator here plus N local node processes."""
-    sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api))
+    sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api, wide))
 
 
 @click.command("demo")
@@ -186,7 +189,8 @@ def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None,
               help="classification: a CNN on digits (fast); lm: a small GPT on the Python stdlib's source")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a demo setting (repeatable)")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
-def demo_cmd(task: str, overrides: tuple[str, ...], api: bool) -> None:
+@click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
+def demo_cmd(task: str, overrides: tuple[str, ...], api: bool, wide: bool) -> None:
     """Ten node processes on mixed links train a CNN on digits to >= 97% (or, with
     --task lm, four train a small GPT on the standard library's source to a held-out loss of 2.2)."""
     demo = DEMO_LM_OVERRIDES if task == "lm" else DEMO_OVERRIDES
@@ -195,19 +199,19 @@ def demo_cmd(task: str, overrides: tuple[str, ...], api: bool) -> None:
         f"demo: {cfg.nodes.count} node processes, profiles "
         + ", ".join(f"{i}:{cfg.network.profile_of(i)}" for i in range(cfg.nodes.count))
     )
-    sys.exit(train_here(cfg, Path("runs/demo-lm/logs" if task == "lm" else "runs/demo/logs"), api))
+    sys.exit(train_here(cfg, Path("runs/demo-lm/logs" if task == "lm" else "runs/demo/logs"), api, wide))
 
 
-def train_here(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False) -> int:
+def train_here(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False, wide: bool = False) -> int:
     """Trains ``cfg`` with local node processes, with the dashboard or a progress bar; the exit status."""
     try:
-        return asyncio.run(_train_with_api(cfg, log_dir) if api else _train_with_progress(cfg, log_dir))
+        return asyncio.run(_train_with_api(cfg, log_dir, wide) if api else _train_with_progress(cfg, log_dir, wide))
     except HyperGPUError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
 
 
-async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
+async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hypergpu.launch import local_run
@@ -225,7 +229,7 @@ async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None) -> int
                 summary = await run.train()
             finally:
                 follower.cancel()
-    print_summary(summary, time.perf_counter() - started)
+    print_summary(summary, time.perf_counter() - started, wide=wide)
     if run.recorder is not None:
         print_rewards(run.recorder, run.drained, run.pending_writes)
     return 0
@@ -248,7 +252,7 @@ def held_out_brief(round_data: dict[str, Any]) -> str:
     return f"acc {acc:.3f}  " if acc is not None else ""
 
 
-async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
+async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool) -> int:
     """``train``/``demo`` with the dashboard: one run, served while it lasts."""
     from hypergpu.api import TrainingService
 
@@ -268,5 +272,5 @@ async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None) -> int:
         return 1
     assert session.result is not None
     coord = service.coordinator
-    print_summary(session.result)
+    print_summary(session.result, wide=wide)
     return 0
