@@ -96,15 +96,15 @@ def test_three_slowest_of_ten_left_out_and_every_epoch_still_covered(tmp_path: P
     assert all(set(r.participants).isdisjoint({7, 8, 9}) for r in coord.history)
     assert all(r.applied for r in coord.history)
     # 7 nodes x 4 steps x 16 = 448 samples a round over 1437 training samples: 3+ epochs.
-    finished = [c for c in coord.sampler.coverage() if c.complete]
-    assert len(finished) >= 3, coord.sampler.coverage()
+    finished = [c for c in coord.work.sampler.coverage() if c.complete]
+    assert len(finished) >= 3, coord.work.sampler.coverage()
     assert all(c.fraction >= 0.99 for c in finished), finished
     assert summary.coverage == [c.fraction for c in finished]
     # The left-out nodes' shards were lent to those that took part, so they were shipped.
     left_out_shards = {s for n in (7, 8, 9) for s in coord.shards.shard_ids_of(n)}
     lent = {s for n in range(7) for s in coord.members.delivered[n]}
     assert left_out_shards <= lent
-    assert np.isclose(sum(c.trained for c in finished), len(finished) * coord.sampler.total)
+    assert np.isclose(sum(c.trained for c in finished), len(finished) * coord.work.sampler.total)
 
 
 def test_mixed_draws_span_every_shard_and_still_cover_each_epoch_once() -> None:

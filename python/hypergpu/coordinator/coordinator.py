@@ -78,7 +78,6 @@ class Coordinator:
         #: which samples each node trains on per round: shards follow the work
         self.work = WorkDealer(self.shards, config.training.seed, config.training.epochs,
                                mix=self.data.node_meta() is not None)
-        self.sampler = self.work.sampler
         if model is None:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)
         self.model = ModelManager(model)
@@ -146,7 +145,6 @@ class Coordinator:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
     def exclude(self, node_id: int, reason: str = "excluded by operator") -> None:
         """Leave a known node out of every round from the next one on, whatever
         the planner decides (it stays connected and keeps its shard)."""
@@ -286,7 +284,7 @@ class Coordinator:
         sections: dict[str, np.ndarray] = {}
         lent: list[int] = []
         if work is not None:
-            lent = sorted({int(s) for s in np.unique(work[:, 0])})
+            lent = [int(s) for s in np.unique(work[:, 0])]
             # Shipped data the work lends this node travels with the work itself.
             sections = {"work": work, **self.members.lend(node_id, lent)}
         frame = self.downlink.frame(node_id, rnd.params, assignment.down_codec, meta, sections)

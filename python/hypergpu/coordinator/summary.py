@@ -51,7 +51,7 @@ def run_status(coord: Coordinator) -> dict[str, Any]:
         "last": coord.history[-1].as_dict() if coord.history else {},
         "task": coord.task.name,
         "data": coord.data.describe(),
-        "epoch": coord.sampler.epoch,
+        "epoch": coord.work.sampler.epoch,
         "refusals": dict(coord.refusals),
         # an adaptive planner's links, standings, settings and decisions
         "planner": coord.planner.status(),
@@ -67,7 +67,7 @@ def run_summary(coord: Coordinator, last: RoundRecord | None, reached: bool, wal
         perplexity=last.test_perplexity if last else None,
         bits_per_byte=last.test_bits_per_byte if last else None,
         task=coord.task.name,
-        coverage=[c.fraction for c in coord.sampler.coverage() if c.complete],
+        coverage=[c.fraction for c in coord.work.sampler.coverage() if c.complete],
         wall_s=wall_s,
         samples=coord.samples,
         reached_target=reached,

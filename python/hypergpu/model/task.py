@@ -12,6 +12,7 @@ everywhere.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -43,16 +44,16 @@ class Evaluation:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-class Task:
+class Task(ABC):
     """Loss and figures of one kind of supervised training."""
 
     name: TaskName
     #: what the dashboard plots the held-out curve in
     metric: str
 
+    @abstractmethod
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch."""
-        raise NotImplementedError
 
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
         """(right predictions, predictions) in a batch."""
