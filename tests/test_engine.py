@@ -72,6 +72,9 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
         "ckpt-00000002.safetensors",
         "ckpt-00000004.safetensors",
     ]
+    # The outer optimizer (Nesterov: nodes take 15 local steps) is checkpointed with the model.
+    last = coord.checkpoints.load(tmp_path / "ckpt" / "ckpt-00000004.safetensors")
+    assert set(last.arrays) == {"outer.velocity"} and last.arrays["outer.velocity"].shape == (coord.model.layout.total,)
 
 
 def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):

@@ -55,7 +55,9 @@ class TinyNet(nn.Module):
 
 def make_config(tmp_path: Path, *, rounds: int, local_steps: int, batch_size: int = 32) -> HyperGPUConfig:
     return HyperGPUConfig.model_validate({
-        "training": {"rounds": rounds, "local_steps": local_steps, "batch_size": batch_size, "seed": 0},
+        "training": {"rounds": rounds, "local_steps": local_steps, "batch_size": batch_size, "seed": 0,
+                     # plain averaging, so one node's model is the global model (checked below)
+                     "outer_optimizer": "sgd"},
         "data": {"dataset": "digits", "cache_dir": None},
         "nodes": {"count": 1},
         "coordinator": {"port": 0, "checkpoint_every": 0, "checkpoint_dir": str(tmp_path / "ckpt"),
@@ -147,7 +149,7 @@ async def test_wrapper_drives_rounds_and_the_global_model_improves(tmp_path: Pat
     assert seen == expected
     assert [(before, now) for before, now, _ in boundary_checks] == [(r, r + 1) for r in range(1, rounds)]
     assert all(loaded for _, _, loaded in boundary_checks)
-    # Sign and layout: with one node and server_lr 1 the global model after a
+    # Sign and layout: with one node and SGD at outer lr 1 the global model after a
     # round is this node's model after its last local step of that round.
     for r in range(1, rounds + 1):
         np.testing.assert_allclose(after_round[r], local_after_step[r * local_steps - 1], atol=1e-5)

@@ -119,6 +119,8 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", type=int, default=1, help="torch intra-op threads for this process")
 @click.option("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="checkpoint the inner optimizer here after every round, and resume from it")
 def node_cmd(
     join: str,
     token: str,
@@ -134,6 +136,7 @@ def node_cmd(
     seed: int | None,
     threads: int,
     heartbeat: float,
+    state_dir: str | None,
 ) -> None:
     """Join a coordinator and train until it says bye."""
     from hypergpu.node.runtime import Node
@@ -165,6 +168,7 @@ def node_cmd(
         seed=seed,
         threads=threads,
         heartbeat_s=heartbeat,
+        state_dir=state_dir,
     )
     try:
         report = asyncio.run(node.run())

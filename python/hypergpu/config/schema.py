@@ -101,9 +101,16 @@ class TrainingConfig(_Section):
     local_steps: int = Field(
         20, ge=0, le=1_000_000, description="optimizer steps per node per round (0: use epochs)"
     )
-    server_lr: float = Field(
-        1.0, gt=0, le=10, description="scale applied to the aggregated update on the coordinator"
+    outer_optimizer: Literal["auto", "sgd", "nesterov"] = Field(
+        "auto",
+        description="how the coordinator applies the round's averaged update (the negative pseudo-gradient): "
+        "nesterov is DiLoCo's outer step; sgd at outer_lr 1 is plain averaging; "
+        "auto: nesterov whenever nodes take more than one local step, else sgd",
     )
+    outer_lr: float | None = Field(
+        None, gt=0, le=10, description="the outer optimizer's learning rate (unset: 0.7 for nesterov, 1 for sgd)"
+    )
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
     eval_interval: int = Field(1, ge=1, le=1_000_000, description="rounds between evaluations")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(
@@ -212,6 +219,10 @@ class NodesConfig(_Section):
         default_factory=dict, description="per node; < 1 emulates a slower GPU (1 is full speed)"
     )
     device: Device = "auto"
+    state_dir: Path | None = Field(
+        None, description="each node checkpoints its inner optimizer here after every round "
+        "(a folder per node name) and resumes from it when restarted; unset: not kept"
+    )
 
     def speed_factor(self, node: int) -> float:
         return self.speed_factors.get(node, 1.0)
@@ -263,9 +274,6 @@ class AdaptConfig(_Section):
     fairness_rounds: int = Field(10, ge=1, le=1_000_000, description="K: most rounds a node may sit out in a row")
     quarantine_rounds: int = Field(3, ge=1, le=1_000_000)
     probation_rounds: int = Field(2, ge=1, le=1_000_000)
-    outer_optimizer: Literal["none", "nesterov"] = "none"
-    outer_lr: float = Field(0.7, gt=0, le=10)
-    outer_momentum: float = Field(0.9, ge=0, lt=1)
     history: int = Field(500, ge=1, le=1_000_000, description="points kept per time series")
 
     @model_validator(mode="after")

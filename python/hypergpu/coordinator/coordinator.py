@@ -36,7 +36,7 @@ from hypergpu.events import EventBus
 from hypergpu.model.checkpoint import CheckpointManager
 from hypergpu.model.manager import ModelManager
 from hypergpu.model.nets import build_model
-from hypergpu.model.outer import OuterOptimizer, SGDOuter
+from hypergpu.model.outer import OuterOptimizer, outer_optimizer_for
 from hypergpu.model.task import task_for
 from hypergpu.protocol import Ack, Control, Message, WelcomeMeta, parse_meta
 from hypergpu.round import LatePolicy, NodeView, Planner, PlanView, Round, RoundBook, RoundPlan, RoundRecord
@@ -89,7 +89,7 @@ class Coordinator:
                                   sections_for=self.data.shard_sections)
         self.book = RoundBook(quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay)
         self.planner: Planner = planner or StaticPlanner(config)
-        self.outer: OuterOptimizer = outer or SGDOuter(config.training.server_lr)
+        self.outer: OuterOptimizer = outer or outer_optimizer_for(config)
         self.network = NetworkScript(config.network.events, self.members.send, self.events.publish)
         self.history: deque[RoundRecord] = deque(maxlen=c.metric_history)
         self.refusals: Counter[str] = Counter()
@@ -176,6 +176,7 @@ class Coordinator:
         if resume:
             found = self.checkpoints.resume(self.model)
             if found is not None:
+                self.outer.load_state_dict({k[6:]: v for k, v in found.arrays.items() if k.startswith("outer.")})
                 start_round = found.round + 1
                 self.events.publish("training", type="resumed-from-checkpoint", round=found.round)
         started = time.perf_counter()
@@ -199,7 +200,7 @@ class Coordinator:
                 break
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
-            await asyncio.to_thread(self.checkpoints.save, self.model, self.round)
+            await self._checkpoint(self.round)
         summary = run_summary(self, last, reached, time.perf_counter() - started)
         self.events.publish("training", type="finished", **summary.as_dict())
         return summary
@@ -214,7 +215,12 @@ class Coordinator:
                 await result
         self.events.publish("training", type="round", **record.as_dict())
         if self.checkpoints.due(record.round):
-            await asyncio.to_thread(self.checkpoints.save, self.model, record.round)
+            await self._checkpoint(record.round)
+
+    async def _checkpoint(self, round_id: int) -> None:
+        """The model and the outer optimizer's state (its Nesterov velocity), together."""
+        arrays = {f"outer.{k}": v for k, v in self.outer.state_dict().items()}
+        await asyncio.to_thread(self.checkpoints.save, self.model, round_id, arrays=arrays)
 
     # --- status ---------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""Where a run is assembled: the planner and the outer optimizer are chosen
-here and handed to the :class:`~hypergpu.coordinator.Coordinator`, which
-never picks them itself."""
+"""Where a run is assembled: the planner (static or adaptive) and the outer
+optimizer are chosen here and handed to the
+:class:`~hypergpu.coordinator.Coordinator` (which, built alone, takes the
+static planner and the same configured outer optimizer)."""
 
 from __future__ import annotations
 

@@ -55,6 +55,8 @@ class LocalNodes:
             "--seed", str(cfg.training.seed + 1000 * (index + 1)),
             "--heartbeat", str(cfg.coordinator.heartbeat_interval_s),
         ]
+        if cfg.nodes.state_dir is not None:
+            cmd += ["--state-dir", str(cfg.nodes.state_dir)]
         custom = cfg.network.custom
         if cfg.network.profile_of(index) == "custom":
             cmd += [

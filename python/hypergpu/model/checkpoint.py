@@ -49,6 +49,8 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     rng: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: other state saved by name (e.g. the outer optimizer's ``outer.velocity``), bit-exact
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def restore(
         self,
@@ -105,11 +107,14 @@ class CheckpointManager:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         extra: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
     ) -> Path:
         """Write a checkpoint of ``round`` atomically and prune old ones."""
         tensors: dict[str, torch.Tensor] = {
             f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in manager.model.state_dict().items()
         }
+        for name, array in (arrays or {}).items():
+            tensors[f"array.{name}"] = torch.from_numpy(np.ascontiguousarray(array).copy())
         meta: dict[str, Any] = {
             "format": _FORMAT,
             "round": round,
@@ -168,6 +173,7 @@ class CheckpointManager:
             optimizer_state=optimizer,
             rng=_unpack_rng(meta["rng"], tensors),
             extra=meta.get("extra", {}),
+            arrays={k[len("array."):]: v.numpy() for k, v in tensors.items() if k.startswith("array.")},
         )
 
     def latest(self, *, check_config: bool = True) -> Checkpoint | None:

@@ -38,6 +38,8 @@ class ParamSpec:
     shape: tuple[int, ...]
     offset: int
     numel: int
+    #: a buffer (e.g. batch-norm statistics), not a parameter: averaged, never given momentum
+    buffer: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ParamLayout:
     def from_model(cls, model: nn.Module) -> ParamLayout:
         specs, offset = [], 0
         seen: set[tuple[torch.device, int, tuple[int, ...]]] = set()
+        parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
         for name, t in model.state_dict().items():
             if not t.is_floating_point():
                 continue
@@ -56,9 +59,22 @@ class ParamLayout:
                 continue  # a tied weight: laid out under its first name
             if t.numel():  # empty tensors all have a null data pointer without being tied
                 seen.add(key)
-            specs.append(ParamSpec(name, tuple(t.shape), offset, t.numel()))
+            specs.append(ParamSpec(name, tuple(t.shape), offset, t.numel(), buffer=name not in parameters))
             offset += t.numel()
         return cls(tuple(specs))
+
+    @cached_property
+    def buffer_slices(self) -> tuple[slice, ...]:
+        """Where the buffers lie in the flat vector (adjacent ones merged)."""
+        out: list[slice] = []
+        for s in self.specs:
+            if not s.buffer:
+                continue
+            if out and out[-1].stop == s.offset:
+                out[-1] = slice(out[-1].start, s.offset + s.numel)
+            else:
+                out.append(slice(s.offset, s.offset + s.numel))
+        return tuple(out)
 
     @property
     def total(self) -> int:
@@ -67,14 +83,14 @@ class ParamLayout:
         return last.offset + last.numel if last else 0
 
     def to_json(self) -> str:
-        return json.dumps([[s.name, list(s.shape)] for s in self.specs], separators=(",", ":"))
+        return json.dumps([[s.name, list(s.shape), s.buffer] for s in self.specs], separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ParamLayout:
         specs, offset = [], 0
-        for name, shape in json.loads(text):
+        for name, shape, buffer in json.loads(text):
             numel = int(np.prod(shape, dtype=np.int64))
-            specs.append(ParamSpec(str(name), tuple(int(d) for d in shape), offset, numel))
+            specs.append(ParamSpec(str(name), tuple(int(d) for d in shape), offset, numel, bool(buffer)))
             offset += numel
         return cls(tuple(specs))
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -38,6 +39,7 @@ from hypergpu.node.protocol import (
     hello,
 )
 from hypergpu.node.session import Backoff, Session
+from hypergpu.node.state import NodeState
 from hypergpu.node.trainer import LocalTrainer
 from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape
@@ -66,6 +68,7 @@ class Node:
         backoff: Backoff | None = None,
         heartbeat_s: float = 1.0,
         idle_timeout_s: float = 600.0,
+        state_dir: str | Path | None = None,
     ):
         self.join = join
         self.token = token
@@ -95,6 +98,8 @@ class Node:
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
         self._encoder = UpdateEncoder()
+        #: where this node checkpoints its inner optimizer after every round (None: nowhere)
+        self.state = NodeState(state_dir, name) if state_dir is not None else None
 
     @property
     def shape(self) -> LinkShape | None:
@@ -165,6 +170,8 @@ class Node:
                 threads=self.threads,
             )
             welcome.check_layout(self._trainer.layout.digest, self.name, self._trainer.layout.total)
+            if self.state is not None:
+                self.state.restore(self._trainer)
         elif welcome.shards:
             self._trainer.set_shard(welcome.shards)
 
@@ -201,3 +208,5 @@ class Node:
                  result.metrics["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
+        if self.state is not None:
+            await asyncio.to_thread(self.state.save, trainer, opened.round)

@@ -137,7 +137,7 @@ class LocalTrainer:
             steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
         steps = self._count_steps(steps, epochs, batch, accumulation)
         received = self._load(flat_params)
-        optimizer = self._inner_optimizer()
+        optimizer = self.inner_optimizer()
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen, predictions = 0.0, 0, 0, 0
@@ -172,8 +172,9 @@ class LocalTrainer:
 
     # --- internals --------------------------------------------------------------
 
-    def _inner_optimizer(self) -> torch.optim.Optimizer:
-        # Made once: parameters are loaded in place, so its state stays attached to them.
+    def inner_optimizer(self) -> torch.optim.Optimizer:
+        """The inner optimizer, made once: parameters are loaded in place, so its
+        state stays attached to them from round to round (and is what a node checkpoints)."""
         if self.optimizer is None:
             self.optimizer = make_optimizer(self.training, self.model.parameters())
         return self.optimizer
