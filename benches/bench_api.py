@@ -92,7 +92,8 @@ def test_ws_event_latency_vs_bare_websockets(benchmark, servers):
     def publish_api(i: int) -> None:
         api.call_soon(lambda: bus.publish("alert", level="info", message=f"probe {i}"))
 
-    with connect(api.url.replace("http", "ws") + f"/ws?after={bus.last_seq}") as ws_api, \
+    with connect(api.url.replace("http", "ws") + f"/ws?after={bus.last_seq}",
+                 additional_headers={"Authorization": f"Bearer {api.token}"}) as ws_api, \
             connect(f"ws://127.0.0.1:{bare.port}") as ws_bare:
         json.loads(ws_api.recv(timeout=5))  # hello
         deadline = time.monotonic() + 5

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from hypergpu.api import TrainingService, create_app
@@ -20,6 +23,11 @@ with warnings.catch_warnings():
 TOKEN = "test-token-0123456789"
 
 
+def local_client(app):
+    # The API answers only Host headers it knows (localhost by default), not the test client's "testserver".
+    return TestClient(app, base_url="http://localhost")
+
+
 @pytest.fixture
 def config():
     return load_config(None, ["nodes.count=2", "data.cache_dir=null", "api.cors_origins=['http://dash.example']"])
@@ -28,7 +36,7 @@ def config():
 @pytest.fixture
 def client(config, tmp_path):
     app = create_app(TrainingService(config), token=TOKEN, presets_dir=tmp_path / "presets")
-    with TestClient(app) as c:
+    with local_client(app) as c:
         yield c
 
 
@@ -71,7 +79,9 @@ def test_bad_input_names_the_field(client):
     assert r.status_code == 422 and "training.rounds" in r.json()["message"]
     r = client.post("/api/training/start", headers=AUTH, json={"config": {"nodes": {"count": "many"}}})
     assert r.status_code == 422 and "nodes.count" in r.json()["message"]
-    r = client.post("/api/training/start", headers=AUTH, json={"config": {"nodes": {"count": 500}}})
+    held = client.get("/api/config").json()
+    held["nodes"]["count"] = 500
+    r = client.post("/api/training/start", headers=AUTH, json={"config": held})
     assert r.status_code == 422 and "nodes.count" in r.json()["detail"]
     r = client.post("/api/nodes/0/exclude", headers=AUTH, json={"reason": ""})
     assert r.status_code == 422 and "reason" in r.json()["message"]
@@ -113,12 +123,27 @@ def test_writes_need_the_token(client, method, path):
 def test_writes_are_rate_limited(config, tmp_path):
     app = create_app(TrainingService(config), token=TOKEN, presets_dir=tmp_path,
                      rate_limiter=RateLimiter(burst=3, per_s=0.01))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         codes = [c.post("/api/presets/p/save", headers=AUTH).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 429, 429]
         r = c.post("/api/presets/p/save", headers=AUTH)
         assert int(r.headers["retry-after"]) >= 1 and "too many writes" in r.json()["detail"]
         assert c.get("/api/status").status_code == 200  # reads are not limited
+
+
+def test_failed_token_checks_count_toward_the_rate_limit(config, tmp_path):
+    app = create_app(TrainingService(config), token=TOKEN, presets_dir=tmp_path,
+                     rate_limiter=RateLimiter(burst=3, per_s=0.01))
+    with local_client(app) as c:
+        wrong = {"Authorization": "Bearer guessed-token-1"}
+        assert [c.post("/api/training/stop", headers=wrong).status_code for _ in range(3)] == [401, 401, 401]
+        # the guesses used the bucket up: the right token waits too, and so does a WebSocket
+        r = c.post("/api/presets/p/save", headers=AUTH)
+        assert r.status_code == 429 and "token checks" in r.json()["detail"]
+        with pytest.raises(WebSocketDenialResponse) as refused, \
+                c.websocket_connect("ws://localhost/ws", headers=dict(AUTH)):
+            pass
+        assert refused.value.status_code == 429
 
 
 def test_generated_token_when_none_configured(config):
@@ -145,16 +170,20 @@ def test_config_round_trip_without_secrets(config, tmp_path):
     secret = config.model_copy(update={"api": config.api.model_copy(update={"token": "super-secret-token"})})
     app = create_app(TrainingService(secret), presets_dir=tmp_path)
     auth = {"Authorization": "Bearer super-secret-token"}
-    with TestClient(app) as c:
+    with local_client(app) as c:
         body = c.get("/api/config").json()
         assert body["api"]["token"] is None and "super-secret-token" not in c.get("/api/config").text
         body["training"]["rounds"] = 7
+        r = c.put("/api/config", headers=auth, json=body)  # no token in it: the server's stays
+        assert r.status_code == 200 and r.json()["training"]["rounds"] == 7
+        assert c.get("/api/status").json()["rounds"] == 7
+        # the guarding token does not change through a config write
         body["api"]["token"] = "attacker-chosen-token"
         r = c.put("/api/config", headers=auth, json=body)
-        assert r.status_code == 200 and r.json()["training"]["rounds"] == 7
-        # the guarding token does not change through a config write
-        assert c.put("/api/config", headers={"Authorization": "Bearer attacker-chosen-token"}, json=body).status_code == 401
-        assert c.get("/api/status").json()["rounds"] == 7
+        assert r.status_code == 422 and r.json()["detail"].startswith("api.token: set at startup only")
+        assert "attacker-chosen-token" not in r.text
+        r = c.put("/api/config", headers={"Authorization": "Bearer attacker-chosen-token"}, json=body)
+        assert r.status_code == 401
         c.post("/api/presets/s/save", headers=auth)
         assert "super-secret-token" not in (tmp_path / "s.json").read_text()
 
@@ -198,7 +227,7 @@ def test_chain_recorder_is_relayed_without_secrets(config):
 
     service = TrainingService(config)
     service.chain = Recorder()
-    with TestClient(create_app(service, token=TOKEN)) as c:
+    with local_client(create_app(service, token=TOKEN)) as c:
         s = c.get("/api/blockchain/session").json()
         assert s == {"enabled": True, "reason": None, "connected": True, "block_number": 12, "queue_depth": 3}
         body = c.get("/api/blockchain/contributions").json()
@@ -234,12 +263,13 @@ def test_websocket_hello_and_resume(client):
     service = client.app.state.service
     for i in range(3):
         service.events.publish("alert", level="info", message=f"m{i}")
-    with client.websocket_connect("/ws?after=1") as ws:
+    with client.websocket_connect("ws://localhost/ws?after=1", headers=dict(AUTH)) as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["last_seq"] == 3 and hello["oldest_seq"] == 1
         got = [ws.receive_json() for _ in range(2)]
         assert [e["seq"] for e in got] == [2, 3] and got[0]["data"]["message"] == "m1"
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws?after=-4") as ws:
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            client.websocket_connect("ws://localhost/ws?after=-4", headers=dict(AUTH)) as ws:
         ws.receive_json()
     assert refused.value.code == 1008  # policy violation: a negative sequence number
 
@@ -295,7 +325,7 @@ def lm_service(tmp_path):
 
 
 def test_language_model_figures_in_status_sessions_metrics(lm_service):
-    with TestClient(create_app(lm_service, token=TOKEN)) as c:
+    with local_client(create_app(lm_service, token=TOKEN)) as c:
         s = c.get("/api/status").json()
         assert s["task"] == "lm" and s["epoch"] == 1 and s["round"] == 0
         assert (s["test_loss"], s["test_accuracy"], s["test_perplexity"], s["test_bits_per_byte"]) == (3.2, 0.21, 24.5, 4.6)
@@ -331,3 +361,96 @@ def test_classification_has_no_language_model_figures(client):
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert families["hypergpu_test_accuracy_ratio"].samples[0].value == 0.9
     assert "hypergpu_test_perplexity" not in families and "hypergpu_test_bits_per_byte" not in families
+
+
+def test_allowed_hosts_default_to_localhost_and_the_bound_address(config):
+    from hypergpu.api.limits import AccessPolicy
+    from hypergpu.api.server import ApiServer
+
+    def hosts(**api):
+        cfg = config.model_copy(update={"api": config.api.model_copy(update=api)})
+        return AccessPolicy.from_config(cfg.api, TOKEN, RateLimiter()).hosts
+
+    assert hosts() == ["localhost", "127.0.0.1", "[::1]"]
+    assert hosts(host="10.1.2.3") == ["localhost", "127.0.0.1", "[::1]", "10.1.2.3"]
+    assert hosts(host="0.0.0.0") == hosts(host="::") == ["localhost", "127.0.0.1", "[::1]"]
+    assert hosts(host="10.1.2.3", allowed_hosts=["dash.example"]) == ["dash.example"]  # as configured, exactly
+    # `--host` on the command line reaches the server, not the config: the server adds it.
+    app = create_app(TrainingService(config), token=TOKEN)
+    ApiServer(app, "192.168.7.9", 0)
+    assert app.state.access.hosts[-1] == "192.168.7.9"
+    with TestClient(app, base_url="http://192.168.7.9:8080") as c:
+        assert c.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("api.allowed_hosts=['evil.example:80']", "api.allowed_hosts.0"),
+    ("api.allowed_hosts=['foo.*.example']", "api.allowed_hosts.0"),
+    ("api.allowed_hosts=[]", "api.allowed_hosts"),
+    ("api.allowed_origins=['http://dash.example/page']", "api.allowed_origins.0"),
+    ("api.allowed_origins=['dash.example']", "api.allowed_origins.0"),
+    ("api.max_body_bytes=10", "api.max_body_bytes"),
+    ("api.max_ws_clients=0", "api.max_ws_clients"),
+])
+def test_api_limits_are_validated(override, field):
+    from hypergpu.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_configured_origins_may_open_the_websocket(tmp_path):
+    cfg = load_config(None, ["nodes.count=2", "data.cache_dir=null", "api.allowed_origins=['https://ops.example']",
+                             "api.cors_origins=['http://dash.example']"])
+    with local_client(create_app(TrainingService(cfg), token=TOKEN, presets_dir=tmp_path)) as c:
+        for origin in ("https://ops.example", "http://dash.example", "http://localhost"):
+            with c.websocket_connect("ws://localhost/ws", headers={**AUTH, "origin": origin}) as ws:
+                assert ws.receive_json()["type"] == "hello", origin
+        for origin in ("http://ops.example", "http://localhost:8080", "null"):
+            with pytest.raises(WebSocketDenialResponse) as refused, \
+                    c.websocket_connect("ws://localhost/ws", headers={**AUTH, "origin": origin}):
+                pass
+            assert refused.value.status_code == 403, origin
+            assert f"WebSocket Origin {origin!r} not allowed" in refused.value.json()["detail"]
+
+
+def test_a_hand_written_preset_with_startup_settings_is_refused_on_load(client, tmp_path):
+    held = client.get("/api/config").json()
+    held["coordinator"]["port"] = 9999
+    (tmp_path / "presets").mkdir(exist_ok=True)
+    (tmp_path / "presets" / "edited.json").write_text(json.dumps(held))
+    r = client.post("/api/presets/edited/load", headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"].startswith("coordinator.port: set at startup only")
+    assert client.get("/api/config").json()["coordinator"]["port"] == 7070
+
+
+def test_settable_paths_name_fields_of_the_configuration():
+    from hypergpu.api.runtime_config import RUNTIME_SETTABLE, STARTUP_ONLY
+    from hypergpu.config.schema import HyperGPUConfig
+
+    for path in RUNTIME_SETTABLE + STARTUP_ONLY:
+        model: type = HyperGPUConfig
+        for name in path.split("."):
+            assert name in model.model_fields, path  # a stale path would quietly allow nothing
+            model = model.model_fields[name].annotation  # type: ignore[assignment]
+
+
+def test_changed_fields_names_each_differing_leaf():
+    from hypergpu.api.runtime_config import changed_fields, settable
+
+    before = {"a": {"b": 1, "c": [1, 2]}, "d": {"0": "x"}}
+    after = {"a": {"b": 2, "c": [1, 2]}, "d": {"0": "x", "1": "y"}}
+    assert list(changed_fields(before, after)) == ["a.b", "d.1"]
+    assert settable("training.lr") and settable("adapt.codecs") and settable("training.gpt.n_layer")
+    assert not settable("data.path") and not settable("coordinator.port") and not settable("nodes.device")
+    assert not settable("training.custom_model") and not settable("trainingx.lr") and not settable("chain.kind")
+
+
+def test_rate_limiter_forgets_clients_whose_bucket_refilled():
+    limiter = RateLimiter(burst=2, per_s=1000, max_clients=2)
+    assert limiter.take("a") == 0 and limiter.take("b") == 0
+    limiter._buckets["b"] = (0.0, limiter._buckets["b"][1] + 60)  # b is out of tokens for a minute
+    time.sleep(0.01)  # a's bucket refills (2 tokens at 1000/s)
+    assert limiter.take("c") == 0
+    assert set(limiter._buckets) == {"b", "c"}  # a was forgotten; b, still limited, was not
+    assert limiter.take("b") > 0

@@ -34,7 +34,9 @@ def make_app():
     import tempfile
     from pathlib import Path
 
-    service = TrainingService(load_config(None, ["nodes.count=2", "data.cache_dir=null"]))
+    # schemathesis's ASGI client says "Host: testserver"
+    service = TrainingService(load_config(None, ["nodes.count=2", "data.cache_dir=null",
+                                                 "api.allowed_hosts=['testserver']"]))
     return create_app(service, token=TOKEN, presets_dir=Path(tempfile.mkdtemp(prefix="hypergpu-presets-")),
                       rate_limiter=RateLimiter(burst=10_000, per_s=10_000))
 

@@ -38,7 +38,7 @@ def test_start_exclude_pause_stop_over_http_and_ws(tmp_path):
     with (
         BackgroundApi(small_run(tmp_path), presets_dir=tmp_path / "p") as api,
         httpx.Client(base_url=api.url, timeout=30) as http,
-        connect(api.url.replace("http", "ws") + "/ws") as ws,
+        connect(api.url.replace("http", "ws") + "/ws", additional_headers={"Authorization": f"Bearer {api.token}"}) as ws,
     ):
         auth = {"Authorization": f"Bearer {api.token}"}
         assert json.loads(ws.recv(timeout=5))["type"] == "hello"
@@ -119,7 +119,8 @@ def test_websocket_latency_under_100ms(tmp_path):
     n = 150
     with BackgroundApi(small_run(tmp_path)) as api:
         bus = api.service.events
-        with connect(api.url.replace("http", "ws") + f"/ws?after={bus.last_seq}") as ws:
+        with connect(api.url.replace("http", "ws") + f"/ws?after={bus.last_seq}",
+                     additional_headers={"Authorization": f"Bearer {api.token}"}) as ws:
             assert json.loads(ws.recv(timeout=5))["type"] == "hello"
             delays = []
             for i in range(n):

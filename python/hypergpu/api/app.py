@@ -13,7 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
+from hypergpu.api.limits import AccessPolicy, HostGuard, RequestGuard, body_too_large
 from hypergpu.api.presets import PresetStore
 from hypergpu.api.prometheus import build_registry
 from hypergpu.api.routes import chain, config, events, health, nodes, training
@@ -42,30 +44,30 @@ def create_app(
 ) -> FastAPI:
     """The control plane for ``service``.
 
-    Writes need ``token`` (default: config ``api.token``, else a fresh random
-    one; read it from ``app.state.token`` to show it once). Browsers from
-    ``api.cors_origins`` may call it cross-origin; no others.
+    Writes and ``/ws`` need ``token`` (default: config ``api.token``, else a
+    fresh random one; read it from ``app.state.token`` to show it once).
+    Browsers from ``api.cors_origins`` may call it cross-origin; no others.
+    The ``api`` settings (hosts, origins, body and client caps) and
+    everything but training hyper-parameters stay as ``service.config`` has
+    them now: see :mod:`hypergpu.api.limits` and :mod:`hypergpu.api.runtime_config`.
     """
     from hypergpu import __version__
 
     app = FastAPI(
         title="HyperGPU control plane",
         version=__version__,
-        description="Configure, start, watch and stop HyperGPU training. Writes need a bearer token.",
+        description="Configure, start, watch and stop HyperGPU training. Writes and /ws need a bearer token.",
     )
+    api = service.config.api
     app.state.service = service
-    app.state.token = token or service.config.api.token or new_token()
+    app.state.startup_config = service.config
+    app.state.token = token or api.token or new_token()
     app.state.rate_limiter = rate_limiter or RateLimiter()
+    app.state.access = access = AccessPolicy.from_config(api, app.state.token, app.state.rate_limiter)
     app.state.presets = PresetStore(presets_dir or Path(".hypergpu/presets"))
     app.state.metrics_registry = build_registry(service)
 
-    if service.config.api.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(service.config.api.cors_origins),
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    _install_guards(app, access, list(api.cors_origins))
 
     for module in (health, training, nodes, config, chain, events):
         app.include_router(module.router)
@@ -86,6 +88,22 @@ def create_app(
     return app
 
 
+def _install_guards(app: FastAPI, access: AccessPolicy, cors_origins: list[str]) -> None:
+    # Each add_middleware wraps the ones before it. A request meets, in order: the Host
+    # check, CORS (so a refusal below still carries its headers to an allowed page), the
+    # token / size / WebSocket checks on headers, and last the count of a chunked body.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=access.max_body_bytes)
+    app.add_middleware(RequestGuard, policy=access)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(HostGuard, policy=access)
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
@@ -99,6 +117,12 @@ def _reply_with(status: int) -> Callable[[Request, Exception], Awaitable[JSONRes
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(413)
+    async def body_over_the_cap(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's count of a chunked body passed the cap: say which cap it passed.
+        refusal = body_too_large(request.app.state.access.max_body_bytes)
+        return JSONResponse({"detail": refusal.message}, status_code=413)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's list of problems, plus one line naming each offending field.

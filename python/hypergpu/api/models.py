@@ -148,3 +148,11 @@ class ChainView(BaseModel):
 
     enabled: bool
     reason: str | None = None
+
+
+class SettableFields(BaseModel):
+    """What a configuration sent to the API may change: each a dotted path (a field, or a section
+    and every field in it) but those in ``startup_only``. The rest stays as the server started."""
+
+    settable: list[str]
+    startup_only: list[str]

@@ -12,7 +12,21 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from hypergpu.api.limits import AccessPolicy, ws_refused
+
 log = logging.getLogger("hypergpu.api")
+
+
+class _RefusedHandshakeFilter(logging.Filter):
+    """Drops the error uvicorn's websockets-sansio protocol logs after every WebSocket handshake
+    refused with an HTTP response, though it sent that response (Kludex/uvicorn#3138); only
+    for the handshakes the request guard refused, so any other such error still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (ws_refused.get() and record.getMessage().startswith("ASGI callable returned without completing"))
+
+
+_REFUSED_HANDSHAKE_FILTER = _RefusedHandshakeFilter()
 
 
 class _Server(uvicorn.Server):
@@ -36,14 +50,23 @@ class ApiServer:
         self.app = app
         self.host, self.requested_port = host, port
         self.any_port_if_taken = any_port_if_taken
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+        access: AccessPolicy | None = getattr(app.state, "access", None)
+        if access is not None:
+            access.serve_on(host)  # e.g. `--host 192.168.1.5`: the address it is reached at
+        # Clients send /ws nothing it needs: no message may be larger than a request body.
+        ws_max_size = access.max_body_bytes if access is not None else 1 << 20
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
+                                ws_max_size=ws_max_size)
+        logging.getLogger("uvicorn.error").addFilter(_REFUSED_HANDSHAKE_FILTER)  # once: the same filter object
         self.server = _Server(config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[Any] | None = None
 
     def _bind(self, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # without it a response's headers and body wait out a delayed ACK (about 40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, port))

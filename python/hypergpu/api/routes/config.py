@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from hypergpu.api.models import Action, Preset
+from hypergpu.api.models import Action, Preset, SettableFields
 from hypergpu.api.presets import PresetStore, public_config
-from hypergpu.api.routes.deps import get_service
+from hypergpu.api.routes.deps import Startup, get_service
 from hypergpu.api.routes.training import WRITE, Responses, _action
+from hypergpu.api.runtime_config import RUNTIME_SETTABLE, STARTUP_ONLY, check_runtime_change
 from hypergpu.api.security import require_writer
 from hypergpu.api.service import TrainingService
 from hypergpu.config.schema import HyperGPUConfig
@@ -18,6 +19,7 @@ router = APIRouter(prefix="/api", tags=["config"])
 Service = Annotated[TrainingService, Depends(get_service)]
 PresetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="letters, digits, '_', '-'")]
 NOT_FOUND: Responses = {404: {"description": "unknown preset"}}
+SETTABLE: Responses = {422: {"description": "invalid, or changes a field set at startup only (named)"}}
 
 
 def _store(request: Request) -> PresetStore:
@@ -33,11 +35,20 @@ def get_config(service: Service) -> HyperGPUConfig:
     return public_config(service.config)
 
 
-@router.put("/config", response_model=HyperGPUConfig, dependencies=[Depends(require_writer)], responses=WRITE)
-def put_config(service: Service, config: HyperGPUConfig) -> HyperGPUConfig:
-    """Replace the configuration of the next run (a run in progress keeps its own)."""
-    # The token that guards this server is fixed at start; a posted one is not adopted.
-    service.set_config(config.model_copy(update={"api": config.api.model_copy(update={"token": service.config.api.token})}))
+@router.get("/config/settable", response_model=SettableFields)
+def settable_fields() -> SettableFields:
+    """The fields a configuration sent here may change; every other one stays as the server started."""
+    return SettableFields(settable=list(RUNTIME_SETTABLE), startup_only=list(STARTUP_ONLY))
+
+
+@router.put("/config", response_model=HyperGPUConfig, dependencies=[Depends(require_writer)],
+            responses={**SETTABLE, **WRITE})
+def put_config(service: Service, startup: Startup, config: HyperGPUConfig) -> HyperGPUConfig:
+    """Replace the configuration of the next run (a run in progress keeps its own).
+
+    Only the fields ``GET /api/config/settable`` lists may differ from the startup configuration.
+    """
+    service.set_config(check_runtime_change(startup, config))
     return public_config(service.config)
 
 
@@ -52,10 +63,12 @@ def export_preset(store: Store, name: PresetName) -> HyperGPUConfig:
     return public_config(store.load(name))
 
 
-@router.put("/presets/{name}", response_model=Preset, dependencies=[Depends(require_writer)], responses=WRITE)
-def import_preset(store: Store, name: PresetName, config: HyperGPUConfig) -> Preset:
-    """Save a configuration under a name (import, or save the form's contents)."""
-    return Preset(name=name, saved_at=store.save(name, config))
+@router.put("/presets/{name}", response_model=Preset, dependencies=[Depends(require_writer)],
+            responses={**SETTABLE, **WRITE})
+def import_preset(store: Store, startup: Startup, name: PresetName, config: HyperGPUConfig) -> Preset:
+    """Save a configuration under a name (import, or save the form's contents); like
+    ``PUT /api/config``, it may differ from the startup configuration only in settable fields."""
+    return Preset(name=name, saved_at=store.save(name, check_runtime_change(startup, config)))
 
 
 @router.post("/presets/{name}/save", response_model=Preset, dependencies=[Depends(require_writer)], responses=WRITE)
@@ -65,11 +78,11 @@ def save_current(store: Store, service: Service, name: PresetName) -> Preset:
 
 
 @router.post("/presets/{name}/load", response_model=Action, dependencies=[Depends(require_writer)],
-             responses={**NOT_FOUND, **WRITE})
-def load_preset(store: Store, service: Service, name: PresetName) -> Action:
-    """Make a preset the configuration of the next run."""
-    config = store.load(name)
-    service.set_config(config.model_copy(update={"api": config.api.model_copy(update={"token": service.config.api.token})}))
+             responses={**NOT_FOUND, **SETTABLE, **WRITE})
+def load_preset(store: Store, service: Service, startup: Startup, name: PresetName) -> Action:
+    """Make a preset the configuration of the next run (its settable fields: a preset file
+    written by hand may hold others, and is refused if they differ from the startup's)."""
+    service.set_config(check_runtime_change(startup, store.load(name)))
     return _action(service, f"preset {name!r} loaded for the next run")
 
 

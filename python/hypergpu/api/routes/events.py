@@ -1,10 +1,12 @@
 """``/ws``: the event stream (training, node, network, alert, chain, decision).
 
-A client connects with ``?after=<seq>`` (the last sequence number it saw)
-and gets every event after it still in the window, then each new one as it
-is published. The first message says where the stream starts
-(``{"type": "hello", "last_seq": ..., "oldest_seq": ...}``), so a client
-knows whether it missed events that fell out of the window.
+A client connects with the API token (an ``Authorization: Bearer`` header,
+or, from a browser, the subprotocols ``hypergpu`` and
+``hypergpu.token.<base64url of the token>``) and ``?after=<seq>`` (the last
+sequence number it saw), and gets every event after it still in the window,
+then each new one as it is published. The first message says where the
+stream starts (``{"type": "hello", "last_seq": ..., "oldest_seq": ...}``),
+so a client knows whether it missed events that fell out of the window.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
+from hypergpu.api.security import ws_subprotocol
 from hypergpu.events import EventBus
 
 router = APIRouter(tags=["events"])
@@ -49,8 +52,9 @@ def _replace_nan(value: Any) -> Any:
 
 @router.websocket("/ws")
 async def events(websocket: WebSocket, after: int = Query(0, ge=0)) -> None:
+    """The event stream. The request guard has checked the token, the Origin and the client cap."""
     bus: EventBus = websocket.app.state.service.events
-    await websocket.accept()
+    await websocket.accept(subprotocol=ws_subprotocol(websocket.scope))
     held = bus.since(0)
     await websocket.send_text(_dumps({
         "type": "hello",

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
 
 from hypergpu.api.models import Action, MetricPoint, Metrics, Session, StartRequest, Status
-from hypergpu.api.routes.deps import get_service
+from hypergpu.api.routes.deps import Startup, get_service
+from hypergpu.api.runtime_config import check_runtime_change
 from hypergpu.api.security import require_writer
 from hypergpu.api.service import TrainingService
 
@@ -23,7 +24,8 @@ CONFLICT: Responses = {409: {"description": "not possible in the current state (
 WRITE: Responses = {
     400: {"description": "malformed request body (not JSON) or the engine refused the request"},
     401: {"description": "missing or invalid bearer token"},
-    429: {"description": "too many writes"},
+    413: {"description": "request body larger than api.max_body_bytes"},
+    429: {"description": "too many writes or failed token checks"},
 }
 
 
@@ -80,9 +82,14 @@ def _action(service: TrainingService, message: str) -> Action:
 
 @router.post("/training/start", response_model=Action, status_code=202,
              dependencies=[Depends(require_writer)], responses={**CONFLICT, **WRITE})
-async def start(service: Service, body: Annotated[StartRequest | None, Body()] = None) -> Action:
-    """Start a run of the given (or held) configuration with local node processes."""
-    session = await service.start(body.config if body else None)
+async def start(service: Service, startup: Startup, body: Annotated[StartRequest | None, Body()] = None) -> Action:
+    """Start a run of the given (or held) configuration with local node processes.
+
+    A given configuration may differ from the startup one only in the fields
+    ``GET /api/config/settable`` lists.
+    """
+    config = check_runtime_change(startup, body.config) if body and body.config else None
+    session = await service.start(config)
     return _action(service, f"session {session.id} started ({session.label})")
 
 

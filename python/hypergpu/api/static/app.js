@@ -17,7 +17,10 @@ const state = {
     history.replaceState(null, "", location.pathname + location.search);
   }
   $("#token").value = sessionStorage.getItem("hypergpu-token") || "";
-  $("#token").addEventListener("change", (e) => sessionStorage.setItem("hypergpu-token", e.target.value.trim()));
+  $("#token").addEventListener("change", (e) => {
+    sessionStorage.setItem("hypergpu-token", e.target.value.trim());
+    if (socket) socket.close(); else connect(); // follow the stream with the new token
+  });
 })();
 
 async function api(method, path, body) {
@@ -434,10 +437,22 @@ async function refresh() {
   if (again) { again = false; refresh(); }
 }
 
+// /ws needs the API token. A browser cannot set headers on a WebSocket, so the token rides in
+// a subprotocol, base64url-encoded (any token then makes a valid protocol name); the server
+// answers with "hypergpu".
+function wsProtocols(token) {
+  const b64 = btoa(String.fromCharCode(...new TextEncoder().encode(token)));
+  return ["hypergpu", `hypergpu.token.${b64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")}`];
+}
 let backoff = 250;
+let socket = null;
 function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?after=${state.lastSeq}`);
-  ws.onopen = () => { $("#ws-status").className = "dot on"; backoff = 250; };
+  if (socket) return; // already open or opening (a token change and a retry may both call)
+  const token = sessionStorage.getItem("hypergpu-token");
+  if (!token) { $("#ws-status").title = "live updates need the API token"; return; }
+  const ws = socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?after=${state.lastSeq}`,
+    wsProtocols(token));
+  ws.onopen = () => { $("#ws-status").className = "dot on"; $("#ws-status").title = "live event stream"; backoff = 250; };
   ws.onmessage = (msg) => {
     const e = JSON.parse(msg.data);
     if (e.type === "hello") {
@@ -452,6 +467,7 @@ function connect() {
   };
   ws.onclose = () => {
     $("#ws-status").className = "dot off";
+    socket = null;
     setTimeout(connect, backoff); // resume after the last event seen
     backoff = Math.min(5000, backoff * 2);
   };
