@@ -46,6 +46,31 @@ def np_int8_decode(scale: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (q.astype(np.float32) * scale[:, None]).reshape(-1)
 
 
+def np_int4_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    blocks = x.reshape(-1, BLOCK)
+    scale = np.abs(blocks).max(axis=1) / np.float32(7)
+    inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale > 0)
+    q = np.rint(blocks * inv[:, None]).clip(-7, 7).astype(np.int8).reshape(-1)
+    # Two levels a byte, the even element in the low nibble (int8 shifts wrap).
+    packed = (q[0::2] & np.int8(0x0F)) | (q[1::2] << np.int8(4))
+    return scale, packed.view(np.uint8)
+
+
+def np_int4_decode(scale: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    p = packed.view(np.int8)
+    q = np.empty(2 * p.size, np.int8)
+    q[0::2] = (p << np.int8(4)) >> np.int8(4)
+    q[1::2] = p >> np.int8(4)
+    return (q.astype(np.float32).reshape(-1, BLOCK) * scale[:, None]).reshape(-1)
+
+
+def np_int4_ef_encode(x: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    residual += x
+    scale, packed = np_int4_encode(residual)
+    residual -= np_int4_decode(scale, packed)
+    return scale, packed
+
+
 def np_topk_encode(acc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.sort(np.argpartition(np.abs(acc), -k)[-k:]).astype(np.uint32)
     return idx, acc[idx]
@@ -120,6 +145,39 @@ def test_int8_decode(benchmark: Any, x: np.ndarray, impl: str) -> None:
     else:
         fn = lambda: enc.decode()  # noqa: E731
     run(benchmark, "int8-decode", impl, fn, x, enc.compression_ratio)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_int4_encode(benchmark: Any, x: np.ndarray, impl: str) -> None:
+    if impl == "numpy":
+        fn = lambda: np_int4_encode(x)  # noqa: E731
+    else:
+        fn = lambda: encode(x, "int4", block_size=BLOCK)  # noqa: E731
+    ratio = encode(x, "int4", block_size=BLOCK).compression_ratio
+    run(benchmark, "int4-encode", impl, fn, x, ratio)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_int4_error_feedback_encode(benchmark: Any, x: np.ndarray, impl: str) -> None:
+    # The residual stays within half a step of each block, so repeated
+    # rounds measure the steady state.
+    residual = np.zeros_like(x)
+    if impl == "numpy":
+        fn = lambda: np_int4_ef_encode(x, residual)  # noqa: E731
+    else:
+        fn = lambda: encode(x, "int4", block_size=BLOCK, residual=residual)  # noqa: E731
+    run(benchmark, "int4-ef-encode", impl, fn, x, encode(x, "int4", block_size=BLOCK).compression_ratio)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_int4_decode(benchmark: Any, x: np.ndarray, impl: str) -> None:
+    enc = encode(x, "int4", block_size=BLOCK)
+    if impl == "numpy":
+        scale, packed = np_int4_encode(x)
+        fn = lambda: np_int4_decode(scale, packed)  # noqa: E731
+    else:
+        fn = lambda: enc.decode()  # noqa: E731
+    run(benchmark, "int4-decode", impl, fn, x, enc.compression_ratio)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

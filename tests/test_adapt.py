@@ -141,12 +141,18 @@ def test_codec_follows_link_speed_with_error_feedback_topk_for_slow_links() -> N
     assert chooser.ideal(0.1).codec == "raw"
     assert chooser.ideal(0.8).codec == "fp16"
     assert chooser.ideal(1.5).codec == "int8"
+    assert chooser.ideal(3.0).codec == "int4"  # int8 would overrun the budget; int4 fits
+    assert chooser.ideal(10.0).codec == "int4"  # over budget, but not TOPK_AFTER times
     slow = chooser.ideal(40.0)
     assert slow.codec == "topk" and slow.ratio == pytest.approx(0.01)
+    # Without int4, int8 is the blockwise codec allowed to overrun before top-k.
+    no_int4 = CodecChooser(budget_s=0.5, allowed=("raw", "fp16", "int8", "topk"), dwell=1)
+    assert no_int4.ideal(3.0).codec == "int8" and no_int4.ideal(10.0).codec == "topk"
     sticky = CodecChooser(budget_s=0.5, dwell=3)
     sticky.choose(0, 0.1)
     assert sticky.choose(0, 0.8).codec == "raw"  # waits out a blip
-    assert sticky.choose(0, 10.0).codec == "topk"  # but not a collapse
+    assert sticky.choose(0, 10.0).codec == "int4"  # but not a collapse
+    assert sticky.choose(0, 40.0).codec == "topk"
 
 
 def test_local_steps_grow_with_communication_time_within_bounds() -> None:

@@ -95,6 +95,9 @@ import numpy.typing as _npt
 COMPRESS_MAX_BLOCK_SIZE: int
 COMPRESS_DEFAULT_ZSTD_LEVEL: int
 
+# codec: raw, fp16, bf16, int8, int4 or topk. residual: the error-feedback
+# buffer of any codec but raw (float32, as many elements as update), updated
+# in place.
 def compress_encode(
     update: _Any,
     codec: str,

@@ -93,6 +93,7 @@ byte_enum!(
     Bf16 = 2 => "bf16",
     Int8 = 3 => "int8",
     TopK = 4 => "topk",
+    Int4 = 5 => "int4",
 });
 
 byte_enum!(

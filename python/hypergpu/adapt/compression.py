@@ -3,29 +3,36 @@
 The update of a model with P parameters is 4P bytes raw. The chooser
 estimates how long that takes on the node's link and picks the least
 lossy codec that brings the upload under the time budget: raw, fp16
-(2x smaller), int8 (about 4x) or top-k with error feedback (each kept
+(2x smaller), int8 (about 4x), int4 (about 8x) or top-k (each kept
 coordinate costs an index and a value, so a ratio r sends about 2r of the
-raw bytes; the node keeps what it did not send and adds it next round).
-Top-k costs far more accuracy per round than int8 (most of each update
-waits in the residual), so it is kept for links where even int8 would
-take over ``TOPK_AFTER`` times the budget; int8 may overrun the budget
-up to there. A change needs the new choice to persist for ``dwell``
-rounds, except a move to stronger compression when the link got much worse.
+raw bytes). Every lossy codec runs with error feedback: the node keeps
+what a round's payload lost and adds it to the next round's update.
+Top-k costs far more accuracy per round than the blockwise codecs (most
+of each update waits in the residual), so it is kept for links where even
+the smallest allowed blockwise codec (int4, or int8 without it) would
+take over ``TOPK_AFTER`` times the budget; that codec may overrun the
+budget up to there. A change needs the new choice to persist for
+``dwell`` rounds, except a move to stronger compression when the link
+got much worse.
 
 A second chooser picks, the same way, how a node's parameters come down:
 whole (raw), or as a delta against what it holds in fp16 or int8
 (``hypergpu.update.downlink``; top-k is not offered there, as it would
-leave most of a node's coordinates stale).
+leave most of a node's coordinates stale, nor int4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Size relative to raw float32.
-SIZE_FACTOR = {"raw": 1.0, "fp16": 0.5, "int8": 0.25 + 1e-3}
-ORDER = ("raw", "fp16", "int8", "topk")
-#: Top-k only once int8's upload would take this many times the budget.
+#: Size relative to raw float32; the blockwise codecs add one float32
+#: scale per block of 256 (the default block size), 1/256 of raw.
+SIZE_FACTOR = {"raw": 1.0, "fp16": 0.5, "int8": 0.25 + 1 / 256, "int4": 0.125 + 1 / 256}
+#: Least lossy first.
+ORDER = ("raw", "fp16", "int8", "int4", "topk")
+#: Codecs that may overrun the budget rather than fall back to top-k.
+BLOCKWISE = ("int8", "int4")
+#: Top-k only once the smallest blockwise upload would take this many times the budget.
 TOPK_AFTER = 4.0
 
 
@@ -65,15 +72,17 @@ class CodecChooser:
 
     def ideal(self, raw_upload_s: float) -> CodecChoice:
         """The least lossy allowed codec whose upload fits the budget."""
-        for codec in self.allowed:
-            if codec == "topk":
-                ratio = min(self.max_ratio, max(self.min_ratio, self.budget_s / (2.0 * raw_upload_s)))
-                return CodecChoice("topk", round(ratio, 4))
+        dense = [c for c in self.allowed if c != "topk"]
+        for codec in dense:
             if raw_upload_s * SIZE_FACTOR[codec] <= self.budget_s:
                 return CodecChoice(codec)
-            if codec == "int8" and raw_upload_s * SIZE_FACTOR[codec] <= TOPK_AFTER * self.budget_s:
-                return CodecChoice(codec)  # near the budget: not worth top-k's loss
-        return CodecChoice(self.allowed[-1])
+        if "topk" not in self.allowed:
+            return CodecChoice(dense[-1])
+        smallest = dense[-1] if dense else "topk"
+        if smallest in BLOCKWISE and raw_upload_s * SIZE_FACTOR[smallest] <= TOPK_AFTER * self.budget_s:
+            return CodecChoice(smallest)  # near the budget: not worth top-k's loss
+        ratio = min(self.max_ratio, max(self.min_ratio, self.budget_s / (2.0 * raw_upload_s)))
+        return CodecChoice("topk", round(ratio, 4))
 
     def choose(self, node_id: int, raw_upload_s: float) -> CodecChoice:
         want = self.ideal(raw_upload_s)

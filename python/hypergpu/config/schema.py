@@ -28,12 +28,14 @@ NodeId = Annotated[int, Field(ge=0)]
 Port = Annotated[int, Field(ge=0, le=65535, description="0 picks a free port")]
 Host = Annotated[str, Field(min_length=1)]
 
-UpdateCodec = Literal["raw", "fp16", "int8", "topk"]
+UpdateCodec = Literal["raw", "fp16", "int8", "int4", "topk"]
+# No int4 for parameters coming down: a node trains from what it decodes, so
+# their error counts at once instead of being fed back like an update's.
 ParamCodec = Literal["raw", "fp16", "int8"]
 
 
 def _all_update_codecs() -> list[UpdateCodec]:
-    return ["raw", "fp16", "int8", "topk"]
+    return ["raw", "fp16", "int8", "int4", "topk"]
 
 
 def _all_param_codecs() -> list[ParamCodec]:

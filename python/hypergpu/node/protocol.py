@@ -164,6 +164,8 @@ class RoundOpened:
     work: np.ndarray | None = None
     # shipped shards lent to this node for the work (checksums verified)
     shards: list[Shard] = field(default_factory=list)
+    # the last round whose outer step the parameters include (None: not said)
+    closed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,9 +264,10 @@ class NodeProtocol:
             self._early = [*self._early[-(MAX_EARLY - 1):], msg]
             return []
         assignment = Assignment.from_meta(msg.meta, default_batch=self.welcome.training.batch_size)
-        version = msg.meta.get("version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            raise FrameError(f"params meta refused: version: not an integer ({version!r})")
+        version, closed = msg.meta.get("version"), msg.meta.get("closed")
+        for name, value in (("version", version), ("closed", closed)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise FrameError(f"params meta refused: {name}: not a non-negative integer ({value!r})")
         work = msg.sections.get("work")
         if work is not None:
             work = np.asarray(work)
@@ -277,7 +280,7 @@ class NodeProtocol:
                      self.report.node_id, msg.round, exc)
             resync = Control(type="resync", reason=str(exc))
             return [Reply(Message("control", resync.as_meta(), round=msg.round))]
-        return [RoundOpened(msg.round, version, assignment, params, work, shards_of(msg))]
+        return [RoundOpened(msg.round, version, assignment, params, work, shards_of(msg), closed)]
 
     def _control(self, msg: Message) -> list[Event]:
         control = parse_meta(Control, msg)
@@ -299,8 +302,10 @@ class NodeProtocol:
 class UpdateEncoder:
     """Encodes updates with the codec a round's assignment names.
 
-    The top-k residual (what earlier rounds did not send) lives here, so it
-    carries over from round to round.
+    The error-feedback residual (what earlier rounds' payloads lost: top-k's
+    unsent coordinates, the other lossy codecs' rounding) lives here, so it
+    carries over from round to round, and across a change of lossy codec.
+    A round sent raw sends it along exactly and clears it.
     """
 
     def __init__(self) -> None:
@@ -308,8 +313,12 @@ class UpdateEncoder:
 
     def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
         """The ``update`` message for ``update`` (float32, flat) in ``round_id``."""
-        if assignment.codec == "raw" and not assignment.zstd:
-            return Message("update", meta.as_meta(), {"update": update}, round=round_id)
+        if assignment.codec == "raw":
+            if self.residual is not None and self.residual.shape == update.shape:
+                update = update + self.residual
+            self.residual = None
+            if not assignment.zstd:
+                return Message("update", meta.as_meta(), {"update": update}, round=round_id)
         ratio = assignment.codec_ratio if assignment.codec == "topk" else None
         codec = Codec(assignment.codec, ratio=ratio, zstd=assignment.zstd)
         residual = None

@@ -19,12 +19,22 @@ module ``compress``):
     relative error ≤ 2⁻⁸. 2 bytes per element.
 ``int8``
     blockwise: each block of ``block_size`` elements keeps a float32
-    scale = max|block| / 127, and every element is within scale/2.
+    scale = max|block| / 127, and every element is within scale/2
+    (plus float32 rounding, under 2⁻¹⁵·scale).
     12 + 4·⌈n/block_size⌉ + n bytes.
+``int4``
+    blockwise like int8 with levels −7..7, two to a byte: scale =
+    max|block| / 7, and every element is within scale/2 (plus float32
+    rounding, under 2⁻¹⁹·scale). 12 + 4·⌈n/block_size⌉ + ⌈n/2⌉ bytes.
 ``topk``
-    the ``k`` coordinates of largest magnitude, exact (12 + 8k bytes). With
-    a ``residual`` (error feedback) what is not sent is kept there and added
-    to the next round's update, so nothing is lost across rounds.
+    the ``k`` coordinates of largest magnitude, exact (12 + 8k bytes).
+
+Error feedback: every lossy codec (all but ``raw``) takes a ``residual``,
+a float32 buffer the caller keeps across rounds. The payload then encodes
+update + residual, and the residual keeps what the payload lost (top-k's
+unsent coordinates, the others' rounding), so it is added to the next
+round's update: over any number of rounds the decoded payloads sum to the
+updates minus the final residual. A refused call leaves it untouched.
 
 Every codec refuses NaN and infinity (:class:`~hypergpu.errors.NonFiniteError`)
 and ``zstd=True`` compresses the payload further (frame flag ``FLAG_ZSTD``).
@@ -50,7 +60,7 @@ from hypergpu.errors import (
 
 __all__ = ["CODECS", "Codec", "Encoded", "encode", "decode"]
 
-CODECS = ("raw", "fp16", "bf16", "int8", "topk")
+CODECS = ("raw", "fp16", "bf16", "int8", "int4", "topk")
 MAX_BLOCK_SIZE: int = _core.COMPRESS_MAX_BLOCK_SIZE
 DEFAULT_ZSTD_LEVEL: int = _core.COMPRESS_DEFAULT_ZSTD_LEVEL
 
@@ -61,6 +71,9 @@ class Codec:
 
     ``k`` (coordinates sent) or ``ratio`` (fraction of coordinates sent,
     in (0, 1]) is required for ``topk`` and refused for the others.
+    ``error_feedback`` says whether the codec is used with a residual (see
+    the module docs); unset, it is on for every lossy codec and off for
+    ``raw``, which is exact and refuses it.
     """
 
     name: str = "raw"
@@ -69,6 +82,7 @@ class Codec:
     ratio: float | None = None
     zstd: bool = False
     zstd_level: int = DEFAULT_ZSTD_LEVEL
+    error_feedback: bool | None = None
 
     def __post_init__(self) -> None:
         if self.name not in CODECS:
@@ -88,11 +102,12 @@ class Codec:
                 raise InvalidArgumentError(f"topk ratio must be in (0, 1], got {self.ratio!r}")
         elif self.k is not None or self.ratio is not None:
             raise InvalidArgumentError(f"k and ratio apply to the topk codec only, not {self.name}")
-
-    @property
-    def error_feedback(self) -> bool:
-        """Whether :meth:`encode` takes a residual buffer."""
-        return self.name == "topk"
+        if self.error_feedback is None:
+            object.__setattr__(self, "error_feedback", self.name != "raw")
+        elif not isinstance(self.error_feedback, bool):
+            raise InvalidArgumentError(f"error_feedback must be a bool, got {self.error_feedback!r}")
+        elif self.error_feedback and self.name == "raw":
+            raise InvalidArgumentError("raw is exact: there is no error to feed back")
 
     def k_for(self, numel: int) -> int | None:
         """Coordinates top-k sends for an update of ``numel`` elements."""
@@ -117,6 +132,9 @@ class Codec:
         """Encode ``update``; see :func:`encode`."""
         array = as_array(update)
         if residual is not None:
+            if not self.error_feedback:
+                why = "raw is exact" if self.name == "raw" else f"this {self.name} codec has error_feedback off"
+                raise InvalidArgumentError(f"a residual (error feedback) was given, but {why}")
             residual = _residual_view(residual, array.size)
         payload = _core.compress_encode(
             array,
@@ -168,9 +186,9 @@ def encode(
     """Encode ``update`` (ndarray or CPU torch tensor; float32/float16/bfloat16).
 
     ``codec`` is a name (with the keyword parameters) or a :class:`Codec`.
-    ``residual`` (top-k only) is a contiguous float32 array or tensor with
-    as many elements as ``update``; it is updated in place (error feedback)
-    and must be kept by the caller for the next round.
+    ``residual`` (any codec but raw) is a contiguous float32 array or tensor
+    with as many elements as ``update``; it is updated in place (error
+    feedback) and must be kept by the caller for the next round.
     """
     if isinstance(codec, str):
         codec = Codec(codec, block_size, k, ratio, zstd, zstd_level)

@@ -5,7 +5,9 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{all_finite, f32_range, first_error, first_non_finite, read_f32s, write_f32s, CHUNK};
+use super::{
+    all_finite, f32_range, feedback, first_error, first_non_finite, read_f32s, write_f32s, CHUNK,
+};
 use crate::dtype::Values;
 use crate::error::{Error, Result};
 
@@ -39,27 +41,46 @@ pub fn encode_raw(values: Values<'_>, out: &mut [u8]) -> Result<()> {
 }
 
 /// Encode to a 16-bit float type, refusing values at or beyond `overflow`.
+/// With a residual (already checked by [`super::feedback::check`]) the
+/// chunk encodes `x + residual` and keeps what the cast rounded off.
+#[allow(clippy::too_many_arguments)]
 fn encode_half<H: Copy + Default + Send>(
     values: Values<'_>,
     out: &mut [u8],
+    residual: Option<&mut [f32]>,
     overflow: f32,
     name: &str,
     convert: impl Fn(&mut [H], &[f32]) + Sync,
+    widen: impl Fn(&[H], &mut [f32]) + Sync,
     bits: impl Fn(H) -> u16 + Sync,
 ) -> Result<()> {
+    let parts = feedback::parts(residual, values.len(), CHUNK);
     let results = out
         .par_chunks_mut(CHUNK * 2)
+        .zip(parts.into_par_iter())
         .enumerate()
-        .map(|(i, dst)| {
+        .map(|(i, (dst, residual))| {
             let base = i * CHUNK;
             let mut buf = Vec::new();
-            let x = f32_range(&values, base..base + dst.len() / 2, &mut buf);
-            // NaN fails the comparison too, so one branch-free fold checks all.
-            if !x.iter().fold(true, |ok, v| ok & (v.abs() < overflow)) {
-                return Err(out_of_range(x, base, overflow, name));
+            let mut halves = vec![H::default(); dst.len() / 2];
+            match residual {
+                Some(r) => {
+                    feedback::accumulate(&values, base, r, &mut buf);
+                    convert(&mut halves, r);
+                    // What the cast lost stays behind (exact: see feedback).
+                    buf.resize(r.len(), 0.0);
+                    widen(&halves, &mut buf);
+                    r.iter_mut().zip(&buf).for_each(|(a, b)| *a -= b);
+                }
+                None => {
+                    let x = f32_range(&values, base..base + halves.len(), &mut buf);
+                    // NaN fails the comparison too, so one branch-free fold checks all.
+                    if !x.iter().fold(true, |ok, v| ok & (v.abs() < overflow)) {
+                        return Err(out_of_range(x, base, overflow, name));
+                    }
+                    convert(&mut halves, x);
+                }
             }
-            let mut halves = vec![H::default(); x.len()];
-            convert(&mut halves, x);
             for (o, h) in dst.chunks_exact_mut(2).zip(&halves) {
                 o.copy_from_slice(&bits(*h).to_le_bytes());
             }
@@ -88,24 +109,28 @@ fn out_of_range(x: &[f32], base: usize, overflow: f32, name: &str) -> Error {
     ))
 }
 
-pub fn encode_fp16(values: Values<'_>, out: &mut [u8]) -> Result<()> {
+pub fn encode_fp16(values: Values<'_>, residual: Option<&mut [f32]>, out: &mut [u8]) -> Result<()> {
     encode_half(
         values,
         out,
+        residual,
         FP16_OVERFLOW,
         "fp16",
         |dst: &mut [f16], src| dst.convert_from_f32_slice(src),
+        |src: &[f16], dst| src.convert_to_f32_slice(dst),
         f16::to_bits,
     )
 }
 
-pub fn encode_bf16(values: Values<'_>, out: &mut [u8]) -> Result<()> {
+pub fn encode_bf16(values: Values<'_>, residual: Option<&mut [f32]>, out: &mut [u8]) -> Result<()> {
     encode_half(
         values,
         out,
+        residual,
         BF16_OVERFLOW,
         "bf16",
         |dst: &mut [bf16], src| dst.convert_from_f32_slice(src),
+        |src: &[bf16], dst| src.convert_to_f32_slice(dst),
         bf16::to_bits,
     )
 }

@@ -13,6 +13,7 @@
 //! | `fp16` | `n` × IEEE binary16 | `2n` |
 //! | `bf16` | `n` × bfloat16 | `2n` |
 //! | `int8` | `block_size` u32 · `n` u64 · `⌈n/block_size⌉` × f32 scale · `n` × i8 | `12 + 4⌈n/b⌉ + n` |
+//! | `int4` | `block_size` u32 · `n` u64 · `⌈n/block_size⌉` × f32 scale · `⌈n/2⌉` bytes, two 4-bit levels each | `12 + 4⌈n/b⌉ + ⌈n/2⌉` |
 //! | `topk` | `n` u64 · `k` u32 · `k` × u32 index (strictly increasing) · `k` × f32 value | `12 + 8k` |
 //!
 //! The cast codecs carry no header: the element count is the payload length
@@ -30,9 +31,21 @@
 //!   bf16 shares); absolute error ≤ 2⁻¹³⁴ below it. Values within half an ulp
 //!   of f32::MAX would round to infinity and are refused like fp16 overflow.
 //! * `int8` (blockwise): |x − x̂| ≤ scale/2 per element, where
-//!   scale = max|block| / 127, plus f32 rounding of at most 2⁻¹⁵·scale.
-//! * `topk`: exact on the k coordinates sent, zero elsewhere; with error
-//!   feedback the unsent mass stays in the caller's residual (see [`topk`]).
+//!   scale = max|block| / 127 (rounded up), plus f32 rounding of at most
+//!   2⁻¹⁵·scale.
+//! * `int4` (blockwise): |x − x̂| ≤ scale/2 per element, where
+//!   scale = max|block| / 7 (rounded up), plus f32 rounding of at most
+//!   2⁻¹⁹·scale (see [`int4`]).
+//! * `topk`: exact on the k coordinates sent, zero elsewhere.
+//!
+//! # Error feedback
+//!
+//! Every lossy codec (all but `raw`) takes an optional residual, owned by
+//! the caller across rounds: the payload encodes update + residual, and the
+//! residual keeps what the payload lost, so over many rounds the sum of
+//! everything decoded plus the final residual is the sum of the updates
+//! (see [`feedback`]). For the dense codecs the bounds above then apply to
+//! update + residual.
 //!
 //! Every encoder refuses NaN and infinity with [`Error::NonFinite`] naming the
 //! position, and empty input with [`Error::Empty`]. Every decoder validates
@@ -40,7 +53,10 @@
 //! [`Error::Codec`]; it never panics. Decoders also refuse non-finite decoded
 //! values, which no encoder produces.
 
+mod blockwise;
 mod cast;
+mod feedback;
+mod int4;
 mod int8;
 pub mod topk;
 mod zstd_frame;
@@ -55,8 +71,8 @@ use crate::wire::CodecId;
 
 pub use zstd_frame::{zstd_compress, zstd_decompress, DEFAULT_ZSTD_LEVEL};
 
-/// Largest int8 block: a block is quantised by one task, so a larger one
-/// would only serialise the work (and is surely a mistake).
+/// Largest int8 or int4 block: a block is quantised by one task, so a
+/// larger one would only serialise the work (and is surely a mistake).
 pub const MAX_BLOCK_SIZE: u32 = 1 << 24;
 /// Most elements a top-k payload can address (its indices are u32).
 pub const MAX_TOPK_NUMEL: u64 = 1 << 32;
@@ -71,6 +87,7 @@ pub enum Codec {
     Fp16,
     Bf16,
     Int8 { block_size: u32 },
+    Int4 { block_size: u32 },
     TopK { k: u64 },
 }
 
@@ -83,6 +100,7 @@ impl Codec {
             CodecId::Fp16 => Codec::Fp16,
             CodecId::Bf16 => Codec::Bf16,
             CodecId::Int8 => Codec::Int8 { block_size },
+            CodecId::Int4 => Codec::Int4 { block_size },
             CodecId::TopK => Codec::TopK {
                 k: k.ok_or_else(|| {
                     Error::InvalidArgument("the topk codec needs k (coordinates to send)".into())
@@ -97,6 +115,7 @@ impl Codec {
             Codec::Fp16 => CodecId::Fp16,
             Codec::Bf16 => CodecId::Bf16,
             Codec::Int8 { .. } => CodecId::Int8,
+            Codec::Int4 { .. } => CodecId::Int4,
             Codec::TopK { .. } => CodecId::TopK,
         }
     }
@@ -107,9 +126,12 @@ impl Codec {
             return Err(Error::Empty("cannot encode an empty update".into()));
         }
         match self {
-            Codec::Int8 { block_size } if block_size == 0 || block_size > MAX_BLOCK_SIZE => {
+            Codec::Int8 { block_size } | Codec::Int4 { block_size }
+                if block_size == 0 || block_size > MAX_BLOCK_SIZE =>
+            {
                 Err(Error::InvalidArgument(format!(
-                    "int8 block_size must be in 1..={MAX_BLOCK_SIZE}, got {block_size}"
+                    "{} block_size must be in 1..={MAX_BLOCK_SIZE}, got {block_size}",
+                    self.id().name()
                 )))
             }
             Codec::TopK { .. } if n as u64 > MAX_TOPK_NUMEL => Err(Error::InvalidArgument(
@@ -130,14 +152,17 @@ impl Codec {
             Codec::Raw => n.checked_mul(4).ok_or_else(too_large),
             Codec::Fp16 | Codec::Bf16 => n.checked_mul(2).ok_or_else(too_large),
             Codec::Int8 { block_size } => int8::payload_len(n, block_size).ok_or_else(too_large),
+            Codec::Int4 { block_size } => int4::payload_len(n, block_size).ok_or_else(too_large),
             Codec::TopK { k } => Ok(topk::payload_len(k as usize)),
         }
     }
 }
 
 /// Encode `values` into `out`, which must be exactly
-/// [`Codec::encoded_len`] bytes. `residual` is top-k's error-feedback buffer
-/// (see [`topk::encode_into`]); other codecs refuse one.
+/// [`Codec::encoded_len`] bytes. `residual` is the error-feedback buffer of
+/// a lossy codec, as long as `values` and updated in place (see
+/// [`feedback`]); `raw` is exact and refuses one. A refused call leaves the
+/// residual as it was.
 pub fn encode_into(
     values: Values<'_>,
     codec: Codec,
@@ -151,17 +176,25 @@ pub fn encode_into(
             out.len()
         )));
     }
-    if residual.is_some() && !matches!(codec, Codec::TopK { .. }) {
-        return Err(Error::InvalidArgument(format!(
-            "a residual (error feedback) applies to the topk codec only, not {}",
-            codec.id().name()
-        )));
+    if let Some(r) = residual.as_deref() {
+        let limit = match codec {
+            Codec::Raw => {
+                return Err(Error::InvalidArgument(
+                    "a residual (error feedback) applies to lossy codecs; raw is exact".into(),
+                ))
+            }
+            Codec::Fp16 => Some((cast::FP16_OVERFLOW, "fp16")),
+            Codec::Bf16 => Some((cast::BF16_OVERFLOW, "bf16")),
+            Codec::Int8 { .. } | Codec::Int4 { .. } | Codec::TopK { .. } => None,
+        };
+        feedback::check(&values, r, limit)?;
     }
     match codec {
         Codec::Raw => cast::encode_raw(values, out),
-        Codec::Fp16 => cast::encode_fp16(values, out),
-        Codec::Bf16 => cast::encode_bf16(values, out),
-        Codec::Int8 { block_size } => int8::encode_into(values, block_size as usize, out),
+        Codec::Fp16 => cast::encode_fp16(values, residual, out),
+        Codec::Bf16 => cast::encode_bf16(values, residual, out),
+        Codec::Int8 { block_size } => int8::encode_into(values, block_size as usize, residual, out),
+        Codec::Int4 { block_size } => int4::encode_into(values, block_size as usize, residual, out),
         Codec::TopK { k } => topk::encode_into(values, k as usize, residual, out),
     }
 }
@@ -203,6 +236,7 @@ pub fn decoded_len(payload: &[u8], id: CodecId) -> Result<usize> {
         CodecId::Fp16 => cast::element_count(payload, 2, "fp16"),
         CodecId::Bf16 => cast::element_count(payload, 2, "bf16"),
         CodecId::Int8 => Ok(int8::parse(payload)?.n),
+        CodecId::Int4 => Ok(int4::parse(payload)?.n),
         CodecId::TopK => Ok(topk::parse(payload)?.n),
     }
 }
@@ -231,6 +265,7 @@ fn decode_checked(payload: &[u8], id: CodecId, out: &mut [f32], zeroed: bool) ->
         CodecId::Fp16 => cast::decode_fp16(payload, out),
         CodecId::Bf16 => cast::decode_bf16(payload, out),
         CodecId::Int8 => int8::decode_into(&int8::parse(payload)?, out),
+        CodecId::Int4 => int4::decode_into(&int4::parse(payload)?, out),
         CodecId::TopK => topk::decode_into(&topk::parse(payload)?, out, zeroed),
     }
 }
@@ -243,6 +278,7 @@ pub fn max_encoded_len(id: CodecId, numel: usize) -> usize {
         CodecId::Raw => n.saturating_mul(4),
         CodecId::Fp16 | CodecId::Bf16 => n.saturating_mul(2),
         CodecId::Int8 => int8::payload_len(n, 1).unwrap_or(usize::MAX),
+        CodecId::Int4 => int4::payload_len(n, 1).unwrap_or(usize::MAX),
         CodecId::TopK => topk::payload_len(n),
     }
 }
@@ -366,3 +402,5 @@ fn write_f32s(xs: &[f32], out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_int4;

@@ -12,8 +12,8 @@
 //! so the sent coordinates of `residual` become 0 and the others keep what
 //! was not sent. Over any number of rounds, everything sent plus the final
 //! residual equals the sum of all inputs: nothing is lost, only delayed.
-//! The residual is validated before it is touched, so a refused call leaves
-//! it as it was.
+//! The residual is validated before it is touched ([`super::feedback`]), so
+//! a refused call leaves it as it was.
 //!
 //! Selection is a parallel radix select on the bit patterns of |acc| (for
 //! non-negative floats, the bit order is the numeric order): a histogram of
@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use super::{
-    all_finite, convert_into, f32_range, first_error, first_non_finite, read_f32s, write_f32s,
+    all_finite, convert_into, feedback, first_error, first_non_finite, read_f32s, write_f32s,
     Reader, CHUNK, MAX_TOPK_NUMEL,
 };
 use crate::dtype::Values;
@@ -45,7 +45,9 @@ fn key(x: f32) -> u32 {
 }
 
 /// Encode the `k` largest-magnitude coordinates of `values` (plus
-/// `residual`, which is then updated in place; see the module docs).
+/// `residual`, which is then updated in place; see the module docs). The
+/// residual must have passed [`feedback::check`] with `values`, as
+/// [`super::encode_into`] does, so a refused call leaves it untouched.
 pub fn encode_into(
     values: Values<'_>,
     k: usize,
@@ -55,14 +57,7 @@ pub fn encode_into(
     let n = values.len();
     match residual {
         Some(residual) => {
-            if residual.len() != n {
-                return Err(Error::ShapeMismatch {
-                    index: 1,
-                    expected: vec![n],
-                    got: vec![residual.len()],
-                });
-            }
-            check_sum_finite(&values, residual)?;
+            // The caller ran feedback::check, so the sum is finite.
             accumulate(&values, residual);
             let indices = select(residual, k);
             write_payload(out, n, &indices, residual);
@@ -110,61 +105,11 @@ fn check_finite(acc: &[f32]) -> Result<()> {
     first_error(results)
 }
 
-/// Refuse before mutating anything if `x + residual` would not be finite,
-/// naming which argument is at fault.
-fn check_sum_finite(values: &Values<'_>, residual: &[f32]) -> Result<()> {
-    let results = residual
-        .par_chunks(CHUNK)
-        .enumerate()
-        .map(|(i, r)| {
-            let base = i * CHUNK;
-            let mut buf = Vec::new();
-            let x = f32_range(values, base..base + r.len(), &mut buf);
-            let ok = x
-                .iter()
-                .zip(r)
-                .fold(true, |ok, (a, b)| ok & (a + b).is_finite());
-            if ok {
-                return Ok(());
-            }
-            let p = x
-                .iter()
-                .zip(r)
-                .position(|(a, b)| !(a + b).is_finite())
-                .unwrap_or(0);
-            let position = base + p;
-            Err(if !x[p].is_finite() {
-                Error::NonFinite {
-                    update: 0,
-                    position,
-                }
-            } else if !r[p].is_finite() {
-                Error::NonFinite {
-                    update: 1,
-                    position,
-                }
-            } else {
-                Error::InvalidArgument(format!(
-                    "update + residual overflows float32 at position {position}"
-                ))
-            })
-        })
-        .collect();
-    first_error(results)
-}
-
 fn accumulate(values: &Values<'_>, residual: &mut [f32]) {
     residual
         .par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(i, r)| {
-            let base = i * CHUNK;
-            let mut buf = Vec::new();
-            let x = f32_range(values, base..base + r.len(), &mut buf);
-            for (a, b) in r.iter_mut().zip(x) {
-                *a += b;
-            }
-        });
+        .for_each(|(i, r)| feedback::accumulate(values, i * CHUNK, r, &mut Vec::new()));
 }
 
 /// Indices (increasing) of the `k` largest |acc|; `1 <= k <= acc.len()`.

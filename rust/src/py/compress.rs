@@ -20,7 +20,7 @@ const UNSIZED_ZSTD_CAP: usize = 1 << 34;
 fn codec_of(name: &str, block_size: i64, k: Option<i64>) -> Result<Codec> {
     let block_size = u32::try_from(block_size).map_err(|_| {
         Error::InvalidArgument(format!(
-            "int8 block_size must be in 1..={MAX_BLOCK_SIZE}, got {block_size}"
+            "{name} block_size must be in 1..={MAX_BLOCK_SIZE}, got {block_size}"
         ))
     })?;
     let k = k
@@ -61,8 +61,9 @@ fn residual_slice<'py>(obj: &Bound<'py, PyAny>) -> Result<numpy::PyReadwriteArra
 }
 
 /// Encode `update` with `codec`; returns the payload (zstd-compressed when
-/// `zstd` is true). `residual` is top-k's error-feedback buffer, updated in
-/// place.
+/// `zstd` is true). `residual` is the error-feedback buffer of any lossy
+/// codec: the payload encodes `update + residual` and the residual keeps
+/// what the payload lost, updated in place (left as it was on an error).
 #[pyfunction]
 #[pyo3(signature = (update, codec, *, block_size=256, k=None, residual=None, zstd=false, zstd_level=DEFAULT_ZSTD_LEVEL))]
 #[allow(clippy::too_many_arguments)]
