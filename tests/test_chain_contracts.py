@@ -238,7 +238,8 @@ def test_merkle_root_cannot_pay_beyond_its_total(coord: ChainClient, session: in
 
 def test_erc20_pool(coord: ChainClient) -> None:
     token = coord.deploy_contract("TestToken")
-    erc = ChainClient(coord.w3, coord._signer, coord.config)
+    # Its own account: a second client on coord's key would leave coord's nonce behind.
+    erc = ChainClient(coord.w3, funded_signer(coord), coord.config)
     erc.deploy(token=token.address)
     erc._transact("mint", token.functions.mint(erc.address, 10 * ETH))
     erc.create_session(1, b"\x02" * 32)
@@ -253,3 +254,47 @@ def test_erc20_pool(coord: ChainClient) -> None:
     assert token.functions.balanceOf(erc.deployment.distributor).call() == ETH
     with reverts("NothingToClaim"):
         node.claim()
+
+
+def test_withdraw_unallocated_only_by_the_admin_of_a_closed_session(coord: ChainClient, session: int) -> None:
+    clients, _ = nodes(coord, 1)
+    node = clients[0]
+    coord.fund_pool(session, 3 * ETH)
+    coord.post_rewards(session, 0, {node.address: ETH})
+    admin_to = Account.create().address
+    with reverts(r"SessionStillActive\(sessionId=%d\)" % session):
+        coord.withdraw_unallocated(session, admin_to)  # the run may still post rewards
+    coord.complete_session(session)
+    stranger = coord.with_signer(funded_signer(coord))
+    with reverts("AccessControlUnauthorizedAccount"):
+        stranger.withdraw_unallocated(session, stranger.address)
+    with reverts("InvalidAddress"):
+        coord._transact("zero", coord.distributor.functions.withdrawUnallocated(session, "0x" + "00" * 20))
+    tx = coord.withdraw_unallocated(session, admin_to)
+    assert coord.w3.eth.get_balance(admin_to) == 2 * ETH and coord.withdrawn(session) == 2 * ETH
+    assert [h["args"]["amount"] for h in coord.history(session) if h["event"] == "UnallocatedWithdrawn"] == [2 * ETH]
+    assert tx.gas_used > 0 and coord.distributor.functions.available(session).call() == 0
+    with reverts("NothingToWithdraw"):
+        coord.withdraw_unallocated(session, admin_to)
+    # What was withdrawn cannot be posted again; the allocated reward is still claimable.
+    with reverts("InsufficientPool"):
+        coord.post_rewards(session, 1, {node.address: 1})
+    node.claim()
+    assert node.claimed_reward(node.address) == ETH
+    with reverts("UnknownSession"):
+        coord.withdraw_unallocated(10**9, admin_to)
+
+
+def test_withdraw_unallocated_needs_the_admin_role_not_the_coordinator_role(coord: ChainClient) -> None:
+    coordinator = coord.with_signer(funded_signer(coord))
+    split = coord.with_signer(funded_signer(coord))
+    split.deploy(coordinator=coordinator.address)  # split's account: admin only
+    coordinator.attach(split.deployment)
+    coordinator.create_session(1, b"\x03" * 32)
+    coordinator.fund_pool(1, ETH)
+    coordinator.cancel_session(1)
+    with reverts("AccessControlUnauthorizedAccount"):
+        coordinator.withdraw_unallocated(1)
+    to = Account.create().address
+    split.withdraw_unallocated(1, to)  # cancelled sessions too
+    assert split.w3.eth.get_balance(to) == ETH and split.pool(1) == (ETH, 0) and split.withdrawn(1) == ETH

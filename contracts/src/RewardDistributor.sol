@@ -17,6 +17,8 @@ import {TrainingRegistry} from "./TrainingRegistry.sol";
 ///  - Merkle: the coordinator posts one root of (account, amount) leaves (O(1))
 ///    and each node claims with its proof.
 /// Each (session, epoch) settles once, so a resent posting reverts with EpochAlreadySettled.
+/// What a closed (completed or cancelled) session's pool never allocated goes back
+/// through the admin's withdrawUnallocated; nothing else leaves a pool but claims.
 contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -33,6 +35,7 @@ contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
 
     mapping(uint256 sessionId => uint256) public funded;
     mapping(uint256 sessionId => uint256) public allocated;
+    mapping(uint256 sessionId => uint256) public withdrawn;
     mapping(uint256 sessionId => mapping(uint32 epoch => bool)) public epochSettled;
     mapping(address account => uint256) public pending;
     mapping(address account => uint256) public claimed;
@@ -42,6 +45,7 @@ contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
     event PoolFunded(uint256 indexed sessionId, address indexed from, uint256 amount);
     event RewardsCalculated(uint256 indexed sessionId, uint32 indexed epoch, uint256 total, uint256 nodes, bytes32 root);
     event RewardClaimed(address indexed account, uint256 indexed sessionId, uint32 epoch, uint256 amount);
+    event UnallocatedWithdrawn(uint256 indexed sessionId, address indexed to, uint256 amount);
 
     error InvalidAddress();
     error InvalidAmount();
@@ -57,6 +61,8 @@ contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
     error AlreadyClaimed(address account, uint256 sessionId, uint32 epoch);
     error InvalidProof(address account, uint256 amount);
     error RootOverdrawn(uint256 sessionId, uint32 epoch);
+    error SessionStillActive(uint256 sessionId);
+    error NothingToWithdraw(uint256 sessionId);
 
     constructor(TrainingRegistry registry_, IERC20 token_, address admin, address coordinator) {
         if (address(registry_) == address(0) || admin == address(0) || coordinator == address(0)) {
@@ -156,8 +162,28 @@ contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
         return _merkleEpochs[sessionId][epoch];
     }
 
+    /// @notice Sends what a completed or cancelled session's pool never allocated to `to`.
+    /// The amount is remembered as withdrawn, so a repeat finds nothing and later
+    /// fundings of the session can be withdrawn in turn; postings can never use it again.
+    function withdrawUnallocated(uint256 sessionId, address to)
+        external
+        onlyRole(DEFAULT_ADMIN_ROLE)
+        whenNotPaused
+        nonReentrant
+    {
+        if (to == address(0)) revert InvalidAddress();
+        TrainingRegistry.Status status = registry.sessionStatus(sessionId);
+        if (status == TrainingRegistry.Status.None) revert UnknownSession(sessionId);
+        if (status == TrainingRegistry.Status.Active) revert SessionStillActive(sessionId);
+        uint256 amount = _free(sessionId);
+        if (amount == 0) revert NothingToWithdraw(sessionId);
+        withdrawn[sessionId] += amount;
+        emit UnallocatedWithdrawn(sessionId, to, amount);
+        _pay(to, amount);
+    }
+
     function available(uint256 sessionId) external view returns (uint256) {
-        return funded[sessionId] - allocated[sessionId];
+        return _free(sessionId);
     }
 
     function pause() external onlyRole(DEFAULT_ADMIN_ROLE) {
@@ -172,10 +198,15 @@ contract RewardDistributor is AccessControl, Pausable, ReentrancyGuard {
         if (total == 0) revert InvalidAmount();
         if (registry.sessionStatus(sessionId) == TrainingRegistry.Status.None) revert UnknownSession(sessionId);
         if (epochSettled[sessionId][epoch]) revert EpochAlreadySettled(sessionId, epoch);
-        uint256 free = funded[sessionId] - allocated[sessionId];
+        uint256 free = _free(sessionId);
         if (total > free) revert InsufficientPool(sessionId, free, total);
         epochSettled[sessionId][epoch] = true;
         allocated[sessionId] += total;
+    }
+
+    /// @dev Funded, less what was allocated to epochs and what the admin took back.
+    function _free(uint256 sessionId) private view returns (uint256) {
+        return funded[sessionId] - allocated[sessionId] - withdrawn[sessionId];
     }
 
     function _payPending(address account, uint256 amount) private {

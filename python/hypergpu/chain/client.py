@@ -11,7 +11,7 @@ effect before sending, and the contracts refuse a second (session, epoch).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from eth_typing import HexStr
@@ -132,7 +132,7 @@ class ChainClient(Transactor):
         self.attach(deployment)
         return deployment
 
-
+    # --- sessions and nodes ------------------------------------------------------
 
     def create_session(self, session_id: int, model_hash: bytes) -> TxResult | None:
         self._require_deployed()
@@ -220,15 +220,43 @@ class ChainClient(Transactor):
 
     # --- rewards -----------------------------------------------------------------
 
-    def fund_pool(self, session_id: int, amount: int) -> TxResult | None:
+    def fund_pool(
+        self, session_id: int, amount: int, *, applied: Callable[[], bool] | None = None
+    ) -> TxResult | None:
+        """Adds ``amount`` to the pool (once: a retry resumes the transaction sent, see
+        :mod:`~hypergpu.chain.transactions`); ``applied`` as in :meth:`_transact`."""
         deployment = self._require_deployed()
         if amount <= 0:
             raise InvalidArgumentError(f"pool funding must be positive, got {amount}")
+        fund = self.distributor.functions.fund(session_id, amount)
         if deployment.token:
             token = self.w3.eth.contract(address=checksum(deployment.token, "reward token"), abi=ERC20_ABI)
             self._transact("approve", token.functions.approve(deployment.distributor, amount))
-            return self._transact(f"fund({session_id})", self.distributor.functions.fund(session_id, amount))
-        return self._transact(f"fund({session_id})", self.distributor.functions.fund(session_id, amount), value=amount)
+            return self._transact(f"fund({session_id})", fund, applied=applied)
+        return self._transact(f"fund({session_id})", fund, value=amount, applied=applied)
+
+    def top_up_pool(self, session_id: int, total: int) -> TxResult | None:
+        """Funds the pool up to ``total``: what is funded already counts, whoever funded it,
+        so a repeat (or a restart) sends nothing."""
+        funded, _ = self.pool(session_id)
+        if funded >= total:
+            return None
+        return self.fund_pool(session_id, total - funded, applied=lambda: self.pool(session_id)[0] >= total)
+
+    def withdraw_unallocated(self, session_id: int, to: str | None = None) -> TxResult:
+        """Admin only: sends what a completed or cancelled session's pool never allocated
+        to ``to`` (this account if None)."""
+        self._require_deployed()
+        recipient = checksum(to or self.address, "recipient")
+        result = self._transact(
+            f"withdrawUnallocated({session_id})", self.distributor.functions.withdrawUnallocated(session_id, recipient)
+        )
+        assert result is not None
+        return result
+
+    def withdrawn(self, session_id: int) -> int:
+        """What the admin took back from a closed session's pool."""
+        return int(self._call("withdrawn", self.distributor.functions.withdrawn(session_id)))
 
     def post_rewards(self, session_id: int, epoch: int, amounts: Mapping[str, int]) -> TxResult | None:
         """Per-node settlement: credits each account's pending balance once per epoch."""
