@@ -75,15 +75,20 @@ def test_crash_after_send_does_not_double_record(coord: ChainClient, tmp_path) -
 
 
 def test_refused_operation_fails_without_blocking(coord: ChainClient, tmp_path) -> None:
-    with SettlementQueue(tmp_path / "q.sqlite3", coord) as q:
-        q.enqueue_contributions(10**9, 0, [ContributionEntry(1, 1, 1, 1, 10_000)])  # unknown session
+    """A refusal that no later event can lift fails; one that can (an inactive
+    session) waits; neither holds up the operations behind it."""
+    with SettlementQueue(tmp_path / "q.sqlite3", coord, retry_s=0.05) as q:
         q.enqueue_session(103, b"\x03" * 32)
+        q.enqueue_contributions(103, 0, [ContributionEntry(10**6, 1, 1, 1, 10_000)])  # no such node
+        q.enqueue_contributions(10**9, 0, [ContributionEntry(1, 1, 1, 1, 10_000)])  # no such session (yet)
+        q.enqueue_session(104, b"\x04" * 32)
         q.start()
-        assert q.drain(60)
-        failed, done = q.ops("failed"), q.ops("done")
-    assert len(failed) == 1 and "SessionNotActive" in failed[0].error
-    assert [o.key for o in done] == ["session:103"]
-    assert coord.session_status(103) == "active"
+        assert not q.drain(2)  # the inactive session's batch is still waiting
+        by_key = {o.key: o for o in q.ops()}
+    assert by_key["record:103:0"].status == "failed" and "UnknownNode" in by_key["record:103:0"].error
+    assert by_key["record:1000000000:0"].status == "waiting" and "SessionNotActive" in by_key["record:1000000000:0"].error
+    assert by_key["record:1000000000:0"].attempts >= 2  # retried, not given up
+    assert by_key["session:104"].status == "done" and coord.session_status(104) == "active"
 
 
 def test_unreachable_rpc_retries_then_raises() -> None:

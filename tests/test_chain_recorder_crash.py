@@ -145,7 +145,7 @@ def test_kill_mid_settlement_then_resume(tmp_path: Path) -> None:
         assert f"SESSION {session}" in out  # the same session resumed
         assert "DRAINED True" in out, out
 
-        state = json.loads(queue.with_suffix(".session.json").read_text())
+        state = json.loads(queue.with_name(f"{queue.stem}-{session}.session.json").read_text())
         client = ChainClient.connect(
             ChainConfig(kind="anvil", anvil_port=port, registry_address=state["deployment"]["registry"],
                         tracker_address=state["deployment"]["tracker"],

@@ -6,6 +6,15 @@ leaves the queue only once the chain shows its effect. Each operation has an
 idempotency key (e.g. ``record:<session>:<epoch>``) so enqueuing it twice
 stores it once, and the chain client checks on chain before every send, so an
 operation that went out just before a crash is not recorded twice.
+
+Each write happens once: an operation's signed transactions are journaled in
+the same database before they are sent (:mod:`~hypergpu.chain.journal`), and
+a retry, after a receipt timeout or a restart, first decides the transaction
+already sent (rebroadcast, or replaced at its own nonce) before anything new is
+signed. A write the chain refuses *for now* (the pool short of funds, a
+contract paused, the session not active) waits and is retried with an alert,
+without holding up the operations behind it; other refusals fail, and
+``hypergpu chain requeue`` puts failed operations back.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from hypergpu.chain.client import ChainClient
-from hypergpu.chain.rpc import checksum
+from hypergpu.chain.journal import SCHEMA as JOURNAL_SCHEMA
+from hypergpu.chain.journal import SentTx, SqliteJournal, journal_entries
+from hypergpu.chain.operations import APPLY
 from hypergpu.chain.types import ContributionEntry, TxResult
 from hypergpu.errors import ChainError, ChainUnavailableError, ContractRevertError, HyperGPUError
 
@@ -29,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Reverts that mean "this already happened": the operation is done, not failed.
 _ALREADY_DONE = {"EpochAlreadyRecorded", "EpochAlreadySettled", "SessionExists", "NodeAlreadyRegistered"}
+# Reverts that can pass once someone acts (funds the pool, unpauses, the session
+# is created): the operation waits and is retried, it does not fail.
+_NOT_YET = {"InsufficientPool", "EnforcedPause", "SessionNotActive", "UnknownSession"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ops (
@@ -42,10 +56,23 @@ CREATE TABLE IF NOT EXISTS ops (
     gas_used INTEGER,
     error TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ops_pending ON ops(status, id);
 """
+
+# The next operation to send: pending ones in order, then waiting ones that are due.
+# A session's completion waits for every operation before it, so a completed
+# session has all its postings on chain before its unallocated pool can be withdrawn.
+_NEXT = """
+SELECT id, key, kind, payload, status, attempts, tx_hash, gas_used, error, not_before FROM ops o
+WHERE (status = 'pending' OR (status = 'waiting' AND not_before <= ?))
+  AND NOT (kind = 'complete_session' AND EXISTS (
+      SELECT 1 FROM ops p WHERE p.id < o.id AND p.status IN ('pending', 'waiting')))
+ORDER BY status = 'waiting', id LIMIT 1
+"""
+_UNSENT = "('pending', 'waiting')"
 
 
 @dataclass(frozen=True)
@@ -59,62 +86,7 @@ class QueuedOp:
     tx_hash: str | None
     gas_used: int | None
     error: str | None
-
-
-def _apply_create_session(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    return c.create_session(p["session_id"], bytes.fromhex(p["model_hash"]))
-
-
-def _apply_register(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    before = len(c.transactions)
-    c.register_nodes(p["accounts"])
-    return c.transactions[-1] if len(c.transactions) > before else None
-
-
-def _apply_record(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    entries = [ContributionEntry(*e) for e in p["entries"]]
-    return c.record_contributions(p["session_id"], p["epoch"], entries)
-
-
-def _apply_record_accounts(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    # Node ids are assigned on chain at registration, so they are looked up
-    # (registering any account still missing) only when the batch is sent.
-    ids = c.register_nodes([row[0] for row in p["rows"]])
-    entries = [ContributionEntry(ids[checksum(row[0])], *row[1:]) for row in p["rows"]]
-    return c.record_contributions(p["session_id"], p["epoch"], entries)
-
-
-def _apply_fund(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    # Tops the pool up to a total rather than adding an amount, so a resend
-    # after a crash cannot fund twice.
-    funded, _ = c.pool(p["session_id"])
-    if funded >= p["total"]:
-        return None
-    return c.fund_pool(p["session_id"], p["total"] - funded)
-
-
-def _apply_rewards(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    return c.post_rewards(p["session_id"], p["epoch"], p["amounts"])
-
-
-def _apply_root(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    return c.post_reward_root(p["session_id"], p["epoch"], bytes.fromhex(p["root"]), p["total"], p["nodes"])
-
-
-def _apply_complete(c: ChainClient, p: dict[str, Any]) -> TxResult | None:
-    return c.complete_session(p["session_id"])
-
-
-_APPLY: dict[str, Callable[[ChainClient, dict[str, Any]], TxResult | None]] = {
-    "create_session": _apply_create_session,
-    "register_nodes": _apply_register,
-    "record": _apply_record,
-    "record_accounts": _apply_record_accounts,
-    "fund": _apply_fund,
-    "rewards": _apply_rewards,
-    "reward_root": _apply_root,
-    "complete_session": _apply_complete,
-}
+    not_before: float = 0.0
 
 
 class SettlementQueue:
@@ -125,21 +97,22 @@ class SettlementQueue:
     stays on disk for the next start).
     """
 
-    def __init__(self, path: Path | str, client: ChainClient, *, retry_s: float | None = None):
+    def __init__(self, path: Path | str, client: ChainClient, *, retry_s: float | None = None,
+                 on_alert: Callable[[QueuedOp, str], None] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.client = client
         self._retry_s = retry_s if retry_s is not None else client.config.backoff_s
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed enqueue survives a power cut
-        self._db.executescript(_SCHEMA)
+        self._db = _open(self.path)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        #: The latest alert about an operation the chain refused for now (None once it passes).
+        self.last_alert: str | None = None
+        self._on_alert = on_alert
 
     def __repr__(self) -> str:
         return f"SettlementQueue(path={str(self.path)!r}, pending={self.pending_count()})"
@@ -198,19 +171,48 @@ class SettlementQueue:
     def _rows(self, where: str = "", args: tuple[Any, ...] = ()) -> list[QueuedOp]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, key, kind, payload, status, attempts, tx_hash, gas_used, error FROM ops "
+                "SELECT id, key, kind, payload, status, attempts, tx_hash, gas_used, error, not_before FROM ops "
                 f"{where} ORDER BY id",
                 args,
             ).fetchall()
         return [QueuedOp(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    def _next_op(self) -> QueuedOp | None:
+        with self._lock:
+            r = self._db.execute(_NEXT, (time.time(),)).fetchone()
+        return None if r is None else QueuedOp(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
 
     def ops(self, status: str | None = None) -> list[QueuedOp]:
         """Every operation in order (the durable transaction history), or those with ``status``."""
         return self._rows("WHERE status = ?", (status,)) if status else self._rows()
 
     def pending_count(self) -> int:
+        """Operations not yet on chain: pending, or waiting to be retried."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM ops WHERE status = 'pending'").fetchone()[0])
+            return int(self._db.execute(f"SELECT COUNT(*) FROM ops WHERE status IN {_UNSENT}").fetchone()[0])
+
+    def waiting_count(self) -> int:
+        """Operations the chain refused for now, waiting to be retried."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM ops WHERE status = 'waiting'").fetchone()[0])
+
+    def sent(self) -> list[SentTx]:
+        """Every signed transaction the operations sent, with its fate, rebroadcasts and replacements."""
+        return journal_entries(self._db, self._lock)
+
+    def counts(self) -> dict[str, int]:
+        """How many operations are in each status."""
+        with self._lock:
+            return dict(self._db.execute("SELECT status, COUNT(*) FROM ops GROUP BY status").fetchall())
+
+    def requeue(self, keys: Sequence[str] | None = None) -> list[str]:
+        """Puts failed operations (and waiting ones, at once) back in line; with ``keys``,
+        only those. Returns the keys requeued."""
+        with self._lock:
+            found = _requeue(self._db, keys)
+        self._idle.clear()
+        self._wake.set()
+        return found
 
     # --- sender --------------------------------------------------------------------
 
@@ -229,21 +231,42 @@ class SettlementQueue:
                 (error, time.time(), op_id),
             )
 
+    def _wait(self, op: QueuedOp, exc: ContractRevertError) -> None:
+        """Puts ``op`` aside for a while (doubling, up to ``refused_retry_max_s``) and raises the alert."""
+        cfg = self.client.config
+        delay = min(self._retry_s * 2 ** min(op.attempts, 20), cfg.refused_retry_max_s)
+        with self._lock:
+            self._db.execute(
+                "UPDATE ops SET status = 'waiting', attempts = attempts + 1, error = ?, not_before = ?, "
+                "updated_at = ? WHERE id = ?",
+                (str(exc), time.time() + delay, time.time(), op.id),
+            )
+        alert = f"{op.key} refused by the chain for now ({exc.error_name}), retrying in {delay:.1f}s: {exc}"
+        log.warning("settlement %s", alert)
+        self.last_alert = alert
+        if self._on_alert is not None:
+            self._on_alert(op, alert)
+
     def process_one(self) -> bool:
-        """Sends the oldest pending operation. Returns False when none is pending.
+        """Sends the next operation due. Returns False when none is.
 
         Raises ChainUnavailableError (the operation stays pending) when the
-        chain cannot be reached.
+        chain cannot be reached or its transaction is not decided yet.
         """
-        pending = self._rows("WHERE status = 'pending'")
-        if not pending:
+        op = self._next_op()
+        if op is None:
             return False
-        op = pending[0]
+        journal = SqliteJournal(self._db, self._lock, op.id)
         try:
-            tx = _APPLY[op.kind](self.client, op.payload)
+            with self.client.journaled(journal):
+                # What an earlier try sent is decided before the operation runs again.
+                landed = self.client.resume_open(journal)
+                tx = APPLY[op.kind](self.client, op.payload) or landed
         except ContractRevertError as exc:
             if exc.error_name in _ALREADY_DONE:
                 self._mark(op.id, "done", error=f"already on chain: {exc.error_name}")
+            elif exc.error_name in _NOT_YET:
+                self._wait(op, exc)
             else:
                 log.error("settlement %s refused by the chain: %s", op.key, exc)
                 self._mark(op.id, "failed", error=str(exc))
@@ -257,6 +280,8 @@ class SettlementQueue:
             self._mark(op.id, "failed", error=f"{type(exc).__name__}: {exc}")
             return True
         self._mark(op.id, "done", tx=tx)
+        if op.status == "waiting":
+            self.last_alert = None
         return True
 
     def _run(self) -> None:
@@ -272,7 +297,7 @@ class SettlementQueue:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.client.config.backoff_max_s)
                 continue
-            if not worked:
+            if not worked:  # nothing due: idle until an enqueue, a requeue or a waiting operation's turn
                 self._idle.set()
                 self._wake.wait(0.5)
                 self._wake.clear()
@@ -286,7 +311,7 @@ class SettlementQueue:
         return self
 
     def drain(self, timeout_s: float = 60.0) -> bool:
-        """Waits until nothing is pending; True if it got there within ``timeout_s``."""
+        """Waits until nothing is pending or waiting; True if it got there within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pending_count() == 0:
@@ -314,3 +339,42 @@ class SettlementQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _requeue(db: sqlite3.Connection, keys: Sequence[str] | None) -> list[str]:
+    where = "status IN ('failed', 'waiting')"
+    args: tuple[str, ...] = ()
+    if keys is not None:
+        where += f" AND key IN ({','.join('?' * len(keys))})"
+        args = tuple(keys)
+    db.execute("BEGIN IMMEDIATE")  # the keys reported are the ones changed, even beside a running sender
+    try:
+        found = [r[0] for r in db.execute(f"SELECT key FROM ops WHERE {where} ORDER BY id", args)]
+        db.execute(f"UPDATE ops SET status = 'pending', not_before = 0, updated_at = ? WHERE {where}",
+                   (time.time(), *args))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return found
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # a committed enqueue survives a power cut
+    db.executescript(_SCHEMA + JOURNAL_SCHEMA)
+    if "not_before" not in {row[1] for row in db.execute("PRAGMA table_info(ops)")}:
+        # a queue file written before operations could wait (and whose refused ones failed)
+        db.execute("ALTER TABLE ops ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
+    return db
+
+
+def requeue_file(path: Path, keys: Sequence[str] | None = None) -> list[str]:
+    """:meth:`SettlementQueue.requeue` on a queue file, without starting a sender
+    (a queue that was sending from it picks them up; otherwise the next one does)."""
+    db = _open(path)
+    try:
+        return _requeue(db, keys)
+    finally:
+        db.close()

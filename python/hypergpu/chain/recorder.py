@@ -15,10 +15,11 @@ and the chain refuses a second (session, epoch).
 Node accounts: nodes never hold the coordinator's key. A node listed in
 ``rewards.payout_addresses`` (name -> address) is paid there. Any other node
 gets an account derived from a per-session random salt and its name; the
-salt lives in the session state file (mode 0600) beside the queue, so whoever
-runs the coordinator holds those accounts' keys (:meth:`node_signer`) and
-passes them on. That suits local chains and demos; on a public chain give
-every node its own payout address.
+salt lives in the session's own state file (mode 0600, written once, never
+overwritten by a later session) beside the queue, so whoever runs the
+coordinator holds those accounts' keys (:meth:`node_signer`) and passes them
+on. That suits local chains and demos; on a public chain give every node its
+own payout address.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +38,9 @@ from eth_utils import keccak
 from hypergpu.chain import session_state
 from hypergpu.chain.client import ChainClient
 from hypergpu.chain.rpc import checksum
-from hypergpu.chain.keys import Signer, load_signer
+from hypergpu.chain.keys import Signer
 from hypergpu.chain.merkle import RewardTree
-from hypergpu.chain.queue import SettlementQueue
+from hypergpu.chain.queue import QueuedOp, SettlementQueue
 from hypergpu.chain.recorder_views import RecorderViews, tx_row
 from hypergpu.chain.types import ContributionEntry, Deployment
 from hypergpu.errors import ChainError
@@ -53,8 +55,9 @@ class _LockedQueue(SettlementQueue):
     """The settlement queue, sending under a lock the recorder's reads share:
     one web3 provider (the embedded chain above all) serves one caller at a time."""
 
-    def __init__(self, path: Path, client: ChainClient, lock: threading.Lock):
-        super().__init__(path, client)
+    def __init__(self, path: Path, client: ChainClient, lock: threading.Lock,
+                 on_alert: Callable[[QueuedOp, str], None] | None = None):
+        super().__init__(path, client, on_alert=on_alert)
         self.chain_lock = lock
 
     def process_one(self) -> bool:
@@ -98,15 +101,16 @@ class ChainRecorder(RecorderViews):
         self._names: dict[int, str] = {}
         self._trees: dict[int, RewardTree] = {}
         self._deploy_txs: list[dict[str, Any]] = []
-        self._published_ops: set[int] = set()
+        self._published_ops: set[tuple[int, str]] = set()
         self._chain_id: int | None = None
         self._block: int | None = None
         self._connected = False
         self.settle_times: list[float] = []
 
     @property
-    def state_path(self) -> Path:
-        return session_state.state_path(self.chain)
+    def state_path(self) -> Path | None:
+        """This session's state file (None before :meth:`start`)."""
+        return None if self.session_id is None else session_state.state_file(self.chain, self.session_id)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -119,16 +123,18 @@ class ChainRecorder(RecorderViews):
             self.client.deploy(token=self.chain.reward_token)
         self._deploy_txs = [tx_row(t.action, "done", t.tx_hash, t.gas_used) for t in self.client.transactions]
         assert self.client.deployment is not None
-        self.session_id = int(state["session_id"]) if state else secrets.randbits(63) + 1
-        self._salt = bytes.fromhex(state["salt"]) if state else secrets.token_bytes(32)
-        session_state.save_state(self.chain, {
-            "kind": self.chain.kind,
-            "rpc_url": self.chain.effective_rpc_url,
-            "session_id": self.session_id,
-            "deployment": self.client.deployment.to_dict(),
-            "salt": self._salt.hex(),
-            **({"dev_key": self._dev_key} if self._dev_key else {}),
-        })
+        if state is not None:
+            self.session_id, self._salt = int(state["session_id"]), bytes.fromhex(state["salt"])
+        else:  # a new session gets its own state file; no earlier session's is touched
+            self.session_id, self._salt = secrets.randbits(63) + 1, secrets.token_bytes(32)
+            session_state.save_state(self.chain, {
+                "kind": self.chain.kind,
+                "rpc_url": self.chain.effective_rpc_url,
+                "session_id": self.session_id,
+                "deployment": self.client.deployment.to_dict(),
+                "salt": self._salt.hex(),
+                **({"dev_key": self._dev_key} if self._dev_key else {}),
+            })
         self._chain_id = int(self.client.w3.eth.chain_id)
         self._block = int(self.client.w3.eth.block_number)
         self._connected = True
@@ -137,7 +143,7 @@ class ChainRecorder(RecorderViews):
         for epoch, amounts in self.book.rewards.items():
             self._rebuild_tree(epoch, amounts)
         self.queue = _LockedQueue(session_state.session_file(self.chain, self.session_id, ".sqlite3"),
-                                  self.client, self._lock)
+                                  self.client, self._lock, on_alert=self._alert)
         self.queue.enqueue_session(self.session_id, bytes.fromhex(coordinator.model.hash))
         self.queue.enqueue_funding(self.session_id, self.settings.pool_wei)
         self.queue.start()
@@ -148,12 +154,11 @@ class ChainRecorder(RecorderViews):
         return self
 
     def _connect(self, state: dict[str, Any] | None) -> ChainClient:
-        local = self.chain.kind in ("embedded", "anvil")
-        signer = load_signer(self.chain, required=not local)
+        signer = session_state.session_signer(self.chain, state)
         if signer is None:
             # A local chain and no key configured: a dev key, kept so a restarted
             # coordinator still holds the coordinator role on the contracts it deployed.
-            self._dev_key = (state or {}).get("dev_key") or "0x" + secrets.token_hex(32)
+            self._dev_key = "0x" + secrets.token_hex(32)
             signer = Signer.from_hex(self._dev_key)
         deployment = Deployment(**state["deployment"]) if state and state.get("deployment") else None
         return ChainClient.connect(self.chain, signer=signer, deployment=deployment)
@@ -279,11 +284,15 @@ class ChainRecorder(RecorderViews):
         if self.events is not None:
             self.events.publish("chain", type=type_, session=self.session_id, **data)
 
+    def _alert(self, op: QueuedOp, message: str) -> None:
+        self._publish("alert", key=op.key, op=op.kind, message=message)
+
     def _publish_done_ops(self) -> None:
+        """One event per operation and status it reached (a waiting one is published again once done)."""
         assert self.queue is not None
         for op in self.queue.ops():
-            if op.status != "pending" and op.id not in self._published_ops:
-                self._published_ops.add(op.id)
+            if op.status != "pending" and (op.id, op.status) not in self._published_ops:
+                self._published_ops.add((op.id, op.status))
                 self._publish("tx", key=op.key, op=op.kind, status=op.status, tx_hash=op.tx_hash,
                               gas_used=op.gas_used, error=op.error)
 

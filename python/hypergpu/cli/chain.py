@@ -1,4 +1,4 @@
-"""``hypergpu chain up`` / ``chain status``."""
+"""``hypergpu chain up`` / ``status`` / ``requeue`` / ``withdraw``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 import threading
 from typing import Any
 
@@ -72,10 +73,11 @@ def chain_status_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
     cfg = config_or_exit(file, overrides)
     chain = cfg.chain
     out: dict[str, Any] = {"kind": chain.kind, "rpc_url": chain.effective_rpc_url}
-    state_path = session_state.state_path(chain)
-    if state_path.exists():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+    states = session_state.list_states(chain)
+    if states:
+        state = states[-1]
         out["session_id"] = state["session_id"]
+        out["sessions"] = [s["session_id"] for s in states]
         out["deployment"] = state.get("deployment")
         queue_file = session_state.session_file(chain, state["session_id"], ".sqlite3")
         if queue_file.exists():
@@ -89,4 +91,51 @@ def chain_status_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
                        block_number=retry(quick, "eth_blockNumber", lambda: w3.eth.block_number))
         except HyperGPUError as exc:
             out.update(connected=False, error=str(exc))
+    click.echo(json.dumps(out, indent=2))
+
+
+session_option = click.option("--session", "session_id", type=int, default=None,
+                              help="the session id (default: the newest saved for this chain)")
+
+
+@chain_group.command("requeue")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@set_option
+@session_option
+@click.option("--key", "keys", multiple=True, metavar="KEY",
+              help="only this operation, e.g. rewards:<session>:<epoch> (repeatable)")
+@click.option("--send", is_flag=True, help="connect and send the session's unsent operations now")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="with --send: seconds to wait for the queue to empty")
+def chain_requeue_cmd(file: str | None, overrides: tuple[str, ...], session_id: int | None, keys: tuple[str, ...],
+                      send: bool, timeout_s: float) -> None:
+    """Put a session's failed (and waiting) chain writes back in its queue.
+
+    A `--resume` run sends them, or `--send` now. Exits 1 if --send left some unsent."""
+    from hypergpu.chain import admin
+
+    cfg = config_or_exit(file, overrides)
+    try:
+        out = admin.requeue(cfg.chain, session_id, list(keys) or None, send=send, timeout_s=timeout_s)
+    except HyperGPUError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(out, indent=2))
+    if send and not out["drained"]:
+        sys.exit(1)
+
+
+@chain_group.command("withdraw")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@set_option
+@session_option
+@click.option("--to", "to", default=None, help="recipient address (default: the signing account)")
+def chain_withdraw_cmd(file: str | None, overrides: tuple[str, ...], session_id: int | None, to: str | None) -> None:
+    """Take back what a completed or cancelled session's pool never allocated (admin key only)."""
+    from hypergpu.chain import admin
+
+    cfg = config_or_exit(file, overrides)
+    try:
+        out = admin.withdraw(cfg.chain, session_id, to)
+    except HyperGPUError as exc:
+        fail(str(exc))
     click.echo(json.dumps(out, indent=2))

@@ -36,7 +36,20 @@ class ChainConfig(BaseModel):
     retries: int = Field(default=5, ge=0, le=50, description="RPC retries per call before giving up")
     backoff_s: float = Field(default=0.2, gt=0.0, description="first retry delay; doubles each retry")
     backoff_max_s: float = Field(default=5.0, gt=0.0)
-    receipt_timeout_s: float = Field(default=60.0, gt=0.0)
+    receipt_timeout_s: float = Field(default=60.0, gt=0.0, description="wait for a receipt before rebroadcasting")
+    receipt_poll_s: float = Field(default=0.1, gt=0.0, description="how often a receipt is looked for")
+    replace_after: int = Field(
+        default=3, ge=0, le=100,
+        description="receipt timeouts before a stuck transaction is re-signed at its own nonce with higher fees "
+                    "(0: only rebroadcast it)",
+    )
+    fee_bump: float = Field(default=0.125, ge=0.1, le=2.0, description="fee increase of each replacement (nodes "
+                            "refuse a replacement under +10%)")
+    max_replacements: int = Field(default=3, ge=0, le=20, description="fee bumps per transaction, at most")
+    refused_retry_max_s: float = Field(
+        default=30.0, gt=0.0,
+        description="longest wait between retries of a write refused for now (pool short, paused, session inactive)",
+    )
     rpc_timeout_s: float = Field(default=10.0, gt=0.0)
     queue_path: Path = Field(default=Path("runs/chain-queue.sqlite3"), description="durable settlement queue")
     anvil_port: int = Field(default=8545, ge=1, le=65535)
