@@ -26,7 +26,7 @@ from hypergpu import DistributedOptimizer
 from hypergpu.config.schema import GPTConfig, HyperGPUConfig
 from hypergpu.coordinator import Coordinator
 from hypergpu.data.corpus import TokenWindows, load_corpus
-from hypergpu.errors import DataError, InvalidArgumentError, ShapeMismatchError, TimeoutError
+from hypergpu.errors import ConfigError, DataError, InvalidArgumentError, ShapeMismatchError, TimeoutError
 from hypergpu.model import GPT
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.staging import HostStaging
@@ -280,6 +280,24 @@ async def test_a_different_model_is_refused_with_a_clear_error(tmp_path: Path) -
 
     try:
         with pytest.raises(ShapeMismatchError, match="does not match the coordinator's"):
+            await asyncio.to_thread(user)
+    finally:
+        await coord.close()
+
+
+async def test_overlap_is_refused_by_the_wrapped_optimizer_with_a_clear_error(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, rounds=1, local_steps=2).model_copy(deep=True)
+    cfg.training.overlap = True
+    coord = Coordinator(cfg, model=TinyNet())
+    join = await coord.start()
+    model = TinyNet()
+
+    def user() -> None:
+        DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, join=join,
+                             token=coord.token, name="stepwise", connect_timeout_s=20.0)
+
+    try:
+        with pytest.raises(ConfigError, match="training.overlap needs the built-in node"):
             await asyncio.to_thread(user)
     finally:
         await coord.close()

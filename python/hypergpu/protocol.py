@@ -263,6 +263,8 @@ class UpdateMeta(_Meta):
     steps: int | None = None
     compute_s: float = Field(default=0.0, ge=0)
     wall_s: float = Field(default=0.0, ge=0)
+    # seconds the node waited (for work, or for the parameters an update builds on) since its last update
+    idle_s: float = Field(default=0.0, ge=0)
     version: int | None = None  # the model version the update started from
 
 

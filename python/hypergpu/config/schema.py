@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from hypergpu.config.api import ApiConfig
+from hypergpu.config.base import Host, Port
+from hypergpu.config.base import Section as _Section
 from hypergpu.config.chain import ChainConfig
 
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
@@ -25,8 +28,6 @@ Device = Literal["auto", "cpu", "cuda"]
 LatePolicy = Literal["drop", "stale-weighted"]
 
 NodeId = Annotated[int, Field(ge=0)]
-Port = Annotated[int, Field(ge=0, le=65535, description="0 picks a free port")]
-Host = Annotated[str, Field(min_length=1)]
 
 UpdateCodec = Literal["raw", "fp16", "int8", "int4", "topk"]
 # No int4 for parameters coming down: a node trains from what it decodes, so
@@ -49,9 +50,6 @@ CORPUS_DATASETS = frozenset({"stdlib", "text", "tokens"})
 #: Where Debian's ``dataset-fashion-mnist`` package puts its IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class GPTConfig(_Section):
@@ -113,6 +111,11 @@ class TrainingConfig(_Section):
         None, gt=0, le=10, description="the outer optimizer's learning rate (unset: 0.7 for nesterov, 1 for sgd)"
     )
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
+    overlap: bool = Field(
+        False,
+        description="nodes start the next round's work as soon as an update is sent and fold the new "
+        "parameters in when they arrive (a one-round-delayed outer step): compute never waits on the network",
+    )
     eval_interval: int = Field(1, ge=1, le=1_000_000, description="rounds between evaluations")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(
@@ -243,6 +246,10 @@ class CoordinatorConfig(_Section):
     staleness_decay: float = Field(
         0.5, gt=0, le=1, description="weight factor per round of staleness (stale-weighted)"
     )
+    max_staleness: int = Field(
+        2, ge=0, le=1000, description="most rounds an update may lag: a late update's round, "
+        "or the model versions it missed before it began (overlap); older ones are refused"
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)
     max_consecutive_failures: int = Field(3, ge=1, le=1000)
     checkpoint_dir: Path = Path("runs/checkpoints")
@@ -285,24 +292,6 @@ class AdaptConfig(_Section):
         if self.min_local_steps > self.max_local_steps:
             raise ValueError(f"min_local_steps {self.min_local_steps} exceeds max_local_steps {self.max_local_steps}")
         return self
-
-
-class ApiConfig(_Section):
-    """The control plane (REST + WebSocket); its settings are fixed while it serves."""
-
-    host: Host = "127.0.0.1"
-    port: Port = 8080
-    token: str | None = Field(None, min_length=8, description="bearer token; unset: a random one, shown at start")
-    cors_origins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    allowed_hosts: list[Annotated[str, Field(
-        pattern=r"^(\*|(\*\.)?[\w-]+(\.[\w-]+)*|\[?[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?)$")]] | None = Field(
-        None, min_length=1, description="Host headers answered (a name, an address, '*.example.com', '*' for any); "
-        "unset: localhost, 127.0.0.1, ::1 and the address bound unless it is 0.0.0.0 or ::")
-    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s?#]+$")]] = Field(
-        default_factory=list, description="browser origins (scheme://host[:port]) whose pages may open /ws, "
-        "besides the API's own and api.cors_origins")
-    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="larger request bodies are refused unread (413)")
-    max_ws_clients: int = Field(32, ge=1, le=10_000, description="WebSocket clients at once; more are refused (503)")
 
 
 class RewardsConfig(_Section):

@@ -25,6 +25,7 @@ from torch import nn
 
 from hypergpu import protocol
 from hypergpu.config.schema import HyperGPUConfig
+from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
@@ -39,7 +40,7 @@ from hypergpu.model.nets import build_model
 from hypergpu.model.outer import OuterOptimizer, outer_optimizer_for
 from hypergpu.model.task import task_for
 from hypergpu.protocol import Ack, Control, Message, WelcomeMeta, parse_meta
-from hypergpu.round import LatePolicy, NodeView, Planner, PlanView, Round, RoundBook, RoundPlan, RoundRecord
+from hypergpu.round import LatePolicy, Planner, Round, RoundBook, RoundRecord
 from hypergpu.round import StaticPlanner
 from hypergpu.transport import Connection, Server
 from hypergpu.update.downlink import ParamsEncoder
@@ -87,7 +88,8 @@ class Coordinator:
         self.downlink = ParamsEncoder()
         self.members = Membership(self.registry, self.shards, self.events, on_new_link=self.downlink.forget,
                                   sections_for=self.data.shard_sections)
-        self.book = RoundBook(quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay)
+        self.book = RoundBook(quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay,
+                              max_staleness=c.max_staleness)
         self.planner: Planner = planner or StaticPlanner(config)
         self.outer: OuterOptimizer = outer or outer_optimizer_for(config)
         self.network = NetworkScript(config.network.events, self.members.send, self.events.publish)
@@ -100,8 +102,11 @@ class Coordinator:
         self.excluded: dict[int, str] = {}
         self._server: Server | None = None
         self._open: Round | None = None
-        self._sending: dict[int, asyncio.Task[Any]] = {}
+        self._closed = 0  # the last round closed: the parameters sent include its outer step
+        self._dealt: Dealt | None = None  # the open round's
+        self._ahead: dict[int, Dealt] = {}  # with overlap: the next round, dealt and sent before it opens
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.dispatch = Dispatch(self.members, self.downlink, self.events, self._spawn)
         self._progress = asyncio.Event()
         self._stop = asyncio.Event()
         self._running = asyncio.Event()
@@ -178,6 +183,7 @@ class Coordinator:
             if found is not None:
                 self.outer.load_state_dict({k[6:]: v for k, v in found.arrays.items() if k.startswith("outer.")})
                 start_round = found.round + 1
+                self._closed = found.round
                 self.events.publish("training", type="resumed-from-checkpoint", round=found.round)
         started = time.perf_counter()
         await self.members.wait_for(self.expected_nodes, join_timeout_s, self._stop)
@@ -234,37 +240,25 @@ class Coordinator:
 
     # --- the round ------------------------------------------------------------
 
-    def _plan(self, round_id: int) -> RoundPlan:
-        view = PlanView([
-            NodeView(n.node_id, n.name, n.speed_factor, n.updates_accepted,
-                     self.members.shard_samples(n.node_id), self.members.link_stats(n.node_id))
-            for n in self.members.connected()
-        ], num_params=self.model.layout.total)
-        plan = self.planner.plan(round_id, view)
-        for node_id, reason in self.excluded.items():
-            plan.leave_out(node_id, reason)
-        # A node still receiving an earlier round's parameters sits this one
-        # out rather than queue a second copy behind the first on a slow link.
-        for node_id in list(plan.assignments):
-            pending = self._sending.get(node_id)
-            if pending is not None and not pending.done():
-                plan.leave_out(node_id, "still receiving the previous parameters")
-        return plan
-
     async def _run_round(self, round_id: int) -> RoundRecord:
         self.round = round_id
-        plan = self._plan(round_id)
-        params = self.model.flat_parameters()
-        now = time.perf_counter()
-        assigned = self.work.assigned(plan)  # caps and weighs updates: never what nodes claim
-        rnd = self._open = Round(plan, params, self.book, now=now, timeout_s=self.config.coordinator.round_timeout_s,
-                                 assigned=assigned)
+        params, version = self.model.flat_parameters(), self.model.version
+        dealt = self._ahead.pop(round_id, None)
+        fresh = dealt is None
+        dealt = self._dealt = dealt or deal(self, round_id)
+        ahead = None
+        if self.config.training.overlap and round_id < self.config.training.rounds:
+            # dealt before this round's first sends go out: a node busy receiving is an earlier round's
+            ahead = self._ahead[round_id + 1] = deal(self, round_id + 1)
+        rnd = self._open = Round(dealt.plan, params, self.book, now=time.perf_counter(), assigned=dealt.assigned,
+                                 timeout_s=self.config.coordinator.round_timeout_s, version=version, sent=dealt.sent)
+        if fresh:
+            # Sends run on their own: a slow link must not hold up the others,
+            # and the round's deadline runs from its start.
+            self.dispatch.send_all(round_id, dealt, params, version, self._closed)
+        if self.config.training.overlap:
+            self._send_ahead(round_id, dealt, ahead, fresh, params, version)
         self._progress.clear()
-        work = self.work.deal(rnd.id, assigned, [n for n in plan.participants if n in self.members.follows_work])
-        # Sends run on their own: a slow link must not hold up the others,
-        # and the round's deadline runs from its start.
-        for node_id in plan.participants:
-            self._sending[node_id] = self._spawn(self._send_params(rnd, node_id, work.get(node_id)))
         while not rnd.expire(now := time.perf_counter()) and not self._stop.is_set():
             self._progress.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -275,34 +269,23 @@ class Coordinator:
             return self.outer.step(self.model, mean)
 
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
+        self._closed = round_id
         if record.applied:
             self.samples += record.samples
         self.work.settle(record)
         await self.members.after_round(record)
         return record
 
-    async def _send_params(self, rnd: Round, node_id: int, work: np.ndarray | None = None) -> None:
-        link = self.members.links.get(node_id)
-        if link is None:
-            return
-        assignment = rnd.plan.assignments[node_id]
-        meta = {"round": rnd.id, "version": self.model.version, **assignment.as_meta()}
-        sections: dict[str, np.ndarray] = {}
-        lent: list[int] = []
-        if work is not None:
-            lent = [int(s) for s in np.unique(work[:, 0])]
-            # Shipped data the work lends this node travels with the work itself.
-            sections = {"work": work, **self.members.lend(node_id, lent)}
-        frame = self.downlink.frame(node_id, rnd.params, assignment.down_codec, meta, sections)
-        try:
-            rnd.sent(node_id, len(frame), time.perf_counter())
-            await link.send(frame)
-            self.registry.get(node_id).bytes_sent += len(frame)
-        except HyperGPUError as exc:
-            self.downlink.forget(node_id)  # it may not hold what was sent
-            self.members.forget_delivered(node_id, lent)
-            log.warning("node %d: sending round %d failed: %s", node_id, rnd.id, exc)
-            self.events.publish("alert", level="warning", node=node_id, message=f"send failed: {exc}")
+    def _send_ahead(self, round_id: int, dealt: Dealt, ahead: Dealt | None, fresh: bool,
+                    params: np.ndarray, version: int) -> None:
+        """Overlap: the next round's work goes out now, so a node has it in hand the
+        moment it sends this round's update; this round's participants without next work
+        get the parameters alone (they fold them in, and may then send)."""
+        if ahead is not None:
+            self.dispatch.send_all(round_id + 1, ahead, params, version, self._closed)
+        if not fresh:
+            rest = [n for n in dealt.plan.participants if ahead is None or n not in ahead.plan.assignments]
+            self.dispatch.send_all(round_id, dealt, params, version, self._closed, nodes=rest, with_work=False)
 
     async def _on_update(self, node: NodeInfo, msg: Message, size: int) -> None:
         node.bytes_received += size
@@ -393,9 +376,12 @@ class Coordinator:
         self.downlink.forget(node.node_id)
         reason = control.reason
         self.events.publish("node", type="resync", node=node.node_id, round=msg.round, reason=reason)
-        rnd = self._open
+        rnd, dealt = self._open, self._ahead.get(msg.round)
         if rnd is not None and msg.round == rnd.id and rnd.owes(node.node_id):
-            self._sending[node.node_id] = self._spawn(self._send_params(rnd, node.node_id))
+            dealt = self._dealt
+        if dealt is not None and node.node_id in dealt.plan.assignments:
+            self.dispatch.send_all(msg.round, dealt, self.model.flat_parameters(), self.model.version,
+                                   self._closed, nodes=[node.node_id])
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -20,7 +20,7 @@ from typing import Any
 
 from hypergpu import protocol
 from hypergpu.data.shards import Shard
-from hypergpu.errors import HyperGPUError, TimeoutError, TransportError
+from hypergpu.errors import ConfigError, HyperGPUError, TimeoutError, TransportError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.node.protocol import (
     Ended,
@@ -206,6 +206,10 @@ class BackgroundLink:
     def _on_welcome(self, welcome: Welcome) -> None:
         try:
             welcome.check_layout(self.layout.digest, self.session.name, self.layout.total)
+            if welcome.training.overlap:
+                # Its work comes a round ahead; the user's loop steps round by round.
+                raise ConfigError("training.overlap needs the built-in node (hypergpu node); "
+                                  "DistributedOptimizer trains round by round: set training.overlap = false")
         except HyperGPUError as exc:
             self._fail(exc)
             raise

@@ -251,10 +251,11 @@ class NodeProtocol:
         events: list[Event] = [Welcomed(welcome, first)]
         early, self._early = self._early, []
         opened = [e for m in early for e in self.handle(m)]
-        # Rounds that opened before the welcome and were superseded are skipped.
+        # Rounds that opened before the welcome and were superseded are skipped;
+        # with overlap none is: each holds work (and lent shards) for a round ahead.
         rounds = [e for e in opened if isinstance(e, RoundOpened)]
         events += [e for e in opened if not isinstance(e, RoundOpened)]
-        events += rounds[-1:]
+        events += rounds if welcome.training.overlap else rounds[-1:]
         return events
 
     def _params(self, msg: Message) -> list[Event]:

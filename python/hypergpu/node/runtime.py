@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from hypergpu.errors import TransportError
@@ -25,6 +27,7 @@ from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
 from hypergpu.node.protocol import (
+    Acked,
     Ended,
     Event,
     NodeProtocol,
@@ -38,9 +41,10 @@ from hypergpu.node.protocol import (
     Welcomed,
     hello,
 )
+from hypergpu.node.overlap import Folder
 from hypergpu.node.session import Backoff, Session
 from hypergpu.node.state import NodeState
-from hypergpu.node.trainer import LocalTrainer
+from hypergpu.node.trainer import LocalTrainer, RoundResult
 from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape
 
@@ -98,6 +102,17 @@ class Node:
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
         self._encoder = UpdateEncoder()
+        self._idle_from = time.perf_counter()
+        #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
+        #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
+        self.timeline: deque[tuple[str, int, float, float]] = deque(maxlen=1024)
+        # overlap: the global parameters folded in as the model trains, the work queued (earliest
+        # round first, should two messages cross), the task that trains, updates still uploading
+        self._folder, self._arrival = Folder(), asyncio.Event()
+        self._work: asyncio.PriorityQueue[tuple[int, RoundOpened]] = asyncio.PriorityQueue()
+        self._worker: asyncio.Task[None] | None = None
+        self._queued: deque[int] = deque(maxlen=64)  # the rounds whose work was queued lately
+        self._uploads: set[asyncio.Task[None]] = set()
         #: where this node checkpoints its inner optimizer after every round (None: nowhere)
         self.state = NodeState(state_dir, name) if state_dir is not None else None
 
@@ -118,9 +133,13 @@ class Node:
                     for event in self.protocol.handle(msg):
                         await self._act(event)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(BaseException):
-                await heartbeat
+            if self._uploads:  # the last updates still on their way
+                await asyncio.wait(self._uploads, timeout=self.idle_timeout_s)
+            for task in (heartbeat, self._worker):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             await session.close("node finished")
         if self._trainer is not None:
             self.report.metrics = self._trainer.metrics.snapshot()
@@ -128,7 +147,15 @@ class Node:
 
     async def _recv(self) -> Message | None:
         try:
-            return await self.session.recv(timeout=self.idle_timeout_s)
+            if self._worker is None:
+                return await self.session.recv(timeout=self.idle_timeout_s)
+            # With overlap the trainer runs beside this loop: its failure ends the node.
+            recv = asyncio.ensure_future(self.session.recv(timeout=self.idle_timeout_s))
+            await asyncio.wait({recv, self._worker}, return_when=asyncio.FIRST_COMPLETED)
+            if not recv.done():
+                recv.cancel()
+                self._worker.result()
+            return recv.result()
         except TransportError as exc:
             log.info("%s: link lost (%s); reconnecting", self.name, exc)
             await self.session.connect()
@@ -138,7 +165,14 @@ class Node:
         if isinstance(event, Welcomed):
             self._on_welcome(event.welcome)
         elif isinstance(event, RoundOpened):
-            await self._train(event)
+            if self._trainer is not None and self._trainer.training.overlap:
+                self._on_round_overlapped(event)
+            else:
+                await self._train(event)
+        elif isinstance(event, Acked):
+            # when the coordinator had the whole update: the upload's end, by this node's clock
+            now = time.perf_counter()
+            self.timeline.append(("acked", event.ack.round, now, now))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
         elif isinstance(event, Reshape):
@@ -176,37 +210,116 @@ class Node:
             self._trainer.set_shard(welcome.shards)
 
     async def _train(self, opened: RoundOpened) -> None:
+        """Without overlap: train from the round's parameters, send, then wait for the next."""
+        trainer = await self._prepare(opened)
+        idle = time.perf_counter() - self._idle_from
+        result = await asyncio.to_thread(self._train_round, trainer, opened, opened.params, None)
+        self._idle_from = time.perf_counter()
+        await self._send_update(opened, result, opened.version, idle, reconnect=True)
+        await self._save_state(trainer, opened.round)
+
+    def _on_round_overlapped(self, opened: RoundOpened) -> None:
+        """With overlap: fold the parameters in when the trainer can, and queue the work."""
+        self._folder.arrive(opened.params, opened.version, opened.closed or 0)
+        self._arrival.set()
+        if opened.round in self._queued:
+            return  # parameters alone, for work already in hand
+        self._queued.append(opened.round)
+        self._work.put_nowait((opened.round, opened))
+        if self._worker is None:
+            self._worker = asyncio.ensure_future(self._work_loop())
+
+    async def _work_loop(self) -> None:
+        """With overlap: each work begins as soon as the last one's update is computed."""
+        folder = self._folder
+        waiting_since: dict[int, float] = {}
+        while True:
+            _, opened = await self._work.get()
+            since = waiting_since.setdefault(opened.round, time.perf_counter())
+            if self._misses_lent_data(opened) and time.perf_counter() - since < self.idle_timeout_s:
+                # The shards it names come with an earlier round's message, still on its way
+                # (past the idle timeout the trainer says which shard never came).
+                self._work.put_nowait((opened.round, opened))
+                self._arrival.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._arrival.wait(), self.idle_timeout_s)
+                continue
+            waiting_since.pop(opened.round, None)
+            trainer = await self._prepare(opened)
+            idle = time.perf_counter() - self._idle_from
+            version = await asyncio.to_thread(self._fold_now, trainer)
+            result = await asyncio.to_thread(self._train_round, trainer, opened, None, folder)
+            self._idle_from = time.perf_counter()
+            folder.sent(opened.round, result.update)
+            upload = asyncio.ensure_future(self._upload_when_open(opened, result, version, idle))
+            self._uploads.add(upload)
+            upload.add_done_callback(self._uploads.discard)
+            await self._save_state(trainer, opened.round)  # between works: the optimizer is still
+
+    async def _upload_when_open(self, opened: RoundOpened, result: RoundResult, version: int | None,
+                                idle_s: float) -> None:
+        """Send once the update's round is open on the coordinator (the one before it closed):
+        sooner it would be refused as early. The node meanwhile trains on."""
+        while self._folder.closed_seen < opened.round - 1:
+            self._arrival.clear()
+            await self._arrival.wait()
+        await self._send_update(opened, result, version, idle_s, reconnect=False)
+
+    def _misses_lent_data(self, opened: RoundOpened) -> bool:
+        trainer = self._trainer
+        if opened.work is None or opened.shards or self._reader is not None or trainer is None:
+            return False
+        return any(int(s) not in trainer.data for s in np.unique(opened.work[:, 0]))
+
+    async def _save_state(self, trainer: LocalTrainer, round_id: int) -> None:
+        if self.state is not None:
+            await asyncio.to_thread(self.state.save, trainer, round_id)
+
+    def _fold_now(self, trainer: LocalTrainer) -> int | None:
+        trainer.fold(self._folder)
+        return self._folder.version
+
+    async def _prepare(self, opened: RoundOpened) -> LocalTrainer:
         trainer = self._trainer
         if trainer is None:
             raise TransportError(f"{self.name}: parameters arrived before the welcome")
-        work = opened.assignment
         if opened.shards:
             trainer.set_shard(opened.shards)
         if opened.work is not None:
             await asyncio.to_thread(ensure_shards, trainer.data, self._reader, opened.work)
-        result = await asyncio.to_thread(
-            trainer.train_round,
-            opened.params,
-            steps=work.local_steps or None,
-            batch_size=work.batch_size,
-            accumulation=work.accumulation,
-            work=opened.work,
-        )
+        return trainer
+
+    def _train_round(self, trainer: LocalTrainer, opened: RoundOpened, params: np.ndarray | None,
+                     folder: Folder | None) -> RoundResult:
+        work = opened.assignment
+        began = time.perf_counter()
+        result = trainer.train_round(params, steps=work.local_steps or None, batch_size=work.batch_size,
+                                     accumulation=work.accumulation, work=opened.work, folder=folder)
+        self.timeline.append(("train", opened.round, began, time.perf_counter()))
+        return result
+
+    async def _send_update(self, opened: RoundOpened, result: RoundResult, version: int | None,
+                           idle_s: float, *, reconnect: bool) -> None:
+        trainer = self._trainer
+        assert trainer is not None
+        figures = result.metrics
         meta = UpdateMeta(
             samples=result.samples_seen,
-            loss=result.metrics["loss"],
-            accuracy=result.metrics["accuracy"],
-            compute_s=result.metrics["compute_s"],
-            wall_s=result.metrics["wall_s"],
-            version=opened.version,
+            loss=figures["loss"],
+            accuracy=figures["accuracy"],
+            # an emulated slower GPU computes for longer: its sleep is compute time
+            compute_s=figures["compute_s"] + figures["throttle_s"],
+            wall_s=figures["wall_s"],
+            idle_s=idle_s,
+            version=version,
         )
-        update = self._encoder.message(result.update, work, meta, opened.round)
+        update = self._encoder.message(result.update, opened.assignment, meta, opened.round)
         retries_before = self.report.retries
-        comm = await self.session.send(update)
+        began = time.perf_counter()
+        comm = await self.session.send(update, reconnect=reconnect)
+        self.timeline.append(("upload", opened.round, began, time.perf_counter()))
         trainer.metrics.record_comm(comm, self.report.retries - retries_before)
         log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, opened.round, update.codec,
-                 result.metrics["loss"])
+                 figures["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
-        if self.state is not None:
-            await asyncio.to_thread(self.state.save, trainer, opened.round)

@@ -29,6 +29,7 @@ from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.task import Classification, Task
 from hypergpu.node.metrics import RollingMetrics
+from hypergpu.node.overlap import Folder
 
 
 class RoundResult(NamedTuple):
@@ -111,15 +112,18 @@ class LocalTrainer:
 
     def train_round(
         self,
-        flat_params: np.ndarray,
+        flat_params: np.ndarray | None,
         *,
         steps: int | None = None,
         epochs: int | None = None,
         batch_size: int | None = None,
         accumulation: int = 1,
         work: np.ndarray | None = None,
+        folder: Folder | None = None,
     ) -> RoundResult:
-        """Load ``flat_params``, train, and return the update and the round's figures.
+        """Load ``flat_params``, train, and return the update and the round's figures. With a
+        ``folder`` instead (overlap, :mod:`hypergpu.node.overlap`) the round goes on from the model
+        as it is, folding global parameters in between steps; the update is the steps' own.
 
         ``work`` (rows of ``(shard, index)``) names the round's samples in
         training order and sets the step count to cover them once. Else
@@ -131,18 +135,16 @@ class LocalTrainer:
         smaller per-step batch can keep the same effective batch.
         """
         batch = self.training.batch_size if batch_size is None else batch_size
-        if work is not None:
-            if len(work) == 0:
-                raise DataError("the round's work names no samples")
-            steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
-        steps = self._count_steps(steps, epochs, batch, accumulation)
-        received = self._load(flat_params)
+        steps = self._count_steps(steps, epochs, batch, accumulation, work)
+        received = self._start(flat_params, folder)
         optimizer = self.inner_optimizer()
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen, predictions = 0.0, 0, 0, 0
         started = time.perf_counter()
         for step in range(steps):
+            if folder is not None and folder.ready:
+                received += self._fold_in(folder)  # the start moves with the fold: the update stays the steps' own
             if work is not None:
                 rows = work[step * batch * accumulation : (step + 1) * batch * accumulation]
             else:
@@ -154,7 +156,6 @@ class LocalTrainer:
             loss_sum, seen = loss_sum + step_loss * len(rows), seen + len(rows)
             correct, predictions = correct + step_correct, predictions + step_predictions
         self.metrics.record("accuracy", correct / predictions)
-
         if not np.isfinite(update := self.layout.flatten(self.model) - received).all():
             raise NonFiniteError("the round produced a non-finite update")
         figures = {
@@ -179,8 +180,13 @@ class LocalTrainer:
             self.optimizer = make_optimizer(self.training, self.model.parameters())
         return self.optimizer
 
-    def _count_steps(self, steps: int | None, epochs: int | None, batch: int, accumulation: int) -> int:
+    def _count_steps(self, steps: int | None, epochs: int | None, batch: int, accumulation: int,
+                     work: np.ndarray | None) -> int:
         """The round's optimizer steps (checked); counting by epochs restarts the shuffle."""
+        if work is not None:
+            if len(work) == 0:
+                raise DataError("the round's work names no samples")
+            steps, epochs = math.ceil(len(work) / (batch * accumulation)), None
         if len(self.data) == 0:
             raise DataError("no shard assigned to this trainer")
         if steps is not None and epochs is not None:
@@ -215,6 +221,29 @@ class LocalTrainer:
         self.metrics.record("compute_s", compute)
         self.metrics.record("throttle_s", throttle)
         return throttle
+
+    def _start(self, flat_params: np.ndarray | None, folder: Folder | None) -> np.ndarray:
+        """Where the round's update is measured from: the parameters loaded, or the model as it is."""
+        if folder is not None:
+            return self.layout.flatten(self.model) + self._fold_in(folder)
+        if flat_params is None:
+            raise InvalidArgumentError("train_round needs the parameters to start from, or a folder")
+        return self._load(flat_params)
+
+    def fold(self, folder: Folder) -> None:
+        """Fold whatever global parameters have arrived into the model now (between rounds)."""
+        self._fold_in(folder)
+
+    def _fold_in(self, folder: Folder) -> np.ndarray:
+        """Fold newly arrived global parameters into the model; returns how far it moved."""
+        if not folder.ready:
+            return np.zeros(self.layout.total, np.float32)
+        local = self.layout.flatten(self.model)
+        folded = folder.fold(local)
+        if not np.isfinite(folded).all():
+            raise NonFiniteError("received parameters hold NaN or Inf")
+        self.layout.load_into(self.model, folded)
+        return folded - local
 
     def _load(self, flat_params: np.ndarray) -> np.ndarray:
         self.layout.check(flat_params, "received parameters")

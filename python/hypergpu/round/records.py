@@ -33,6 +33,8 @@ class NodeAnswer:
     weight: float
     # agreement with the round's mean (None until the mean exists, or when undefined)
     cosine: float | None = None
+    # what the node waited (for work, or for the parameters its update builds on) since its last update
+    idle_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

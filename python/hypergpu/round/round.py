@@ -33,13 +33,16 @@ from hypergpu.update.codec import decode as decode_update
 INVALID = "invalid"
 #: Refusal reason for an update claiming more samples than its node was assigned.
 OVERCLAIM = "overclaim"
+#: Refusal reason for an update that began from a model more versions behind than allowed.
+STALE = "stale"
 
 
 class Round:
     """The state of one open round and the updates it takes."""
 
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
-                 assigned: dict[int, int] | None = None):
+                 assigned: dict[int, int] | None = None, version: int | None = None,
+                 sent: dict[int, tuple[float, int]] | None = None):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -53,7 +56,11 @@ class Round:
         self.answers: dict[int, NodeAnswer] = {}
         self.late: dict[int, NodeAnswer] = {}
         self.mean: np.ndarray | None = None
-        self._sent: dict[int, tuple[float, int]] = {}  # node -> (when, bytes) of its params message
+        # the model version ``params`` are: an update that began from an older one is stale
+        self.version = version
+        # node -> (when, bytes) of the message that gave it this round's work (sent ahead, with overlap)
+        # (the dealer's own dict: sends still running record into it)
+        self._sent: dict[int, tuple[float, int]] = sent if sent is not None else {}
         self._updates: dict[int, np.ndarray] = {}  # this round's accepted updates, for cosines
         self._sealed = False
         # What each node was given to do caps what its update may claim and weighs it:
@@ -88,9 +95,14 @@ class Round:
             # Weighted by its own claim, one update could outweigh all the others.
             return Ack(round=msg.round, accepted=False, reason=OVERCLAIM,
                        detail=f"claims {meta.samples} samples; it was assigned {cap}")
+        lag = self._lag(meta, msg.round)
+        if lag > self.book.max_staleness:
+            return Ack(round=msg.round, accepted=False, reason=STALE,
+                       detail=f"began {lag} model versions back; at most {self.book.max_staleness} are taken")
+        weight = decision.weight * self.book.decay**lag
         try:
             update = self._decode(msg)
-            self.acc.add(update, weight=meta.samples * decision.weight)
+            self.acc.add(update, weight=meta.samples * weight)
         except HyperGPUError as exc:
             return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
         self.book.commit(node_id, msg.round)
@@ -106,7 +118,8 @@ class Round:
             update_bytes=size,
             params_bytes=sent[1] if sent is not None else None,
             codec=msg.codec,
-            weight=decision.weight,
+            weight=weight,
+            idle_s=meta.idle_s,
         )
         if msg.round == self.id:
             self.answers[node_id] = answer
@@ -114,6 +127,13 @@ class Round:
         else:
             self.late[node_id] = answer
         return Ack(round=msg.round, accepted=True)
+
+    def _lag(self, meta: UpdateMeta, round_id: int) -> int:
+        """Model versions this round's update missed before it began (0 without overlap):
+        with overlap a node starts the next work before the last outer step reaches it."""
+        if round_id != self.id or self.version is None or meta.version is None:
+            return 0  # a late update's staleness is its round's, weighed by the book
+        return max(0, self.version - meta.version)
 
     def _decode(self, msg: Message) -> np.ndarray:
         raw = msg.sections.get("update")

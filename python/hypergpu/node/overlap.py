@@ -1,0 +1,91 @@
+"""Folding the global parameters into a node that kept training (sans-IO).
+
+With ``training.overlap`` a node does not wait for the round's outer step:
+it sends its update and goes straight on with the next work it already
+holds, from its own parameters. When newer global parameters arrive they
+are folded in. The node's model is at all times
+
+    local = g + (updates sent whose outer step ``g`` does not include yet) + (progress since)
+
+where ``g`` is the last global parameters folded. Parameters that include
+the outer steps of rounds up to ``closed`` replace ``g`` and drop the
+node's own updates for those rounds (the global model now holds them, or
+the round did without them), so
+
+    local' = local + (params - g - sum of own updates for rounds <= closed)
+
+keeps exactly the progress the node made since. Without overlap this is
+the plain "load the parameters" (nothing is pending, nothing was made
+since). The update a round reports is its inner steps' own displacement:
+the trainer moves its starting point by every fold it makes mid-round.
+
+Parameters arrive on the event loop (:meth:`Folder.arrive`); the trainer
+folds them in between steps on its own thread (:meth:`Folder.fold`), so
+the model is only ever touched by the thread that trains it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+
+class Folder:
+    """The global parameters a node has folded, and its updates they do not include yet."""
+
+    def __init__(self) -> None:
+        self.params: np.ndarray | None = None  # g: the last global parameters folded
+        self.version: int | None = None  # g's model version
+        self.closed = 0  # the last round whose outer step g includes
+        self._pending: dict[int, np.ndarray] = {}  # round -> the update sent for it, not in g yet
+        self._arrived: deque[tuple[np.ndarray, int | None, int]] = deque()
+        self._lock = threading.Lock()
+        #: the highest ``closed`` that has arrived (folded or not): an update for round k
+        #: goes out only once k-1 is closed, i.e. its round is open on the coordinator
+        self.closed_seen = 0
+
+    # --- the event loop's side ---------------------------------------------------
+
+    def arrive(self, params: np.ndarray, version: int | None, closed: int) -> None:
+        """New global parameters came in (they include rounds up to ``closed``)."""
+        with self._lock:
+            self._arrived.append((params, version, closed))
+            self.closed_seen = max(self.closed_seen, closed)
+
+    # --- the trainer's side ---------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether parameters wait to be folded in."""
+        return bool(self._arrived)
+
+    def fold(self, local: np.ndarray) -> np.ndarray:
+        """The node's model with every arrival folded in (``local`` itself when none came)."""
+        with self._lock:
+            arrived, self._arrived = list(self._arrived), deque()
+        for params, version, closed in arrived:
+            if self.version is not None and version is not None and version < self.version:
+                continue  # overtaken by newer parameters already folded in
+            if self.params is None:
+                local = params.copy()  # the first parameters: nothing to keep
+            else:
+                shift = params - self.params
+                for round_id in [r for r in self._pending if r <= closed]:
+                    shift -= self._pending.pop(round_id)
+                local = local + shift
+            self.params, self.version, self.closed = params, version, max(self.closed, closed)
+        return local
+
+    def sent(self, round_id: int, update: np.ndarray) -> None:
+        """The update for ``round_id`` is on its way (its displacement is in the local model).
+
+        The next parameters that include ``round_id``'s outer step take it out
+        of the local model again: they hold it, or the round did without it.
+        """
+        self._pending[round_id] = update
+
+    @property
+    def pending_rounds(self) -> list[int]:
+        return sorted(self._pending)
