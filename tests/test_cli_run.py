@@ -126,7 +126,7 @@ def test_the_summary_table_fits_80_columns_and_wide_shows_every_column(capsys: p
 
     monkeypatch.setenv("COLUMNS", "80")
     node = {"node_id": 7, "name": "node-7", "status": "active", "rounds_ok": 38, "rounds_missed": 2,
-            "updates_accepted": 38, "samples": 24320, "compute_s": 61.5, "bytes_sent": 13_680_000,
+            "updates_accepted": 38, "samples": 24320, "compute_s": 61.5, "utilisation": 0.947, "bytes_sent": 13_680_000,
             "bytes_received": 13_650_000, "refusals": {"late": 2}}
     summary = _summary("classification", accuracy=0.97)
     summary.nodes = [node, {**node, "node_id": 8, "name": "node-8"}]
@@ -134,7 +134,7 @@ def test_the_summary_table_fits_80_columns_and_wide_shows_every_column(capsys: p
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in out, out
-    assert "38/2" in out and "13.68/13.65" in out and "late=2" in out
+    assert "38/2" in out and "95%" in out and "13.68/13.65" in out and "late=2" in out
     monkeypatch.setenv("COLUMNS", "200")
     print_summary(summary, wide=True)
     wide = capsys.readouterr().out

@@ -142,6 +142,9 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
         await asyncio.gather(*running)
     assert summary.rounds == 8 and all(r.applied for r in coord.history)
     assert summary.accuracy is not None and summary.accuracy >= 0.9
+    utilisation = {n["name"]: n["utilisation"] for n in summary.nodes}
+    print("compute utilisation:", utilisation)
+    assert all(0 < u <= 1 for u in utilisation.values())
     # From the shaped node's own clock: its next work began while each upload was still in flight.
     timeline = nodes[0].timeline
     acked = {r: b for kind, r, _, b in timeline if kind == "acked"}

@@ -56,6 +56,8 @@ class Node(BaseModel):
     refusals: dict[str, int]
     samples: int
     compute_s: float
+    utilisation: float | None = Field(
+        description="compute utilisation: time training / wall time its updates covered (the rest waited on the network)")
     bytes_sent: int
     bytes_received: int
     last_loss: float | None

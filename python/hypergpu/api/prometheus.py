@@ -46,6 +46,8 @@ class NodeCollector(Collector):
                                     labels=["node"])
         rtt = GaugeMetricFamily("hypergpu_node_rtt_seconds", "Smoothed round-trip time of the node's link",
                                 labels=["node"])
+        utilisation = GaugeMetricFamily("hypergpu_node_utilisation_ratio",
+                                        "A node's time training / the wall time its updates covered", labels=["node"])
         states = GaugeMetricFamily("hypergpu_nodes", "Nodes by status", labels=["status"])
         counts = dict.fromkeys(NODE_STATES, 0)
         for node in service.nodes():
@@ -56,10 +58,12 @@ class NodeCollector(Collector):
                 quality.add_metric(label, node["quality"])
             if node["rtt_ms"] is not None:
                 rtt.add_metric(label, node["rtt_ms"] / 1000.0)
+            if node["utilisation"] is not None:
+                utilisation.add_metric(label, node["utilisation"])
             counts[node["status"]] = counts.get(node["status"], 0) + 1
         for state, n in counts.items():
             states.add_metric([state], n)
-        yield from (sent, received, quality, rtt, states)
+        yield from (sent, received, quality, rtt, utilisation, states)
 
         status = service.status()
         yield GaugeMetricFamily("hypergpu_training_active", "1 while a run is in progress",

@@ -82,20 +82,21 @@ def print_summary(summary: Summary, wall_s: float | None = None, *, wide: bool =
     console.print(headline(summary, wall_s), soft_wrap=True)
     if wide:
         table = Table("node", "name", "status", "rounds ok", "missed", "updates", "samples", "compute s",
-                      "MB sent", "MB recv", "refused")
+                      "util", "MB sent", "MB recv", "refused")
     else:
-        table = Table("id", "name", "status", "ok/miss", "samples", "MB dn/up", "refused")
+        table = Table("id", "name", "status", "ok/miss", "samples", "util", "MB dn/up", "refused")
     for n in summary.nodes:
         refused = ", ".join(f"{k}={v}" for k, v in n["refusals"].items()) or "-"
         sent, received = f"{n['bytes_sent'] / 1e6:.2f}", f"{n['bytes_received'] / 1e6:.2f}"
+        util = "-" if n.get("utilisation") is None else f"{100 * n['utilisation']:.0f}%"
         if wide:
             table.add_row(
                 str(n["node_id"]), n["name"], n["status"], str(n["rounds_ok"]), str(n["rounds_missed"]),
-                str(n["updates_accepted"]), str(n["samples"]), f"{n['compute_s']:.1f}", sent, received, refused,
+                str(n["updates_accepted"]), str(n["samples"]), f"{n['compute_s']:.1f}", util, sent, received, refused,
             )
         else:
             table.add_row(str(n["node_id"]), n["name"], n["status"], f"{n['rounds_ok']}/{n['rounds_missed']}",
-                          str(n["samples"]), f"{sent}/{received}", refused)
+                          str(n["samples"]), util, f"{sent}/{received}", refused)
     console.print(table)
     if summary.refusals:
         console.print("refused updates: " + ", ".join(f"{k}={v}" for k, v in summary.refusals.items()))

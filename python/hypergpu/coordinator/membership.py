@@ -193,7 +193,8 @@ class Membership:
     async def after_round(self, record: RoundRecord) -> None:
         """Credit the nodes that answered; retire those that missed too many rounds in a row."""
         for answer in [*record.answers.values(), *record.late.values()]:
-            self.registry.credit(answer.node_id, answer.samples, answer.compute_s, answer.loss)
+            self.registry.credit(answer.node_id, answer.samples, answer.compute_s, answer.loss,
+                                 answer.wall_s, answer.idle_s)
         for node_id in record.reported:
             self.registry.succeeded(node_id)
         for node_id in record.missing:

@@ -33,9 +33,18 @@ class NodeInfo:
     refusals: Counter[str] = field(default_factory=Counter)
     samples: int = 0
     compute_s: float = 0.0
+    busy_s: float = 0.0  # in its trainer (compute, data, an emulated slower GPU's sleep), by its clock
+    idle_s: float = 0.0  # waiting for work or for the parameters its update builds on, by its clock
     bytes_sent: int = 0
     bytes_received: int = 0
     last_loss: float | None = None
+
+    @property
+    def utilisation(self) -> float | None:
+        """The share of the wall time its updates covered that it spent training rather
+        than waiting on the network (None before any)."""
+        wall = self.busy_s + self.idle_s
+        return self.busy_s / wall if wall > 0 else None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -51,6 +60,7 @@ class NodeInfo:
             "refusals": dict(self.refusals),
             "samples": self.samples,
             "compute_s": round(self.compute_s, 3),
+            "utilisation": None if (u := self.utilisation) is None else round(u, 4),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "last_loss": self.last_loss,
@@ -120,12 +130,15 @@ class NodeRegistry:
         node.rounds_ok += 1
         self.seen(node_id)
 
-    def credit(self, node_id: int, samples: int, compute_s: float, loss: float | None) -> None:
-        """Count one accepted update of the node's."""
+    def credit(self, node_id: int, samples: int, compute_s: float, loss: float | None,
+               busy_s: float = 0.0, idle_s: float = 0.0) -> None:
+        """Count one accepted update of the node's (and the time it says it took)."""
         node = self.get(node_id)
         node.updates_accepted += 1
         node.samples += samples
         node.compute_s += compute_s
+        node.busy_s += busy_s
+        node.idle_s += idle_s
         if loss is not None:
             node.last_loss = loss
 

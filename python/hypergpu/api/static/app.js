@@ -205,7 +205,8 @@ function renderNodes(nodes) {
     card.title = `${n.name}: ${n.status}`;
     card.querySelector(".name").textContent = `#${n.node_id} ${n.name}`;
     card.querySelector(".status").textContent = `${n.status}${n.excluded ? " · excluded" : ""}`;
-    card.querySelector(".figures").textContent = `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms`;
+    card.querySelector(".figures").textContent =
+      `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms · util ${fmt.pct(n.utilisation)}`;
     card.style.background = `linear-gradient(90deg, ${qualityColor(n.quality)}33, transparent)`;
   }
   for (const stale of cards.values()) stale.remove();
@@ -248,6 +249,7 @@ async function refreshNodeDetail() {
       el("div", {}, el("span", { class: "k" }, "codec"), el("span", { class: "v" }, a.codec ?? "–")),
       el("div", {}, el("span", { class: "k" }, "profile"), el("span", { class: "v" }, d.profile ?? "–")),
       el("div", {}, el("span", { class: "k" }, "samples"), el("span", { class: "v" }, fmt.int(d.samples))),
+      el("div", {}, el("span", { class: "k" }, "compute utilisation"), el("span", { class: "v" }, fmt.pct(d.utilisation))),
       el("div", {}, el("span", { class: "k" }, "MB sent/recv"), el("span", { class: "v" }, `${(d.bytes_sent / 1e6).toFixed(1)}/${(d.bytes_received / 1e6).toFixed(1)}`))),
     el("div", { class: "chart" }, el("canvas", { id: "latency-chart" })),
     el("h3", {}, "decisions"), decisions);
