@@ -11,7 +11,9 @@ import torch
 
 from hypergpu import errors
 from hypergpu._buffers import as_arrays
+from hypergpu.config import load_config
 from hypergpu.update.aggregate import Accumulator, cosines, krum, median, trimmed_mean, weighted_mean
+from hypergpu.update.robust import Rule, aggregate
 
 
 def _updates(n: int, shape: tuple[int, ...], seed: int = 0, dtype=np.float32) -> list[np.ndarray]:
@@ -423,3 +425,74 @@ def test_cosines_match_numpy_and_undefined_ones_are_nan():
 def test_cosines_refuse_a_reference_of_another_length():
     with pytest.raises(errors.ShapeMismatchError):
         cosines(_updates(2, (10,)), np.ones(11, np.float32))
+
+
+# --- the configured rule (hypergpu.update.robust) ----------------------------------------
+
+
+def test_each_rule_against_its_reference_on_random_updates():
+    ups = _updates(7, (3000,), seed=80)
+    ups[3] = ups[3] * 40  # one update far longer than the rest
+    weights = [1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 2.0]
+    norms = [float(np.linalg.norm(u.astype(np.float64))) for u in ups]
+    bound = 1.5 * float(np.median(norms))
+    clipped = aggregate(Rule("clipped-mean", clip_factor=1.5), ups, weights, norms)
+    np.testing.assert_allclose(clipped.value, _reference_mean(ups, weights, bound)[0], rtol=1e-5, atol=1e-6)
+    assert clipped.clip_norm == pytest.approx(bound) and 3 in clipped.clipped
+    assert set(clipped.clipped) == {i for i, n in enumerate(norms) if n > bound}
+    x = np.stack(ups).astype(np.float64)
+    np.testing.assert_allclose(aggregate(Rule("median"), ups, weights, norms).value, np.median(x, axis=0), rtol=1e-6)
+    trimmed = aggregate(Rule("trimmed-mean", trim_fraction=0.3), ups, weights, norms)  # floor(2.1) = 2 per end
+    np.testing.assert_allclose(trimmed.value, np.sort(x, axis=0)[2:5].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert trimmed.trimmed == 2
+    k = aggregate(Rule("krum", krum_f=2), ups, weights, norms)
+    assert 3 in k.dropped and len(k.dropped) == 2
+    kept = [i for i in range(7) if i not in k.dropped]
+    np.testing.assert_allclose(k.value, _reference_mean([ups[i] for i in kept], [weights[i] for i in kept])[0],
+                               rtol=1e-5, atol=1e-6)
+    mean = aggregate(Rule("mean"), ups, weights, norms)
+    np.testing.assert_allclose(mean.value, _reference_mean(ups, weights)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_rules_that_average_read_the_streamed_sum_when_given():
+    ups = _updates(4, (500,), seed=81)
+    acc = Accumulator(500)
+    norms = [acc.add(u, w) for u, w in zip(ups, [1.0, 2.0, 3.0, 4.0])]
+    streamed = acc.finalize()
+    assert np.array_equal(aggregate(Rule("mean"), [], [], [], streamed=acc).value, streamed)
+    same = aggregate(Rule("clipped-mean"), ups, [1.0, 2.0, 3.0, 4.0], norms, streamed=acc)
+    assert same.clipped == () and np.array_equal(same.value, streamed)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "mode"}, "unknown aggregation"),
+        ({"clip_factor": 0.0}, "clip_factor"),
+        ({"clip_factor": float("nan")}, "clip_factor"),
+        ({"trim_fraction": 0.5}, "trim_fraction"),
+        ({"trim_fraction": -0.1}, "trim_fraction"),
+        ({"krum_f": -1}, "krum_f"),
+        ({"krum_f": 1.5}, "krum_f must be an integer"),
+    ],
+)
+def test_bad_rules_are_refused(kwargs, match):
+    with pytest.raises(errors.InvalidArgumentError, match=match):
+        Rule(**kwargs)
+
+
+def test_a_rule_needs_the_updates_it_aggregates():
+    with pytest.raises(errors.InvalidArgumentError, match="none were given"):
+        aggregate(Rule("median"), [], [], [])
+    with pytest.raises(errors.InvalidArgumentError, match="2 updates, 1 weights"):
+        aggregate(Rule("krum"), _updates(2, (4,)), [1.0], [1.0, 1.0])
+
+
+def test_the_configured_rule_and_its_bounds():
+    cfg = load_config(None, ["coordinator.aggregation='krum'", "coordinator.krum_f=3"])
+    assert Rule.of(cfg.coordinator) == Rule("krum", 2.0, 0.2, 3)
+    assert Rule.of(load_config(None, []).coordinator).name == "clipped-mean"
+    for bad in ("coordinator.aggregation='mode'", "coordinator.trim_fraction=0.5", "coordinator.clip_factor=0",
+                "coordinator.krum_f=-1"):
+        with pytest.raises(errors.ConfigError, match=bad.split("=")[0].split(".")[1]):
+            load_config(None, [bad])

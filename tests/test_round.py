@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from hypergpu.protocol import Assignment, Message, UpdateMeta
-from hypergpu.round import LatePolicy, Round, RoundBook, RoundPlan, Verdict
+from hypergpu.round import LatePolicy, Round, RoundBook, RoundPlan, RoundRecord, Verdict
 from hypergpu.update.codec import Codec
+from hypergpu.update.robust import Rule
 
 N = 8
 A = Assignment(batch_size=8, local_steps=4)  # 32 samples: what an update may claim at most
@@ -168,3 +169,118 @@ def test_an_update_claiming_more_than_its_assigned_work_is_refused_and_the_rest_
     assert rnd2.accept(0, update(2, samples=41), 64, now=5.0).reason == "overclaim"
     assert rnd2.accept(0, update(2, samples=40), 64, now=5.5).accepted
     assert record.samples == 64
+
+
+# --- aggregation rules ---------------------------------------------------------------------
+
+HONEST = (0.9, 0.95, 1.0, 1.05, 1.1)
+OUTLIER = -100.0  # a sign-flipped update scaled 100x, claiming all the work it was given
+
+
+def poisoned_round(rule: Rule) -> tuple[RoundRecord, np.ndarray]:
+    """Five honest nodes (0-4, node 0 with three times the others' samples) and one outlier (5)."""
+    rnd = Round(plan(1, *range(6)), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0,
+                timeout_s=10.0, aggregation=rule)
+    for n, value in enumerate(HONEST):
+        assert rnd.accept(n, update(1, value, samples=30 if n == 0 else 10), 64, now=1.0).accepted
+    assert rnd.accept(5, update(1, OUTLIER, samples=32), 64, now=1.0).accepted
+    applied: list[np.ndarray] = []
+    record = rnd.close(2.0, lambda m: applied.append(m) or 1, model_version=0)
+    return record, applied[0]
+
+
+def test_the_mean_does_not_resist_one_outlier() -> None:
+    record, applied = poisoned_round(Rule("mean"))
+    weights = np.array([30, 10, 10, 10, 10, 32], dtype=np.float64)
+    expected = np.dot(weights, [*HONEST, OUTLIER]) / weights.sum()
+    np.testing.assert_allclose(applied, np.full(N, expected), rtol=1e-6)
+    assert expected < -30  # the outlier pulls the whole model its way
+    assert record.aggregation == "mean" and record.clipped == record.dropped == 0 and record.clip_norm is None
+
+
+def test_clipped_mean_clips_to_k_times_the_median_norm_and_keeps_the_weights() -> None:
+    record, applied = poisoned_round(Rule("clipped-mean", clip_factor=2.0))
+    norms = np.sqrt(N) * np.abs([*HONEST, OUTLIER])
+    bound = 2.0 * np.median(norms)  # the median of six: (1.0 + 1.05) / 2 per coordinate
+    assert record.aggregation == "clipped-mean" and record.clip_norm == pytest.approx(bound)
+    assert record.clipped == 1 and record.answers[5].clipped and record.answers[5].norm == pytest.approx(norms[5])
+    assert not any(record.answers[n].clipped for n in range(5))
+    # The outlier counts with its full weight, but no harder than the bound: -2.05 per coordinate.
+    weights = np.array([30, 10, 10, 10, 10, 32], dtype=np.float64)
+    expected = np.dot(weights, [*HONEST, -bound / np.sqrt(N)]) / weights.sum()
+    np.testing.assert_allclose(applied, np.full(N, expected), rtol=1e-5)
+    assert expected > 0  # still the honest nodes' direction
+    assert record.answers[5].cosine == pytest.approx(-1.0) and record.as_dict()["clipped"] == 1
+
+
+def test_clipped_mean_without_an_update_over_the_bound_is_the_streamed_mean_bit_for_bit() -> None:
+    rnd = open_round(1, 0, 1, 2)
+    for n, value in enumerate((1.0, 2.0, 3.0)):
+        rnd.accept(n, update(1, value, samples=10 + n), 64, now=1.0)
+    streamed = rnd.acc.finalize()
+    record = rnd.close(2.0, keep, model_version=0)
+    assert rnd.mean is not None and np.array_equal(rnd.mean, streamed)
+    assert record.aggregation == "clipped-mean" and record.clipped == 0  # bound: 2 x 2 per coordinate
+
+
+@pytest.mark.parametrize(("rule", "trimmed"), [(Rule("median"), 2), (Rule("trimmed-mean", trim_fraction=0.2), 1)])
+def test_median_and_trimmed_mean_resist_one_outlier_one_vote_each(rule: Rule, trimmed: int) -> None:
+    record, applied = poisoned_round(rule)
+    # Six votes per coordinate, weights aside: the median is (0.95 + 1.0) / 2; trimming one value
+    # from each end (-100 and 1.1) leaves (0.9 + 0.95 + 1.0 + 1.05) / 4 — the same 0.975.
+    np.testing.assert_allclose(applied, np.full(N, 0.975), rtol=1e-6)
+    assert record.aggregation == rule.name and record.trimmed == trimmed and record.clipped == record.dropped == 0
+
+
+def test_krum_drops_the_outlier_and_weighs_the_updates_it_keeps() -> None:
+    record, applied = poisoned_round(Rule("krum", krum_f=1))
+    assert record.dropped == 1 and record.answers[5].dropped
+    assert not any(record.answers[n].dropped for n in range(5))
+    expected = np.dot([30, 10, 10, 10, 10], HONEST) / 70  # node 0's three shares count
+    np.testing.assert_allclose(applied, np.full(N, expected), rtol=1e-6)
+
+
+def test_krum_takes_no_more_hostile_updates_than_a_small_round_allows() -> None:
+    # Three updates allow f = 0 whatever is configured: all of them are averaged.
+    rnd = Round(plan(1, 0, 1, 2), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,
+                aggregation=Rule("krum", krum_f=5))
+    for n, value in enumerate((1.0, 2.0, 6.0)):
+        rnd.accept(n, update(1, value), 64, now=1.0)
+    record = rnd.close(2.0, keep, model_version=0)
+    assert record.applied and record.dropped == 0 and rnd.mean is not None and np.allclose(rnd.mean, 3.0)
+
+
+def test_robust_rules_take_late_updates_as_votes_too() -> None:
+    book = RoundBook(quorum=0.5, late_policy=LatePolicy.STALE_WEIGHTED, decay=0.5)
+    first = Round(plan(1, 0, 1, 2), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0)
+    for n in (0, 1):
+        first.accept(n, update(1, 1.0), 64, now=1.0)
+    first.close(2.0, keep, model_version=0)
+    second = Round(plan(2, 0, 1, 2), np.zeros(N, dtype=np.float32), book, now=2.0, timeout_s=10.0,
+                   aggregation=Rule("median"))
+    assert second.accept(2, update(1, 50.0), 64, now=3.0).accepted  # late, for round 1
+    for n, value in ((0, 2.0), (1, 4.0)):
+        second.accept(n, update(2, value), 64, now=3.0)
+    record = second.close(4.0, keep, model_version=0)
+    assert second.mean is not None and np.allclose(second.mean, 4.0)  # the median of 50, 2 and 4
+    assert record.late[2].norm == pytest.approx(50.0 * np.sqrt(N)) and record.trimmed == 1
+
+
+def test_a_result_that_overflows_is_not_applied_and_the_record_says_why() -> None:
+    rnd = Round(plan(1, 0, 1), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,
+                aggregation=Rule("mean"))
+    for n in (0, 1):
+        assert rnd.accept(n, update(1, 3e38, samples=32), 64, now=1.0).accepted  # finite, but their sum is not
+    applied: list[np.ndarray] = []
+    record = rnd.close(2.0, lambda m: applied.append(m) or 1, model_version=0)
+    assert not record.applied and not applied and record.model_version == 0
+    assert "overflows float32" in (record.aggregation_error or "") and record.as_dict()["aggregation_error"]
+
+
+def test_a_round_of_mostly_zero_updates_clips_the_rest_to_nothing() -> None:
+    rnd = open_round(1, 0, 1, 2)
+    for n, value in enumerate((0.0, 0.0, 7.0)):
+        rnd.accept(n, update(1, value), 64, now=1.0)
+    record = rnd.close(2.0, keep, model_version=0)
+    assert record.clip_norm == 0.0 and record.clipped == 1 and record.answers[2].clipped
+    assert rnd.mean is not None and not rnd.mean.any()

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from hypergpu.config.aggregation import Aggregation, ClipFactor, KrumF, TrimFraction
 from hypergpu.config.api import ApiConfig
 from hypergpu.config.base import Host, Port
 from hypergpu.config.base import Section as _Section
@@ -250,6 +251,10 @@ class CoordinatorConfig(_Section):
         2, ge=0, le=1000, description="most rounds an update may lag: a late update's round, "
         "or the model versions it missed before it began (overlap); older ones are refused"
     )
+    aggregation: Aggregation = "clipped-mean"  # the rules and what each holds: config/aggregation.py
+    clip_factor: ClipFactor = 2.0
+    trim_fraction: TrimFraction = 0.2
+    krum_f: KrumF = 2
     heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)
     max_consecutive_failures: int = Field(3, ge=1, le=1000)
     checkpoint_dir: Path = Path("runs/checkpoints")

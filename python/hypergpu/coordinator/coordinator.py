@@ -44,6 +44,7 @@ from hypergpu.round import LatePolicy, Planner, Round, RoundBook, RoundRecord
 from hypergpu.round import StaticPlanner
 from hypergpu.transport import Connection, Server
 from hypergpu.update.downlink import ParamsEncoder
+from hypergpu.update.robust import Rule
 
 log = logging.getLogger("hypergpu.coordinator")
 
@@ -251,7 +252,8 @@ class Coordinator:
             # dealt before this round's first sends go out: a node busy receiving is an earlier round's
             ahead = self._ahead[round_id + 1] = deal(self, round_id + 1)
         rnd = self._open = Round(dealt.plan, params, self.book, now=time.perf_counter(), assigned=dealt.assigned,
-                                 timeout_s=self.config.coordinator.round_timeout_s, version=version, sent=dealt.sent)
+                                 timeout_s=self.config.coordinator.round_timeout_s, version=version, sent=dealt.sent,
+                                 aggregation=Rule.of(self.config.coordinator))
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,
             # and the round's deadline runs from its start.

@@ -35,6 +35,9 @@ class NodeAnswer:
     cosine: float | None = None
     # what the node waited (for work, or for the parameters its update builds on) since its last update
     idle_s: float = 0.0
+    norm: float | None = None  # the update's L2 norm, as sent (before any clipping)
+    clipped: bool = False  # the aggregation scaled it down to the round's clip_norm
+    dropped: bool = False  # the aggregation left it out (Krum)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +67,13 @@ class RoundRecord:
     test_accuracy: float | None = None  # a language model's: next-token accuracy
     test_perplexity: float | None = None  # language models only
     test_bits_per_byte: float | None = None  # language models only
+    # how the updates became one (coordinator.aggregation) and what that did to them
+    aggregation: str = "mean"
+    clip_norm: float | None = None  # clipped-mean: the bound (clip_factor x the median norm)
+    clipped: int = 0  # updates scaled down to clip_norm
+    dropped: int = 0  # updates left out (Krum)
+    trimmed: int = 0  # values cut from each end of every coordinate (trimmed-mean, median)
+    aggregation_error: str | None = None  # why a round with a quorum was not applied
 
     def evaluated(self, result: Evaluation) -> RoundRecord:
         """This record with the held-out figures of the model it applied."""
@@ -86,6 +96,12 @@ class RoundRecord:
             "assignments": {str(k): a.as_meta() for k, a in self.assignments.items()},
             "nodes": {str(k): a.as_dict() for k, a in self.answers.items()},
             "late": {str(k): a.as_dict() for k, a in self.late.items()},
+            "aggregation": self.aggregation,
+            "clip_norm": self.clip_norm,
+            "clipped": self.clipped,
+            "dropped": self.dropped,
+            "trimmed": self.trimmed,
+            **({"aggregation_error": self.aggregation_error} if self.aggregation_error is not None else {}),
             **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
                if self.test_loss is not None or self.test_accuracy is not None else {}),
             **({"test_perplexity": self.test_perplexity, "test_bits_per_byte": self.test_bits_per_byte}

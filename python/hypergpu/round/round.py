@@ -11,6 +11,14 @@ late and duplicate updates directly.
 
 Admission across rounds (exactly once, staleness) is the shared
 :class:`~hypergpu.round.book.RoundBook`'s; a round opens it on creation.
+
+What the accepted updates become is the configured rule's
+(:mod:`hypergpu.update.robust`, applied in :meth:`Round.close`). Every update
+is folded into the running weighted sum as it arrives — that scan is also its
+non-finite check and gives its norm — and the current round's updates are
+held for their cosine scores; the rules other than ``mean`` hold the late
+updates they also aggregate. The module table of :mod:`hypergpu.update.robust`
+says what each rule needs in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from hypergpu.round.plan import RoundPlan
 from hypergpu.round.records import NodeAnswer, RoundRecord
 from hypergpu.update.aggregate import Accumulator, cosines
 from hypergpu.update.codec import decode as decode_update
+from hypergpu.update.robust import Aggregate, Rule, aggregate
 
 #: Refusal reason for an update that cannot be decoded or whose meta does not fit.
 INVALID = "invalid"
@@ -42,7 +51,7 @@ class Round:
 
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
-                 sent: dict[int, tuple[float, int]] | None = None):
+                 sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -61,7 +70,10 @@ class Round:
         # node -> (when, bytes) of the message that gave it this round's work (sent ahead, with overlap)
         # (the dealer's own dict: sends still running record into it)
         self._sent: dict[int, tuple[float, int]] = sent if sent is not None else {}
-        self._updates: dict[int, np.ndarray] = {}  # this round's accepted updates, for cosines
+        self.rule = aggregation or Rule()
+        # (round, node) -> (update, weight, norm) in the order they were folded in: this
+        # round's for cosines, and late ones too for the rules that need more than the sum
+        self._held: dict[tuple[int, int], tuple[np.ndarray, float, float]] = {}
         self._sealed = False
         # What each node was given to do caps what its update may claim and weighs it:
         # the coordinator's count, else the plan's steps x batch x accumulation.
@@ -102,7 +114,7 @@ class Round:
         weight = decision.weight * self.book.decay**lag
         try:
             update = self._decode(msg)
-            self.acc.add(update, weight=meta.samples * weight)
+            norm = self.acc.add(update, weight=meta.samples * weight)
         except HyperGPUError as exc:
             return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
         self.book.commit(node_id, msg.round)
@@ -120,12 +132,12 @@ class Round:
             codec=msg.codec,
             weight=weight,
             idle_s=meta.idle_s,
+            norm=norm,
         )
-        if msg.round == self.id:
-            self.answers[node_id] = answer
-            self._updates[node_id] = update
-        else:
-            self.late[node_id] = answer
+        late = msg.round != self.id
+        (self.late if late else self.answers)[node_id] = answer
+        if not late or not self.rule.streams:
+            self._held[(msg.round, node_id)] = (update, meta.samples * weight, norm)
         return Ack(round=msg.round, accepted=True)
 
     def _lag(self, meta: UpdateMeta, round_id: int) -> int:
@@ -172,20 +184,25 @@ class Round:
         return self.acc.count > 0 and self.book.has_quorum()
 
     def close(self, now: float, apply: Callable[[np.ndarray], int], model_version: int) -> RoundRecord:
-        """Apply the mean (through ``apply``, which returns the new model version) if the
-        round has a quorum, score each answer against it, and record the round."""
+        """Aggregate the updates by the configured rule and apply the result (through ``apply``,
+        which returns the new model version) if the round has a quorum, score each answer
+        against it, and record the round. A result the kernels refuse (a sum that overflows
+        float32) leaves the model as it was; the record says why."""
         self.seal()
         applied = self.applicable
-        answers = dict(self.answers)
+        answers, late = dict(self.answers), dict(self.late)
+        outcome: Aggregate | None = None
+        failure = None
         if applied:
-            self.mean = self.acc.finalize()
+            try:
+                outcome = self._aggregate()
+            except HyperGPUError as exc:
+                applied, failure = False, f"{self.rule.name}: {exc}"
+        if outcome is not None:
+            self.mean = outcome.value
             model_version = apply(self.mean)
-            if self._updates:
-                scores = cosines(list(self._updates.values()), self.mean.reshape(-1))
-                for n, c in zip(self._updates, scores):
-                    if math.isfinite(c):
-                        answers[n] = replace(answers[n], cosine=float(c))
-        self._updates = {}
+            self._mark(outcome, answers, late)
+        self._held = {}
         reported = self.book.reported
         losses = [a.loss for a in self.answers.values() if a.loss is not None]
         return RoundRecord(
@@ -201,6 +218,33 @@ class Round:
             model_version=model_version,
             assignments=dict(self.plan.assignments),
             answers=answers,
-            late=dict(self.late),
+            late=late,
+            aggregation=self.rule.name,
+            clip_norm=outcome.clip_norm if outcome is not None else None,
+            clipped=len(outcome.clipped) if outcome is not None else 0,
+            dropped=len(outcome.dropped) if outcome is not None else 0,
+            trimmed=outcome.trimmed if outcome is not None else 0,
+            aggregation_error=failure,
         )
 
+    def _aggregate(self) -> Aggregate:
+        held = list(self._held.values())
+        if self.rule.streams:
+            return aggregate(self.rule, [], [], [], streamed=self.acc)
+        # Current and late updates alike: what the running sum holds, in its order.
+        updates, weights, norms = zip(*held) if held else ((), (), ())
+        return aggregate(self.rule, list(updates), list(weights), list(norms), streamed=self.acc)
+
+    def _mark(self, outcome: Aggregate, answers: dict[int, NodeAnswer], late: dict[int, NodeAnswer]) -> None:
+        """Each answer with its cosine against the result, and whether the rule clipped or dropped it."""
+        keys = list(self._held)
+        current = [k for k in keys if k[0] == self.id]
+        if current:
+            scores = cosines([self._held[k][0] for k in current], outcome.value.reshape(-1))
+            for (_, n), c in zip(current, scores):
+                if math.isfinite(c):
+                    answers[n] = replace(answers[n], cosine=float(c))
+        for i, (r, n) in enumerate(keys):
+            book = answers if r == self.id else late
+            if (i in outcome.clipped or i in outcome.dropped) and n in book and book[n].round == r:
+                book[n] = replace(book[n], clipped=i in outcome.clipped, dropped=i in outcome.dropped)
