@@ -46,7 +46,7 @@ def test_a_fold_keeps_exactly_the_progress_made_since_the_update_was_sent() -> N
     local = folder.fold(theta0)
     delta1 = vec()  # round 1's steps
     local = local + delta1
-    folder.sent(1, delta1)
+    folder.outgoing(1, delta1)
     since = vec()  # round 2's steps so far, taken before round 1's outer step came
     local = local + since
     theta1 = theta0 + 0.7 * delta1 + vec()  # the outer step, with everyone's updates
@@ -60,8 +60,8 @@ def test_updates_for_rounds_not_yet_closed_stay_in_the_local_model() -> None:
     folder.arrive(theta0, 0, 0)
     local = folder.fold(theta0)
     d1, d2 = vec(), vec()
-    folder.sent(1, d1)
-    folder.sent(2, d2)
+    folder.outgoing(1, d1)
+    folder.outgoing(2, d2)
     local = local + d1 + d2
     theta1 = vec()
     folder.arrive(theta1, 1, 1)  # includes round 1, not round 2
@@ -73,7 +73,7 @@ def test_without_overlap_the_fold_is_a_plain_load_and_older_parameters_never_und
     folder, theta0 = Folder(), vec()
     folder.arrive(theta0, 0, 0)
     d1 = vec()
-    folder.sent(1, d1)
+    folder.outgoing(1, d1)
     local = folder.fold(theta0) + d1
     theta1, stale = vec(), vec()
     folder.arrive(theta1, 1, 1)

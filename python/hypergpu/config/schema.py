@@ -112,6 +112,11 @@ class TrainingConfig(_Section):
         None, gt=0, le=10, description="the outer optimizer's learning rate (unset: 0.7 for nesterov, 1 for sgd)"
     )
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
+    fragments: int = Field(
+        1, ge=1, le=64, description="Streaming DiLoCo: the parameters cut into this many fragments at tensor "
+        "boundaries; round r syncs fragment (r-1) mod fragments, so each link's peak bytes per round drop by ~this "
+        "factor while every fragment is still synced once every `fragments` rounds (1: the whole model every round)",
+    )
     overlap: bool = Field(
         False,
         description="nodes start the next round's work as soon as an update is sent and fold the new "

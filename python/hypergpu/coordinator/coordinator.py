@@ -251,8 +251,11 @@ class Coordinator:
         if self.config.training.overlap and round_id < self.config.training.rounds:
             # dealt before this round's first sends go out: a node busy receiving is an earlier round's
             ahead = self._ahead[round_id + 1] = deal(self, round_id + 1)
-        rnd = self._open = Round(dealt.plan, params, self.book, now=time.perf_counter(), assigned=dealt.assigned,
-                                 timeout_s=self.config.coordinator.round_timeout_s, version=version, sent=dealt.sent,
+        fragments = self.model.layout.fragments(self.config.training.fragments)
+        where = fragments[(round_id - 1) % len(fragments)]  # Streaming DiLoCo: the part this round syncs
+        rnd = self._open = Round(dealt.plan, params[where], self.book, now=time.perf_counter(),
+                                 assigned=dealt.assigned, timeout_s=self.config.coordinator.round_timeout_s,
+                                 version=version, sent=dealt.sent, fragments=len(fragments),
                                  aggregation=Rule.of(self.config.coordinator))
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,
@@ -268,7 +271,7 @@ class Coordinator:
         rnd.seal()
 
         def apply(mean: np.ndarray) -> int:
-            return self.outer.step(self.model, mean)
+            return self.outer.step(self.model, mean, None if len(fragments) == 1 else where)
 
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
         self._closed = round_id

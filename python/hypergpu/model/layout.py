@@ -63,6 +63,23 @@ class ParamLayout:
             offset += t.numel()
         return cls(tuple(specs))
 
+    def fragments(self, count: int) -> tuple[slice, ...]:
+        """The flat vector cut into ``count`` contiguous fragments at tensor boundaries,
+        each cut at the boundary nearest its even share (``k * total / count``), as
+        whole tensors allow (Streaming DiLoCo syncs one at a time). Fewer come back
+        when there are fewer tensors."""
+        if count < 1:
+            raise ShapeMismatchError(f"fragments must be >= 1, got {count}")
+        inner = [s.offset for s in self.specs[1:]]  # boundaries between tensors
+        cuts = [0]
+        for k in range(1, count):
+            later = [b for b in inner if b > cuts[-1]]
+            if not later:
+                break
+            cuts.append(min(later, key=lambda b: abs(b - k * self.total / count)))
+        cuts = sorted(set(cuts)) + [self.total]
+        return tuple(slice(a, b) for a, b in zip(cuts, cuts[1:], strict=False))
+
     @cached_property
     def buffer_slices(self) -> tuple[slice, ...]:
         """Where the buffers lie in the flat vector (adjacent ones merged)."""

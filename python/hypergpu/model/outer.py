@@ -23,11 +23,15 @@ NESTEROV_LR = 0.7
 
 
 class OuterOptimizer(Protocol):
-    """Applies a round's averaged update to the model; returns the new model version."""
+    """Applies a round's averaged update to the model; returns the new model version.
+
+    ``where`` names the fragment the update covers (Streaming DiLoCo): only
+    it moves, and only its share of any optimizer state.
+    """
 
     name: str
 
-    def step(self, model: ModelManager, update: np.ndarray) -> int: ...
+    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int: ...
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint (empty for a stateless optimizer)."""
@@ -46,7 +50,8 @@ class SGDOuter:
             raise ConfigError(f"outer lr must be > 0, got {lr}")
         self.lr = lr
 
-    def step(self, model: ModelManager, update: np.ndarray) -> int:
+    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int:
+        update = _whole(model, update, where)
         if self.lr == 1.0:
             return model.apply_update(update)
         return model.apply_update(_buffers_averaged(model, np.float32(self.lr) * update, update))
@@ -74,14 +79,18 @@ class NesterovOuter:
         self.lr, self.momentum = lr, momentum
         self.velocity: np.ndarray | None = None
 
-    def step(self, model: ModelManager, update: np.ndarray) -> int:
+    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int:
+        update = _whole(model, update, where)
+        part = slice(0, update.size) if where is None else where
         if self.velocity is None or self.velocity.shape != update.shape:
             self.velocity = np.zeros_like(update)
-        self.velocity *= np.float32(self.momentum)
-        self.velocity += update
-        step = np.float32(self.lr) * (update + np.float32(self.momentum) * self.velocity)
-        for where in model.layout.buffer_slices:
-            self.velocity[where] = 0.0
+        velocity = self.velocity[part]  # a fragment's momentum moves only when it is synced
+        velocity *= np.float32(self.momentum)
+        velocity += update[part]
+        step = np.zeros_like(update)
+        step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * velocity)
+        for buffers in model.layout.buffer_slices:
+            self.velocity[buffers] = 0.0
         return model.apply_update(_buffers_averaged(model, step, update))
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -93,6 +102,15 @@ class NesterovOuter:
             raise CheckpointError(f"unknown nesterov outer state {sorted(unknown)}")
         velocity = state.get("velocity")
         self.velocity = None if velocity is None else np.array(velocity, dtype=np.float32, copy=True)
+
+
+def _whole(model: ModelManager, update: np.ndarray, where: slice | None) -> np.ndarray:
+    """A fragment's update laid into a zero vector of the whole model's size."""
+    if where is None:
+        return update
+    whole = np.zeros(model.layout.total, np.float32)
+    whole[where] = update
+    return whole
 
 
 def _buffers_averaged(model: ModelManager, step: np.ndarray, update: np.ndarray) -> np.ndarray:

@@ -19,6 +19,10 @@ the plain "load the parameters" (nothing is pending, nothing was made
 since). The update a round reports is its inner steps' own displacement:
 the trainer moves its starting point by every fold it makes mid-round.
 
+With fragments (Streaming DiLoCo) a round sends only its fragment's part
+of the progress not yet sent (:meth:`Folder.outgoing`); the rest waits
+for its own fragment's turn, and a fold only takes out what was sent.
+
 Parameters arrive on the event loop (:meth:`Folder.arrive`); the trainer
 folds them in between steps on its own thread (:meth:`Folder.fold`), so
 the model is only ever touched by the thread that trains it.
@@ -39,7 +43,8 @@ class Folder:
         self.params: np.ndarray | None = None  # g: the last global parameters folded
         self.version: int | None = None  # g's model version
         self.closed = 0  # the last round whose outer step g includes
-        self._pending: dict[int, np.ndarray] = {}  # round -> the update sent for it, not in g yet
+        self._pending: dict[int, tuple[slice, np.ndarray]] = {}  # round -> (where, what was sent), not in g yet
+        self._unsent: np.ndarray | None = None  # progress not sent yet (other fragments')
         self._arrived: deque[tuple[np.ndarray, int | None, int]] = deque()
         self._lock = threading.Lock()
         #: the highest ``closed`` that has arrived (folded or not): an update for round k
@@ -73,18 +78,30 @@ class Folder:
             else:
                 shift = params - self.params
                 for round_id in [r for r in self._pending if r <= closed]:
-                    shift -= self._pending.pop(round_id)
+                    where, part = self._pending.pop(round_id)
+                    shift[where] -= part
                 local = local + shift
             self.params, self.version, self.closed = params, version, max(self.closed, closed)
         return local
 
-    def sent(self, round_id: int, update: np.ndarray) -> None:
-        """The update for ``round_id`` is on its way (its displacement is in the local model).
+    def outgoing(self, round_id: int, progress: np.ndarray, where: slice | None = None) -> np.ndarray:
+        """Add a round's progress to what is unsent and take out the part ``round_id``
+        sends: fragment ``where`` of it (the whole of it when None).
 
-        The next parameters that include ``round_id``'s outer step take it out
-        of the local model again: they hold it, or the round did without it.
+        The next parameters that include ``round_id``'s outer step take that part
+        out of the local model again: they hold it, or the round did without it.
         """
-        self._pending[round_id] = update
+        if where is None and self._unsent is None:
+            part = progress  # no fragments: every round sends all it made
+        else:
+            if self._unsent is None or self._unsent.shape != progress.shape:
+                self._unsent = np.zeros_like(progress)
+            self._unsent += progress
+            where = where or slice(0, progress.size)
+            part = self._unsent[where].copy()
+            self._unsent[where] = 0.0
+        self._pending[round_id] = (where or slice(0, progress.size), part)
+        return part
 
     @property
     def pending_rounds(self) -> list[int]:

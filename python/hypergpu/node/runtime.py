@@ -101,7 +101,7 @@ class Node:
         )
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
-        self._encoder = UpdateEncoder()
+        self._encoders: dict[int, UpdateEncoder] = {}
         self._idle_from = time.perf_counter()
         #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
         #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
@@ -210,13 +210,30 @@ class Node:
             self._trainer.set_shard(welcome.shards)
 
     async def _train(self, opened: RoundOpened) -> None:
-        """Without overlap: train from the round's parameters, send, then wait for the next."""
+        """Without overlap: fold the round's parameters in, train, send, then wait for the next."""
+        self._folder.arrive(opened.params, opened.version, opened.closed or 0)
+        trainer, result, version, idle = await self._train_work(opened)
+        await self._send_update(opened, result, version, idle, reconnect=True)
+        await self._save_state(trainer, opened.round)
+
+    async def _train_work(self, opened: RoundOpened) -> tuple[LocalTrainer, RoundResult, int | None, float]:
+        """Fold in what arrived, train the round's work; the result carries the part to send
+        (the round's fragment of the progress not sent yet), with the version it began from."""
         trainer = await self._prepare(opened)
         idle = time.perf_counter() - self._idle_from
-        result = await asyncio.to_thread(self._train_round, trainer, opened, opened.params, None)
+        version = await asyncio.to_thread(self._fold_now, trainer)
+        result = await asyncio.to_thread(self._train_round, trainer, opened)
         self._idle_from = time.perf_counter()
-        await self._send_update(opened, result, opened.version, idle, reconnect=True)
-        await self._save_state(trainer, opened.round)
+        part = self._folder.outgoing(opened.round, result.update, self._fragment(trainer, opened.round))
+        return trainer, result._replace(update=part), version, idle
+
+    def _fragment(self, trainer: LocalTrainer, round_id: int) -> slice | None:
+        """Streaming DiLoCo: the part of the parameters ``round_id`` syncs (None: all of them)."""
+        count = trainer.training.fragments
+        if count == 1:
+            return None
+        fragments = trainer.layout.fragments(count)
+        return fragments[(round_id - 1) % len(fragments)]
 
     def _on_round_overlapped(self, opened: RoundOpened) -> None:
         """With overlap: fold the parameters in when the trainer can, and queue the work."""
@@ -231,7 +248,6 @@ class Node:
 
     async def _work_loop(self) -> None:
         """With overlap: each work begins as soon as the last one's update is computed."""
-        folder = self._folder
         waiting_since: dict[int, float] = {}
         while True:
             _, opened = await self._work.get()
@@ -245,12 +261,7 @@ class Node:
                     await asyncio.wait_for(self._arrival.wait(), self.idle_timeout_s)
                 continue
             waiting_since.pop(opened.round, None)
-            trainer = await self._prepare(opened)
-            idle = time.perf_counter() - self._idle_from
-            version = await asyncio.to_thread(self._fold_now, trainer)
-            result = await asyncio.to_thread(self._train_round, trainer, opened, None, folder)
-            self._idle_from = time.perf_counter()
-            folder.sent(opened.round, result.update)
+            trainer, result, version, idle = await self._train_work(opened)
             upload = asyncio.ensure_future(self._upload_when_open(opened, result, version, idle))
             self._uploads.add(upload)
             upload.add_done_callback(self._uploads.discard)
@@ -289,12 +300,11 @@ class Node:
             await asyncio.to_thread(ensure_shards, trainer.data, self._reader, opened.work)
         return trainer
 
-    def _train_round(self, trainer: LocalTrainer, opened: RoundOpened, params: np.ndarray | None,
-                     folder: Folder | None) -> RoundResult:
+    def _train_round(self, trainer: LocalTrainer, opened: RoundOpened) -> RoundResult:
         work = opened.assignment
         began = time.perf_counter()
-        result = trainer.train_round(params, steps=work.local_steps or None, batch_size=work.batch_size,
-                                     accumulation=work.accumulation, work=opened.work, folder=folder)
+        result = trainer.train_round(None, steps=work.local_steps or None, batch_size=work.batch_size,
+                                     accumulation=work.accumulation, work=opened.work, folder=self._folder)
         self.timeline.append(("train", opened.round, began, time.perf_counter()))
         return result
 
@@ -313,7 +323,10 @@ class Node:
             idle_s=idle_s,
             version=version,
         )
-        update = self._encoder.message(result.update, opened.assignment, meta, opened.round)
+        # one error-feedback residual per fragment: each carries what its own payloads lost
+        where = self._fragment(trainer, opened.round)
+        encoder = self._encoders.setdefault(0 if where is None else where.start, UpdateEncoder())
+        update = encoder.message(result.update, opened.assignment, meta, opened.round)
         retries_before = self.report.retries
         began = time.perf_counter()
         comm = await self.session.send(update, reconnect=reconnect)

@@ -31,7 +31,7 @@ import numpy as np
 
 from hypergpu.errors import HyperGPUError, ShapeMismatchError, UpdateError
 from hypergpu.protocol import Ack, Message, UpdateMeta, parse_meta
-from hypergpu.round.book import RoundBook, Verdict
+from hypergpu.round.book import Decision, RoundBook, Verdict
 from hypergpu.round.plan import RoundPlan
 from hypergpu.round.records import NodeAnswer, RoundRecord
 from hypergpu.update.aggregate import Accumulator, cosines
@@ -51,7 +51,8 @@ class Round:
 
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
-                 sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None):
+                 sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None,
+                 fragments: int = 1):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -67,6 +68,8 @@ class Round:
         self.mean: np.ndarray | None = None
         # the model version ``params`` are: an update that began from an older one is stale
         self.version = version
+        # Streaming DiLoCo: rounds take turns over this many fragments; ``params`` is this one's
+        self.fragments = fragments
         # node -> (when, bytes) of the message that gave it this round's work (sent ahead, with overlap)
         # (the dealer's own dict: sends still running record into it)
         self._sent: dict[int, tuple[float, int]] = sent if sent is not None else {}
@@ -95,6 +98,8 @@ class Round:
     def accept(self, node_id: int, msg: Message, size: int, now: float) -> Ack:
         """Judge, decode and fold one ``update`` message; the ack says what became of it."""
         decision = self.book.check(node_id, msg.round) if not self._sealed else None
+        if decision is not None and decision.accepted and (self.id - msg.round) % self.fragments:
+            decision = Decision(Verdict.LATE, staleness=self.id - msg.round)  # another fragment's: too late
         if decision is None or not decision.accepted:
             reason = decision.verdict.value if decision is not None else Verdict.CLOSED.value
             return Ack(round=msg.round, accepted=False, reason=reason)
