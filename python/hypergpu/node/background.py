@@ -206,10 +206,11 @@ class BackgroundLink:
     def _on_welcome(self, welcome: Welcome) -> None:
         try:
             welcome.check_layout(self.layout.digest, self.session.name, self.layout.total)
-            if welcome.training.overlap:
-                # Its work comes a round ahead; the user's loop steps round by round.
-                raise ConfigError("training.overlap needs the built-in node (hypergpu node); "
-                                  "DistributedOptimizer trains round by round: set training.overlap = false")
+            if welcome.training.overlap or welcome.training.fragments > 1:
+                # Work a round ahead, or one fragment per round: the user's loop steps whole rounds.
+                raise ConfigError("training.overlap and training.fragments need the built-in node (hypergpu node); "
+                                  "DistributedOptimizer trains whole rounds: set training.overlap = false, "
+                                  "training.fragments = 1")
         except HyperGPUError as exc:
             self._fail(exc)
             raise
