@@ -174,3 +174,30 @@ def test_the_delayed_outer_step_trains_the_gpt_to_its_target(tmp_path: Path) -> 
     assert summary.reached_target and summary.loss is not None and summary.loss <= 3.0
     # Every update after the first round began before the last outer step reached its node.
     assert any(a.weight < 1.0 for r in coord.history for a in r.answers.values())
+
+
+def test_after_a_rejoin_the_next_parameters_are_taken_as_they_are() -> None:
+    folder, theta = Folder(), vec()
+    folder.arrive(theta, 5, 5)
+    local = folder.fold(theta)
+    d6 = vec()
+    folder.outgoing(6, d6)  # sent to a coordinator that then died before applying it
+    local = local + d6
+    folder.rejoined()
+    restored = vec()  # the restarted coordinator's checkpoint: an older version
+    folder.arrive(restored, 4, 4)
+    np.testing.assert_array_equal(folder.fold(local), restored)
+    assert folder.pending_rounds == [] and folder.version == 4
+
+
+def test_a_round_run_twice_is_taken_out_twice() -> None:
+    folder, theta = Folder(), vec()
+    folder.arrive(theta, 0, 0)
+    local = folder.fold(theta)
+    first, again = vec(), vec()
+    folder.outgoing(1, first)
+    folder.outgoing(1, again)  # the same round once more (its first update was never applied)
+    local = local + first + again
+    theta1 = vec()
+    folder.arrive(theta1, 1, 1)
+    np.testing.assert_allclose(folder.fold(local), theta1, rtol=1e-6, atol=1e-6)

@@ -264,6 +264,7 @@ class LinkStats:
         """Datagrams and bytes through the shaper: ``{"egress"|"ingress": {"packets", "bytes", "delivered_packets", "delivered_bytes"}}``."""
     def as_dict(self) -> dict[str, Any]: ...
 
+def transport_identity() -> tuple[bytes, bytes]: ...
 @final
 class TransportServer:
     @staticmethod
@@ -275,6 +276,7 @@ class TransportServer:
         name: str = ...,
         shape: LinkShape | None = None,
         config: TransportConfig | None = None,
+        identity: tuple[bytes, bytes] | None = None,
     ) -> Awaitable[TransportServer]: ...
     @property
     def join_string(self) -> str: ...

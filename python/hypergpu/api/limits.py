@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hypergpu.api.security import SAFE_METHODS, RateLimiter, bearer_token, subprotocol_token, token_matches
-from hypergpu.config.schema import ApiConfig
+from hypergpu.config.api import ApiConfig
 
 #: Addresses that bind every interface: no Host header names them.
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})

@@ -88,7 +88,8 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
 
         async with local_run(cfg, token=token, resume=resume, spawn_nodes=False) as run:
             announce_recorder(run.recorder)
-            click.echo(f"join: {run.join}")
+            for join in run.coordinator.join_strings:
+                click.echo(f"join: {join}")
             if token is None:
                 click.echo(f"token: {run.coordinator.token}")
             on_signals(run.coordinator.request_stop)
@@ -119,6 +120,8 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", type=int, default=1, help="torch intra-op threads for this process")
 @click.option("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+@click.option("--give-up-s", type=float, default=None,
+              help="stop retrying an unreachable coordinator after this many seconds (default: never)")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="checkpoint the inner optimizer here after every round, and resume from it")
 def node_cmd(
@@ -136,10 +139,11 @@ def node_cmd(
     seed: int | None,
     threads: int,
     heartbeat: float,
+    give_up_s: float | None,
     state_dir: str | None,
 ) -> None:
     """Join a coordinator and train until it says bye."""
-    from hypergpu.node.runtime import Node
+    from hypergpu.node.runtime import Backoff, Node
     from hypergpu.transport import LinkShape
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -168,6 +172,7 @@ def node_cmd(
         seed=seed,
         threads=threads,
         heartbeat_s=heartbeat,
+        backoff=Backoff(give_up_s=give_up_s),
         state_dir=state_dir,
     )
     try:

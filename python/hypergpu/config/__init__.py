@@ -4,15 +4,13 @@
 >>> cfg = load_config("examples/quick.toml", ["training.lr=0.01"])
 """
 
+from hypergpu.config.api import ApiConfig
 from hypergpu.config.loader import config_schema, load_config, validate_config
+from hypergpu.config.network import CustomProfile, NetworkConfig, NetworkEvent
 from hypergpu.config.schema import (
-    ApiConfig,
     CoordinatorConfig,
-    CustomProfile,
     DataConfig,
     HyperGPUConfig,
-    NetworkConfig,
-    NetworkEvent,
     NodesConfig,
     TrainingConfig,
     data_hash,

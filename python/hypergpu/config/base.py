@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Port = Annotated[int, Field(ge=0, le=65535, description="0 picks a free port")]
 Host = Annotated[str, Field(min_length=1)]
+NodeId = Annotated[int, Field(ge=0)]
 
 
 class Section(BaseModel):

@@ -16,19 +16,18 @@ from pydantic import Field, model_validator
 
 from hypergpu.config.aggregation import Aggregation, ClipFactor, KrumF, TrimFraction
 from hypergpu.config.api import ApiConfig
-from hypergpu.config.base import Host, Port
+from hypergpu.config.base import Host, NodeId, Port
 from hypergpu.config.base import Section as _Section
 from hypergpu.config.chain import ChainConfig
+from hypergpu.config.network import NetworkConfig
 
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
 TaskKind = Literal["auto", "classification", "lm"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "stdlib", "text", "tokens"]
-ProfileName = Literal["perfect", "good", "average", "poor", "unstable", "custom"]
 Device = Literal["auto", "cpu", "cuda"]
 LatePolicy = Literal["drop", "stale-weighted"]
 
-NodeId = Annotated[int, Field(ge=0)]
 
 UpdateCodec = Literal["raw", "fp16", "int8", "int4", "topk"]
 # No int4 for parameters coming down: a node trains from what it decodes, so
@@ -182,46 +181,6 @@ class DataConfig(_Section):
         return self
 
 
-class CustomProfile(_Section):
-    """Link characteristics used wherever the profile name is ``custom``."""
-
-    latency_ms: float = Field(20.0, ge=0, le=60_000)
-    jitter_ms: float = Field(0.0, ge=0, le=60_000)
-    loss: float = Field(0.0, ge=0, lt=1, description="packet loss probability")
-    bandwidth_mbps: float = Field(100.0, gt=0, le=1_000_000)
-
-
-class NetworkEvent(_Section):
-    """Switch one node's link to another profile at a time or a round."""
-
-    node: NodeId
-    profile: ProfileName
-    at_s: float | None = Field(None, ge=0, description="seconds after the run starts")
-    at_round: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _exactly_one_trigger(self) -> NetworkEvent:
-        if (self.at_s is None) == (self.at_round is None):
-            raise ValueError("needs exactly one of at_s or at_round")
-        if self.profile == "custom":
-            # the switch travels as a profile name; custom settings are not sent
-            raise ValueError("a network event must name a built-in profile, not 'custom'")
-        return self
-
-
-class NetworkConfig(_Section):
-    """Per-link network emulation applied to each node's connection."""
-
-    default_profile: ProfileName = "perfect"
-    node_profiles: dict[NodeId, ProfileName] = Field(default_factory=dict)
-    custom: CustomProfile = Field(default_factory=CustomProfile)
-    events: list[NetworkEvent] = Field(default_factory=list)
-
-    def profile_of(self, node: int) -> str:
-        """The profile a node starts with."""
-        return self.node_profiles.get(node, self.default_profile)
-
-
 class NodesConfig(_Section):
     """The node processes of a local run."""
 
@@ -244,6 +203,11 @@ class CoordinatorConfig(_Section):
 
     host: Host = "127.0.0.1"
     port: Port = 7070
+    advertise: str | None = Field(
+        None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[\w.-]+|[0-9a-fA-F:]+)(:\d{1,5})?$",
+        description="host or host:port written into the join string, for nodes on other machines "
+        "(unset: the address bound; bound to 0.0.0.0, one join string per interface address)",
+    )
     round_timeout_s: float = Field(30.0, gt=0, le=86_400)
     quorum: float = Field(
         0.75, gt=0, le=1, description="fraction of the round's nodes needed to aggregate"

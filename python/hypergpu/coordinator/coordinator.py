@@ -26,6 +26,7 @@ from torch import nn
 from hypergpu import protocol
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal
+from hypergpu.coordinator.identity import join_strings, kept_identity
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
@@ -117,19 +118,28 @@ class Coordinator:
 
     @property
     def join_string(self) -> str:
+        """The join string to hand nodes (the first of :attr:`join_strings`)."""
+        return self.join_strings[0]
+
+    @property
+    def join_strings(self) -> list[str]:
+        """Every address nodes may join by (see :mod:`hypergpu.coordinator.identity`)."""
         if self._server is None:
             raise TransportError("the coordinator is not listening yet; call start()")
-        return self._server.join_string
+        c = self.config.coordinator
+        return join_strings(c.host, self._server.address[1], self._server.fingerprint, c.advertise)
 
     async def start(self) -> str:
         """Listen for nodes; returns the join string nodes need."""
         c = self.config.coordinator
-        self._server = await Server.listen(c.host, c.port, token=self.token)
+        # Kept beside the checkpoints, the identity (and so the join string) outlives a restart.
+        identity = kept_identity(c.checkpoint_dir / "identity") if c.checkpoint_every else None
+        self._server = await Server.listen(c.host, c.port, token=self.token, identity=identity)
         self._spawn(self._accept_loop())
         self._spawn(self.members.watch_heartbeats(c.heartbeat_interval_s))
-        self.events.publish("training", type="listening", join=self._server.join_string)
-        log.info("coordinator listening: %s", self._server.join_string)
-        return self._server.join_string
+        self.events.publish("training", type="listening", join=self.join_string, joins=self.join_strings)
+        log.info("coordinator listening: %s", " ".join(self.join_strings))
+        return self.join_string
 
     def request_stop(self) -> None:
         """Finish the current round, checkpoint, and stop (SIGINT/SIGTERM land here)."""
@@ -262,7 +272,7 @@ class Coordinator:
             # and the round's deadline runs from its start.
             self.dispatch.send_all(round_id, dealt, params, version, self._closed)
         if self.config.training.overlap:
-            self._send_ahead(round_id, dealt, ahead, fresh, params, version)
+            self.dispatch.send_ahead(round_id, dealt, ahead, fresh, params, version, self._closed)
         self._progress.clear()
         while not rnd.expire(now := time.perf_counter()) and not self._stop.is_set():
             self._progress.clear()
@@ -280,17 +290,6 @@ class Coordinator:
         self.work.settle(record)
         await self.members.after_round(record)
         return record
-
-    def _send_ahead(self, round_id: int, dealt: Dealt, ahead: Dealt | None, fresh: bool,
-                    params: np.ndarray, version: int) -> None:
-        """Overlap: the next round's work goes out now, so a node has it in hand the
-        moment it sends this round's update; this round's participants without next work
-        get the parameters alone (they fold them in, and may then send)."""
-        if ahead is not None:
-            self.dispatch.send_all(round_id + 1, ahead, params, version, self._closed)
-        if not fresh:
-            rest = [n for n in dealt.plan.participants if ahead is None or n not in ahead.plan.assignments]
-            self.dispatch.send_all(round_id, dealt, params, version, self._closed, nodes=rest, with_work=False)
 
     async def _on_update(self, node: NodeInfo, msg: Message, size: int) -> None:
         node.bytes_received += size

@@ -99,6 +99,18 @@ class Dispatch:
             self._sending[node_id] = self._spawn(
                 self._send(round_id, dealt, node_id, params, version, closed, with_work, self._sending.get(node_id)))
 
+    def send_ahead(self, round_id: int, dealt: Dealt, ahead: Dealt | None, fresh: bool,
+                   params: np.ndarray, version: int, closed: int) -> None:
+        """Overlap: the next round's work (``ahead``) goes out as ``round_id`` opens, so a
+        node has it in hand the moment it sends this round's update; this round's
+        participants without next work get the parameters alone (they fold them in,
+        and may then send). ``fresh``: this round's own messages just went out."""
+        if ahead is not None:
+            self.send_all(round_id + 1, ahead, params, version, closed)
+        if not fresh:
+            rest = [n for n in dealt.plan.participants if ahead is None or n not in ahead.plan.assignments]
+            self.send_all(round_id, dealt, params, version, closed, nodes=rest, with_work=False)
+
     async def _send(self, round_id: int, dealt: Dealt, node_id: int, params: np.ndarray,
                     version: int, closed: int, with_work: bool, before: asyncio.Task[Any] | None) -> None:
         if before is not None and not before.done():

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hypergpu.config.schema import NetworkEvent
+from hypergpu.config.network import NetworkEvent
 from hypergpu.protocol import Control, Message
 
 log = logging.getLogger("hypergpu.coordinator")

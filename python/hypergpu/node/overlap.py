@@ -50,6 +50,7 @@ class Folder:
         #: the highest ``closed`` that has arrived (folded or not): an update for round k
         #: goes out only once k-1 is closed, i.e. its round is open on the coordinator
         self.closed_seen = 0
+        self._restart = False
 
     # --- the event loop's side ---------------------------------------------------
 
@@ -58,6 +59,14 @@ class Folder:
         with self._lock:
             self._arrived.append((params, version, closed))
             self.closed_seen = max(self.closed_seen, closed)
+
+    def rejoined(self) -> None:
+        """The node was welcomed again: the coordinator may have restarted from a checkpoint,
+        so its next parameters are taken as they are (what was pending may never be applied,
+        and its versions and rounds may run behind those folded before)."""
+        with self._lock:
+            self._restart = True
+            self.closed_seen = 0
 
     # --- the trainer's side ---------------------------------------------------------
 
@@ -71,10 +80,13 @@ class Folder:
         with self._lock:
             arrived, self._arrived = list(self._arrived), deque()
         for params, version, closed in arrived:
-            if self.version is not None and version is not None and version < self.version:
+            if self._restart or self.params is None:
+                # the first parameters, or the first after a restart (nothing pending counts then)
+                if self._restart:
+                    self._pending.clear()
+                local, self._restart, self.closed = params.copy(), False, closed
+            elif self.version is not None and version is not None and version < self.version:
                 continue  # overtaken by newer parameters already folded in
-            if self.params is None:
-                local = params.copy()  # the first parameters: nothing to keep
             else:
                 shift = params - self.params
                 for round_id in [r for r in self._pending if r <= closed]:
@@ -100,7 +112,11 @@ class Folder:
             where = where or slice(0, progress.size)
             part = self._unsent[where].copy()
             self._unsent[where] = 0.0
-        self._pending[round_id] = (where or slice(0, progress.size), part)
+        where = where or slice(0, progress.size)
+        earlier = self._pending.get(round_id)
+        # A round run again (a restarted coordinator) adds to the local model once more:
+        # the fold must take out both.
+        self._pending[round_id] = (where, part if earlier is None else earlier[1] + part)
         return part
 
     @property

@@ -163,6 +163,8 @@ class Node:
 
     async def _act(self, event: Event) -> None:
         if isinstance(event, Welcomed):
+            if not event.first:
+                self._folder.rejoined()
             self._on_welcome(event.welcome)
         elif isinstance(event, RoundOpened):
             if self._trainer is not None and self._trainer.training.overlap:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from hypergpu import protocol
-from hypergpu.errors import HyperGPUError, TransportError
+from hypergpu.errors import AuthError, HyperGPUError, TransportError
 from hypergpu.node.protocol import NodeReport
 from hypergpu.protocol import Hello, Message
 from hypergpu.transport import Connection, LinkShape, connect
@@ -31,15 +33,29 @@ log = logging.getLogger("hypergpu.node")
 
 @dataclass
 class Backoff:
-    """Exponential backoff between retries: first, first*factor, … up to ``cap``."""
+    """Jittered exponential backoff between retries: about first, first*factor, … up to ``cap``.
+
+    By default a node never gives up: a coordinator that restarts (with its
+    kept identity) finds its nodes still knocking. ``attempts`` or
+    ``give_up_s`` (seconds of retrying) bound it.
+    """
 
     first_s: float = 0.2
     factor: float = 2.0
     cap_s: float = 5.0
-    attempts: int = 8
+    attempts: int | None = None
+    give_up_s: float | None = None
 
-    def delays(self) -> list[float]:
-        return [min(self.cap_s, self.first_s * self.factor**i) for i in range(self.attempts)]
+    def delays(self) -> Iterator[float]:
+        """The waits before each retry; the jitter (50–100 %) keeps many nodes from knocking at once."""
+        started = time.monotonic()
+        for i in itertools.count():
+            if self.attempts is not None and i >= self.attempts:
+                return
+            delay = min(self.cap_s, self.first_s * self.factor ** min(i, 64)) * random.uniform(0.5, 1.0)
+            if self.give_up_s is not None and time.monotonic() - started + delay > self.give_up_s:
+                return
+            yield delay
 
 
 class Session:
@@ -77,7 +93,7 @@ class Session:
     async def connect(self) -> Connection:
         """Connect and say hello, retrying with backoff; sets and returns :attr:`link`."""
         last: Exception | None = None
-        for attempt, delay in enumerate([0.0, *self.backoff.delays()]):
+        for attempt, delay in enumerate(itertools.chain([0.0], self.backoff.delays())):
             if delay:
                 await asyncio.sleep(delay)
             try:
@@ -87,6 +103,8 @@ class Session:
                     self.report.reconnects += 1
                 self.link = link
                 return link
+            except AuthError:
+                raise  # a wrong token or fingerprint stays wrong: retrying would knock forever
             except TransportError as exc:
                 last = exc
                 log.info("%s: connect attempt %d failed: %s", self.name, attempt + 1, exc)
@@ -114,7 +132,7 @@ class Session:
         """
         frame = protocol.encode(msg)
         started = time.perf_counter()
-        for delay in [0.0, *self.backoff.delays()]:
+        for delay in itertools.chain([0.0], self.backoff.delays()):
             if delay:
                 await asyncio.sleep(delay)
                 self.report.retries += 1

@@ -39,7 +39,7 @@ from typing import Any
 from hypergpu import _core
 from hypergpu._core import LINK_PROFILES, LinkShape, LinkStats, TransportConfig
 
-__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "LinkStats", "Server", "TransportConfig", "connect"]
+__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "LinkStats", "Server", "TransportConfig", "connect", "new_identity"]
 
 
 class Connection:
@@ -115,6 +115,11 @@ class Connection:
         return f"Connection(peer_name={self.peer_name!r}, remote={host}:{port})"
 
 
+
+def new_identity() -> tuple[bytes, bytes]:
+    """A new self-signed certificate and its PKCS#8 key (DER), for :meth:`Server.listen`."""
+    return _core.transport_identity()
+
 class Server:
     """The coordinator's endpoint. Create it with :meth:`Server.listen`."""
 
@@ -133,13 +138,16 @@ class Server:
         name: str = "coordinator",
         shape: LinkShape | None = None,
         config: TransportConfig | None = None,
+        identity: tuple[bytes, bytes] | None = None,
     ) -> Server:
         """Listen on ``host:port`` (port 0 picks a free one) with a fresh
-        self-signed certificate. ``shape`` shapes every peer's link at this
-        end until a connection is given its own shape; ``config`` holds the
-        transport settings (defaults when ``None``)."""
+        self-signed certificate, or the ``identity`` (certificate and PKCS#8
+        key, DER: :func:`new_identity`) kept from an earlier run, so the
+        fingerprint nodes pin stays the same. ``shape`` shapes every peer's
+        link at this end until a connection is given its own shape;
+        ``config`` holds the transport settings (defaults when ``None``)."""
         inner = await _core.TransportServer.listen(
-            host, port, token=token, name=name, shape=shape, config=config
+            host, port, token=token, name=name, shape=shape, config=config, identity=identity
         )
         return cls(inner)
 

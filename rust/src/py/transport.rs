@@ -15,7 +15,7 @@ use super::runtime::{fork_guard, poll_once, ready};
 use super::shaping::PyLinkShape;
 use super::transport_config::{resolve, PyTransportConfig};
 use crate::error::{Error, Result};
-use crate::transport::{self, Link, Server};
+use crate::transport::{self, Identity, Link, Server};
 
 /// The coordinator's listening endpoint.
 #[pyclass(module = "hypergpu._core", name = "TransportServer", frozen)]
@@ -27,7 +27,8 @@ pub struct PyServer {
 impl PyServer {
     /// Awaitable: listen on `host:port` (0 picks a free port).
     #[staticmethod]
-    #[pyo3(signature = (host, port, *, token, name="coordinator".to_string(), shape=None, config=None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature's keyword arguments, one each
+    #[pyo3(signature = (host, port, *, token, name="coordinator".to_string(), shape=None, config=None, identity=None))]
     fn listen<'py>(
         py: Python<'py>,
         host: String,
@@ -36,12 +37,16 @@ impl PyServer {
         name: String,
         shape: Option<PyRef<'_, PyLinkShape>>,
         config: Option<PyRef<'_, PyTransportConfig>>,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let cfg = resolve(config);
         let shape = shape.map(|s| s.inner.clone()).unwrap_or_default();
+        let identity = identity
+            .map(|(cert, key)| Identity::from_der(cert, key))
+            .transpose()?;
         future_into_py(py, async move {
-            let server = Server::listen(&host, port, &token, cfg, &name, shape).await?;
+            let server = Server::listen(&host, port, &token, cfg, &name, shape, identity).await?;
             Ok(PyServer {
                 inner: Arc::new(server),
             })
@@ -297,11 +302,19 @@ impl PyConnection {
     }
 }
 
+/// A new self-signed certificate and its PKCS#8 key, as DER, for a
+/// coordinator to keep so its fingerprint (and join string) outlive it.
+#[pyfunction]
+fn transport_identity() -> PyResult<(Vec<u8>, Vec<u8>)> {
+    Ok(Identity::self_signed()?.to_der())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTransportConfig>()?;
     m.add_class::<PyLinkStats>()?;
     m.add_class::<PyServer>()?;
     m.add_class::<PyConnection>()?;
+    m.add_function(wrap_pyfunction!(transport_identity, m)?)?;
     m.add_function(wrap_pyfunction!(transport_connect, m)?)?;
     Ok(())
 }

@@ -102,6 +102,7 @@ impl Server {
         cfg: TransportConfig,
         name: &str,
         shape: LinkShape,
+        identity: Option<Identity>,
     ) -> Result<Server> {
         cfg.validate()?;
         shape.validate()?;
@@ -111,7 +112,10 @@ impl Server {
             ));
         }
         let addr = resolve(host, port).await?;
-        let identity = Identity::self_signed()?;
+        let identity = match identity {
+            Some(kept) => kept,
+            None => Identity::self_signed()?,
+        };
         let mut server_cfg = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
         server_cfg.transport_config(Arc::new(cfg.transport()));
         let socket = bind_socket(addr, shape)?;

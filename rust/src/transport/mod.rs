@@ -21,6 +21,7 @@ use crate::error::Error;
 pub use endpoint::{connect, JoinString, Server};
 pub use link::{Link, LinkStats};
 pub use rejections::Rejection;
+pub use tls::Identity;
 
 /// Settings shared by both ends. [`Default`] is the one place their
 /// defaults are written (Python's `TransportConfig` takes them from here).
@@ -201,6 +202,7 @@ mod tests {
             cfg.clone(),
             "coord",
             LinkShape::default(),
+            None,
         )
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! Certificates and TLS for the transport: the coordinator makes a
-//! self-signed certificate at start, and nodes pin it by the SHA-256 of its
-//! DER (from the join string) instead of trusting any authority.
+//! self-signed certificate (or reuses the one it kept, so its join string
+//! survives a restart), and nodes pin it by the SHA-256 of its DER (from the
+//! join string) instead of trusting any authority.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,27 @@ impl Identity {
             cert,
             key: PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()),
         })
+    }
+
+    /// An identity kept from an earlier run: its certificate and PKCS#8 key (DER).
+    /// The pair is checked by building a server configuration from it.
+    pub fn from_der(cert: Vec<u8>, key: Vec<u8>) -> Result<Self> {
+        let id = Identity {
+            fingerprint: fingerprint(&cert),
+            cert: CertificateDer::from(cert),
+            key: PrivatePkcs8KeyDer::from(key),
+        };
+        server_crypto(&id).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the kept certificate and key do not make an identity: {e}"
+            ))
+        })?;
+        Ok(id)
+    }
+
+    /// The certificate and PKCS#8 key as DER, to keep beside a run's checkpoints.
+    pub fn to_der(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.cert.to_vec(), self.key.secret_pkcs8_der().to_vec())
     }
 }
 
