@@ -113,6 +113,16 @@ def test_start_exclude_pause_stop_over_http_and_ws(tmp_path):
                      "/metrics", "/api/blockchain/session"):
             assert join_token not in http.get(path).text, path
 
+        # A graceful stop left a checkpoint: a resumed start goes on from the round after it.
+        stopped_at = sessions[0]["summary"]["rounds"]
+        r = http.post("/api/training/start", headers=auth, json={"resume": True})
+        assert r.status_code == 202, r.text
+        while not (e := json.loads(ws.recv(timeout=60)))["data"].get("type") == "session-started":
+            pass  # the first run's events still queued on this socket
+        assert e["data"]["session"] == 2 and next_round()["round"] == stopped_at + 1
+        assert http.post("/api/training/stop", headers=auth).json()["state"] == "stopping"
+        wait_for(lambda: http.get("/api/status").json()["state"] == "stopped", what="stopped again")
+
 
 def test_websocket_latency_under_100ms(tmp_path):
     """Events reach a WebSocket client within 100 ms of being published (>= 100 events)."""

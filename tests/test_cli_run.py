@@ -46,6 +46,24 @@ def test_train_without_api_settles_on_the_embedded_chain(tmp_path: Path) -> None
     assert "still queued" not in out
 
 
+def test_train_resumes_from_its_checkpoint_for_more_rounds(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    overrides = (*SMALL, "coordinator.checkpoint_every=1", f"coordinator.checkpoint_dir='{ckpt}'",
+                 "rewards.enabled=false")
+    first = subprocess.run(cli("train", "--no-api", *sets(*overrides)), cwd=tmp_path, env=env(),
+                           capture_output=True, text=True, timeout=150)
+    assert first.returncode == 0, first.stdout + first.stderr
+    fingerprint = (ckpt / "identity" / "cert.der").read_bytes()
+    more = subprocess.run(cli("train", "--no-api", "--resume", *sets(*overrides, "training.rounds=5")), cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=150)
+    out = more.stdout + more.stderr
+    assert more.returncode == 0, out
+    # It ran rounds 4 and 5 only (2 x 2 steps x 32 samples per node): the first three came from the checkpoint.
+    assert "rounds 5" in out and "│ 128 " in out
+    assert sorted(p.name for p in ckpt.glob("ckpt-*"))[-1] == "ckpt-00000005.safetensors"
+    assert (ckpt / "identity" / "cert.der").read_bytes() == fingerprint  # the same join string
+
+
 def test_version_and_the_node_s_environment_variables(tmp_path: Path) -> None:
     done = subprocess.run(cli("--version"), env=env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"hypergpu, version {hypergpu.__version__}"

@@ -123,6 +123,7 @@ class StartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: HyperGPUConfig | None = Field(None, description="the run's configuration; default: the held one")
+    resume: bool = Field(False, description="continue from the newest valid checkpoint (and send queued chain writes)")
 
 
 class ExcludeRequest(BaseModel):

@@ -81,8 +81,9 @@ class TrainingService(ServiceViews):
 
     # --- lifecycle ------------------------------------------------------------
 
-    async def start(self, config: HyperGPUConfig | None = None) -> Session:
-        """Start a run of ``config`` (default: the held configuration)."""
+    async def start(self, config: HyperGPUConfig | None = None, *, resume: bool = False) -> Session:
+        """Start a run of ``config`` (default: the held configuration); ``resume`` continues
+        from its newest valid checkpoint."""
         if self.running:
             raise ConflictError("training is already running; stop it first")
         cfg = config or self.config
@@ -111,7 +112,7 @@ class TrainingService(ServiceViews):
         try:
             run = await harness.enter_async_context(local_run(
                 cfg, log_dir=self.log_dir, events=self.events, planner=planner, observers=[self._on_round],
-                keep_recorder=True,
+                keep_recorder=True, resume=resume,
             ))
         except BaseException as exc:  # the session shows why; the caller gets the error
             session.state, session.error, session.finished_at = "failed", str(exc), time.time()

@@ -72,11 +72,15 @@ DEMO_LM_OVERRIDES = (
 )
 
 
+resume_option = click.option(
+    "--resume", is_flag=True, help="continue from the newest valid checkpoint (and send queued chain writes)")
+
+
 @click.command("coordinator")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @set_option
 @click.option("--token", envvar="HYPERGPU_TOKEN", help="join token nodes must present (default: generated)")
-@click.option("--resume", is_flag=True, help="continue from the newest valid checkpoint")
+@resume_option
 @click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
 def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | None, resume: bool,
                     wide: bool) -> None:
@@ -188,9 +192,11 @@ def node_cmd(
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="write each node's log here")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
 @click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
-def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool, wide: bool) -> None:
+@resume_option
+def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool, wide: bool,
+              resume: bool) -> None:
     """Train FILE's configuration: a coordinator here plus N local node processes."""
-    sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api, wide))
+    sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api, wide, resume))
 
 
 @click.command("demo")
@@ -199,7 +205,8 @@ def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None,
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a demo setting (repeatable)")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
 @click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
-def demo_cmd(task: str, overrides: tuple[str, ...], api: bool, wide: bool) -> None:
+@resume_option
+def demo_cmd(task: str, overrides: tuple[str, ...], api: bool, wide: bool, resume: bool) -> None:
     """Ten node processes on mixed links train a CNN on digits to >= 97% (or, with
     --task lm, four train a small GPT on the standard library's source to a held-out loss of 2.2)."""
     demo = DEMO_LM_OVERRIDES if task == "lm" else DEMO_OVERRIDES
@@ -208,26 +215,28 @@ def demo_cmd(task: str, overrides: tuple[str, ...], api: bool, wide: bool) -> No
         f"demo: {cfg.nodes.count} node processes, profiles "
         + ", ".join(f"{i}:{cfg.network.profile_of(i)}" for i in range(cfg.nodes.count))
     )
-    sys.exit(train_here(cfg, Path("runs/demo-lm/logs" if task == "lm" else "runs/demo/logs"), api, wide))
+    sys.exit(train_here(cfg, Path("runs/demo-lm/logs" if task == "lm" else "runs/demo/logs"), api, wide, resume))
 
 
-def train_here(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False, wide: bool = False) -> int:
+def train_here(cfg: HyperGPUConfig, log_dir: Path | None, api: bool = False, wide: bool = False,
+               resume: bool = False) -> int:
     """Trains ``cfg`` with local node processes, with the dashboard or a progress bar; the exit status."""
     try:
-        return asyncio.run(_train_with_api(cfg, log_dir, wide) if api else _train_with_progress(cfg, log_dir, wide))
+        return asyncio.run(_train_with_api(cfg, log_dir, wide, resume) if api
+                           else _train_with_progress(cfg, log_dir, wide, resume))
     except HyperGPUError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
 
 
-async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool) -> int:
+async def _train_with_progress(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool, resume: bool) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hypergpu.launch import local_run
 
     columns = (TextColumn("round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn())
-    async with local_run(cfg, log_dir=log_dir) as run:
+    async with local_run(cfg, log_dir=log_dir, resume=resume) as run:
         announce_recorder(run.recorder)
         on_signals(run.coordinator.request_stop)
         started = time.perf_counter()
@@ -261,14 +270,14 @@ def held_out_brief(round_data: dict[str, Any]) -> str:
     return f"acc {acc:.3f}  " if acc is not None else ""
 
 
-async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool) -> int:
+async def _train_with_api(cfg: HyperGPUConfig, log_dir: Path | None, wide: bool, resume: bool) -> int:
     """``train``/``demo`` with the dashboard: one run, served while it lasts."""
     from hypergpu.api import TrainingService
 
     service = TrainingService(cfg, log_dir=log_dir)
     server = await open_api(service, cfg, None, None)
     try:
-        session = await service.start()
+        session = await service.start(resume=resume)
         on_signals(service.shutdown_soon)  # Ctrl-C: finish the round, checkpoint, stop
         await service.wait()
         if service.chain is not None:

@@ -89,7 +89,7 @@ async def start(service: Service, startup: Startup, body: Annotated[StartRequest
     ``GET /api/config/settable`` lists.
     """
     config = check_runtime_change(startup, body.config) if body and body.config else None
-    session = await service.start(config)
+    session = await service.start(config, resume=bool(body and body.resume))
     return _action(service, f"session {session.id} started ({session.label})")
 
 
