@@ -48,6 +48,17 @@ def browser():
         b.close()
 
 
+# Every wide table sits in a scroll box inside its card; scrolled to the end, its last column shows.
+SCROLLING_TABLES_CHECK = """() => [...document.querySelectorAll('.scroll')].filter((b) => b.offsetParent).map((box) => {
+  const card = box.closest('.panel').getBoundingClientRect();
+  const inside = box.getBoundingClientRect().right <= card.right + 1;
+  box.scrollLeft = box.scrollWidth;
+  const last = [...box.querySelectorAll('th')].pop();
+  const shown = last ? last.getBoundingClientRect().right <= box.getBoundingClientRect().right + 1 : true;
+  return {inside, last_column_reachable: shown, overflows: box.scrollWidth > box.clientWidth};
+})"""
+
+
 def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
     # one real run watched in one browser page: a run per check would take minutes
     cfg = load_config(None, [
@@ -104,6 +115,12 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         # The run records contributions on the (embedded) chain by default.
         page.wait_for_function(
             "() => document.querySelector('#chain').textContent.includes('connected · block')", timeout=60_000)
+        # At 1280 px the contributions table scrolls inside its card: no column is cut off or runs past it.
+        page.wait_for_selector("#chain .scroll table", timeout=60_000)
+        page.set_viewport_size({"width": 1280, "height": 1600})
+        fit = page.evaluate(SCROLLING_TABLES_CHECK)
+        print("tables at 1280 px:", fit)
+        assert fit and all(t["inside"] and t["last_column_reachable"] for t in fit), fit
 
         page.click("#stop-btn")
         page.wait_for_function("() => document.querySelector('#state').textContent === 'stopped'", timeout=60_000)

@@ -323,8 +323,10 @@ async function refreshChain() {
   const [session, contrib] = await Promise.all([api("GET", "/api/blockchain/session"), api("GET", "/api/blockchain/contributions")]);
   const box = $("#chain");
   if (!session.enabled) { box.replaceChildren(el("p", { class: "muted" }, session.reason)); return; }
-  const table = (rows, cols) => el("table", { class: "table" }, el("tr", {}, ...cols.map((c) => el("th", {}, c))),
-    ...rows.map((r) => el("tr", {}, ...cols.map((c) => el("td", { class: c === "status" ? `status-${r[c]}` : "" }, r[c] ?? "–")))));
+  // wide tables scroll inside their card instead of running past it
+  const table = (rows, cols) => el("div", { class: "scroll" }, el("table", { class: "table" },
+    el("tr", {}, ...cols.map((c) => el("th", {}, c))),
+    ...rows.map((r) => el("tr", {}, ...cols.map((c) => el("td", { class: c === "status" ? `status-${r[c]}` : "" }, r[c] ?? "–"))))));
   const contributions = contrib.contributions || [];
   const txs = contrib.transactions || [];
   box.replaceChildren(
