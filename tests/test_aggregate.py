@@ -490,7 +490,7 @@ def test_a_rule_needs_the_updates_it_aggregates():
 
 def test_the_configured_rule_and_its_bounds():
     cfg = load_config(None, ["coordinator.aggregation='krum'", "coordinator.krum_f=3"])
-    assert Rule.of(cfg.coordinator) == Rule("krum", 2.0, 0.2, 3)
+    assert Rule.of(cfg.coordinator) == Rule("krum", 1.5, 0.2, 3)
     assert Rule.of(load_config(None, []).coordinator).name == "clipped-mean"
     for bad in ("coordinator.aggregation='mode'", "coordinator.trim_fraction=0.5", "coordinator.clip_factor=0",
                 "coordinator.krum_f=-1"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hypergpu.errors import UpdateError
 from hypergpu.protocol import Assignment, Message, UpdateMeta
 from hypergpu.round import LatePolicy, Round, RoundBook, RoundPlan, RoundRecord, Verdict
 from hypergpu.update.codec import Codec
@@ -220,7 +221,7 @@ def test_clipped_mean_without_an_update_over_the_bound_is_the_streamed_mean_bit_
     streamed = rnd.acc.finalize()
     record = rnd.close(2.0, keep, model_version=0)
     assert rnd.mean is not None and np.array_equal(rnd.mean, streamed)
-    assert record.aggregation == "clipped-mean" and record.clipped == 0  # bound: 2 x 2 per coordinate
+    assert record.aggregation == "clipped-mean" and record.clipped == 0  # bound: 1.5 x 2 per coordinate
 
 
 @pytest.mark.parametrize(("rule", "trimmed"), [(Rule("median"), 2), (Rule("trimmed-mean", trim_fraction=0.2), 1)])
@@ -274,7 +275,7 @@ def test_a_result_that_overflows_is_not_applied_and_the_record_says_why() -> Non
     applied: list[np.ndarray] = []
     record = rnd.close(2.0, lambda m: applied.append(m) or 1, model_version=0)
     assert not record.applied and not applied and record.model_version == 0
-    assert "overflows float32" in (record.aggregation_error or "") and record.as_dict()["aggregation_error"]
+    assert "overflows float32" in (record.not_applied or "") and record.as_dict()["not_applied"]
 
 
 def test_a_round_of_mostly_zero_updates_clips_the_rest_to_nothing() -> None:
@@ -284,3 +285,15 @@ def test_a_round_of_mostly_zero_updates_clips_the_rest_to_nothing() -> None:
     record = rnd.close(2.0, keep, model_version=0)
     assert record.clip_norm == 0.0 and record.clipped == 1 and record.answers[2].clipped
     assert rnd.mean is not None and not rnd.mean.any()
+
+
+def test_a_result_the_model_refuses_is_not_applied_and_the_round_goes_on() -> None:
+    rnd = open_round(1, 0)
+    rnd.accept(0, update(1, 1e9), 64, now=1.0)
+
+    def refuse(mean: np.ndarray) -> int:
+        raise UpdateError("parameters: largest magnitude 1e+09 exceeds the bound 1e+06")
+
+    record = rnd.close(2.0, refuse, model_version=3)
+    assert not record.applied and record.model_version == 3 and rnd.mean is None
+    assert record.not_applied == "clipped-mean: parameters: largest magnitude 1e+09 exceeds the bound 1e+06"

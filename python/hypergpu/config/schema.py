@@ -221,7 +221,7 @@ class CoordinatorConfig(_Section):
         "or the model versions it missed before it began (overlap); older ones are refused"
     )
     aggregation: Aggregation = "clipped-mean"  # the rules and what each holds: config/aggregation.py
-    clip_factor: ClipFactor = 2.0
+    clip_factor: ClipFactor = 1.5
     trim_fraction: TrimFraction = 0.2
     krum_f: KrumF = 2
     heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)

@@ -73,7 +73,7 @@ class RoundRecord:
     clipped: int = 0  # updates scaled down to clip_norm
     dropped: int = 0  # updates left out (Krum)
     trimmed: int = 0  # values cut from each end of every coordinate (trimmed-mean, median)
-    aggregation_error: str | None = None  # why a round with a quorum was not applied
+    not_applied: str | None = None  # why a round with a quorum was not applied (its aggregate was refused)
 
     def evaluated(self, result: Evaluation) -> RoundRecord:
         """This record with the held-out figures of the model it applied."""
@@ -101,7 +101,7 @@ class RoundRecord:
             "clipped": self.clipped,
             "dropped": self.dropped,
             "trimmed": self.trimmed,
-            **({"aggregation_error": self.aggregation_error} if self.aggregation_error is not None else {}),
+            **({"not_applied": self.not_applied} if self.not_applied is not None else {}),
             **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
                if self.test_loss is not None or self.test_accuracy is not None else {}),
             **({"test_perplexity": self.test_perplexity, "test_bits_per_byte": self.test_bits_per_byte}

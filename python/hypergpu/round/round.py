@@ -192,7 +192,8 @@ class Round:
         """Aggregate the updates by the configured rule and apply the result (through ``apply``,
         which returns the new model version) if the round has a quorum, score each answer
         against it, and record the round. A result the kernels refuse (a sum that overflows
-        float32) leaves the model as it was; the record says why."""
+        float32) or ``apply`` refuses (parameters out of bounds) is not applied: the round
+        is recorded as such, with why, and the run goes on."""
         self.seal()
         applied = self.applicable
         answers, late = dict(self.answers), dict(self.late)
@@ -201,11 +202,11 @@ class Round:
         if applied:
             try:
                 outcome = self._aggregate()
+                model_version = apply(outcome.value)
             except HyperGPUError as exc:
-                applied, failure = False, f"{self.rule.name}: {exc}"
+                applied, outcome, failure = False, None, f"{self.rule.name}: {exc}"
         if outcome is not None:
             self.mean = outcome.value
-            model_version = apply(self.mean)
             self._mark(outcome, answers, late)
         self._held = {}
         reported = self.book.reported
@@ -229,7 +230,7 @@ class Round:
             clipped=len(outcome.clipped) if outcome is not None else 0,
             dropped=len(outcome.dropped) if outcome is not None else 0,
             trimmed=outcome.trimmed if outcome is not None else 0,
-            aggregation_error=failure,
+            not_applied=failure,
         )
 
     def _aggregate(self) -> Aggregate:

@@ -61,7 +61,7 @@ class Rule:
     """An aggregation rule and its parameters (see the module's table)."""
 
     name: AggregationRule = "clipped-mean"
-    clip_factor: float = 2.0  # clipped-mean: the bound is this many median norms
+    clip_factor: float = 1.5  # clipped-mean: the bound is this many median norms
     trim_fraction: float = 0.2  # trimmed-mean: cut from each end of every coordinate
     krum_f: int = 2  # krum: hostile updates tolerated (lowered to what a round allows)
 
