@@ -129,7 +129,9 @@ def test_a_late_update_counts_stale_weighted_in_the_next_round() -> None:
     first = open_round(1, 0, 1, book=book)
     assert first.accept(0, update(1, 1.0), 64, now=1.0).accepted
     first.close(2.0, keep, model_version=0)
-    second = open_round(2, 0, 1, book=book)
+    # The plain mean, so the weights alone decide (clipped-mean would hold 5.0 to 1.5 x the median norm).
+    second = Round(plan(2, 0, 1), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0,
+                   aggregation=Rule("mean"))
     late = second.accept(1, update(1, 5.0), 64, now=3.0)
     assert late.accepted and second.late[1].round == 1 and second.late[1].weight == 0.5
     assert second.owes(0) and second.owes(1)  # a late update for round 1 pays nothing of round 2
