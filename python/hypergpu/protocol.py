@@ -24,9 +24,12 @@ Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
   ``metrics`` node → coordinator; ``bye`` on orderly exit.
 
 Each kind's meta has one schema here (:class:`Hello`, :class:`WelcomeMeta`,
-:class:`Assignment`, :class:`UpdateMeta`, :class:`Ack`, :class:`Control`),
-used by both ends: the sender builds it, the receiver parses it, and a
-meta that does not fit is refused with the field that is wrong.
+:class:`Assignment`, :class:`UpdateMeta`, :class:`Ack`, :class:`Control`,
+:class:`NodeMetrics`), used by both ends: the sender builds it, the receiver
+parses it, and a meta that does not fit is refused with the field that is
+wrong. Whoever reads a peer it does not trust decodes with ``max_meta``
+(the coordinator: :data:`MAX_META`): a larger meta is refused by its size in
+the frame's tensor table, before a byte of it is copied or parsed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from hypergpu.errors import FrameError
+from hypergpu.errors import FrameError, MessageTooLargeError
 from hypergpu.wire import TensorSpec, decode_frame, encode_frame
 
 __all__ = [
@@ -46,7 +49,9 @@ __all__ = [
     "Assignment",
     "Control",
     "Hello",
+    "MAX_META",
     "Message",
+    "NodeMetrics",
     "UpdateMeta",
     "WelcomeMeta",
     "decode",
@@ -86,6 +91,10 @@ class Message:
 ALIGN = 8
 _PAD = "_pad"
 
+#: The largest meta the coordinator parses from a node (JSON bytes). What nodes send is a few
+#: hundred bytes; parsing is on the event loop, so a larger one would stall every node's reader.
+MAX_META = 64 * 1024
+
 
 def encode(msg: Message) -> bytes:
     """Serialise ``msg`` into one wire frame."""
@@ -119,11 +128,15 @@ def encode(msg: Message) -> bytes:
     )
 
 
-def decode(frame: bytes | memoryview, max_payload: int | None = None) -> Message:
-    """Parse one wire frame into a :class:`Message` (sections are views)."""
+def decode(frame: bytes | memoryview, max_payload: int | None = None, max_meta: int | None = None) -> Message:
+    """Parse one wire frame into a :class:`Message` (sections are views). A meta section
+    over ``max_meta`` bytes raises :class:`MessageTooLargeError` without being read."""
     header, payload = decode_frame(frame, max_payload)
     if not header.tensors or header.tensors[0].name != "meta":
         raise FrameError("message has no leading 'meta' section")
+    if max_meta is not None and header.tensors[0].nbytes > max_meta:
+        raise MessageTooLargeError(
+            f"{header.kind} meta of {header.tensors[0].nbytes} bytes refused unread (at most {max_meta})")
     at = 0
     sections: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
@@ -275,6 +288,30 @@ class Ack(_Meta):
     accepted: bool
     reason: str | None = None  # a refusal's reason (a RoundBook verdict, or "invalid")
     detail: str | None = None  # what was wrong with an invalid update
+
+
+class NodeMetrics(_Meta):
+    """node → coordinator: a node's rolling figures (the window means of
+    ``hypergpu.node.metrics.SERIES`` and its lifetime retries). Only these keys, only finite
+    non-negative numbers (loss may be any finite number): the coordinator publishes them as
+    an event, so nothing else a node writes reaches the event's own fields or its watchers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    loss: float | None = None
+    accuracy: float | None = Field(default=None, ge=0, le=1)
+    forward_s: float | None = Field(default=None, ge=0)
+    backward_s: float | None = Field(default=None, ge=0)
+    step_s: float | None = Field(default=None, ge=0)
+    compute_s: float | None = Field(default=None, ge=0)
+    throttle_s: float | None = Field(default=None, ge=0)
+    comm_s: float | None = Field(default=None, ge=0)
+    retries: float | None = Field(default=None, ge=0)
+    total_retries: float | None = Field(default=None, ge=0)
+
+    def figures(self) -> dict[str, float]:
+        """The figures the node sent (fields it left out are absent)."""
+        return self.model_dump(exclude_none=True)
 
 
 class Control(_Meta):

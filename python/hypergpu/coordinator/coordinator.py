@@ -31,6 +31,7 @@ from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
 from hypergpu.coordinator.summary import Summary, run_status, run_summary
+from hypergpu.coordinator.trust import publish_metrics, tell_observers, undecodable
 from hypergpu.coordinator.work import WorkDealer
 from hypergpu.data.run_data import prepare_run_data
 from hypergpu.errors import FrameError, HyperGPUError, TransportError
@@ -100,6 +101,7 @@ class Coordinator:
         self.round = 0
         self.samples = 0
         self.observers: list[RoundObserver] = []
+        self.faults: Counter[str] = Counter()  # exceptions round observers raised, by observer
         #: node id -> why an operator took it out of the rounds (see :meth:`exclude`).
         self.excluded: dict[int, str] = {}
         self._server: Server | None = None
@@ -226,10 +228,7 @@ class Coordinator:
         """Tell everyone who follows rounds, and checkpoint when due."""
         self.history.append(record)
         self.planner.observe(record)
-        for observer in self.observers:
-            result = observer(self, record)
-            if result is not None:
-                await result
+        await tell_observers(self, record)
         self.events.publish("training", type="round", **record.as_dict())
         if self.checkpoints.due(record.round):
             await self._checkpoint(record.round)
@@ -344,11 +343,12 @@ class Coordinator:
             except TransportError:
                 return
             try:
-                msg = protocol.decode(frame)
+                msg = protocol.decode(frame, max_meta=protocol.MAX_META)
             except HyperGPUError as exc:
-                node.refusals["malformed"] += 1
-                self.refusals["malformed"] += 1
-                log.warning("node %d: malformed message: %s", node.node_id, exc)
+                reason = undecodable(exc)
+                node.refusals[reason] += 1
+                self.refusals[reason] += 1
+                log.warning("node %d: message refused (%s): %s", node.node_id, reason, exc)
                 continue
             self.registry.seen(node.node_id)
             if msg.kind == "update":
@@ -358,7 +358,7 @@ class Coordinator:
             elif msg.kind == "control":
                 await self._on_control(node, msg)
             elif msg.kind == "metrics":
-                self.events.publish("node", type="metrics", node=node.node_id, **msg.meta)
+                publish_metrics(self, node, msg)
             elif msg.kind == "bye":
                 await self.members.left(node)
                 return

@@ -55,7 +55,7 @@ class Membership:
         """Read the hello on a new link, admit the node and welcome it (``welcome`` gets its
         node id); None, with the link closed, when the first message is no valid hello."""
         try:
-            msg = protocol.decode(await link.recv(timeout=timeout_s))
+            msg = protocol.decode(await link.recv(timeout=timeout_s), max_meta=protocol.MAX_META)
             if msg.kind != "hello":
                 raise FrameError(f"expected a hello, got {msg.kind}")
             hello = parse_meta(Hello, msg)
