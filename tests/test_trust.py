@@ -24,7 +24,7 @@ from hypergpu.config import load_config
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator
 from hypergpu.coordinator.trust import tell_observers
-from hypergpu.errors import FrameError, MessageTooLargeError
+from hypergpu.errors import FrameError, MessageTooLargeError, TransportError
 from hypergpu.events import EventBus
 from hypergpu.node.metrics import SERIES, RollingMetrics
 from hypergpu.protocol import MAX_META, Assignment, Message, NodeMetrics, parse_meta
@@ -130,8 +130,12 @@ async def _intruder(join: str, token: str, seen: dict[str, Any]) -> None:
             continue
         a = Assignment.from_meta(msg.meta, 32)
         if msg.round == 1:
+            await link.send(protocol.encode(Message("update", {"samples": 2**64}, {"update": zeros}, round=1)))
+            # Its ack first: an update sent next could otherwise overtake it (each message is a stream).
+            while (reply := protocol.decode(await link.recv(timeout=60))).kind != "ack":
+                pass
+            acks.append(reply.meta)
             hostile = [
-                Message("update", {"samples": 2**64}, {"update": zeros}, round=1),
                 Message("metrics", {"loss": 0.5, "pad": "x" * (10 << 20)}),
                 Message("metrics", {"type": "hijack", "node": 0, "loss": 0.5}),
                 Message("metrics", {"loss": float("nan"), "comm_s": "fast"}),
@@ -147,6 +151,9 @@ async def _stranger(join: str, token: str) -> None:
     """Says a hello whose meta is 100 kB: refused before it is parsed, the link closed."""
     link = await connect(join, token=token, name="stranger")
     await link.send(protocol.encode(Message("hello", {"name": "stranger", "pad": "x" * 100_000})))
+    # Held open until the coordinator closes it (a link dropped at once may end before it is accepted).
+    with pytest.raises(TransportError):
+        await link.recv(timeout=30)
 
 
 def test_hostile_messages_and_a_failing_observer_are_counted_and_the_run_goes_on(tmp_path: Path) -> None:
