@@ -84,7 +84,8 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.wait_for_function("() => document.querySelector('#ws-status').classList.contains('on')")
         assert page.locator("#state").inner_text() == "idle"
         assert "token" not in page.url  # taken out of the address bar at once
-        assert page.locator("[name='nodes.count']").input_value() == "2"
+        # the held configuration fills the form once its GET answers (after the WebSocket may be up)
+        page.wait_for_function("() => document.querySelector(\"[name='nodes.count']\").value === '2'")
 
         # Invalid form input is refused in the page, naming the field.
         page.fill("[name='training.rounds']", "0")
