@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hypergpu.api.service_views import LATENCY_HISTORY, ServiceViews
-from hypergpu.api.sessions import Session, metric_point, planner_label
+from hypergpu.api.sessions import MetricLog, Session, metric_point, planner_label
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.errors import ConfigError, ConflictError, NotRunningError, UnknownSessionError
 from hypergpu.events import EventBus
@@ -51,7 +52,7 @@ class TrainingService(ServiceViews):
         max_local_nodes: int = 64,
     ):
         self.config = config
-        self.events = events or EventBus()
+        self.events = events or EventBus(config.coordinator.event_window)
         self.log_dir = log_dir
         self.planner_factory = planner_factory
         self.max_local_nodes = max_local_nodes
@@ -66,6 +67,9 @@ class TrainingService(ServiceViews):
         self.assignments: dict[int, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        # Where sessions spill their per-round points (removed when the service is collected or
+        # the process exits): memory keeps only api.metrics_window of them per session.
+        self._spill: tempfile.TemporaryDirectory[str] | None = None
 
     # --- state ----------------------------------------------------------------
 
@@ -74,6 +78,11 @@ class TrainingService(ServiceViews):
             if s.id == session_id:
                 return s
         raise UnknownSessionError(f"unknown session id {session_id}")
+
+    def _spill_dir(self) -> Path:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="hypergpu-metrics-")
+        return Path(self._spill.name)
 
     def set_config(self, config: HyperGPUConfig) -> None:
         """Replace the configuration the next run uses (the current run keeps its own)."""
@@ -101,6 +110,7 @@ class TrainingService(ServiceViews):
         self.config = cfg
         planner = self.planner_factory(cfg) if self.planner_factory else planner_for(cfg, self.events.publish)
         session = Session(len(self.sessions) + 1, planner_label(planner), cfg)
+        session.metrics = MetricLog(self._spill_dir() / f"session-{session.id}.jsonl", cfg.api.metrics_window)
         self.sessions.append(session)
         self.latency.clear()
         self.decisions.clear()
@@ -199,6 +209,9 @@ class TrainingService(ServiceViews):
         if self.chain is not None:
             await asyncio.to_thread(self.chain.close)
             self.chain = None
+        if self._spill is not None:  # the sessions keep their latest points in memory
+            self._spill.cleanup()
+            self._spill = None
 
     def _require_running(self) -> Session:
         session = self.current

@@ -42,9 +42,12 @@ class ServiceViews:
             raise UnknownNodeError("no training has run yet, so no node is known")
         return self.coordinator
 
-    def metrics(self, session: Session | None = None) -> list[dict[str, Any]]:
+    def metrics(self, session: Session | None = None, *, after: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """A session's per-round points (default: the current one's), oldest first: those of
+        rounds after ``after``, at most ``limit`` (the file is paged, never held whole)."""
         session = session or self.current
-        return list(session.metrics) if session is not None else []
+        return list(session.metrics.page(after, limit)) if session is not None else []
 
     def status(self) -> dict[str, Any]:
         session = self.current
@@ -65,15 +68,16 @@ class ServiceViews:
         if session is None or coord is None:
             return base
         st = coord.status()
+        # Running figures of the session's points: a status costs the same at round 10 and 10 million.
         points = session.metrics
-        done = st["round"] if session.active else (points[-1]["round"] if points else 0)
+        last, per_round = points.last, points.mean_duration_s
+        done = st["round"] if session.active else (last["round"] if last else 0)
         rounds = st["rounds"]
         eta = None
-        if session.active and points:
-            per_round = sum(p["duration_s"] or 0 for p in points) / len(points)
-            eta = max(0.0, (rounds - points[-1]["round"]) * per_round)
+        if session.active and last is not None and per_round is not None:
+            eta = max(0.0, (rounds - last["round"]) * per_round)
         # Every evaluation has a held-out loss, whatever the task; accuracy is a classifier's figure.
-        last_eval = next((p for p in reversed(points) if p["test_loss"] is not None), None)
+        last_eval = points.last_eval
         samples_per_epoch = max(1, sum(len(s) for s in coord.data.manager.shards))
         base.update(
             round=done,
@@ -82,7 +86,7 @@ class ServiceViews:
             progress=min(1.0, done / rounds) if rounds else 0.0,
             eta_s=eta,
             elapsed_s=(session.finished_at or time.time()) - session.started_at,
-            train_loss=points[-1]["train_loss"] if points else None,
+            train_loss=last["train_loss"] if last else None,
             test_loss=last_eval["test_loss"] if last_eval else None,
             test_accuracy=last_eval["test_accuracy"] if last_eval else None,
             test_perplexity=last_eval["test_perplexity"] if last_eval else None,
@@ -119,13 +123,18 @@ class ServiceViews:
     def node(self, node_id: int) -> dict[str, Any]:
         coord = self._require_coordinator()
         d = self.node_view(coord.registry.get(node_id))
-        d["latency_history"] = [{"round": r, "rtt_ms": ms} for r, ms in self.latency.get(node_id, ())]
+        # Copies first (list() of a deque is atomic): the event loop appends to these windows
+        # while this runs on a request thread, and iterating a deque that changes raises.
+        latency = list(self.latency.get(node_id, ()))
+        d["latency_history"] = [{"round": r, "rtt_ms": ms} for r, ms in latency]
         d["decisions"] = list(self.decisions.get(node_id, ()))
-        d["rounds"] = [
-            {"round": rec.round, **rec.answers[node_id].as_dict()}
-            for rec in coord.history
-            if node_id in rec.answers
-        ][-LATENCY_HISTORY:]
+        rounds: list[dict[str, Any]] = []
+        for rec in reversed(list(coord.history)):
+            if len(rounds) == LATENCY_HISTORY:
+                break
+            if node_id in rec.answers:
+                rounds.append({"round": rec.round, **rec.answers[node_id].as_dict()})
+        d["rounds"] = rounds[::-1]
         return d
 
 

@@ -98,7 +98,8 @@ class SettlementQueue:
     """
 
     def __init__(self, path: Path | str, client: ChainClient, *, retry_s: float | None = None,
-                 on_alert: Callable[[QueuedOp, str], None] | None = None):
+                 on_alert: Callable[[QueuedOp, str], None] | None = None,
+                 on_change: Callable[[QueuedOp], None] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.client = client
@@ -113,6 +114,9 @@ class SettlementQueue:
         #: The latest alert about an operation the chain refused for now (None once it passes).
         self.last_alert: str | None = None
         self._on_alert = on_alert
+        #: Called (on the sender thread) with an operation each time the sender moves it to
+        #: done, failed or waiting: watchers learn of it without reading the whole table.
+        self._on_change = on_change
 
     def __repr__(self) -> str:
         return f"SettlementQueue(path={str(self.path)!r}, pending={self.pending_count()})"
@@ -182,8 +186,13 @@ class SettlementQueue:
             r = self._db.execute(_NEXT, (time.time(),)).fetchone()
         return None if r is None else QueuedOp(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
 
-    def ops(self, status: str | None = None) -> list[QueuedOp]:
-        """Every operation in order (the durable transaction history), or those with ``status``."""
+    def ops(self, status: str | None = None, *, last: int | None = None) -> list[QueuedOp]:
+        """Every operation in order (the durable transaction history), or those with ``status``;
+        with ``last``, only the latest ``last`` of them (still oldest first)."""
+        if last is not None:
+            where = "WHERE id IN (SELECT id FROM ops {} ORDER BY id DESC LIMIT ?)"
+            return (self._rows(where.format("WHERE status = ?"), (status, last)) if status
+                    else self._rows(where.format(""), (last,)))
         return self._rows("WHERE status = ?", (status,)) if status else self._rows()
 
     def pending_count(self) -> int:
@@ -223,6 +232,16 @@ class SettlementQueue:
                 "updated_at = ? WHERE id = ?",
                 (status, tx.tx_hash if tx else None, tx.gas_used if tx else None, error, time.time(), op_id),
             )
+        self._changed(op_id)
+
+    def _changed(self, op_id: int) -> None:
+        if self._on_change is None:
+            return
+        for op in self._rows("WHERE id = ?", (op_id,)):
+            try:
+                self._on_change(op)
+            except Exception:  # a watcher's fault must not stop the sender
+                log.exception("settlement watcher failed on %s", op.key)
 
     def _note_attempt(self, op_id: int, error: str) -> None:
         with self._lock:
@@ -246,6 +265,7 @@ class SettlementQueue:
         self.last_alert = alert
         if self._on_alert is not None:
             self._on_alert(op, alert)
+        self._changed(op.id)
 
     def process_one(self) -> bool:
         """Sends the next operation due. Returns False when none is.

@@ -51,18 +51,28 @@ if TYPE_CHECKING:
     from hypergpu.config.schema import HyperGPUConfig
 
 
+#: Mined transactions the recorder's client keeps in memory (``ChainClient.transactions``):
+#: an operation looks only at those it just sent, and every one is in the queue's journal.
+SENT_KEPT = 64
+
+
 class _LockedQueue(SettlementQueue):
     """The settlement queue, sending under a lock the recorder's reads share:
     one web3 provider (the embedded chain above all) serves one caller at a time."""
 
     def __init__(self, path: Path, client: ChainClient, lock: threading.Lock,
-                 on_alert: Callable[[QueuedOp, str], None] | None = None):
-        super().__init__(path, client, on_alert=on_alert)
+                 on_alert: Callable[[QueuedOp, str], None] | None = None,
+                 on_change: Callable[[QueuedOp], None] | None = None):
+        super().__init__(path, client, on_alert=on_alert, on_change=on_change)
         self.chain_lock = lock
 
     def process_one(self) -> bool:
         with self.chain_lock:
-            return super().process_one()
+            worked = super().process_one()
+            sent = self.client.transactions
+            if len(sent) > 2 * SENT_KEPT:  # a session-long sender would keep every transaction it mined
+                del sent[:-SENT_KEPT]
+            return worked
 
 
 def derived_private_key(salt: bytes, name: str) -> str:
@@ -99,9 +109,9 @@ class ChainRecorder(RecorderViews):
         self._salt = b""
         self._accounts: dict[str, str] = {}
         self._names: dict[int, str] = {}
-        self._trees: dict[int, RewardTree] = {}
+        self._trees: dict[int, RewardTree] = {}  # the latest rewards.history_epochs epochs' (merkle)
         self._deploy_txs: list[dict[str, Any]] = []
-        self._published_ops: set[tuple[int, str]] = set()
+        self._waiting: set[int] = set()  # operations published as waiting and not yet done or failed
         self._chain_id: int | None = None
         self._block: int | None = None
         self._connected = False
@@ -139,11 +149,11 @@ class ChainRecorder(RecorderViews):
         self._block = int(self.client.w3.eth.block_number)
         self._connected = True
         self.book = ScoreBook(session_state.session_file(self.chain, self.session_id, ".scores.jsonl"),
-                              self.session_id)
+                              self.session_id, window=self.settings.history_epochs)
         for epoch, amounts in self.book.rewards.items():
             self._rebuild_tree(epoch, amounts)
         self.queue = _LockedQueue(session_state.session_file(self.chain, self.session_id, ".sqlite3"),
-                                  self.client, self._lock, on_alert=self._alert)
+                                  self.client, self._lock, on_alert=self._alert, on_change=self._op_changed)
         self.queue.enqueue_session(self.session_id, bytes.fromhex(coordinator.model.hash))
         self.queue.enqueue_funding(self.session_id, self.settings.pool_wei)
         self.queue.start()
@@ -171,7 +181,6 @@ class ChainRecorder(RecorderViews):
         self._register_new(coordinator)
         epoch = (record.round - 1) // self.epoch_rounds
         self.tally.add_round(epoch, record, self._names, _refusals(coordinator))
-        self._publish_done_ops()
         if record.round % self.epoch_rounds == 0:
             return asyncio.to_thread(self._close_epoch, *self.tally.take(_refusals(coordinator)), False)
         return None
@@ -188,7 +197,6 @@ class ChainRecorder(RecorderViews):
         started = time.perf_counter()
         drained = self.queue.drain(self.settings.flush_timeout_s if timeout_s is None else timeout_s)
         self.settle_times.append(time.perf_counter() - started)
-        self._publish_done_ops()
         self._publish("flushed", drained=drained, pending=self.queue.pending_count())
         return drained
 
@@ -229,11 +237,11 @@ class ChainRecorder(RecorderViews):
         assert self.book is not None and self.queue is not None and self.session_id is not None
         if not stats:
             return
-        scores = self.book.epochs.get(epoch)  # a resumed run keeps the epoch's first score
+        scores = self.book.scores_of(epoch)  # a resumed run keeps the epoch's first score
         if scores is None:
             scores = score_epoch(epoch, stats)
             self.book.add_epoch(scores)
-        amounts = self.book.rewards.get(epoch)
+        amounts = self.book.rewards_of(epoch)
         if amounts is None:
             amounts = allocate(self._budget(epoch, final), scores.nodes, self.policy)
             self.book.add_rewards(epoch, amounts)
@@ -258,7 +266,8 @@ class ChainRecorder(RecorderViews):
         carrying forward what earlier epochs left; the last epoch takes the rest."""
         assert self.book is not None
         pool = self.settings.pool_wei
-        allocated = sum(sum(a.values()) for e, a in self.book.rewards.items() if e != epoch)
+        own = self.book.rewards_of(epoch)  # running totals: no pass over the session's epochs
+        allocated = self.book.allocated - (sum(own.values()) if own else 0)
         if final or epoch + 1 >= self.planned_epochs:
             return max(0, pool - allocated)
         return max(0, pool * (epoch + 1) // self.planned_epochs - allocated)
@@ -268,11 +277,16 @@ class ChainRecorder(RecorderViews):
         if not paid:
             return None
         self._trees[epoch] = tree = RewardTree.build(paid)
+        while len(self._trees) > self.settings.history_epochs:
+            del self._trees[next(iter(self._trees))]
         return tree
 
     def merkle_claim(self, name: str, epoch: int) -> tuple[str, int, list[bytes]]:
-        """(account, amount, proof) for a node's Merkle claim of an epoch."""
+        """(account, amount, proof) for a node's Merkle claim of an epoch (an older
+        epoch's tree is rebuilt from the score book)."""
         tree = self._trees.get(epoch)
+        if tree is None and self.book is not None and (amounts := self.book.rewards_of(epoch)) is not None:
+            tree = self._rebuild_tree(epoch, amounts)
         if tree is None:
             raise ChainError(f"no reward root for epoch {epoch}")
         account = checksum(self._accounts.get(name) or self._account_of(name))
@@ -287,14 +301,17 @@ class ChainRecorder(RecorderViews):
     def _alert(self, op: QueuedOp, message: str) -> None:
         self._publish("alert", key=op.key, op=op.kind, message=message)
 
-    def _publish_done_ops(self) -> None:
-        """One event per operation and status it reached (a waiting one is published again once done)."""
-        assert self.queue is not None
-        for op in self.queue.ops():
-            if op.status != "pending" and (op.id, op.status) not in self._published_ops:
-                self._published_ops.add((op.id, op.status))
-                self._publish("tx", key=op.key, op=op.kind, status=op.status, tx_hash=op.tx_hash,
-                              gas_used=op.gas_used, error=op.error)
+    def _op_changed(self, op: QueuedOp) -> None:
+        """One event per operation and status it reached, as the sender reaches it (a waiting
+        one once while it waits, and again once done)."""
+        if op.status == "waiting":
+            if op.id in self._waiting:
+                return
+            self._waiting.add(op.id)
+        else:
+            self._waiting.discard(op.id)
+        self._publish("tx", key=op.key, op=op.kind, status=op.status, tx_hash=op.tx_hash,
+                      gas_used=op.gas_used, error=op.error)
 
 
 def _refusals(coordinator: Any) -> dict[str, int]:

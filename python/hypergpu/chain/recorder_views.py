@@ -22,6 +22,9 @@ log = logging.getLogger("hypergpu.chain.recorder")
 
 T = TypeVar("T")
 
+#: The latest settlement operations :meth:`RecorderViews.transactions` lists (the queue file holds them all).
+TX_ROWS = 200
+
 
 class RecorderViews:
     """The read side of the recorder (mixed into :class:`ChainRecorder`)."""
@@ -78,7 +81,7 @@ class RecorderViews:
             "deployment": self.client.deployment.to_dict() if self.client and self.client.deployment else None,
             "settlement": self.settings.settlement,
             "epoch_rounds": self.epoch_rounds,
-            "epochs_scored": len(self.book.epochs) if self.book else 0,
+            "epochs_scored": self.book.epochs_scored if self.book else 0,
         }
 
     def contributions(self) -> list[dict[str, Any]]:
@@ -86,10 +89,7 @@ class RecorderViews:
         assert self.book is not None
         totals = self.book.totals()
         rewards = self.book.reward_totals()
-        scores: dict[str, float] = {}
-        for e in self.book.epochs.values():
-            for n, s in e.nodes.items():
-                scores[n] = scores.get(n, 0.0) + s.score
+        scores = self.book.score_totals()
         ids = {name: node_id for node_id, name in self._names.items()}
         out = []
         for name, account in sorted(self._accounts.items()):
@@ -116,6 +116,7 @@ class RecorderViews:
         }
 
     def rewards(self) -> dict[str, Any]:
+        """The pool, the latest ``rewards.history_epochs`` epochs' splits, and every node's total."""
         assert self.book is not None
         pool = self._read_chain(lambda c: c.pool(self.session_id or 0))
         return {
@@ -133,16 +134,20 @@ class RecorderViews:
         }
 
     def transactions(self) -> list[dict[str, Any]]:
+        """The deployment's transactions and the latest :data:`TX_ROWS` settlement operations."""
         rows = list(self._deploy_txs)
         if self.queue is not None:
             rows += [tx_row(o.key, o.status, o.tx_hash, o.gas_used, o.kind, o.attempts, o.error)
-                     for o in self.queue.ops()]
+                     for o in self.queue.ops(last=TX_ROWS)]
         return rows
 
     def table(self) -> list[dict[str, Any]]:
-        """(node, score, reward) rows for the end-of-run summary."""
-        return [{"name": c["name"], "account": c["account"], "score": c["local"]["score"],
-                 "reward_wei": int(c["local"]["reward_wei"])} for c in self.contributions()]
+        """(node, score, reward) rows for the end-of-run summary, from the local score book:
+        no chain reads, so an exit never waits for the settlement sender."""
+        assert self.book is not None
+        scores, rewards = self.book.score_totals(), self.book.reward_totals()
+        return [{"name": name, "account": account, "score": round(scores.get(name, 0.0), 6),
+                 "reward_wei": rewards.get(name, 0)} for name, account in sorted(self._accounts.items())]
 
 
 def tx_row(key: str, status: str, tx_hash: str | None, gas: int | None, kind: str = "deploy",

@@ -25,3 +25,5 @@ class ApiConfig(Section):
         "besides the API's own and api.cors_origins")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="larger request bodies are refused unread (413)")
     max_ws_clients: int = Field(32, ge=1, le=10_000, description="WebSocket clients at once; more are refused (503)")
+    metrics_window: int = Field(1000, ge=1, le=10_000_000, description="a run's latest per-round points kept in "
+                                "memory; every point is in the session's metrics file, which /api/metrics pages through")

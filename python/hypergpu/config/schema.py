@@ -229,7 +229,10 @@ class CoordinatorConfig(_Section):
     checkpoint_dir: Path = Path("runs/checkpoints")
     checkpoint_every: int = Field(5, ge=0, le=1_000_000, description="rounds; 0 disables")
     keep_checkpoints: int = Field(3, ge=1, le=10_000)
-    metric_history: int = Field(1000, ge=1, le=10_000_000)
+    metric_history: int = Field(1000, ge=1, le=10_000_000, description="round records the coordinator keeps "
+                                "in memory (its status, the API's recent rounds per node)")
+    event_window: int = Field(10_000, ge=1, le=10_000_000, description="events kept for watchers that resume "
+                              "(/ws ?after=); older ones are dropped")
 
 
 class AdaptConfig(_Section):
@@ -284,6 +287,10 @@ class RewardsConfig(_Section):
         default_factory=dict, description="node name -> the node's own payout address (else one is derived)"
     )
     flush_timeout_s: float = Field(60.0, ge=0, le=3600, description="how long the end of a run waits for the chain")
+    history_epochs: int = Field(
+        256, ge=1, le=1_000_000, description="scored epochs (and their reward trees) kept in memory; every one "
+        "is in the session's score book on disk, and the totals count them all",
+    )
 
 
 class HyperGPUConfig(_Section):

@@ -74,7 +74,7 @@ class Coordinator:
         self.config = config
         c = config.coordinator
         self.token = token or secrets.token_urlsafe(18)
-        self.events = events or EventBus()
+        self.events = events or EventBus(c.event_window)
         self.expected_nodes = config.nodes.count if expected_nodes is None else expected_nodes
         self.data = prepare_run_data(config)
         self.shards = self.data.manager

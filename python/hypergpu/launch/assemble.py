@@ -41,7 +41,7 @@ def assemble(
 
     Blocking (loads the data, builds the model): call it off the event loop.
     """
-    events = events or EventBus()
+    events = events or EventBus(config.coordinator.event_window)
     return Coordinator(
         config,
         planner=planner or planner_for(config, events.publish),

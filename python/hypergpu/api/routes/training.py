@@ -35,15 +35,20 @@ def status(service: Service) -> Status:
     return Status(**service.status())
 
 
+After = Annotated[int | None, Query(ge=0, le=2**62, description="only rounds after this one (the last round seen)")]
+Limit = Annotated[int | None, Query(ge=1, le=1_000_000, description="at most this many points, oldest first")]
+
+
 @router.get("/metrics", response_model=Metrics, responses={404: {"description": "unknown session"}})
-def metrics(service: Service, session: SessionId = None) -> Metrics:
-    """Per-round loss, accuracy, samples and duration of a run."""
+def metrics(service: Service, session: SessionId = None, after: After = None, limit: Limit = None) -> Metrics:
+    """Per-round loss, accuracy, samples and duration of a run; ``after`` and ``limit`` page
+    through a long run (the points are kept in a file, not in memory)."""
     s = service.session(session) if session is not None else service.current
     return Metrics(
         session=s.id if s else None,
         label=s.label if s else None,
         task=(s.config if s else service.config).task,
-        points=[MetricPoint(**p) for p in service.metrics(s)],
+        points=[MetricPoint(**p) for p in service.metrics(s, after=after, limit=limit)],
     )
 
 
