@@ -48,6 +48,7 @@ __all__ = [
     "NotRunningError",
     "UnknownSessionError",
     "UnknownPresetError",
+    "MissingExtraError",
 ]
 
 
@@ -218,3 +219,16 @@ class UnknownSessionError(HyperGPUError, LookupError):
 
 class UnknownPresetError(HyperGPUError, LookupError):
     """No saved configuration preset has this name."""
+
+
+# --- packaging --------------------------------------------------------------------
+
+
+class MissingExtraError(HyperGPUError, ImportError):
+    """An optional part of HyperGPU was used without the extra that installs it;
+    the message names the ``pip install 'hypergpu[extra]'`` to run."""
+
+    def __init__(self, message: str, extra: str, missing: tuple[str, ...]):
+        super().__init__(message, name=missing[0] if missing else None)
+        self.extra = extra
+        self.missing = missing

@@ -5,6 +5,10 @@ which owns the configuration and the training runs; ``serve`` runs it with
 uvicorn in the caller's asyncio loop, beside the coordinator.
 """
 
+from hypergpu.extras import require
+
+require("api")
+
 from hypergpu.api.app import create_app
 from hypergpu.api.server import ApiServer
 from hypergpu.api.service import TrainingService

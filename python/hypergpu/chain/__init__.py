@@ -16,6 +16,10 @@ import importlib
 import warnings
 from typing import Any
 
+from hypergpu.extras import require
+
+require("chain")
+
 _EXPORTS = {
     "AnvilProcess": "anvil",
     "ChainClient": "client",

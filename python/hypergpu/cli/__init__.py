@@ -7,11 +7,22 @@ import json
 import click
 
 from hypergpu._core import __version__
-from hypergpu.cli.common import config_or_exit, set_option
+from hypergpu.cli.common import config_or_exit, fail, set_option
 from hypergpu.config import config_schema
+from hypergpu.errors import MissingExtraError
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command ends with one clear line when an extra it needs is missing."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MissingExtraError as exc:
+            fail(str(exc))
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="hypergpu")
 def main() -> None:
     """HyperGPU: network-aware distributed PyTorch training."""

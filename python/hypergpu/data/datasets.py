@@ -8,6 +8,7 @@ Images are ``(N, C, H, W)`` scaled to [0, 1]; synthetic samples are
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from hypergpu.config.schema import DataConfig
 from hypergpu.errors import DataError
+from hypergpu.extras import require
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,30 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 
 def split_train_test(data: Dataset, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A stratified split that depends only on ``seed``."""
-    # Imported here: node processes never split data and skip sklearn's import cost.
-    from sklearn.model_selection import train_test_split as _sk_split
-
-    idx = np.arange(len(data))
-    try:
-        train, test = _sk_split(
-            idx, test_size=test_fraction, random_state=seed, stratify=data.y, shuffle=True
-        )
-    except ValueError as exc:  # too few samples of some class to stratify
-        raise DataError(f"{data.name}: cannot split with test_fraction={test_fraction}: {exc}") from None
-    return data.subset(np.sort(train)), data.subset(np.sort(test))
+    """A stratified split that depends only on ``seed``: ceil(test_fraction × n)
+    test samples, shared among the classes in proportion to their sizes (the
+    largest remainders take the leftover places), drawn at random within each."""
+    n = len(data)
+    n_test = math.ceil(test_fraction * n)
+    if n < 2 or not 0 < n_test < n:
+        raise DataError(f"{data.name}: cannot split {n} samples with test_fraction={test_fraction}")
+    rng = np.random.default_rng(seed)
+    labels, counts = np.unique(data.y, return_counts=True)
+    exact = counts * (n_test / n)
+    share = np.floor(exact).astype(np.int64)
+    leftover = n_test - int(share.sum())
+    # Ties between equal remainders are broken by the seeded draw, not by label order.
+    order = np.lexsort((rng.random(len(labels)), -(exact - share)))
+    share[order[:leftover]] += 1
+    test = np.concatenate([rng.permutation(np.flatnonzero(data.y == label))[:k] for label, k in zip(labels, share)])
+    keep = np.ones(n, dtype=bool)
+    keep[test] = False
+    return data.subset(np.flatnonzero(keep)), data.subset(np.sort(test))
 
 
 def load_digits() -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits (1797 samples, offline)."""
+    """scikit-learn's bundled 8x8 handwritten digits (1797 samples, offline; the ``data`` extra)."""
+    require("data")
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -87,12 +97,13 @@ def load_digits() -> Dataset:
 
 
 def make_synthetic(samples: int, features: int, classes: int, seed: int) -> Dataset:
-    """Gaussian blobs: seeded, any size, and learnable by a small MLP."""
-    from sklearn.datasets import make_blobs
-
-    x, y = make_blobs(
-        n_samples=samples, n_features=features, centers=classes, cluster_std=2.0, random_state=seed
-    )
+    """Gaussian blobs: seeded, any size, and learnable by a small MLP. Class
+    centres are drawn uniformly in [-10, 10]^features, each sample is its
+    centre plus N(0, 2²) noise, the classes as even in size as ``samples`` allows."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-10.0, 10.0, size=(classes, features))
+    y = rng.permutation(np.arange(samples) % classes)
+    x = centres[y] + rng.normal(0.0, 2.0, size=(samples, features))
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
     return Dataset("synthetic", x.astype(np.float32), y.astype(np.int64), classes)
 

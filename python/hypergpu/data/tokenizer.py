@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hypergpu.errors import DataError
+from hypergpu.extras import require
 
 __all__ = ["ByteTokenizer", "Tokenizer", "VocabTokenizer", "load_tokenizer", "token_dtype"]
 
@@ -70,13 +71,9 @@ class VocabTokenizer:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        try:
-            import tokenizers  # type: ignore[import-not-found, unused-ignore]
-        except ImportError as e:
-            raise DataError(
-                f"tokenizer {self.path}: vocabulary files need the `tokenizers` library "
-                "(pip install tokenizers)"
-            ) from e
+        require("lm")
+        import tokenizers  # type: ignore[import-not-found, unused-ignore]
+
         try:
             raw = self.path.read_bytes()
         except OSError as e:
