@@ -9,7 +9,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Property tests run at least this many cases per property.
 export PROPTEST_CASES ?= 10000
 
-.PHONY: env system-deps node-deps build demo test test-rust test-python bench lint clean
+.PHONY: env system-deps node-deps build demo test test-rust test-python bench lint clean docs
 
 env:
 	@bash scripts/env.sh
@@ -32,6 +32,11 @@ build: env
 demo: build
 	$(VENV)/bin/hypergpu demo
 
+# The documentation site (docs/, mkdocs.yml) into target/site; warnings are errors.
+MKDOCS := PYTHONPATH=python NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+docs: build
+	$(MKDOCS)
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
@@ -44,6 +49,7 @@ test-python: build
 	$(PY) -m mypy python/hypergpu
 	PYTHONPATH=python $(VENV)/bin/lint-imports
 	$(PY) scripts/sizes.py
+	$(MKDOCS)
 	$(PY) -m pytest -q -W error
 	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
 
