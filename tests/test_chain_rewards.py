@@ -61,15 +61,15 @@ def test_edge_cases_are_defined() -> None:
 
 
 def stats(node: str, samples: int = 100, seconds: float = 10.0, **kw) -> NodeEpochStats:
-    kw.setdefault("cosine", 0.9)
+    kw.setdefault("effect_quality", 1.2)
     return NodeEpochStats(node, samples, seconds, **kw)
 
 
 def test_multipliers_stay_in_bounds() -> None:
-    assert quality_multiplier(1.0, None) == 1.5 and quality_multiplier(-1.0, None) == 0.5
-    assert quality_multiplier(0.0, None) == 1.0 and quality_multiplier(None, None) == 1.0
-    assert quality_multiplier(1.0, 10.0) == 1.5 and quality_multiplier(-1.0, -10.0) == 0.5
-    assert quality_multiplier(0.0, 0.05) > 1.0 > quality_multiplier(0.0, -0.05)
+    # the epoch's effect quality as it is; neutral with nothing scored; the minimum when all scored was harmful
+    assert quality_multiplier(1.5) == 1.5 and quality_multiplier(1.0) == 1.0 and quality_multiplier(1.3, 2) == 1.3
+    assert quality_multiplier(None) == 1.0 and quality_multiplier(None, harmful_rounds=1) == 0.5
+    assert quality_multiplier(0.0) == 0.5
     assert reliability_multiplier(1.0, 10, 10) == pytest.approx(1.2)
     assert reliability_multiplier(0.0, 0, 10) == pytest.approx(0.8)
     assert reliability_multiplier(1.0, 5, 10) == pytest.approx(1.1)
@@ -79,17 +79,19 @@ def test_scoring_uses_verified_work_and_flags_outliers() -> None:
     epoch = score_epoch(
         3,
         [
-            stats("a", cosine=0.95),
-            stats("b", cosine=0.92),
-            stats("c", cosine=0.94, reported_seconds=40.0),  # claims 4x what was measured
-            stats("d", cosine=0.93),
-            stats("evil", cosine=-0.8),  # update points away from the aggregate
-            stats("idle", samples=0, seconds=0.0, cosine=None, uptime=0.5, exchanges_ok=1, exchanges_total=4),
+            stats("a", effect_quality=1.4),
+            stats("b", effect_quality=1.1),
+            stats("c", effect_quality=1.3, reported_seconds=40.0),  # claims 4x what was measured
+            stats("d", effect_quality=1.2),
+            # every update it sent made the held-out loss worse: its work was left out of the counts
+            stats("evil", samples=0, seconds=0.0, effect_quality=None, harmful_rounds=3),
+            stats("idle", samples=0, seconds=0.0, effect_quality=None, uptime=0.5, exchanges_ok=1, exchanges_total=4),
         ],
     )
     s = epoch.nodes
     assert s["c"].verified_seconds == 10.0 and s["c"].outlier and "reported" in s["c"].reasons[0]
-    assert s["evil"].outlier and s["evil"].quality == 0.5
+    assert s["evil"].outlier and s["evil"].quality == 0.5 and s["evil"].score == 0.0
+    assert s["evil"].harmful_rounds == 3 and "worse beyond noise" in s["evil"].reasons[0]
     assert set(epoch.outliers) == {"c", "evil"}
     assert s["idle"].score == 0.0 and s["idle"].reliability == pytest.approx(0.8 + 0.4 * (0.25 + 0.125))
     for n in s.values():
@@ -104,7 +106,9 @@ def test_scoring_rejects_bad_stats() -> None:
     for bad in (
         stats("x", samples=-1),
         stats("x", seconds=float("nan")),
-        stats("x", cosine=1.5),
+        stats("x", effect_quality=1.6),
+        stats("x", effect_quality=float("nan")),
+        stats("x", harmful_rounds=-1),
         stats("x", uptime=2.0),
         NodeEpochStats("x", 1, 1.0, exchanges_ok=3, exchanges_total=2),
     ):
@@ -120,7 +124,8 @@ POOL = 10**18 + 7  # not divisible by anything convenient
 def scores():
     return score_epoch(
         0,
-        [stats("a", samples=400, cosine=0.99), stats("b", samples=200, cosine=0.5), stats("c", samples=100, cosine=0.0)],
+        [stats("a", samples=400, effect_quality=1.45), stats("b", samples=200, effect_quality=1.2),
+         stats("c", samples=100, effect_quality=1.0)],
     ).nodes
 
 

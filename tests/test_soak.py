@@ -75,7 +75,7 @@ def test_a_subscriber_gets_every_event_after_its_seq() -> None:
 
 def _stats(name: str, samples: int = 100) -> NodeEpochStats:
     return NodeEpochStats(node=name, samples_accepted=samples, compute_seconds=2.0, reported_seconds=2.0,
-                          rounds_succeeded=5, cosine=0.9, uptime=1.0, exchanges_ok=5, exchanges_total=5)
+                          rounds_succeeded=5, effect_quality=1.2, uptime=1.0, exchanges_ok=5, exchanges_total=5)
 
 
 def test_the_score_book_keeps_a_window_and_counts_every_epoch(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 A :class:`ChainRecorder` is a round observer of a
 :class:`~hypergpu.coordinator.Coordinator`. Per round it only adds the
 round's figures to an in-memory :class:`~hypergpu.rewards.EpochTally`
-(microseconds). Every ``rewards.epoch_rounds`` rounds it scores the epoch
-with :mod:`hypergpu.rewards`, writes the scores and reward split to a local
+(microseconds). Every ``rewards.epoch_rounds`` rounds it waits (off the
+event loop) for the effects of the epoch's updates still being measured
+(:mod:`hypergpu.coordinator.effects`), scores the epoch
+with :mod:`hypergpu.rewards` (quality from those effects), writes the scores and reward split to a local
 :class:`~hypergpu.rewards.ScoreBook`, and enqueues the contribution batch
 and the reward posting in the durable :class:`SettlementQueue`, whose
 background thread does every chain write. Keys are ``record:<session>:<epoch>``
@@ -182,8 +184,12 @@ class ChainRecorder(RecorderViews):
         epoch = (record.round - 1) // self.epoch_rounds
         self.tally.add_round(epoch, record, self._names, _refusals(coordinator))
         if record.round % self.epoch_rounds == 0:
-            return asyncio.to_thread(self._close_epoch, *self.tally.take(_refusals(coordinator)), False)
+            # off the event loop: the tally waits for the epoch's last effects still being measured
+            return asyncio.to_thread(self._take_epoch, _refusals(coordinator), False)
         return None
+
+    def _take_epoch(self, refusals: dict[str, int], final: bool) -> None:
+        self._close_epoch(*self.tally.take(refusals), final)
 
     def finish(self, coordinator: Any | None = None, *, complete: bool = True, timeout_s: float | None = None) -> bool:
         """Settles the partial last epoch, optionally completes the session,
@@ -191,7 +197,7 @@ class ChainRecorder(RecorderViews):
         if self.queue is None:
             return False
         if self.tally.rounds and coordinator is not None:
-            self._close_epoch(*self.tally.take(_refusals(coordinator)), True)
+            self._take_epoch(_refusals(coordinator), True)
         if complete:
             self.queue.enqueue_complete(self.session_id or 0)
         started = time.perf_counter()

@@ -19,6 +19,7 @@ from hypergpu.config.api import ApiConfig
 from hypergpu.config.base import Host, NodeId, Port
 from hypergpu.config.base import Section as _Section
 from hypergpu.config.chain import ChainConfig
+from hypergpu.config.effects import EffectSettings
 from hypergpu.config.network import NetworkConfig
 
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
@@ -271,8 +272,9 @@ class AdaptConfig(_Section):
         return self
 
 
-class RewardsConfig(_Section):
-    """Contribution scoring and on-chain settlement (the chain itself is ``chain``)."""
+class RewardsConfig(EffectSettings):
+    """Contribution scoring and on-chain settlement (the chain itself is ``chain``); the
+    ``effect_*`` fields (held-out effect scoring) are config/effects.py's."""
 
     enabled: bool = Field(True, description="record contributions and pay rewards on the chain")
     epoch_rounds: int = Field(5, ge=1, le=1_000_000, description="rounds per scored and settled epoch")

@@ -26,6 +26,7 @@ from torch import nn
 from hypergpu import protocol
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal
+from hypergpu.coordinator.effects import EffectScorer
 from hypergpu.coordinator.identity import join_strings, kept_identity
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
@@ -111,6 +112,7 @@ class Coordinator:
         self._ahead: dict[int, Dealt] = {}  # with overlap: the next round, dealt and sent before it opens
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dispatch = Dispatch(self.members, self.downlink, self.events, self._spawn)
+        self.effects = EffectScorer(config, self.model, self.data.test, self.task, self.events)  # off the round's path
         self._progress = asyncio.Event()
         self._stop = asyncio.Event()
         self._running = asyncio.Event()
@@ -181,6 +183,7 @@ class Coordinator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.effects.close()
         if self._server is not None:
             await self._server.close()
             self._server = None
@@ -220,6 +223,7 @@ class Coordinator:
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
             await self._checkpoint(self.round)
+        await self.effects.settled()
         summary = run_summary(self, last, reached, time.perf_counter() - started)
         self.events.publish("training", type="finished", **summary.as_dict())
         return summary
@@ -283,6 +287,7 @@ class Coordinator:
             return self.outer.step(self.model, mean, None if len(fragments) == 1 else where)
 
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
+        record = await self.effects.begin(rnd, params, where, record)
         self._closed = round_id
         if record.applied:
             self.samples += record.samples

@@ -72,6 +72,7 @@ def run_summary(coord: Coordinator, last: RoundRecord | None, reached: bool, wal
         samples=coord.samples,
         reached_target=reached,
         stopped_early=coord.stopping,
-        nodes=[n.as_dict() for n in coord.registry.all()],
+        # each node with its updates' effects on the held-out loss (coordinator/effects.py)
+        nodes=[{**n.as_dict(), **coord.effects.of_node(n.node_id)} for n in coord.registry.all()],
         refusals=dict(coord.refusals),
     )

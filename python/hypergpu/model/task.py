@@ -55,6 +55,11 @@ class Task(ABC):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch."""
 
+    def sample_losses(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each sample's own loss, ``(B,)`` (a block's mean over its tokens for a language
+        model): what an update's effect and its noise are measured on."""
+        return F.cross_entropy(output, target, reduction="none")
+
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
         """(right predictions, predictions) in a batch."""
         pred = output.detach().argmax(dim=-1)
@@ -115,6 +120,10 @@ class LanguageModel(Task):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+    def sample_losses(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_token = F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="none")
+        return per_token.reshape(target.shape[0], -1).mean(dim=1)
 
     def finish(self, loss: float, accuracy: float, samples: int, tokens: int) -> Evaluation:
         return Evaluation(

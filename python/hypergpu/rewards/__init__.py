@@ -1,5 +1,6 @@
 """Contribution scoring and reward splitting (pure Python, no chain needed)."""
 
+from hypergpu.rewards.effect import EffectPolicy, judge
 from hypergpu.rewards.allocation import RewardPolicy, allocate, largest_remainder, nonzero
 from hypergpu.rewards.history import ScoreBook
 from hypergpu.rewards.scoring import (
@@ -16,6 +17,7 @@ from hypergpu.rewards.scoring import (
 from hypergpu.rewards.tally import EpochTally, NodeTally
 
 __all__ = [
+    "EffectPolicy",
     "EpochScores",
     "EpochTally",
     "NodeEpochStats",
@@ -25,6 +27,7 @@ __all__ = [
     "ScoreBook",
     "ScoringWeights",
     "allocate",
+    "judge",
     "largest_remainder",
     "nonzero",
     "quality_multiplier",

@@ -3,14 +3,21 @@
 score = base credit x quality multiplier (0.5-1.5) x reliability multiplier (0.8-1.2)
 
 * Base credit counts only verified work: samples whose update the
-  coordinator accepted, and compute time the coordinator measured (a node's
-  own report can lower it, never raise it).
-* Quality comes from measured agreement with the robust aggregate (cosine
-  similarity) and the update's effect on validation loss.
+  coordinator accepted and did not judge harmful, and compute time the
+  coordinator measured (a node's own report can lower it, never raise it).
+  A round whose update made the held-out loss worse beyond noise adds no
+  credit: the node earns nothing for it (its round quality is 0).
+* Quality comes from each scored update's verified effect on a held-out loss
+  (:mod:`hypergpu.rewards.effect`: the update applied alone to the round's
+  base parameters, on samples no node trains on): the epoch's multiplier is
+  the sample-weighted mean of its not-harmful rounds' qualities (1.0 for an
+  effect within noise, up to 1.5 for an improvement beyond it); neutral (1.0)
+  when no update of the node was scored, the minimum (0.5) when every scored
+  one was harmful. Agreement with the aggregate (cosine) is not scored: a node
+  that owns the mean would agree best with it.
 * Reliability comes from uptime and the share of exchanges that succeeded.
-* Outliers (robust z-score on median and MAD) are flagged; a node whose
-  agreement with the aggregate is an outlier on the low side gets the
-  minimum quality multiplier.
+* Flagged (``outlier``, with reasons): harmful updates, implausible
+  throughput (robust z-score on median and MAD), over-reported compute.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ class NodeEpochStats:
     compute_seconds: float  # measured by the coordinator
     reported_seconds: float | None = None  # the node's own claim, if it sent one
     rounds_succeeded: int = 0
-    cosine: float | None = None  # mean cosine similarity of its updates to the robust aggregate
-    val_loss_delta: float | None = None  # validation loss before minus after its update (> 0 helped)
+    # sample-weighted mean quality of its scored, not harmful rounds (rewards.effect); None: none scored
+    effect_quality: float | None = None
+    harmful_rounds: int = 0  # rounds its update was judged harmful (their work is not in the counts above)
     uptime: float = 1.0  # share of the epoch it was reachable
     exchanges_ok: int = 0
     exchanges_total: int = 0
@@ -47,16 +55,16 @@ class NodeEpochStats:
         def bad(what: str) -> InvalidArgumentError:
             return InvalidArgumentError(f"node {self.node!r}: {what}")
 
-        if self.samples_accepted < 0 or self.rounds_succeeded < 0:
+        if self.samples_accepted < 0 or self.rounds_succeeded < 0 or self.harmful_rounds < 0:
             raise bad("sample and round counts must be non-negative")
-        for name in ("compute_seconds", "reported_seconds", "cosine", "val_loss_delta", "uptime"):
+        for name in ("compute_seconds", "reported_seconds", "effect_quality", "uptime"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise bad(f"{name} is not finite: {value}")
         if self.compute_seconds < 0 or (self.reported_seconds is not None and self.reported_seconds < 0):
             raise bad("compute time must be non-negative")
-        if self.cosine is not None and not -1.0 - 1e-9 <= self.cosine <= 1.0 + 1e-9:
-            raise bad(f"cosine similarity {self.cosine} is outside [-1, 1]")
+        if self.effect_quality is not None and not 0.0 <= self.effect_quality <= QUALITY_MAX:
+            raise bad(f"effect quality {self.effect_quality} is outside [0, {QUALITY_MAX}]")
         if not 0.0 <= self.uptime <= 1.0:
             raise bad(f"uptime {self.uptime} is outside [0, 1]")
         if not 0 <= self.exchanges_ok <= self.exchanges_total:
@@ -67,7 +75,6 @@ class NodeEpochStats:
 class ScoringWeights:
     per_sample: float = 1.0  # credit per accepted sample
     per_second: float = 1.0  # credit per verified compute second
-    val_loss_scale: float = 0.05  # a loss improvement of this size moves quality by ~0.19
     outlier_z: float = 3.5  # modified z-score beyond which a value is an outlier
     report_tolerance: float = 0.10  # self-reported time this far above measured is flagged
 
@@ -84,6 +91,7 @@ class NodeScore:
     score: float
     outlier: bool = False
     reasons: tuple[str, ...] = ()
+    harmful_rounds: int = 0  # rounds that earned nothing: the update made the held-out loss worse
 
     # The contract's units (see chain.types.ContributionEntry).
     @property
@@ -115,12 +123,12 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def quality_multiplier(cosine: float | None, val_loss_delta: float | None, val_loss_scale: float = 0.05) -> float:
-    """0.5..1.5: cosine 1 -> 1.5, 0 -> 1.0, -1 -> 0.5, nudged by the validation-loss effect."""
-    quality = 1.0 if cosine is None else 1.0 + 0.5 * _clip(cosine, -1.0, 1.0)
-    if val_loss_delta is not None:
-        quality += 0.25 * math.tanh(val_loss_delta / val_loss_scale)
-    return _clip(quality, QUALITY_MIN, QUALITY_MAX)
+def quality_multiplier(effect_quality: float | None, harmful_rounds: int = 0) -> float:
+    """0.5..1.5 from the epoch's effect quality; neutral (1.0) when nothing was scored,
+    the minimum when nothing scored was anything but harmful."""
+    if effect_quality is None:
+        return QUALITY_MIN if harmful_rounds else 1.0
+    return _clip(effect_quality, QUALITY_MIN, QUALITY_MAX)
 
 
 def reliability_multiplier(uptime: float, exchanges_ok: int, exchanges_total: int) -> float:
@@ -149,7 +157,6 @@ def score_epoch(epoch: int, stats: Sequence[NodeEpochStats], weights: ScoringWei
             raise InvalidArgumentError(f"node {s.node!r} appears twice in epoch {epoch}")
         seen.add(s.node)
 
-    cos_z = robust_z({s.node: s.cosine for s in stats if s.cosine is not None})
     throughput_z = robust_z({s.node: s.samples_accepted / s.compute_seconds for s in stats if s.compute_seconds > 0})
 
     nodes: dict[str, NodeScore] = {}
@@ -160,10 +167,10 @@ def score_epoch(epoch: int, stats: Sequence[NodeEpochStats], weights: ScoringWei
             if s.reported_seconds > s.compute_seconds * (1 + weights.report_tolerance):
                 reasons.append(f"reported {s.reported_seconds:.1f}s of compute, measured {s.compute_seconds:.1f}s")
             verified = min(verified, s.reported_seconds)
-        quality = quality_multiplier(s.cosine, s.val_loss_delta, weights.val_loss_scale)
-        if cos_z.get(s.node, 0.0) < -weights.outlier_z:
-            reasons.append(f"update disagrees with the aggregate (cosine {s.cosine:.3f}, z {cos_z[s.node]:.1f})")
-            quality = QUALITY_MIN
+        quality = quality_multiplier(s.effect_quality, s.harmful_rounds)
+        if s.harmful_rounds:
+            reasons.append(f"{s.harmful_rounds} update(s) made the held-out loss worse beyond noise "
+                           "(no credit for those rounds)")
         if throughput_z.get(s.node, 0.0) > weights.outlier_z:
             reasons.append(f"implausible throughput (z {throughput_z[s.node]:.1f})")
         reliability = reliability_multiplier(s.uptime, s.exchanges_ok, s.exchanges_total)
@@ -179,6 +186,7 @@ def score_epoch(epoch: int, stats: Sequence[NodeEpochStats], weights: ScoringWei
             score=base * quality * reliability,
             outlier=bool(reasons),
             reasons=tuple(reasons),
+            harmful_rounds=s.harmful_rounds,
         )
     return EpochScores(epoch, nodes)
 

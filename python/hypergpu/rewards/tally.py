@@ -1,30 +1,50 @@
 """Round records folded, node by node, into the figures an epoch is scored on.
 
-Per round this only adds numbers (microseconds); at the epoch's end
-:meth:`EpochTally.take` turns them into :class:`NodeEpochStats` for
-:func:`~hypergpu.rewards.scoring.score_epoch`. Nodes are keyed by name, the
-identity that is paid, so a node that rejoins under a new id keeps its tally.
+Per round this only adds numbers and keeps a reference to the round's
+:class:`~hypergpu.round.effects.RoundEffects` (microseconds); at the epoch's
+end :meth:`EpochTally.take` waits for the effects still being measured, and
+turns it all into :class:`NodeEpochStats` for
+:func:`~hypergpu.rewards.scoring.score_epoch`: a round whose update was
+judged harmful adds no work to the credit, the others' effect qualities are
+averaged weighted by their samples. Nodes are keyed by name, the identity that
+is paid, so a node that rejoins under a new id keeps its tally.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hypergpu.rewards.scoring import NodeEpochStats
+from hypergpu.round.effects import NodeEffect, RoundEffects
 from hypergpu.round.records import RoundRecord
+
+log = logging.getLogger("hypergpu.rewards")
+
+#: How long :meth:`EpochTally.take` waits in all for effects still being measured; a round
+#: whose effects are not in by then counts as unscored (neither rewarded nor punished).
+EFFECT_WAIT_S = 300.0
+
+
+@dataclass
+class _Answered:
+    """One applied round a node answered: its work, and where its effect will be."""
+
+    node_id: int
+    samples: int
+    compute_s: float
+    turnaround_s: float
+    effects: RoundEffects | None
 
 
 @dataclass
 class NodeTally:
     """One node's figures over the rounds of the open epoch."""
 
-    samples: int = 0
-    turnaround_s: float = 0.0
-    compute_s: float = 0.0
-    rounds_ok: int = 0
     participated: int = 0
-    cosines: list[float] = field(default_factory=list)
+    answered: list[_Answered] = field(default_factory=list)
     refusals_at_start: int = 0
 
 
@@ -55,29 +75,53 @@ class EpochTally:
             answer = record.answers.get(node_id)
             if not record.applied or node_id not in reported or answer is None:
                 continue
-            tally.rounds_ok += 1
-            tally.samples += answer.samples
-            tally.compute_s += answer.compute_s
-            tally.turnaround_s += answer.turnaround_s or answer.compute_s
-            if answer.cosine is not None:
-                tally.cosines.append(answer.cosine)
+            tally.answered.append(_Answered(node_id, answer.samples, answer.compute_s,
+                                            answer.turnaround_s or answer.compute_s, record.effects))
 
-    def take(self, refusals: Mapping[str, int]) -> tuple[int, list[NodeEpochStats]]:
-        """The open epoch and its stats; the tally starts over for the next epoch."""
+    def take(self, refusals: Mapping[str, int], wait_s: float = EFFECT_WAIT_S) -> tuple[int, list[NodeEpochStats]]:
+        """The open epoch and its stats (waiting, at most ``wait_s`` in all, for effects still
+        being measured: call it off the event loop); the tally starts over for the next epoch."""
         epoch = self.epoch if self.epoch is not None else 0
+        self._wait(wait_s)
         stats = []
         for name, t in sorted(self.nodes.items()):
             refused = refusals[name] - t.refusals_at_start if name in refusals else 0
+            credited = [a for a in t.answered if not _harmful(a)]
+            scored = [(a.samples, e.quality) for a in credited if (e := _effect(a)) is not None]
+            weight = sum(w for w, _ in scored)
+            quality = None if not scored else (
+                sum(w * q for w, q in scored) / weight if weight else sum(q for _, q in scored) / len(scored))
             stats.append(NodeEpochStats(
                 node=name,
-                samples_accepted=t.samples,
-                compute_seconds=t.turnaround_s,  # measured by the coordinator: params out -> update in
-                reported_seconds=t.compute_s,  # the node's own figure; the lower one counts
-                rounds_succeeded=t.rounds_ok,
-                cosine=sum(t.cosines) / len(t.cosines) if t.cosines else None,
+                samples_accepted=sum(a.samples for a in credited),
+                compute_seconds=sum(a.turnaround_s for a in credited),  # measured: params out -> update in
+                reported_seconds=sum(a.compute_s for a in credited),  # the node's own figure; the lower one counts
+                rounds_succeeded=len(credited),
+                effect_quality=quality,
+                harmful_rounds=len(t.answered) - len(credited),
                 uptime=t.participated / max(1, self.rounds),
-                exchanges_ok=t.rounds_ok,
+                exchanges_ok=len(t.answered),
                 exchanges_total=t.participated + max(0, refused),
             ))
         self.nodes, self.rounds, self.epoch = {}, 0, None
         return epoch, stats
+
+    def _wait(self, wait_s: float) -> None:
+        pending = {id(a.effects): a.effects for t in self.nodes.values() for a in t.answered
+                   if a.effects is not None and not a.effects.ready}
+        if not pending:
+            return
+        deadline = time.monotonic() + wait_s
+        for effects in pending.values():
+            if not effects.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("round %d: effects not measured within %.0f s; its updates count as unscored",
+                            effects.round, wait_s)
+
+
+def _effect(a: _Answered) -> NodeEffect | None:
+    return a.effects.get(a.node_id) if a.effects is not None else None
+
+
+def _harmful(a: _Answered) -> bool:
+    effect = _effect(a)
+    return effect is not None and effect.harmful

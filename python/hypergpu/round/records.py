@@ -13,6 +13,7 @@ from typing import Any
 
 from hypergpu.model.task import Evaluation
 from hypergpu.protocol import Assignment
+from hypergpu.round.effects import RoundEffects
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class RoundRecord:
     dropped: int = 0  # updates left out (Krum)
     trimmed: int = 0  # values cut from each end of every coordinate (trimmed-mean, median)
     not_applied: str | None = None  # why a round with a quorum was not applied (its aggregate was refused)
+    # each scored update's effect on a held-out loss, filled after the round closed (None: not scored)
+    effects: RoundEffects | None = field(default=None, compare=False)
 
     def evaluated(self, result: Evaluation) -> RoundRecord:
         """This record with the held-out figures of the model it applied."""
@@ -94,7 +97,7 @@ class RoundRecord:
             "duration_s": self.duration_s,
             "model_version": self.model_version,
             "assignments": {str(k): a.as_meta() for k, a in self.assignments.items()},
-            "nodes": {str(k): a.as_dict() for k, a in self.answers.items()},
+            "nodes": {str(k): self._answer(k, a) for k, a in self.answers.items()},
             "late": {str(k): a.as_dict() for k, a in self.late.items()},
             "aggregation": self.aggregation,
             "clip_norm": self.clip_norm,
@@ -102,8 +105,19 @@ class RoundRecord:
             "dropped": self.dropped,
             "trimmed": self.trimmed,
             **({"not_applied": self.not_applied} if self.not_applied is not None else {}),
+            **({"effects": self.effects.as_dict()} if self.effects is not None else {}),
             **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
                if self.test_loss is not None or self.test_accuracy is not None else {}),
             **({"test_perplexity": self.test_perplexity, "test_bits_per_byte": self.test_bits_per_byte}
                if self.test_perplexity is not None else {}),
         }
+
+    def _answer(self, node_id: int, answer: NodeAnswer) -> dict[str, Any]:
+        """A node's answer with its effect once measured (``effect``, ``effect_se``,
+        ``effect_loss_after``, ``harmful``, ``effect_quality``)."""
+        d = answer.as_dict()
+        effect = self.effects.get(node_id) if self.effects is not None else None
+        if effect is not None:
+            d.update(effect=effect.effect, effect_se=effect.se, effect_loss_after=effect.loss_after,
+                     harmful=effect.harmful, effect_quality=effect.quality)
+        return d

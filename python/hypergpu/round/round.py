@@ -16,7 +16,8 @@ What the accepted updates become is the configured rule's
 (:mod:`hypergpu.update.robust`, applied in :meth:`Round.close`). Every update
 is folded into the running weighted sum as it arrives — that scan is also its
 non-finite check and gives its norm — and the current round's updates are
-held for their cosine scores; the rules other than ``mean`` hold the late
+held for their cosines and, after the close, handed over for their effect
+scoring (:meth:`Round.take_updates`); the rules other than ``mean`` hold the late
 updates they also aggregate. The module table of :mod:`hypergpu.update.robust`
 says what each rule needs in memory.
 """
@@ -78,6 +79,7 @@ class Round:
         # round's for cosines, and late ones too for the rules that need more than the sum
         self._held: dict[tuple[int, int], tuple[np.ndarray, float, float]] = {}
         self._sealed = False
+        self._own: dict[int, np.ndarray] = {}  # after close: this round's updates, by node
         # What each node was given to do caps what its update may claim and weighs it:
         # the coordinator's count, else the plan's steps x batch x accumulation.
         if assigned is None:
@@ -208,6 +210,8 @@ class Round:
         if outcome is not None:
             self.mean = outcome.value
             self._mark(outcome, answers, late)
+        # This round's own updates stay for their effect scoring until the driver takes them.
+        self._own = {n: held[0] for (r, n), held in self._held.items() if r == self.id}
         self._held = {}
         reported = self.book.reported
         losses = [a.loss for a in self.answers.values() if a.loss is not None]
@@ -232,6 +236,12 @@ class Round:
             trimmed=outcome.trimmed if outcome is not None else 0,
             not_applied=failure,
         )
+
+    def take_updates(self) -> dict[int, np.ndarray]:
+        """This round's own accepted updates by node (after :meth:`close`), handed over once:
+        the round keeps no reference, so they live only as long as the taker holds them."""
+        own, self._own = self._own, {}
+        return own
 
     def _aggregate(self) -> Aggregate:
         held = list(self._held.values())

@@ -25,7 +25,7 @@ node outvote the others — exactly what they exist to prevent.
 
 ``clipped-mean`` clips against the round's own median norm rather than
 streaming against the previous round's: the round holds its updates anyway
-(each is scored by its cosine with the result), and a previous round's
+(for its cosine with the result, and then its effect scoring), and a previous round's
 reference is missing in the first round and wrong whenever the honest scale
 moves (the planner changes local steps or batch sizes). The unclipped
 running sum is kept as well, so a round where no update is over the bound —
