@@ -239,6 +239,8 @@ def test_the_scorer_scores_a_sampled_subset_and_can_be_turned_off(tmp_path: Path
     scorer.close()
     assert scored.effects is not None and len(scored.effects.nodes) == 2
     assert [n for n, _ in scored.effects.items()] == list(scored.effects.nodes)
+    unset = cfg.model_copy(update={"rewards": cfg.rewards.model_copy(update={"effect_batch": None})})
+    assert EffectScorer(unset, manager, data.test, task_for(cfg)).batch == 256  # a labelled dataset's default
     off_cfg = cfg.model_copy(update={"rewards": cfg.rewards.model_copy(update={"effect_batch": 0})})
     off = EffectScorer(off_cfg, manager, data.test, task_for(cfg))
     assert asyncio.run(score(off)).effects is None

@@ -12,14 +12,19 @@ from pydantic import Field
 
 from hypergpu.config.base import Section
 
+#: ``effect_batch`` unset: samples of a labelled dataset, blocks of a token corpus. 32 blocks of a
+#: 842k-parameter GPT (block 128) took 0.42 s a forward pass on one busy core; 256 took 2.9 s.
+DEFAULT_EFFECT_SAMPLES, DEFAULT_EFFECT_BLOCKS = 256, 32
+
 
 class EffectSettings(Section):
     """The held-out effect scoring of updates (a base of ``RewardsConfig``)."""
 
-    effect_batch: int = Field(
-        256, ge=0, le=1_000_000,
+    effect_batch: int | None = Field(
+        None, ge=0, le=1_000_000,
         description="held-out samples (blocks, for a language model) each round's updates are scored on, drawn "
-        "afresh each round from the samples no node trains on; 0 turns effect scoring off (quality is then neutral). "
+        "afresh each round from the samples no node trains on; None: 256 samples, or 32 blocks for a language "
+        "model (a block's loss already averages its tokens); 0 turns effect scoring off (quality is then neutral). "
         "A round costs (1 + scored updates) forward passes over them, off the round's path",
     )
     effect_nodes: int | None = Field(

@@ -5,8 +5,9 @@ After a round closes (its aggregate applied, the next round free to start),
 and returns the round's record with a :class:`~hypergpu.round.effects.RoundEffects`
 that the worker fills. The worker loads the round's base parameters into a
 scratch copy of the model, evaluates it on ``rewards.effect_batch`` held-out
-samples (drawn afresh each round, unpredictably, from the samples no node
-trains on: the run's held-out set), then each scored update applied alone
+samples (256, or 32 blocks of a language model, unless set; drawn afresh
+each round, unpredictably, from the samples no node trains on: the run's
+held-out set), then each scored update applied alone
 (``base + update``, on the round's fragment) on the same samples, and judges
 each by :func:`hypergpu.rewards.effect.judge`. The chain tally waits for the
 effects only when it closes an epoch.
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hypergpu.config.effects import DEFAULT_EFFECT_BLOCKS, DEFAULT_EFFECT_SAMPLES
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.data.samples import SampleSource
 from hypergpu.events import EventBus
@@ -72,7 +74,10 @@ class EffectScorer:
     def __init__(self, config: HyperGPUConfig, model: ModelManager, heldout: SampleSource, task: Task,
                  events: EventBus | None = None):
         r = config.rewards
-        self.batch = min(r.effect_batch, len(heldout))
+        wanted = r.effect_batch
+        if wanted is None:
+            wanted = DEFAULT_EFFECT_BLOCKS if task.name == "lm" else DEFAULT_EFFECT_SAMPLES
+        self.batch = min(wanted, len(heldout))
         self.nodes = r.effect_nodes
         self.policy = EffectPolicy(noise_z=r.effect_noise_z, margin=r.effect_margin, scale=r.effect_scale)
         self.heldout = heldout
