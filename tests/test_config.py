@@ -157,7 +157,7 @@ def test_schema_describes_sections_and_ranges():
     schema = config_schema()
     json.dumps(schema)
     assert set(schema["properties"]) == {
-        "training", "data", "network", "nodes", "coordinator", "api", "chain", "rewards", "adapt"
+        "training", "data", "network", "nodes", "coordinator", "api", "chain", "rewards", "adapt", "tracking"
     }
     training = schema["$defs"]["TrainingConfig"]["properties"]
     assert training["lr"]["exclusiveMinimum"] == 0

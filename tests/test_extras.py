@@ -80,6 +80,8 @@ def test_the_base_package_trains_without_any_extra(tmp_path: Path) -> None:
     (("train", "--no-api", *sets(*SMALL, "data.dataset='synthetic'")), "chain"),
     (("train", *sets(*SMALL, "data.dataset='synthetic'", "rewards.enabled=false")), "api"),
     (("train", "--no-api", *sets(*SMALL, "rewards.enabled=false")), "data"),
+    (("train", "--no-api", *sets(*SMALL, "data.dataset='synthetic'", "rewards.enabled=false",
+                                 "tracking.backends=['tensorboard']")), "tracking"),
 ])
 def test_a_missing_extra_fails_with_the_command_that_installs_it(tmp_path: Path, args: tuple[str, ...],
                                                                  extra: str) -> None:

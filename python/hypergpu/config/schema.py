@@ -21,6 +21,7 @@ from hypergpu.config.base import Section as _Section
 from hypergpu.config.chain import ChainConfig
 from hypergpu.config.effects import EffectSettings
 from hypergpu.config.network import NetworkConfig
+from hypergpu.config.tracking import TrackingConfig
 
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
 TaskKind = Literal["auto", "classification", "lm"]
@@ -307,6 +308,7 @@ class HyperGPUConfig(_Section):
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     chain: ChainConfig = Field(default_factory=ChainConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def task(self) -> Literal["classification", "lm"]:

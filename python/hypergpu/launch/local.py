@@ -27,9 +27,11 @@ from hypergpu.events import EventBus
 from hypergpu.launch.assemble import assemble
 from hypergpu.launch.recorder import attach_recorder, settle_recorder
 from hypergpu.round import Planner
+from hypergpu.tracking.observer import open_trackers
 
 if TYPE_CHECKING:
     from hypergpu.chain.recorder import ChainRecorder
+    from hypergpu.tracking import RoundTracking
 
 
 @dataclass
@@ -110,6 +112,7 @@ class LocalRun:
     join: str
     nodes: LocalNodes | None = None  # None: nodes join from elsewhere
     recorder: ChainRecorder | None = None
+    tracking: RoundTracking | None = None  # the experiment trackers (tracking.backends), finished at the end
     resume: bool = False
     summary: Summary | None = None
     #: After the run: whether every chain write was sent (None: no recorder, or no result to settle).
@@ -159,6 +162,9 @@ async def local_run(
     try:
         recorder = await attach_recorder(config, coord, resume=resume) if chain else None
         run = LocalRun(coord, "", recorder=recorder, resume=resume)
+        run.tracking = await asyncio.to_thread(open_trackers, config)
+        if run.tracking is not None:
+            coord.observers.append(run.tracking)
         run.join = await coord.start()
         if spawn_nodes:
             run.nodes = LocalNodes(config, run.join, coord.token, log_dir)
@@ -173,10 +179,14 @@ async def local_run(
 
 
 async def _wind_down(run: LocalRun, keep_recorder: bool) -> None:
-    """After the coordinator closed: the nodes leave, the chain is settled."""
+    """After the coordinator closed: the nodes leave, the trackers are finished, the chain is settled."""
     try:
-        if run.nodes is not None:
-            await asyncio.to_thread(run.nodes.stop)
+        try:
+            if run.nodes is not None:
+                await asyncio.to_thread(run.nodes.stop)
+        finally:
+            if run.tracking is not None:
+                await asyncio.to_thread(run.tracking.finish)
     finally:
         recorder = run.recorder
         if recorder is not None:
