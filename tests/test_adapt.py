@@ -104,6 +104,22 @@ def test_monitor_classes_rtt_and_loss_and_alerts_on_degradation() -> None:
     assert len(mon.series(0)) <= mon.history and mon.series(0)[-1]["round"] == 5
 
 
+def test_a_clean_long_link_is_estimated_at_what_it_carried() -> None:
+    """A 100 Mbit/s link at 100 ms RTT that loses nothing is not capped by a loss it never had."""
+    mon = NetworkMonitor()
+    mon.observe_stats(0, stats(100, sent=5000, lost=0))
+    prior = mon.link(0).est_throughput_Bps()
+    assert prior * 8 < 5e6  # before any exchange: the loss-limited guess
+    carried = 100e6 / 8  # 13 MB moved in ~1.05 s of a 2 s turnaround
+    for r in range(1, 4):
+        mon.observe_exchange(0, round_id=r, ok=True, turnaround_s=2.0 + 1.04 + 0.1, wall_s=2.0,
+                             bytes_moved=int(carried * 1.04))
+    assert mon.link(0).est_throughput_Bps() == pytest.approx(carried, rel=0.02)
+    # the same link turning lossy is bounded by its loss again
+    mon.observe_stats(0, stats(100, sent=10000, lost=1000))
+    assert mon.link(0).est_throughput_Bps() * 8 < 5e6
+
+
 def test_time_series_are_bounded() -> None:
     mon = NetworkMonitor(history=10)
     for r in range(50):

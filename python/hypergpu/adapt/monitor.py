@@ -26,6 +26,10 @@ from hypergpu.adapt.quality import Quality, QualityTracker, link_score
 #: Typical QUIC payload per packet, for the loss-limited throughput estimate.
 MSS_BYTES = 1400
 RECENT_RTT_SAMPLES = 8
+#: The loss assumed for a link before any exchange has measured its throughput.
+UNKNOWN_LOSS = 0.005
+#: From this share of packets lost, loss (not the last measurement) bounds what a link can carry.
+LOSSY = 0.005
 Publish = Callable[..., Any]
 
 
@@ -88,19 +92,23 @@ class NodeLink:
 
         Measured over past exchanges when known, scaled by how the RTT moved
         since (loss-limited throughput goes as 1/RTT) and capped near the
-        TCP-style estimate MSS/RTT * 1.22/sqrt(loss) (taking at least 0.5 %
-        loss while too few packets have been seen to know), which alone
-        serves before any exchange.
+        TCP-style estimate MSS/RTT * 1.22/sqrt(loss) once the link loses
+        ``LOSSY`` or more of its packets; before any exchange that estimate
+        alone serves (taking at least ``UNKNOWN_LOSS`` while the loss is
+        unknown).
         """
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
-        loss_limited = MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, 0.005))
         if self.throughput_Bps is None:
-            return loss_limited
+            return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, UNKNOWN_LOSS))
         measured = self.throughput_Bps
         if self.throughput_rtt_ms and self.rtt_ms:
             measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
+        if self.loss < LOSSY:
+            # A clean link is what was measured on it: a loss floor here would cap a
+            # 100 Mbit/s link at 100 ms RTT near 3 Mbit/s.
+            return measured
         # A link that turned lossy since the last exchange is capped by its new loss.
-        return min(measured, 2.0 * loss_limited)
+        return min(measured, 2.0 * MSS_BYTES / rtt * 1.22 / math.sqrt(self.loss))
 
     def transfer_s(self, nbytes: float) -> float:
         return (self.rtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()
