@@ -74,7 +74,10 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
     ]
     # The outer optimizer (Nesterov: nodes take 15 local steps) is checkpointed with the model.
     last = coord.checkpoints.load(tmp_path / "ckpt" / "ckpt-00000004.safetensors")
-    assert set(last.arrays) == {"outer.velocity"} and last.arrays["outer.velocity"].shape == (coord.model.layout.total,)
+    # With it: the planner and sampler (run.state), and the book and shard ledger (extra).
+    assert set(last.arrays) == {"outer.velocity", "run.state"}
+    assert last.arrays["outer.velocity"].shape == (coord.model.layout.total,)
+    assert {"book", "shards", "nodes", "closed"} <= set(last.extra)
 
 
 def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):

@@ -39,6 +39,7 @@ __all__ = [
     "ChainError",
     "ContractRevertError",
     "ChainUnavailableError",
+    "RefusedError",
     "CheckpointError",
     "DataError",
     "UnknownNodeError",
@@ -177,6 +178,10 @@ class ContractRevertError(ChainError):
 
 class ChainUnavailableError(ChainError, ConnectionError):
     """The chain's RPC endpoint could not be reached, even after retries."""
+
+
+class RefusedError(HyperGPUError):
+    """The coordinator will not take this node (e.g. the run already has ``coordinator.max_nodes``)."""
 
 
 class CheckpointError(HyperGPUError):

@@ -19,7 +19,9 @@ Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
   steps, codec); section ``params`` holds the flat float32 parameters.
 - ``update``    node → coordinator: samples, timings, losses; section
   ``update`` holds the encoded update.
-- ``ack``       coordinator → node: whether an update was applied.
+- ``ack``       coordinator → node: whether an update was received (taken into
+  the open round), and again when its round closed whether it was applied.
+- ``error``     coordinator → node: the node is refused (:class:`Refusal`).
 - ``heartbeat`` both ways; ``control`` for shard changes and stop;
   ``metrics`` node → coordinator; ``bye`` on orderly exit.
 
@@ -52,6 +54,7 @@ __all__ = [
     "MAX_META",
     "Message",
     "NodeMetrics",
+    "Refusal",
     "UpdateMeta",
     "WelcomeMeta",
     "decode",
@@ -233,6 +236,16 @@ class WelcomeMeta(_Meta):
     num_classes: int | None = None  # classes, or a language model's vocabulary
     # None: shards are shipped; else see node_meta() in hypergpu.data.run_data
     data_source: dict[str, Any] | None = None
+    # What a node that rejoins needs to settle the updates it sent (issue 15): this
+    # coordinator process's life (a new one after a restart), the last round closed,
+    # and which of the node's remembered updates were applied, not applied, or are
+    # held for a round still open. The node folds the error-feedback residual of
+    # an update back in once it knows the update was not applied.
+    life: str = ""
+    closed: int = Field(default=0, ge=0)
+    applied: list[int] = Field(default_factory=list, max_length=4096)
+    not_applied: list[int] = Field(default_factory=list, max_length=4096)
+    held: list[int] = Field(default_factory=list, max_length=4096)
 
 
 @dataclass(frozen=True)
@@ -288,6 +301,17 @@ class Ack(_Meta):
     accepted: bool
     reason: str | None = None  # a refusal's reason (a RoundBook verdict, or "invalid")
     detail: str | None = None  # what was wrong with an invalid update
+    # None: the answer on receipt ("received": folded into the open round, not applied yet);
+    # True/False: sent again when the round closed, whether the update went into the model
+    applied: bool | None = None
+
+
+class Refusal(_Meta):
+    """coordinator → node (an ``error`` message, then the link closes): why it will not
+    take the node at all, e.g. the run already has ``coordinator.max_nodes`` nodes."""
+
+    reason: str = Field(max_length=1024)
+    code: str = Field(default="refused", max_length=64)
 
 
 class NodeMetrics(_Meta):

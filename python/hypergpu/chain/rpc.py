@@ -39,7 +39,10 @@ def make_web3(config: ChainConfig) -> Web3:
     if config.kind == "embedded":
         from web3 import EthereumTesterProvider
 
-        return Web3(EthereumTesterProvider())
+        from hypergpu.chain.ledger_db import disk_ledger
+
+        with disk_ledger():  # a long run's ledger on disk, not in this process's memory
+            return Web3(EthereumTesterProvider())
     url = config.effective_rpc_url
     if not url:
         raise ConfigError(f"chain kind {config.kind!r} needs rpc_url")

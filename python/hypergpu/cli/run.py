@@ -94,6 +94,8 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
             announce_recorder(run.recorder)
             for join in run.coordinator.join_strings:
                 click.echo(f"join: {join}")
+            if run.coordinator.resumed_from is not None:  # the parameters it goes on from, by hash
+                click.echo(f"resumed: round {run.coordinator.resumed_from} parameters {run.coordinator.model.hash}")
             if token is None:
                 click.echo(f"token: {run.coordinator.token}")
             on_signals(run.coordinator.request_stop)
@@ -147,7 +149,7 @@ def node_cmd(
     state_dir: str | None,
 ) -> None:
     """Join a coordinator and train until it says bye."""
-    from hypergpu.node.runtime import Backoff, Node
+    from hypergpu.node.runtime import Backoff, Node, NodeReport
     from hypergpu.transport import LinkShape
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -179,8 +181,12 @@ def node_cmd(
         backoff=Backoff(give_up_s=give_up_s),
         state_dir=state_dir,
     )
+    async def main() -> NodeReport:
+        on_signals(node.leave)  # SIGTERM/SIGINT: say bye once the round in hand is sent, and exit
+        return await node.run()
+
     try:
-        report = asyncio.run(node.run())
+        report = asyncio.run(main())
     except HyperGPUError as exc:
         fail(str(exc))
     click.echo(f"node {report.node_id}: {report.rounds} rounds, {report.samples} samples, acks {dict(report.acks)}")

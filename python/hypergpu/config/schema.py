@@ -229,10 +229,17 @@ class CoordinatorConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)
     max_consecutive_failures: int = Field(3, ge=1, le=1000)
     checkpoint_dir: Path = Path("runs/checkpoints")
-    checkpoint_every: int = Field(5, ge=0, le=1_000_000, description="rounds; 0 disables")
+    checkpoint_every: int = Field(
+        1, ge=0, le=1_000_000, description="rounds; 0 disables (written behind the round, off its critical path)")
     keep_checkpoints: int = Field(3, ge=1, le=10_000)
     metric_history: int = Field(1000, ge=1, le=10_000_000, description="round records the coordinator keeps "
                                 "in memory (its status, the API's recent rounds per node)")
+    deterministic: bool = Field(
+        False, description="fold a round's updates in node-id order at its close, so a run killed and resumed "
+        "ends with the same parameters as an uninterrupted one (same seed and participants)")
+    max_nodes: int | None = Field(
+        None, ge=1, le=1_000_000, description="most nodes in the run at once; a node beyond it is refused with "
+        "a clear error (unset: no cap; nodes.count is only how many a local run starts)")
     event_window: int = Field(10_000, ge=1, le=10_000_000, description="events kept for watchers that resume "
                               "(/ws ?after=); older ones are dropped")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -25,24 +26,27 @@ from torch import nn
 
 from hypergpu import protocol
 from hypergpu.config.schema import HyperGPUConfig
-from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal
+from hypergpu.coordinator.checkpointing import CheckpointWriter, checkpoint_behind, resume_run
+from hypergpu.coordinator.crashpoints import crash_point
+from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal, resync
 from hypergpu.coordinator.effects import EffectScorer
 from hypergpu.coordinator.identity import join_strings, kept_identity
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
+from hypergpu.coordinator.settle import Outcomes, settlement
 from hypergpu.coordinator.summary import Summary, run_status, run_summary
 from hypergpu.coordinator.trust import publish_metrics, tell_observers, undecodable
 from hypergpu.coordinator.work import WorkDealer
 from hypergpu.data.run_data import prepare_run_data
-from hypergpu.errors import FrameError, HyperGPUError, TransportError
+from hypergpu.errors import HyperGPUError, TransportError
 from hypergpu.events import EventBus
 from hypergpu.model.checkpoint import CheckpointManager
 from hypergpu.model.manager import ModelManager
 from hypergpu.model.nets import build_model
 from hypergpu.model.outer import OuterOptimizer, outer_optimizer_for
 from hypergpu.model.task import task_for
-from hypergpu.protocol import Ack, Control, Message, WelcomeMeta, parse_meta
+from hypergpu.protocol import Ack, Message, WelcomeMeta
 from hypergpu.round import LatePolicy, Planner, Round, RoundBook, RoundRecord
 from hypergpu.round import StaticPlanner
 from hypergpu.transport import Connection, Server
@@ -60,6 +64,8 @@ RoundObserver = Callable[["Coordinator", RoundRecord], Awaitable[None] | None]
 
 class Coordinator:
     """Runs training rounds over the nodes that join it."""
+
+    resumed_from: int | None = None  # the round of the checkpoint it resumed from, once restored
 
     def __init__(
         self,
@@ -87,11 +93,15 @@ class Coordinator:
             model = build_model(config.training, self.data.input_shape, self.data.num_classes)
         self.model = ModelManager(model)
         self.checkpoints = CheckpointManager.from_config(config)
+        self.outcomes = Outcomes(self)  # what became of each update, told once a checkpoint holds it
+        self.saver = CheckpointWriter(self.checkpoints, self.outcomes.written, self.events)  # behind the rounds
+        self.life = secrets.token_hex(8)  # a node welcomed by another life knows its unapplied updates are lost
         self.registry = NodeRegistry(c.max_consecutive_failures)
         #: What each node holds, so parameters can go down as compressed deltas.
         self.downlink = ParamsEncoder()
         self.members = Membership(self.registry, self.shards, self.events, on_new_link=self.downlink.forget,
                                   sections_for=self.data.shard_sections)
+        self.members.max_nodes, self.members.settlement = c.max_nodes, functools.partial(settlement, self)
         self.book = RoundBook(quorum=c.quorum, late_policy=LatePolicy(c.late_updates), decay=c.staleness_decay,
                               max_staleness=c.max_staleness)
         self.planner: Planner = planner or StaticPlanner(config)
@@ -107,7 +117,7 @@ class Coordinator:
         self.excluded: dict[int, str] = {}
         self._server: Server | None = None
         self._open: Round | None = None
-        self._closed = 0  # the last round closed: the parameters sent include its outer step
+        self.closed = 0  # the last round closed: the parameters sent include its outer step
         self._dealt: Dealt | None = None  # the open round's
         self._ahead: dict[int, Dealt] = {}  # with overlap: the next round, dealt and sent before it opens
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -133,9 +143,13 @@ class Coordinator:
         c = self.config.coordinator
         return join_strings(c.host, self._server.address[1], self._server.fingerprint, c.advertise)
 
-    async def start(self) -> str:
-        """Listen for nodes; returns the join string nodes need."""
+    async def start(self, *, resume: bool = False) -> str:
+        """Listen for nodes (``resume``: restored from the newest checkpoint first, so the
+        nodes that reconnect find the run as it was); returns the join string nodes need."""
         c = self.config.coordinator
+        if resume and self.resumed_from is None:
+            self.resumed_from = await asyncio.to_thread(resume_run, self)
+        self.outcomes.bind(asyncio.get_running_loop())
         # Kept beside the checkpoints, the identity (and so the join string) outlives a restart.
         identity = kept_identity(c.checkpoint_dir / "identity") if c.checkpoint_every else None
         self._server = await Server.listen(c.host, c.port, token=self.token, identity=identity)
@@ -191,16 +205,11 @@ class Coordinator:
     async def run(self, *, resume: bool = False, join_timeout_s: float = 120.0) -> Summary:
         """Train for the configured rounds (or until the target accuracy)."""
         if self._server is None:
-            await self.start()
+            await self.start(resume=resume)
+        elif resume and self.resumed_from is None:  # listening already: restored late, but restored
+            self.resumed_from = await asyncio.to_thread(resume_run, self)
         t = self.config.training
-        start_round = 1
-        if resume:
-            found = self.checkpoints.resume(self.model)
-            if found is not None:
-                self.outer.load_state_dict({k[6:]: v for k, v in found.arrays.items() if k.startswith("outer.")})
-                start_round = found.round + 1
-                self._closed = found.round
-                self.events.publish("training", type="resumed-from-checkpoint", round=found.round)
+        start_round = (self.resumed_from or 0) + 1
         started = time.perf_counter()
         await self.members.wait_for(self.expected_nodes, join_timeout_s, self._stop)
         self._spawn(self.network.run_timed(lambda: self.round))
@@ -222,7 +231,10 @@ class Coordinator:
                 break
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
-            await self._checkpoint(self.round)
+            checkpoint_behind(self, self.round)
+        await self.saver.drain()
+        await asyncio.sleep(0)  # the writer's last word reaches the loop
+        await self.outcomes.pump()
         await self.effects.settled()
         summary = run_summary(self, last, reached, time.perf_counter() - started)
         self.events.publish("training", type="finished", **summary.as_dict())
@@ -235,12 +247,7 @@ class Coordinator:
         await tell_observers(self, record)
         self.events.publish("training", type="round", **record.as_dict())
         if self.checkpoints.due(record.round):
-            await self._checkpoint(record.round)
-
-    async def _checkpoint(self, round_id: int) -> None:
-        """The model and the outer optimizer's state (its Nesterov velocity), together."""
-        arrays = {f"outer.{k}": v for k, v in self.outer.state_dict().items()}
-        await asyncio.to_thread(self.checkpoints.save, self.model, round_id, arrays=arrays)
+            checkpoint_behind(self, record.round)
 
     # --- status ---------------------------------------------------------------
 
@@ -269,13 +276,14 @@ class Coordinator:
         rnd = self._open = Round(dealt.plan, params[where], self.book, now=time.perf_counter(),
                                  assigned=dealt.assigned, timeout_s=self.config.coordinator.round_timeout_s,
                                  version=version, sent=dealt.sent, fragments=len(fragments),
-                                 aggregation=Rule.of(self.config.coordinator))
+                                 aggregation=Rule.of(self.config.coordinator),
+                                 deterministic=self.config.coordinator.deterministic)
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,
             # and the round's deadline runs from its start.
-            self.dispatch.send_all(round_id, dealt, params, version, self._closed)
+            self.dispatch.send_all(round_id, dealt, params, version, self.closed)
         if self.config.training.overlap:
-            self.dispatch.send_ahead(round_id, dealt, ahead, fresh, params, version, self._closed)
+            self.dispatch.send_ahead(round_id, dealt, ahead, fresh, params, version, self.closed)
         self._progress.clear()
         while not rnd.expire(now := time.perf_counter()) and not self._stop.is_set():
             self._progress.clear()
@@ -284,14 +292,16 @@ class Coordinator:
         rnd.seal()
 
         def apply(mean: np.ndarray) -> int:
+            crash_point("aggregate", round_id)
             return self.outer.step(self.model, mean, None if len(fragments) == 1 else where)
 
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)
         record = await self.effects.begin(rnd, params, where, record)
-        self._closed = round_id
+        self.closed = round_id
         if record.applied:
             self.samples += record.samples
         self.work.settle(record)
+        self.outcomes.closed(record)
         await self.members.after_round(record)
         return record
 
@@ -361,7 +371,7 @@ class Coordinator:
             elif msg.kind == "heartbeat":
                 node.bytes_received += len(frame)
             elif msg.kind == "control":
-                await self._on_control(node, msg)
+                await resync(self, node, msg)
             elif msg.kind == "metrics":
                 publish_metrics(self, node, msg)
             elif msg.kind == "bye":
@@ -370,27 +380,6 @@ class Coordinator:
             else:
                 node.refusals["unexpected"] += 1
                 self.refusals["unexpected"] += 1
-
-    async def _on_control(self, node: NodeInfo, msg: Message) -> None:
-        """A node's only control message is ``resync``: it could not apply a parameter
-        delta, so it gets the whole vector, right away if it still owes the open round."""
-        try:
-            control = parse_meta(Control, msg)
-        except FrameError:
-            control = None
-        if control is None or control.type != "resync":
-            node.refusals["unexpected"] += 1
-            self.refusals["unexpected"] += 1
-            return
-        self.downlink.forget(node.node_id)
-        reason = control.reason
-        self.events.publish("node", type="resync", node=node.node_id, round=msg.round, reason=reason)
-        rnd, dealt = self._open, self._ahead.get(msg.round)
-        if rnd is not None and msg.round == rnd.id and rnd.owes(node.node_id):
-            dealt = self._dealt
-        if dealt is not None and node.node_id in dealt.plan.assignments:
-            self.dispatch.send_all(msg.round, dealt, self.model.flat_parameters(), self.model.version,
-                                   self._closed, nodes=[node.node_id])
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hypergpu.coordinator.crashpoints import crash_point
 from hypergpu.coordinator.membership import Membership
-from hypergpu.errors import HyperGPUError
+from hypergpu.coordinator.registry import NodeInfo
+from hypergpu.errors import FrameError, HyperGPUError
 from hypergpu.events import EventBus
+from hypergpu.protocol import Control, Message, parse_meta
 from hypergpu.round import NodeView, PlanView, RoundPlan
 from hypergpu.update.downlink import ParamsEncoder
 
@@ -135,8 +138,31 @@ class Dispatch:
                 dealt.mark_sent(node_id, len(frame), time.perf_counter())
             await link.send(frame)
             self.members.registry.get(node_id).bytes_sent += len(frame)
+            crash_point("send", round_id)  # a test's: one node has its parameters, others may not
         except HyperGPUError as exc:
             self.downlink.forget(node_id)  # it may not hold what was sent
             self.members.forget_delivered(node_id, lent)
             log.warning("node %d: sending round %d failed: %s", node_id, round_id, exc)
             self.events.publish("alert", level="warning", node=node_id, message=f"send failed: {exc}")
+
+
+async def resync(coord: Coordinator, node: NodeInfo, msg: Message) -> None:
+    """A node's only control message is ``resync``: it could not apply a parameter
+    delta, so it gets the whole vector, right away if it still owes the open round."""
+    try:
+        control = parse_meta(Control, msg)
+    except FrameError:
+        control = None
+    if control is None or control.type != "resync":
+        node.refusals["unexpected"] += 1
+        coord.refusals["unexpected"] += 1
+        return
+    coord.downlink.forget(node.node_id)
+    reason = control.reason
+    coord.events.publish("node", type="resync", node=node.node_id, round=msg.round, reason=reason)
+    rnd, dealt = coord._open, coord._ahead.get(msg.round)
+    if rnd is not None and msg.round == rnd.id and rnd.owes(node.node_id):
+        dealt = coord._dealt
+    if dealt is not None and node.node_id in dealt.plan.assignments:
+        coord.dispatch.send_all(msg.round, dealt, coord.model.flat_parameters(), coord.model.version,
+                                coord.closed, nodes=[node.node_id])

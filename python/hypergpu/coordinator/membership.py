@@ -46,6 +46,10 @@ class Membership:
         #: nodes that train on the samples the coordinator names (not on their own data)
         self.follows_work: set[int] = set()
         self._sections_for = sections_for
+        #: most nodes in the run at once (coordinator.max_nodes; None: no cap)
+        self.max_nodes: int | None = None
+        #: node id -> the welcome's fields that settle its earlier updates (the coordinator's)
+        self.settlement: Callable[[int], dict[str, Any]] = lambda node_id: {}
         # A new link means what the node holds is unknown (the downlink mirror forgets it).
         self._on_new_link = on_new_link
 
@@ -63,13 +67,37 @@ class Membership:
             with contextlib.suppress(HyperGPUError):
                 await link.close(f"bad hello: {exc}")
             return None
+        if (full := self.full_for(hello.name)) is not None:
+            await self.refuse(link, full, "run-full")
+            return None
         node, replaced = self.admit(hello, link)
         if replaced is not None:
             with contextlib.suppress(HyperGPUError):
                 await replaced.close("replaced by a new connection from the same node")
-        await self.welcome(node, link, welcome.model_copy(update={"node_id": node.node_id}))
+        await self.welcome(node, link, welcome.model_copy(update={"node_id": node.node_id,
+                                                                  **self.settlement(node.node_id)}))
         return node
 
+    def full_for(self, name: str) -> str | None:
+        """Why a node called ``name`` cannot join (None: it can). A node still in the run
+        under that name always can: it holds its place (and its shards) while away."""
+        if self.max_nodes is None:
+            return None
+        alive = self.registry.alive()
+        present = len(alive)
+        if present < self.max_nodes or any(n.name == name for n in alive):
+            return None
+        return (f"the run is full: it has {present} nodes and coordinator.max_nodes is {self.max_nodes}; "
+                "try again when a node leaves")
+
+    async def refuse(self, link: Connection, reason: str, code: str) -> None:
+        """Tell a node why it is not taken (an ``error`` message it reads before the link closes)."""
+        self.events.publish("alert", level="warning", message=f"node refused: {reason}")
+        with contextlib.suppress(HyperGPUError):
+            msg = Message("error", protocol.Refusal(reason=reason, code=code).as_meta())
+            await link.send(protocol.encode(msg), timeout=5.0, acked=True)
+        with contextlib.suppress(HyperGPUError):
+            await link.close(reason[:120])
     def admit(self, hello: Hello, link: Connection) -> tuple[NodeInfo, Connection | None]:
         """Register the node saying ``hello`` on ``link``; returns it and the link it replaces."""
         node = self.registry.join(

@@ -112,6 +112,11 @@ class NodeRegistry:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def restore(self, node: NodeInfo) -> None:
+        """Know ``node`` (from a checkpoint) by id and name, before it reconnects."""
+        self._nodes[node.node_id] = node
+        self._by_name[node.name] = node.node_id
+
     def all(self) -> list[NodeInfo]:
         return list(self._nodes.values())
 

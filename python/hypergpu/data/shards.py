@@ -222,7 +222,7 @@ class ShardManager(Generic[S]):
         """Give ``node`` a shard of its own; returns the shard indices it now holds.
 
         A node that already holds shards keeps them. A new node takes the
-        lowest free shard, else an orphan lent to the node holding the most.
+        shard of its own number if free, else the lowest free shard, else an orphan lent to the node holding the most.
         When every shard is owned the node gets nothing (an empty list); the
         caller decides whether to re-partition.
         """
@@ -232,7 +232,9 @@ class ShardManager(Generic[S]):
         lent = {i for held in self._lent.values() for i in held}
         free = [i for i in range(len(self.shards)) if i not in owned and i not in lent]
         if free:
-            shard = free[0]
+            # Node i takes shard i when it is free, so who holds what does not hang on who
+            # connected first (a deterministic run, a resumed one, must deal the same work).
+            shard = node if node in free else free[0]
         else:
             donors = [n for n in self.nodes if self._lent.get(n)]
             if not donors:

@@ -165,7 +165,7 @@ async def local_run(
         run.tracking = await asyncio.to_thread(open_trackers, config)
         if run.tracking is not None:
             coord.observers.append(run.tracking)
-        run.join = await coord.start()
+        run.join = await coord.start(resume=resume)
         if spawn_nodes:
             run.nodes = LocalNodes(config, run.join, coord.token, log_dir)
             await asyncio.to_thread(run.nodes.start_all)

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
 _FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A checkpoint taken in memory (:meth:`CheckpointManager.snapshot`), not written yet."""
+
+    round: int
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -110,6 +120,19 @@ class CheckpointManager:
         arrays: dict[str, np.ndarray] | None = None,
     ) -> Path:
         """Write a checkpoint of ``round`` atomically and prune old ones."""
+        return self.write(self.snapshot(manager, round, optimizer=optimizer, extra=extra, arrays=arrays))
+
+    def snapshot(
+        self,
+        manager: ModelManager,
+        round: int,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        extra: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> Snapshot:
+        """Copies of everything a checkpoint of ``round`` holds, taken now: :meth:`write` can
+        run on another thread while the model and ``arrays``' owners move on."""
         tensors: dict[str, torch.Tensor] = {
             f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in manager.model.state_dict().items()
         }
@@ -121,17 +144,22 @@ class CheckpointManager:
             "version": manager.version,
             "model_hash": manager.hash,
             "config_hash": self.config_hash,
-            "extra": extra or {},
+            "extra": json.loads(json.dumps(extra or {})),
         }
         if optimizer is not None:
             meta["optimizer"] = _pack_optimizer(optimizer.state_dict(), tensors)
         meta["rng"] = _pack_rng(tensors)
-        header = {"meta": json.dumps(meta, sort_keys=True)}
-        header["digest"] = _digest(tensors, header["meta"])
-        data = st_save(tensors, metadata=header)
+        return Snapshot(round, meta, tensors)
+
+    def write(self, snap: Snapshot, *, before_rename: Callable[[], None] | None = None) -> Path:
+        """Write ``snap`` atomically and prune old checkpoints (``before_rename``: a test's
+        hook, called once the temporary file is complete and synced)."""
+        header = {"meta": json.dumps(snap.meta, sort_keys=True)}
+        header["digest"] = _digest(snap.tensors, header["meta"])
+        data = st_save(snap.tensors, metadata=header)
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"ckpt-{round:08d}.safetensors"
-        _atomic_write(path, data)
+        path = self.directory / f"ckpt-{snap.round:08d}.safetensors"
+        _atomic_write(path, data, before_rename)
         self._prune()
         return path
 
@@ -222,13 +250,15 @@ class CheckpointManager:
 # --- helpers ------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -319,4 +349,4 @@ def set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-__all__ = ["Checkpoint", "CheckpointManager", "get_rng_state", "set_rng_state"]
+__all__ = ["Checkpoint", "CheckpointManager", "Snapshot", "get_rng_state", "set_rng_state"]

@@ -45,7 +45,7 @@ class Folder:
         self.closed = 0  # the last round whose outer step g includes
         self._pending: dict[int, tuple[slice, np.ndarray]] = {}  # round -> (where, what was sent), not in g yet
         self._unsent: np.ndarray | None = None  # progress not sent yet (other fragments')
-        self._arrived: deque[tuple[np.ndarray, int | None, int]] = deque()
+        self._arrived: deque[tuple[np.ndarray, int | None, int, bool]] = deque()
         self._lock = threading.Lock()
         #: the highest ``closed`` that has arrived (folded or not): an update for round k
         #: goes out only once k-1 is closed, i.e. its round is open on the coordinator
@@ -54,10 +54,12 @@ class Folder:
 
     # --- the event loop's side ---------------------------------------------------
 
-    def arrive(self, params: np.ndarray, version: int | None, closed: int) -> None:
-        """New global parameters came in (they include rounds up to ``closed``)."""
+    def arrive(self, params: np.ndarray, version: int | None, closed: int, *, replace: bool = False) -> None:
+        """New global parameters came in (they include rounds up to ``closed``). ``replace``:
+        the node made no progress it has not sent (no overlap, no fragments), so the fold is
+        the plain load, bit for bit."""
         with self._lock:
-            self._arrived.append((params, version, closed))
+            self._arrived.append((params, version, closed, replace))
             self.closed_seen = max(self.closed_seen, closed)
 
     def rejoined(self) -> None:
@@ -79,10 +81,10 @@ class Folder:
         """The node's model with every arrival folded in (``local`` itself when none came)."""
         with self._lock:
             arrived, self._arrived = list(self._arrived), deque()
-        for params, version, closed in arrived:
-            if self._restart or self.params is None:
+        for params, version, closed, replace in arrived:
+            if self._restart or self.params is None or replace:
                 # the first parameters, or the first after a restart (nothing pending counts then)
-                if self._restart:
+                if self._restart or replace:
                     self._pending.clear()
                 local, self._restart, self.closed = params.copy(), False, closed
             elif self.version is not None and version is not None and version < self.version:

@@ -26,18 +26,20 @@ from pydantic import ValidationError
 
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
-from hypergpu.errors import FrameError, HyperGPUError, InvalidArgumentError, ShapeMismatchError
+from hypergpu.errors import FrameError, HyperGPUError, InvalidArgumentError, RefusedError, ShapeMismatchError
 from hypergpu.protocol import (
     Ack,
     Assignment,
     Control,
     Hello,
     Message,
+    Refusal,
     UpdateMeta,
     WelcomeMeta,
     parse_meta,
     validation_problems,
 )
+from hypergpu.node.settle import Settlement
 from hypergpu.update.codec import Codec
 from hypergpu.update.downlink import ParamsDecoder
 from hypergpu.wire import TensorSpec
@@ -78,8 +80,12 @@ class NodeReport:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def record_ack(self, ack: Ack) -> None:
-        """Count an ``ack``: ``accepted``, or the coordinator's refusal reason."""
-        self.acks["accepted" if ack.accepted else str(ack.reason)] += 1
+        """Count an ``ack``: ``accepted`` (received), the coordinator's refusal reason, or
+        the round's outcome (``applied`` / ``not-applied``)."""
+        if ack.applied is not None:
+            self.acks["applied" if ack.applied else "not-applied"] += 1
+        else:
+            self.acks["accepted" if ack.accepted else str(ack.reason)] += 1
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Welcome:
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     data_source: dict[str, Any] | None = None  # where to read shards (None: they are shipped)
+    settlement: Settlement = Settlement()  # what became of this node's earlier updates
 
     @classmethod
     def parse(cls, msg: Message) -> Welcome:
@@ -105,7 +112,7 @@ class Welcome:
             raise FrameError(f"welcome meta refused: training: {validation_problems(exc)}") from None
         shape = tuple(meta.input_shape) if meta.input_shape is not None else None
         return cls(meta.node_id, training, meta.layout, meta.num_params, shards_of(msg),
-                   meta.task, shape, meta.num_classes, meta.data_source)
+                   meta.task, shape, meta.num_classes, meta.data_source, Settlement.of(meta))
 
     def model_io(self) -> tuple[tuple[int, ...], int]:
         """The model's input shape and output size, from the welcome (or its first shard)."""
@@ -131,6 +138,13 @@ class Welcome:
 def shards_of(msg: Message) -> list[Shard]:
     """The data shards a welcome or a ``shard`` control message carries (checksums verified)."""
     return [Shard.from_bytes(bytes(v)) for k, v in sorted(msg.sections.items()) if k.startswith("shard")]
+
+
+def _refusal(msg: Message) -> str:
+    try:
+        return parse_meta(Refusal, msg).reason
+    except HyperGPUError as exc:
+        return f"(its reason did not parse: {exc})"
 
 
 def hello(**fields: Any) -> Hello:
@@ -226,6 +240,8 @@ class NodeProtocol:
         """The events ``msg`` amounts to (none for a heartbeat or an unknown kind)."""
         if msg.kind == "welcome":
             return self._welcome(msg)
+        if msg.kind == "error":  # refused (e.g. the run is full): nothing this node can do about it
+            raise RefusedError(f"the coordinator refused this node: {_refusal(msg)}")
         try:
             if msg.kind == "params":
                 return self._params(msg)
@@ -306,14 +322,34 @@ class UpdateEncoder:
     The error-feedback residual (what earlier rounds' payloads lost: top-k's
     unsent coordinates, the other lossy codecs' rounding) lives here, so it
     carries over from round to round, and across a change of lossy codec.
-    A round sent raw sends it along exactly and clears it.
+    A round sent raw sends it along exactly and clears it. ``last_delta`` is
+    how the last message changed the residual: should that update never be
+    applied, :meth:`unsend` takes the change back (:mod:`hypergpu.node.settle`).
     """
 
     def __init__(self) -> None:
         self.residual: np.ndarray | None = None
+        self.last_delta: np.ndarray | None = None
+
+    def unsend(self, delta: np.ndarray) -> None:
+        """Take back a message's change to the residual: what its payload carried of the
+        residual (and lost of its update) is owed again."""
+        if self.residual is None or self.residual.shape != delta.shape:
+            self.residual = np.zeros_like(delta)
+        self.residual -= delta
 
     def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
         """The ``update`` message for ``update`` (float32, flat) in ``round_id``."""
+        before = None if self.residual is None else self.residual.copy()
+        msg = self._message(update, assignment, meta, round_id)
+        after = self.residual
+        if before is None:
+            self.last_delta = None if after is None else after.copy()
+        else:
+            self.last_delta = -before if after is None or after.shape != before.shape else after - before
+        return msg
+
+    def _message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
         if assignment.codec == "raw":
             if self.residual is not None and self.residual.shape == update.shape:
                 update = update + self.residual

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections import deque
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from hypergpu.errors import TransportError
+from hypergpu import protocol
+from hypergpu.errors import HyperGPUError, TransportError
 from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
@@ -43,6 +45,7 @@ from hypergpu.node.protocol import (
 )
 from hypergpu.node.overlap import Folder
 from hypergpu.node.session import Backoff, Session
+from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
 from hypergpu.node.trainer import LocalTrainer, RoundResult
 from hypergpu.protocol import Message, UpdateMeta
@@ -96,12 +99,16 @@ class Node:
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             report=self.report,
-            # A welcome that a resend had to wait for is handled once the round in hand is done.
-            on_message=self._pending.append,
+            # A welcome that a resend had to wait for is handled once the round in hand is done
+            # (what it settles, at once: the resend may be for a round it says is lost).
+            on_message=self._on_reconnect_message,
         )
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
         self._encoders: dict[int, UpdateEncoder] = {}
+        self._leaving, self._leave_reason = asyncio.Event(), "leaving"
+        #: updates received but not known applied, and how to take each back (node/settle.py)
+        self.unsettled = Unsettled()
         self._idle_from = time.perf_counter()
         #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
         #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
@@ -145,15 +152,35 @@ class Node:
             self.report.metrics = self._trainer.metrics.snapshot()
         return self.report
 
+    def leave(self, reason: str = "leaving") -> None:
+        """Say ``bye`` and stop, once the round in hand is sent (SIGTERM/SIGINT land here):
+        the coordinator lends this node's shards to the others."""
+        self._leaving.set()
+        self._leave_reason = reason
+
+    async def _say_bye(self) -> None:
+        self.protocol.finished = True
+        link = self.session.link
+        if link is not None:
+            with contextlib.suppress(HyperGPUError):  # delivered before the link closes
+                await link.send(protocol.encode(Message("bye", {"reason": self._leave_reason})), timeout=5.0,
+                                acked=True)
+        log.info("%s: left the run (%s)", self.name, self._leave_reason)
+
     async def _recv(self) -> Message | None:
         try:
-            if self._worker is None:
-                return await self.session.recv(timeout=self.idle_timeout_s)
-            # With overlap the trainer runs beside this loop: its failure ends the node.
             recv = asyncio.ensure_future(self.session.recv(timeout=self.idle_timeout_s))
-            await asyncio.wait({recv, self._worker}, return_when=asyncio.FIRST_COMPLETED)
+            leaving = asyncio.ensure_future(self._leaving.wait())
+            # With overlap the trainer runs beside this loop: its failure ends the node.
+            waits = {recv, leaving} if self._worker is None else {recv, leaving, self._worker}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            leaving.cancel()
             if not recv.done():
                 recv.cancel()
+                if self._leaving.is_set():
+                    await self._say_bye()
+                    return None
+                assert self._worker is not None
                 self._worker.result()
             return recv.result()
         except TransportError as exc:
@@ -166,6 +193,7 @@ class Node:
             if not event.first:
                 self._folder.rejoined()
             self._on_welcome(event.welcome)
+            self._undo(self.unsettled.welcomed(event.welcome.settlement))
         elif isinstance(event, RoundOpened):
             if self._trainer is not None and self._trainer.training.overlap:
                 self._on_round_overlapped(event)
@@ -174,7 +202,9 @@ class Node:
         elif isinstance(event, Acked):
             # when the coordinator had the whole update: the upload's end, by this node's clock
             now = time.perf_counter()
-            self.timeline.append(("acked", event.ack.round, now, now))
+            if event.ack.applied is None:
+                self.timeline.append(("acked", event.ack.round, now, now))
+            self._undo(self.unsettled.acked(event.ack))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
         elif isinstance(event, Reshape):
@@ -185,6 +215,28 @@ class Node:
             log.info("%s: training over (%s)", self.name, event.reason)
 
     # --- events -----------------------------------------------------------------
+
+    def _on_reconnect_message(self, msg: Message) -> None:
+        if msg.kind == "welcome":
+            with contextlib.suppress(HyperGPUError):
+                self._undo(self.unsettled.welcomed(Welcome.parse(msg).settlement))
+        self._pending.append(msg)
+
+    def _undo(self, undo: Undo) -> None:
+        """Take back updates that were never applied: their residuals are owed again, and
+        the inner optimizer goes back to before the first of them (a coordinator that
+        resumed from a checkpoint deals those rounds again)."""
+        if not undo:
+            return
+        for key, delta in undo.residuals.items():
+            self._encoders.setdefault(key, UpdateEncoder()).unsend(delta)
+        trainer = self._trainer
+        if undo.optimizer is not None and trainer is not None:
+            if trainer.training.overlap:  # the trainer may be stepping on its own thread right now
+                log.info("%s: rounds %s lost; the inner optimizer keeps its state (overlap)", self.name, undo.rounds)
+            else:
+                trainer.inner_optimizer().load_state_dict(undo.optimizer)
+        log.info("%s: updates for rounds %s were not applied; taken back", self.name, undo.rounds)
 
     def _on_welcome(self, welcome: Welcome) -> None:
         if welcome.data_source is not None and self._reader is None:
@@ -213,7 +265,10 @@ class Node:
 
     async def _train(self, opened: RoundOpened) -> None:
         """Without overlap: fold the round's parameters in, train, send, then wait for the next."""
-        self._folder.arrive(opened.params, opened.version, opened.closed or 0)
+        # Nothing trained since the last update, and it all went out: the parameters are loaded
+        # as they are (folding them in would add rounding that depends on the node's history).
+        plain = self._trainer is None or self._trainer.training.fragments == 1
+        self._folder.arrive(opened.params, opened.version, opened.closed or 0, replace=plain)
         trainer, result, version, idle = await self._train_work(opened)
         await self._send_update(opened, result, version, idle, reconnect=True)
         await self._save_state(trainer, opened.round)
@@ -222,6 +277,7 @@ class Node:
         """Fold in what arrived, train the round's work; the result carries the part to send
         (the round's fragment of the progress not sent yet), with the version it began from."""
         trainer = await self._prepare(opened)
+        self.unsettled.began(opened.round, copy.deepcopy(trainer.inner_optimizer().state_dict()))
         idle = time.perf_counter() - self._idle_from
         version = await asyncio.to_thread(self._fold_now, trainer)
         result = await asyncio.to_thread(self._train_round, trainer, opened)
@@ -329,9 +385,12 @@ class Node:
         where = self._fragment(trainer, opened.round)
         encoder = self._encoders.setdefault(0 if where is None else where.start, UpdateEncoder())
         update = encoder.message(result.update, opened.assignment, meta, opened.round)
+        self.unsettled.encoded(opened.round, 0 if where is None else where.start, encoder.last_delta)
         retries_before = self.report.retries
         began = time.perf_counter()
-        comm = await self.session.send(update, reconnect=reconnect)
+        # a resend stops once a new coordinator life says the round is lost (it deals it again)
+        comm = await self.session.send(update, reconnect=reconnect,
+                                       wanted=lambda: self.unsettled.pending(opened.round))
         self.timeline.append(("upload", opened.round, began, time.perf_counter()))
         trainer.metrics.record_comm(comm, self.report.retries - retries_before)
         log.info("%s: sent update for round %d (%s, loss %.4f)", self.name, opened.round, update.codec,

@@ -123,12 +123,15 @@ class Session:
             raise TransportError(f"{self.name}: not connected")
         return protocol.decode(await self.link.recv(timeout=timeout))
 
-    async def send(self, msg: Message, *, reconnect: bool = True) -> float:
+    async def send(self, msg: Message, *, reconnect: bool = True,
+                   wanted: Callable[[], bool] | None = None) -> float:
         """Send ``msg``; on a broken link reconnect and resend. Returns seconds spent.
 
         With ``reconnect=False`` another task owns reconnecting (a receive
         loop running beside this call): the send backs off and retries on
-        whatever :attr:`link` is by then.
+        whatever :attr:`link` is by then. ``wanted``: asked before each
+        resend; once it says no, the message is dropped (its round was lost
+        with the coordinator that asked for it).
         """
         frame = protocol.encode(msg)
         started = time.perf_counter()
@@ -136,6 +139,9 @@ class Session:
             if delay:
                 await asyncio.sleep(delay)
                 self.report.retries += 1
+            if wanted is not None and not wanted():
+                log.info("%s: %s for round %d dropped: that round was lost", self.name, msg.kind, msg.round)
+                return time.perf_counter() - started
             try:
                 if self.link is None:
                     raise TransportError("not connected")

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
+
+#: (round applied in, node, round the update was for) entries the book keeps as its ledger.
+LEDGER = 4096
 
 
 class Verdict(enum.Enum):
@@ -65,6 +69,12 @@ class RoundBook:
     # to judge late updates and to weigh every update by the work it was given.
     _asked: dict[int, dict[int, int | None]] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
+    # (node, round) -> whether the round that took it was applied; trimmed like _taken. A node
+    # that lost the ack saying so learns it from its next welcome (:meth:`outcomes`).
+    _outcome: dict[tuple[int, int], bool] = field(default_factory=dict)
+    #: the latest applied updates, oldest first: (round applied in, node, round it was for);
+    #: checkpointed, so a resumed run can show that no update was applied twice
+    ledger: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=LEDGER))
 
     def open(self, round_id: int, participants: set[int], optional: set[int] | None = None,
              assigned: dict[int, int] | None = None) -> None:
@@ -79,9 +89,49 @@ class RoundBook:
         horizon = round_id - self.max_staleness - 1
         self._asked = {r: p for r, p in self._asked.items() if r >= horizon}
         self._taken = {(n, r) for n, r in self._taken if r >= horizon}
+        self._outcome = {k: v for k, v in self._outcome.items() if k[1] >= horizon}
 
     def close(self) -> None:
         self.is_open = False
+
+    def decided(self, round_id: int, applied: bool, taken: list[tuple[int, int]]) -> None:
+        """Round ``round_id`` closed: the ``(node, round)`` updates it took were applied or not."""
+        for key in taken:
+            self._outcome[key] = applied
+            if applied:
+                self.ledger.append((round_id, key[0], key[1]))
+
+    def outcomes(self, node_id: int) -> tuple[list[int], list[int]]:
+        """The rounds (still remembered) whose update from ``node_id`` was applied, and not applied."""
+        mine = sorted((r, ok) for (n, r), ok in self._outcome.items() if n == node_id)
+        return [r for r, ok in mine if ok], [r for r, ok in mine if not ok]
+
+    def held(self, node_id: int) -> list[int]:
+        """Rounds whose update from ``node_id`` was taken and not decided yet."""
+        return sorted(r for n, r in self._taken if n == node_id and (n, r) not in self._outcome)
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (JSON-ready), between rounds: the round is closed."""
+        return {
+            "current": self.current,
+            "taken": sorted(self._taken),
+            "asked": {str(r): {str(n): a for n, a in p.items()} for r, p in self._asked.items()},
+            "refusals": dict(self.refusals),
+            "outcome": [[n, r, ok] for (n, r), ok in sorted(self._outcome.items())],
+            "ledger": [list(e) for e in self.ledger],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` kept (the round closed, as it was when kept)."""
+        self.current, self.is_open = int(state["current"]), False
+        self.participants, self.optional, self.reported = set(), set(), set()
+        self._taken = {(int(n), int(r)) for n, r in state["taken"]}
+        self._asked = {int(r): {int(n): a for n, a in p.items()} for r, p in state["asked"].items()}
+        self.refusals = Counter(state["refusals"])
+        self._outcome = {(int(n), int(r)): bool(ok) for n, r, ok in state["outcome"]}
+        self.ledger = deque((tuple(e) for e in state["ledger"]), maxlen=LEDGER)  # type: ignore[misc]
 
     def assigned(self, node_id: int, round_id: int) -> int | None:
         """The samples ``node_id`` was assigned for ``round_id`` (None: unknown, no cap)."""

@@ -53,7 +53,7 @@ class Round:
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
                  sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None,
-                 fragments: int = 1):
+                 fragments: int = 1, deterministic: bool = False):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -75,6 +75,9 @@ class Round:
         # (the dealer's own dict: sends still running record into it)
         self._sent: dict[int, tuple[float, int]] = sent if sent is not None else {}
         self.rule = aggregation or Rule()
+        # coordinator.deterministic: the updates are summed in (round, node) order at close, not in
+        # arrival order, so the result does not depend on which node's bytes came first
+        self.deterministic = deterministic
         # (round, node) -> (update, weight, norm) in the order they were folded in: this
         # round's for cosines, and late ones too for the rules that need more than the sum
         self._held: dict[tuple[int, int], tuple[np.ndarray, float, float]] = {}
@@ -143,7 +146,7 @@ class Round:
         )
         late = msg.round != self.id
         (self.late if late else self.answers)[node_id] = answer
-        if not late or not self.rule.streams:
+        if not late or not self.rule.streams or self.deterministic:
             self._held[(msg.round, node_id)] = (update, meta.samples * weight, norm)
         return Ack(round=msg.round, accepted=True)
 
@@ -213,6 +216,8 @@ class Round:
         # This round's own updates stay for their effect scoring until the driver takes them.
         self._own = {n: held[0] for (r, n), held in self._held.items() if r == self.id}
         self._held = {}
+        taken = [(n, self.id) for n in answers] + [(a.node_id, a.round) for a in late.values()]
+        self.book.decided(self.id, applied, taken)
         reported = self.book.reported
         losses = [a.loss for a in self.answers.values() if a.loss is not None]
         return RoundRecord(
@@ -244,12 +249,19 @@ class Round:
         return own
 
     def _aggregate(self) -> Aggregate:
+        streamed = self.acc
+        if self.deterministic:
+            # float sums depend on their order: fold again in (round, node) order
+            self._held = dict(sorted(self._held.items()))
+            streamed = Accumulator(self.params.shape)
+            for update, weight, _ in self._held.values():
+                streamed.add(update, weight=weight)
         held = list(self._held.values())
         if self.rule.streams:
-            return aggregate(self.rule, [], [], [], streamed=self.acc)
+            return aggregate(self.rule, [], [], [], streamed=streamed)
         # Current and late updates alike: what the running sum holds, in its order.
         updates, weights, norms = zip(*held) if held else ((), (), ())
-        return aggregate(self.rule, list(updates), list(weights), list(norms), streamed=self.acc)
+        return aggregate(self.rule, list(updates), list(weights), list(norms), streamed=streamed)
 
     def _mark(self, outcome: Aggregate, answers: dict[int, NodeAnswer], late: dict[int, NodeAnswer]) -> None:
         """Each answer with its cosine against the result, and whether the rule clipped or dropped it."""
