@@ -59,6 +59,8 @@ log = logging.getLogger("hypergpu.node")
 class Node:
     """One training node. ``await Node(...).run()`` until the coordinator says bye."""
 
+    _leave_reason = "leaving"
+
     def __init__(
         self,
         join: str,
@@ -99,16 +101,14 @@ class Node:
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             report=self.report,
-            # A welcome that a resend had to wait for is handled once the round in hand is done
-            # (what it settles, at once: the resend may be for a round it says is lost).
+            # A welcome that a resend had to wait for is handled once the round in hand is done.
             on_message=self._on_reconnect_message,
         )
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
         self._encoders: dict[int, UpdateEncoder] = {}
-        self._leaving, self._leave_reason = asyncio.Event(), "leaving"
-        #: updates received but not known applied, and how to take each back (node/settle.py)
-        self.unsettled = Unsettled()
+        self._leaving = asyncio.Event()  # set by leave(): say bye and stop
+        self.unsettled = Unsettled()  # updates received but not known applied (node/settle.py)
         self._idle_from = time.perf_counter()
         #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
         #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
@@ -217,6 +217,7 @@ class Node:
     # --- events -----------------------------------------------------------------
 
     def _on_reconnect_message(self, msg: Message) -> None:
+        # what a welcome settles is settled at once: the resend waiting on it may be for a lost round
         if msg.kind == "welcome":
             with contextlib.suppress(HyperGPUError):
                 self._undo(self.unsettled.welcomed(Welcome.parse(msg).settlement))
