@@ -34,8 +34,8 @@ class SqliteDB(BaseDB):
     """A bytes → bytes store in one SQLite table (no fsync: the file dies with the process)."""
 
     def __init__(self, path: Path) -> None:
+        # Never closed by hand: a daemon thread may still settle at exit; the file is unlinked then (see LedgerDB).
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        weakref.finalize(self, self._db.close)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
