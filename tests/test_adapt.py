@@ -338,3 +338,13 @@ def test_adapt_config_is_validated() -> None:
     assert load_config(None, []).adapt.enabled is False
     with pytest.raises(ConfigError, match="built-in profile"):
         load_config(None, ["network.events=[{node=0, profile='custom', at_round=2}]"])
+
+
+def test_a_nodes_own_upload_measure_is_its_links_throughput() -> None:
+    """With overlap the turnaround also holds the next compute; the node's send -> ack time does not."""
+    mon = NetworkMonitor()
+    mon.observe_stats(0, stats(100, sent=5000, lost=0))
+    for r in range(1, 4):  # 20 Mbit/s: 13 MB in 5.2 s (+ one RTT), under a 30 s turnaround of mostly compute
+        mon.observe_exchange(0, round_id=r, ok=True, turnaround_s=30.0, wall_s=2.0, bytes_moved=26_000_000,
+                             upload=(5.2 + 0.1, 13_000_000))
+    assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6, rel=0.02)

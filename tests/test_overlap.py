@@ -4,6 +4,7 @@ outer step in when it arrives (a one-round-delayed outer step)."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,11 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
     assert slowest > 0.5 and len(overlapped) >= 6
     # ... and the coordinator weighed updates that missed one outer step by the staleness decay.
     assert {a.weight for r in list(coord.history)[2:] for a in r.answers.values()} <= {0.5, 1.0}
+    # The node's own send -> ack measure reaches the coordinator: its uplink, not its turnaround.
+    measured = [a.upload_bytes * 8 / a.upload_s for r in coord.history for n, a in r.answers.items()
+                if n == 0 and a.upload_s and a.upload_bytes]
+    print("node 0's uploads as it measured them, Mbit/s:", [round(m / 1e6, 2) for m in measured])
+    assert len(measured) >= 6 and 0.8e6 < statistics.median(measured) <= 2.2e6
 
 
 @pytest.mark.slow

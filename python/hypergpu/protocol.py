@@ -292,6 +292,10 @@ class UpdateMeta(_Meta):
     # seconds the node waited (for work, or for the parameters an update builds on) since its last update
     idle_s: float = Field(default=0.0, ge=0)
     version: int | None = None  # the model version the update started from
+    # this node's previous update: seconds from its send to the ack of its receipt, and its bytes
+    # (what the uplink carried, measured where overlap hides it from the coordinator's clock)
+    upload_s: float | None = Field(default=None, ge=0, le=86_400)
+    upload_bytes: int | None = Field(default=None, ge=0)
 
 
 class Ack(_Meta):

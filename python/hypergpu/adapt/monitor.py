@@ -174,9 +174,13 @@ class NetworkMonitor:
     def observe_exchange(
         self, node_id: int, *, round_id: int, ok: bool, turnaround_s: float | None = None,
         compute_s: float | None = None, wall_s: float | None = None, samples: int | None = None,
-        bytes_moved: int | None = None,
+        bytes_moved: int | None = None, upload: tuple[float, int | None] | None = None,
     ) -> NodeLink:
-        """One round's outcome for a node that was asked to take part."""
+        """One round's outcome for a node that was asked to take part.
+
+        ``upload``: the node's own measure of its previous upload (seconds from send to the
+        ack of its receipt, bytes); when given it is the link's throughput, since with
+        overlap the coordinator's turnaround also holds the node's next compute."""
         link = self.link(node_id)
         before = link.quality
         link.outcomes.append(ok)
@@ -194,9 +198,15 @@ class NetworkMonitor:
                 link.wall_s = _ewma(link.wall_s, wall_s, a)
             # A node's first exchange also holds its start-up (imports, building the
             # model, the first batches), which is no measure of its link.
-            if turnaround_s is not None and wall_s is not None and bytes_moved and link.exchanges > 1:
-                comm = max(turnaround_s - wall_s - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
-                link.throughput_Bps = _ewma(link.throughput_Bps, bytes_moved / comm, 0.5)
+            rtt_s = (link.rtt_ms or 0.0) / 1000.0
+            if upload is not None and upload[1] and upload[0] > 0:
+                carried = upload[1] / max(upload[0] - rtt_s, 1e-3)
+            elif turnaround_s is not None and wall_s is not None and bytes_moved and link.exchanges > 1:
+                carried = bytes_moved / max(turnaround_s - wall_s - rtt_s, 1e-3)
+            else:
+                carried = None
+            if carried is not None:
+                link.throughput_Bps = _ewma(link.throughput_Bps, carried, 0.5)
                 link.throughput_rtt_ms = link.rtt_ms
         else:
             link.missed_streak += 1

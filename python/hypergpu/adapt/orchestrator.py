@@ -286,7 +286,7 @@ class AdaptivePlanner:
             self.monitor.observe_exchange(
                 n, round_id=round_id, ok=True, turnaround_s=answer.turnaround_s,
                 compute_s=answer.compute_s, wall_s=answer.wall_s, samples=answer.samples,
-                bytes_moved=moved,
+                bytes_moved=moved, upload=(answer.upload_s, answer.upload_bytes) if answer.upload_s else None,
             )
             if answer.turnaround_s:
                 self._rate[n] = answer.samples / answer.turnaround_s

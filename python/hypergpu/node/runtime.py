@@ -113,6 +113,8 @@ class Node:
         #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
         #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
         self.timeline: deque[tuple[str, int, float, float]] = deque(maxlen=1024)
+        self._uploading: dict[int, tuple[float, int]] = {}  # round -> (send began, bytes) until acked
+        self._last_upload_s: tuple[float, int] | None = None  # the latest acked upload's (seconds, bytes)
         # overlap: the global parameters folded in as the model trains, the work queued (earliest
         # round first, should two messages cross), the task that trains, updates still uploading
         self._folder, self._arrival = Folder(), asyncio.Event()
@@ -204,6 +206,7 @@ class Node:
             now = time.perf_counter()
             if event.ack.applied is None:
                 self.timeline.append(("acked", event.ack.round, now, now))
+                self._measure_upload(event.ack.round, now)
             self._undo(self.unsettled.acked(event.ack))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
@@ -381,6 +384,8 @@ class Node:
             wall_s=figures["wall_s"],
             idle_s=idle_s,
             version=version,
+            upload_s=self._last_upload_s[0] if self._last_upload_s else None,
+            upload_bytes=self._last_upload_s[1] if self._last_upload_s else None,
         )
         # one error-feedback residual per fragment: each carries what its own payloads lost
         where = self._fragment(trainer, opened.round)
@@ -389,6 +394,8 @@ class Node:
         self.unsettled.encoded(opened.round, 0 if where is None else where.start, encoder.last_delta)
         retries_before = self.report.retries
         began = time.perf_counter()
+        # until its receipt is acked: the upload's measure for the coordinator (upload_s)
+        self._uploading[opened.round] = (began, sum(a.nbytes for a in update.sections.values()))
         # a resend stops once a new coordinator life says the round is lost (it deals it again)
         comm = await self.session.send(update, reconnect=reconnect,
                                        wanted=lambda: self.unsettled.pending(opened.round))
@@ -398,3 +405,12 @@ class Node:
                  figures["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
+
+    def _measure_upload(self, round_id: int, acked_at: float) -> None:
+        """An update's receipt acked: its seconds from send to ack and its bytes (upload_s)
+        go with the next update, the coordinator's direct measure of this node's uplink."""
+        sent = self._uploading.pop(round_id, None)
+        for stale in [r for r in self._uploading if r < round_id - 8]:  # never acked: lost with a coordinator life
+            del self._uploading[stale]
+        if sent is not None:
+            self._last_upload_s = (acked_at - sent[0], sent[1])

@@ -39,6 +39,9 @@ class NodeAnswer:
     norm: float | None = None  # the update's L2 norm, as sent (before any clipping)
     clipped: bool = False  # the aggregation scaled it down to the round's clip_norm
     dropped: bool = False  # the aggregation left it out (Krum)
+    # the node's own measure of its previous upload: send -> ack of receipt (seconds, bytes)
+    upload_s: float | None = None
+    upload_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

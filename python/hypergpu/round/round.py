@@ -143,6 +143,8 @@ class Round:
             weight=weight,
             idle_s=meta.idle_s,
             norm=norm,
+            upload_s=meta.upload_s,
+            upload_bytes=meta.upload_bytes,
         )
         late = msg.round != self.id
         (self.late if late else self.answers)[node_id] = answer
