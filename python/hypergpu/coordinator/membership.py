@@ -127,7 +127,7 @@ class Membership:
         if self.links.get(node.node_id) is not link:
             return
         del self.links[node.node_id]
-        if node.status is not NodeStatus.DEAD:
+        if node.status not in (NodeStatus.DEAD, NodeStatus.LEFT):  # a node that said bye stays gone
             self.registry.mark(node.node_id, NodeStatus.SUSPECT)
         self.events.publish("node", type="disconnected", node=node.node_id, name=node.name)
 
