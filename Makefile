@@ -9,7 +9,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Property tests run at least this many cases per property.
 export PROPTEST_CASES ?= 10000
 
-.PHONY: env system-deps node-deps build demo test test-rust test-python bench lint clean docs
+.PHONY: env system-deps node-deps build demo test test-rust test-python bench lint clean docs wheel test-wheel
 
 env:
 	@bash scripts/env.sh
@@ -31,6 +31,15 @@ build: env
 
 demo: build
 	$(VENV)/bin/hypergpu demo
+
+# The wheel users install (abi3, manylinux) into target/wheels.
+wheel: env
+	$(VENV)/bin/maturin build --release --out target/wheels
+
+# Builds the wheel, installs it (base, then [all]) into a fresh venv from PyPI and
+# trains outside the checkout: minutes and gigabytes, so not part of `make test`.
+test-wheel: build
+	$(PY) -m pytest -q -s -m wheel tests/test_packaging.py
 
 # The documentation site (docs/, mkdocs.yml) into target/site; warnings are errors.
 MKDOCS := PYTHONPATH=python NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -47,11 +47,29 @@ def ensure_node_modules(directory: Path | None = None) -> Path:
 
 
 def anvil_binary() -> Path:
-    """$HYPERGPU_ANVIL if set, else contracts/node_modules/.bin/anvil (installed on demand)."""
+    """Where anvil is, in this order: ``$HYPERGPU_ANVIL``; ``anvil`` on ``PATH``
+    (Foundry's installer); ``node_modules/.bin/anvil`` in the current directory
+    (``npm install @foundry-rs/anvil``); the source checkout's
+    ``contracts/node_modules`` (installed there with npm on demand). An
+    installed package outside a checkout with none of them gets a
+    :class:`~hypergpu.errors.ChainError` saying how to get one."""
     override = os.environ.get(ANVIL_ENV)
     if override:
         return Path(override)
-    return ensure_node_modules() / "node_modules" / ".bin" / "anvil"
+    on_path = shutil.which("anvil")
+    if on_path is not None:
+        return Path(on_path)
+    local = Path.cwd() / "node_modules" / ".bin" / "anvil"
+    if local.exists():
+        return local
+    try:
+        checkout = contracts_dir()
+    except ChainError:
+        raise ChainError(
+            "anvil not found: install Foundry (https://getfoundry.sh) so `anvil` is on PATH, or run "
+            f"`npm install @foundry-rs/anvil` in this directory, or set {ANVIL_ENV} to an anvil binary"
+        ) from None
+    return ensure_node_modules(checkout) / "node_modules" / ".bin" / "anvil"
 
 
 class AnvilProcess:
