@@ -80,6 +80,14 @@ class ParamLayout:
         cuts = sorted(set(cuts)) + [self.total]
         return tuple(slice(a, b) for a, b in zip(cuts, cuts[1:], strict=False))
 
+    def fragment_of(self, round_id: int, count: int) -> slice | None:
+        """Streaming DiLoCo's schedule: the fragment round ``round_id`` syncs, of ``count``
+        (rounds take turns from round 1); None when there is one: the whole vector."""
+        if count == 1:
+            return None
+        fragments = self.fragments(count)
+        return fragments[(round_id - 1) % len(fragments)]
+
     @cached_property
     def buffer_slices(self) -> tuple[slice, ...]:
         """Where the buffers lie in the flat vector (adjacent ones merged)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 #: The series a node keeps; others may be recorded too.
 SERIES = (
@@ -67,3 +68,26 @@ class RollingMetrics:
         out = {name: sum(s) / len(s) for name, s in self._series.items() if s}
         out["total_retries"] = self.total("retries")
         return out
+
+
+@dataclass
+class UploadMeter:
+    """Each update's send -> ack of its receipt, by this node's clock: the coordinator's direct
+    measure of this node's uplink (``UpdateMeta.upload_s``), which overlap hides from its own clock."""
+
+    _sending: dict[int, tuple[float, int]] = field(default_factory=dict)  # round -> (send began, bytes)
+    last: tuple[float, int] | None = None  # the latest acked upload: (seconds, bytes)
+
+    def began(self, round_id: int, at: float, nbytes: int) -> None:
+        self._sending[round_id] = (at, nbytes)
+
+    def acked(self, round_id: int, at: float) -> None:
+        sent = self._sending.pop(round_id, None)
+        for stale in [r for r in self._sending if r < round_id - 8]:  # never acked: lost with a coordinator life
+            del self._sending[stale]
+        if sent is not None:
+            self.last = (at - sent[0], sent[1])
+
+    def figures(self) -> dict[str, Any]:
+        """The latest acked upload as ``UpdateMeta`` fields (None before any)."""
+        return {"upload_s": self.last[0] if self.last else None, "upload_bytes": self.last[1] if self.last else None}

@@ -43,6 +43,7 @@ from hypergpu.node.protocol import (
     Welcomed,
     hello,
 )
+from hypergpu.node.metrics import UploadMeter
 from hypergpu.node.overlap import Folder
 from hypergpu.node.session import Backoff, Session
 from hypergpu.node.settle import Undo, Unsettled
@@ -110,13 +111,10 @@ class Node:
         self._leaving = asyncio.Event()  # set by leave(): say bye and stop
         self.unsettled = Unsettled()  # updates received but not known applied (node/settle.py)
         self._idle_from = time.perf_counter()
-        #: ("train" | "upload" | "acked", round, began, ended) by this node's clock, the most recent
-        #: rounds ("upload" ends when the transport took the bytes; "acked" when the coordinator had them)
+        #: (kind, round, began, ended) lately, by its clock: "train", "upload" (the transport took it), "acked"
         self.timeline: deque[tuple[str, int, float, float]] = deque(maxlen=1024)
-        self._uploading: dict[int, tuple[float, int]] = {}  # round -> (send began, bytes) until acked
-        self._last_upload_s: tuple[float, int] | None = None  # the latest acked upload's (seconds, bytes)
-        # overlap: the global parameters folded in as the model trains, the work queued (earliest
-        # round first, should two messages cross), the task that trains, updates still uploading
+        self.uploads = UploadMeter()  # send -> ack of each update, told to the coordinator
+        # overlap: parameters folded in as it trains, work queued (earliest round first), its worker, uploads
         self._folder, self._arrival = Folder(), asyncio.Event()
         self._work: asyncio.PriorityQueue[tuple[int, RoundOpened]] = asyncio.PriorityQueue()
         self._worker: asyncio.Task[None] | None = None
@@ -206,7 +204,7 @@ class Node:
             now = time.perf_counter()
             if event.ack.applied is None:
                 self.timeline.append(("acked", event.ack.round, now, now))
-                self._measure_upload(event.ack.round, now)
+                self.uploads.acked(event.ack.round, now)
             self._undo(self.unsettled.acked(event.ack))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
@@ -286,16 +284,9 @@ class Node:
         version = await asyncio.to_thread(self._fold_now, trainer)
         result = await asyncio.to_thread(self._train_round, trainer, opened)
         self._idle_from = time.perf_counter()
-        part = self._folder.outgoing(opened.round, result.update, self._fragment(trainer, opened.round))
+        where = trainer.layout.fragment_of(opened.round, trainer.training.fragments)
+        part = self._folder.outgoing(opened.round, result.update, where)
         return trainer, result._replace(update=part), version, idle
-
-    def _fragment(self, trainer: LocalTrainer, round_id: int) -> slice | None:
-        """Streaming DiLoCo: the part of the parameters ``round_id`` syncs (None: all of them)."""
-        count = trainer.training.fragments
-        if count == 1:
-            return None
-        fragments = trainer.layout.fragments(count)
-        return fragments[(round_id - 1) % len(fragments)]
 
     def _on_round_overlapped(self, opened: RoundOpened) -> None:
         """With overlap: fold the parameters in when the trainer can, and queue the work."""
@@ -384,18 +375,16 @@ class Node:
             wall_s=figures["wall_s"],
             idle_s=idle_s,
             version=version,
-            upload_s=self._last_upload_s[0] if self._last_upload_s else None,
-            upload_bytes=self._last_upload_s[1] if self._last_upload_s else None,
+            **self.uploads.figures(),
         )
         # one error-feedback residual per fragment: each carries what its own payloads lost
-        where = self._fragment(trainer, opened.round)
+        where = trainer.layout.fragment_of(opened.round, trainer.training.fragments)
         encoder = self._encoders.setdefault(0 if where is None else where.start, UpdateEncoder())
         update = encoder.message(result.update, opened.assignment, meta, opened.round)
         self.unsettled.encoded(opened.round, 0 if where is None else where.start, encoder.last_delta)
         retries_before = self.report.retries
         began = time.perf_counter()
-        # until its receipt is acked: the upload's measure for the coordinator (upload_s)
-        self._uploading[opened.round] = (began, sum(a.nbytes for a in update.sections.values()))
+        self.uploads.began(opened.round, began, sum(a.nbytes for a in update.sections.values()))
         # a resend stops once a new coordinator life says the round is lost (it deals it again)
         comm = await self.session.send(update, reconnect=reconnect,
                                        wanted=lambda: self.unsettled.pending(opened.round))
@@ -405,12 +394,3 @@ class Node:
                  figures["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
-
-    def _measure_upload(self, round_id: int, acked_at: float) -> None:
-        """An update's receipt acked: its seconds from send to ack and its bytes (upload_s)
-        go with the next update, the coordinator's direct measure of this node's uplink."""
-        sent = self._uploading.pop(round_id, None)
-        for stale in [r for r in self._uploading if r < round_id - 8]:  # never acked: lost with a coordinator life
-            del self._uploading[stale]
-        if sent is not None:
-            self._last_upload_s = (acked_at - sent[0], sent[1])
