@@ -449,10 +449,11 @@ if __name__ == "__main__":
     small = os.environ.get("HYPERGPU_SOAK_SMALL_WINDOWS", "0") == "1"
     every = int(os.environ.get("HYPERGPU_SOAK_EVERY", str(SAMPLE_EVERY)))
     trace_from = int(os.environ.get("HYPERGPU_SOAK_TRACE_FROM", str(trace_from or 0))) or None
+    frames = int(os.environ.get("HYPERGPU_SOAK_FRAMES", "1"))
     for n in node_counts:
         with tempfile.TemporaryDirectory() as tmp:
             result = asyncio.run(soak(n, rounds, Path(tmp), warmup=warmup, trace_from=trace_from, every=every,
-                                      windows=(*(SMALL_WINDOWS if small else ()), *extra_settings())))
+                                      frames=frames, windows=(*(SMALL_WINDOWS if small else ()), *extra_settings())))
         report(result)
         if os.environ.get("HYPERGPU_SOAK_SAMPLES") == "1":
             for s in result.samples:
