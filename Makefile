@@ -37,7 +37,7 @@ wheel: env
 	$(VENV)/bin/maturin build --release --out target/wheels
 
 # Builds the wheel, installs it (base, then [all]) into a fresh venv from PyPI and
-# trains outside the checkout: minutes and gigabytes, so not part of `make test`.
+# trains outside the checkout (minutes and gigabytes; the last step of `make test`).
 test-wheel: build
 	$(PY) -m pytest -q -s -m wheel tests/test_packaging.py
 
@@ -62,7 +62,7 @@ test-python: build
 	$(PY) -m pytest -q -W error
 	$(PY) -m pytest -q benches --benchmark-disable -p no:randomly
 
-test: env system-deps node-deps lint test-rust test-python
+test: env system-deps node-deps lint test-rust test-python test-wheel
 
 bench: build
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,mean,max,rounds
