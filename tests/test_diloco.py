@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hypergpu.config import load_config
+from hypergpu.errors import NonFiniteError, UpdateError
 from hypergpu.data import load_digits, partition, split_train_test
 from hypergpu.model import ModelManager, build_model
 from hypergpu.model.checkpoint import CheckpointManager
@@ -63,6 +64,31 @@ def test_outer_momentum_never_touches_batch_norm_statistics() -> None:
     weight = model.layout.specs[0]
     assert not weight.buffer and after[weight.offset] < start[weight.offset] + 3 * u[0]  # momentum on parameters
     assert (after[where] > 0).all()
+
+
+def test_a_step_the_model_refuses_leaves_the_outer_momentum_as_it_was() -> None:
+    # The velocity used to move before the model validated the step: a refused aggregate stayed
+    # in the momentum and was pushed again, decayed, in every later round (issue 12).
+    torch.manual_seed(0)
+    model = ModelManager(nn.Linear(4, 2), max_abs_param=10.0)
+    torch.manual_seed(0)
+    twin_model = ModelManager(nn.Linear(4, 2), max_abs_param=10.0)  # never shown the refused steps
+    outer, twin = NesterovOuter(0.7, 0.9), NesterovOuter(0.7, 0.9)
+    u = np.full(model.layout.total, 0.1, np.float32)
+    outer.step(model, u)
+    twin.step(twin_model, u)
+    assert outer.velocity is not None
+    velocity, params, version = outer.velocity.copy(), model.flat_parameters(), model.version
+    with pytest.raises(UpdateError, match="exceeds the bound"):
+        outer.step(model, np.full_like(u, 1e3))  # parameters out of bounds: refused
+    with pytest.raises(NonFiniteError):
+        outer.step(model, np.full_like(u, np.nan))
+    assert outer.velocity.tobytes() == velocity.tobytes()
+    assert model.flat_parameters().tobytes() == params.tobytes() and model.version == version
+    # The next step is the one an optimizer that never saw the refused steps takes.
+    outer.step(model, u)
+    twin.step(twin_model, u)
+    assert model.flat_parameters().tobytes() == twin_model.flat_parameters().tobytes()
 
 
 def test_outer_state_survives_a_checkpoint_bit_exactly(tmp_path: Path) -> None:

@@ -82,16 +82,21 @@ class NesterovOuter:
     def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int:
         update = _whole(model, update, where)
         part = slice(0, update.size) if where is None else where
-        if self.velocity is None or self.velocity.shape != update.shape:
-            self.velocity = np.zeros_like(update)
-        velocity = self.velocity[part]  # a fragment's momentum moves only when it is synced
-        velocity *= np.float32(self.momentum)
-        velocity += update[part]
+        # The new velocity is computed aside and kept only once the model has taken the step:
+        # a step the model refuses (non-finite, parameters out of bounds) must not stay in the
+        # momentum, or every later round would go on pushing the refused update.
+        velocity = (np.zeros_like(update) if self.velocity is None or self.velocity.shape != update.shape
+                    else self.velocity.copy())
+        moved = velocity[part]  # a fragment's momentum moves only when it is synced
+        moved *= np.float32(self.momentum)
+        moved += update[part]
         step = np.zeros_like(update)
-        step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * velocity)
+        step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * moved)
         for buffers in model.layout.buffer_slices:
-            self.velocity[buffers] = 0.0
-        return model.apply_update(_buffers_averaged(model, step, update))
+            velocity[buffers] = 0.0
+        version = model.apply_update(_buffers_averaged(model, step, update))
+        self.velocity = velocity
+        return version
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {} if self.velocity is None else {"velocity": self.velocity}
