@@ -243,6 +243,22 @@ def test_krum_drops_the_outlier_and_weighs_the_updates_it_keeps() -> None:
     np.testing.assert_allclose(applied, np.full(N, expected), rtol=1e-6)
 
 
+def test_a_krum_dropped_update_is_neither_trained_nor_applied() -> None:
+    # Its samples used to count as the round's trained samples, and the round book remembered it as
+    # applied (what a re-welcomed node is told) while its ack said otherwise.
+    book = RoundBook(quorum=0.5)
+    rnd = Round(plan(1, *range(6)), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0,
+                aggregation=Rule("krum", krum_f=1))
+    for n, value in enumerate(HONEST):
+        rnd.accept(n, update(1, value, samples=30 if n == 0 else 10), 64, now=1.0)
+    rnd.accept(5, update(1, OUTLIER, samples=32), 64, now=1.0)
+    record = rnd.close(2.0, keep, model_version=0)
+    assert record.applied and record.answers[5].dropped
+    assert record.samples == 70  # the five kept updates' samples; not the dropped one's 32
+    assert book.outcomes(5) == ([], [1]) and book.outcomes(0) == ([1], [])
+    assert (1, 5, 1) not in book.ledger and (1, 0, 1) in book.ledger
+
+
 def test_krum_takes_no_more_hostile_updates_than_a_small_round_allows() -> None:
     # Three updates allow f = 0 whatever is configured: all of them are averaged.
     rnd = Round(plan(1, 0, 1, 2), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,

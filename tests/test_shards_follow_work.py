@@ -48,6 +48,26 @@ def test_samples_of_a_lost_update_are_handed_out_again() -> None:
     assert first.complete and first.fraction == 1.0
 
 
+def test_samples_of_an_update_the_aggregation_dropped_are_handed_out_again() -> None:
+    # Krum leaves an update out of the model: its samples were not trained into it.
+    from hypergpu.coordinator.work import WorkDealer
+    from hypergpu.data.shards import ShardManager
+    from hypergpu.protocol import Assignment
+    from hypergpu.round import NodeAnswer, RoundRecord
+
+    dealer = WorkDealer(ShardManager([list(range(40)), list(range(40))]), seed=0, epochs=1)
+    plan = RoundPlan(1, {0: Assignment(batch_size=10, local_steps=1), 1: Assignment(batch_size=10, local_steps=1)})
+    dealt = dealer.deal(1, dealer.assigned(plan), [0, 1])
+    answers = {n: NodeAnswer(node_id=n, round=1, samples=10, loss=None, compute_s=0.1, wall_s=0.1,
+                             turnaround_s=0.1, update_bytes=0, params_bytes=None, codec="raw", weight=10.0,
+                             dropped=n == 1) for n in (0, 1)}
+    dealer.settle(RoundRecord(round=1, applied=True, participants=[0, 1], reported=[0, 1], missing=[], excluded={},
+                              train_loss=None, samples=10, duration_s=1.0, model_version=1, answers=answers))
+    assert dealer.sampler.coverage()[0].trained == 10  # node 0's, not node 1's
+    again = dealer.deal(2, {0: 70}, [0])[0]  # the rest of the epoch: node 1's dropped samples among it
+    assert {tuple(p) for p in dealt[1].tolist()} <= {tuple(p) for p in again.tolist()}
+
+
 def test_sampler_refuses_nonsense() -> None:
     with pytest.raises(DataError, match="non-empty shards"):
         WorkSampler([10, 0], seed=0)

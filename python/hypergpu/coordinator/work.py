@@ -54,10 +54,11 @@ class WorkDealer:
         return work
 
     def settle(self, record: RoundRecord) -> None:
-        """Samples of applied updates count as trained; the rest are handed out again."""
+        """Samples of applied updates count as trained; the rest — those of a round not applied,
+        and of an update the aggregation rule dropped (Krum) — are handed out again."""
         for answer in [*record.answers.values(), *record.late.values()]:
             key = (answer.round, answer.node_id)
-            if record.applied:
+            if record.applied and not answer.dropped:
                 self.sampler.confirm(key)
             else:
                 self.sampler.give_back(key)

@@ -60,7 +60,7 @@ class RoundRecord:
     missing: list[int]
     excluded: dict[int, str]
     train_loss: float | None
-    samples: int  # accepted this round, current and late (counted toward the run only if applied)
+    samples: int  # trained this round: its current and late updates, less any the rule dropped (Krum)
     duration_s: float
     model_version: int
     assignments: dict[int, Assignment] = field(default_factory=dict)

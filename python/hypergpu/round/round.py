@@ -218,8 +218,11 @@ class Round:
         # This round's own updates stay for their effect scoring until the driver takes them.
         self._own = {n: held[0] for (r, n), held in self._held.items() if r == self.id}
         self._held = {}
-        taken = [(n, self.id) for n in answers] + [(a.node_id, a.round) for a in late.values()]
-        self.book.decided(self.id, applied, taken)
+        # An update the rule dropped (Krum) is not in the model: not applied, its samples not trained.
+        kept = [a for a in [*answers.values(), *late.values()] if not a.dropped]
+        self.book.decided(self.id, applied, [(a.node_id, a.round) for a in kept])
+        self.book.decided(self.id, False, [(a.node_id, a.round) for a in [*answers.values(), *late.values()]
+                                           if a.dropped])
         reported = self.book.reported
         losses = [a.loss for a in self.answers.values() if a.loss is not None]
         return RoundRecord(
@@ -230,7 +233,7 @@ class Round:
             missing=sorted(self.plan.participants - reported),
             excluded=dict(self.plan.excluded),
             train_loss=float(np.mean(losses)) if losses else None,
-            samples=sum(a.samples for a in [*self.answers.values(), *self.late.values()]),
+            samples=sum(a.samples for a in kept),
             duration_s=now - self.opened_at,
             model_version=model_version,
             assignments=dict(self.plan.assignments),
