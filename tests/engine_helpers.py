@@ -30,7 +30,7 @@ async def run_with_nodes(
     for i in range(cfg.nodes.count) if indices is None else indices:
         nodes.start(i)
     try:
-        summary = await coord.run(join_timeout_s=90, **run)
+        summary = await coord.run(**{"join_timeout_s": 90, **run})
     finally:
         await coord.close()
         await asyncio.to_thread(nodes.stop)

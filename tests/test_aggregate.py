@@ -435,12 +435,15 @@ def test_each_rule_against_its_reference_on_random_updates():
     ups[3] = ups[3] * 40  # one update far longer than the rest
     weights = [1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 2.0]
     norms = [float(np.linalg.norm(u.astype(np.float64))) for u in ups]
-    bound = 1.5 * float(np.median(norms))
-    clipped = aggregate(Rule("clipped-mean", clip_factor=1.5), ups, weights, norms)
-    np.testing.assert_allclose(clipped.value, _reference_mean(ups, weights, bound)[0], rtol=1e-5, atol=1e-6)
-    assert clipped.clip_norm == pytest.approx(bound) and 3 in clipped.clipped
-    assert set(clipped.clipped) == {i for i, n in enumerate(norms) if n > bound}
     x = np.stack(ups).astype(np.float64)
+    center = np.median(x, axis=0)  # clipped-mean: each update's distance from the median, clipped
+    distances = np.linalg.norm(x - center, axis=1)
+    bound = 1.5 * float(np.median(distances))
+    clipped = aggregate(Rule("clipped-mean", clip_factor=1.5), ups, weights, norms)
+    pulls = _reference_mean(list(x - center), weights, bound)[0]
+    np.testing.assert_allclose(clipped.value, center + pulls, rtol=1e-5, atol=1e-6)
+    assert clipped.clip_norm == pytest.approx(bound) and 3 in clipped.clipped
+    assert set(clipped.clipped) == {i for i, d in enumerate(distances) if d > bound}
     np.testing.assert_allclose(aggregate(Rule("median"), ups, weights, norms).value, np.median(x, axis=0), rtol=1e-6)
     trimmed = aggregate(Rule("trimmed-mean", trim_fraction=0.3), ups, weights, norms)  # floor(2.1) = 2 per end
     np.testing.assert_allclose(trimmed.value, np.sort(x, axis=0)[2:5].mean(axis=0), rtol=1e-5, atol=1e-6)

@@ -129,7 +129,7 @@ def test_a_late_update_counts_stale_weighted_in_the_next_round() -> None:
     first = open_round(1, 0, 1, book=book)
     assert first.accept(0, update(1, 1.0), 64, now=1.0).accepted
     first.close(2.0, keep, model_version=0)
-    # The plain mean, so the weights alone decide (clipped-mean would hold 5.0 to 1.5 x the median norm).
+    # The plain mean, so the weights alone decide (clipped-mean would hold 5.0 near the median).
     second = Round(plan(2, 0, 1), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0,
                    aggregation=Rule("mean"))
     late = second.accept(1, update(1, 5.0), 64, now=3.0)
@@ -201,19 +201,52 @@ def test_the_mean_does_not_resist_one_outlier() -> None:
     assert record.aggregation == "mean" and record.clipped == record.dropped == 0 and record.clip_norm is None
 
 
-def test_clipped_mean_clips_to_k_times_the_median_norm_and_keeps_the_weights() -> None:
+def test_clipped_mean_clips_the_distance_from_the_median_and_keeps_the_weights() -> None:
     record, applied = poisoned_round(Rule("clipped-mean", clip_factor=2.0))
-    norms = np.sqrt(N) * np.abs([*HONEST, OUTLIER])
-    bound = 2.0 * np.median(norms)  # the median of six: (1.0 + 1.05) / 2 per coordinate
+    center = 0.975  # the coordinate-wise median of six: (0.95 + 1.0) / 2
+    distances = np.sqrt(N) * np.abs(np.array([*HONEST, OUTLIER]) - center)
+    bound = 2.0 * np.median(distances)  # the median of six distances: 0.075 per coordinate
     assert record.aggregation == "clipped-mean" and record.clip_norm == pytest.approx(bound)
-    assert record.clipped == 1 and record.answers[5].clipped and record.answers[5].norm == pytest.approx(norms[5])
+    assert record.clipped == 1 and record.answers[5].clipped
+    assert record.answers[5].norm == pytest.approx(np.sqrt(N) * 100.0)  # its own length, as sent
     assert not any(record.answers[n].clipped for n in range(5))
-    # The outlier counts with its full weight, but no harder than the bound: -2.05 per coordinate.
+    # The outlier counts with its full weight, but pulls no farther from the median than the bound:
+    # 0.15 per coordinate below it.
     weights = np.array([30, 10, 10, 10, 10, 32], dtype=np.float64)
-    expected = np.dot(weights, [*HONEST, -bound / np.sqrt(N)]) / weights.sum()
+    pulls = [*(v - center for v in HONEST), -bound / np.sqrt(N)]
+    expected = center + np.dot(weights, pulls) / weights.sum()
     np.testing.assert_allclose(applied, np.full(N, expected), rtol=1e-5)
-    assert expected > 0  # still the honest nodes' direction
+    assert 0.9 < expected < 1.0  # among the honest updates
     assert record.answers[5].cosine == pytest.approx(-1.0) and record.as_dict()["clipped"] == 1
+
+
+def test_clipped_mean_holds_poisoners_to_the_honest_updates_spread_not_their_length() -> None:
+    # Clipping each update's own norm to k x the median norm let an update of one sign in every
+    # coordinate pull the bound's whole length its way, and the bound grew with the honest updates'
+    # length — which grows as they repair the damage: one +/-5.0 poisoner of four (two honest nodes,
+    # one at noise level) took digits' held-out loss to 25 in round 1 and the run diverged. Centred
+    # on the median, a poisoner's pull is bounded by how much the honest updates disagree.
+    rng = np.random.default_rng(3)
+    p = 4000
+    common = rng.normal(0, 0.1, p)  # what honest updates agree on; each differs from it by a tenth
+    honest = [(common + rng.normal(0, 0.01, p)).astype(np.float32) for _ in range(8)]
+    poison = np.full(p, 5.0, np.float32)
+    rnd = Round(RoundPlan(1, {n: A for n in range(10)}), np.zeros(p, np.float32), RoundBook(quorum=0.5),
+                now=0.0, timeout_s=10.0)
+    for n, u in enumerate([*honest, poison, poison]):
+        meta = UpdateMeta(samples=32, loss=0.5).as_meta()
+        assert rnd.accept(n, Message("update", meta, {"update": u}, round=1), 64, now=1.0).accepted
+    record = rnd.close(2.0, keep, model_version=0)
+    assert record.clipped == 2 and record.answers[8].clipped and record.answers[9].clipped
+    assert rnd.mean is not None
+    clean = np.mean(honest, axis=0)  # the round without the poisoners
+    # What the norm-clipping rule made of the same round: 36% of the clean step's length off it.
+    norms = np.array([np.linalg.norm(u) for u in [*honest, poison, poison]])
+    bound = 1.5 * np.median(norms)
+    by_norm = sum(u * min(1.0, bound / n) for u, n in zip([*honest, poison, poison], norms)) / 10
+    assert np.linalg.norm(by_norm - clean) > 0.3 * np.linalg.norm(clean)
+    # Centred clipping: within 5% of it.
+    assert np.linalg.norm(rnd.mean - clean) < 0.05 * np.linalg.norm(clean)
 
 
 def test_clipped_mean_without_an_update_over_the_bound_is_the_streamed_mean_bit_for_bit() -> None:

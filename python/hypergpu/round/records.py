@@ -37,7 +37,7 @@ class NodeAnswer:
     # what the node waited (for work, or for the parameters its update builds on) since its last update
     idle_s: float = 0.0
     norm: float | None = None  # the update's L2 norm, as sent (before any clipping)
-    clipped: bool = False  # the aggregation scaled it down to the round's clip_norm
+    clipped: bool = False  # the aggregation held its distance from the round's median to clip_norm
     dropped: bool = False  # the aggregation left it out (Krum)
     # the node's own measure of its previous upload: send -> ack of receipt (seconds, bytes)
     upload_s: float | None = None
@@ -73,8 +73,8 @@ class RoundRecord:
     test_bits_per_byte: float | None = None  # language models only
     # how the updates became one (coordinator.aggregation) and what that did to them
     aggregation: str = "mean"
-    clip_norm: float | None = None  # clipped-mean: the bound (clip_factor x the median norm)
-    clipped: int = 0  # updates scaled down to clip_norm
+    clip_norm: float | None = None  # clipped-mean: the bound (clip_factor x the median distance from the median)
+    clipped: int = 0  # updates whose distance from the median was scaled down to clip_norm
     dropped: int = 0  # updates left out (Krum)
     trimmed: int = 0  # values cut from each end of every coordinate (trimmed-mean, median)
     not_applied: str | None = None  # why a round with a quorum was not applied (its aggregate was refused)
