@@ -2,11 +2,20 @@
 
 :class:`BackgroundLink` runs an asyncio loop on a daemon thread. That loop
 connects, keeps the link up (reconnecting after a loss), sends heartbeats,
-counts acks and follows shard and shape changes; a ``params`` message, the
+follows shard and shape changes and hears what became of each update (the
+acks and welcomes that settle it, :mod:`hypergpu.node.settle`); a ``params`` message, the
 end of the training (``bye`` or ``stop``) or a fatal error reaches the
 caller's thread through :meth:`BackgroundLink.next_round`, so a plain
 PyTorch loop can block on it without ever touching asyncio. What each
 message means is decided by :class:`~hypergpu.node.protocol.NodeProtocol`.
+
+An update is held, as the built-in node holds it, until an ack says it was
+applied: the caller's thread encodes and sends it (:meth:`BackgroundLink.send_update`)
+and this thread hears its outcome, under one lock; what is taken back (a
+residual change, an optimizer state) waits for the caller's thread at its
+next round boundary (:meth:`BackgroundLink.taken_back`). An update goes out
+only over a link the coordinator has welcomed, so a new coordinator life's
+welcome, which may say the update's round was lost, comes first.
 """
 
 from __future__ import annotations
@@ -16,13 +25,17 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from typing import Any
+
+import numpy as np
 
 from hypergpu import protocol
 from hypergpu.data.shards import Shard
 from hypergpu.errors import ConfigError, HyperGPUError, TimeoutError, TransportError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.node.protocol import (
+    Acked,
     Ended,
     Event,
     NodeProtocol,
@@ -31,10 +44,12 @@ from hypergpu.node.protocol import (
     RoundOpened,
     ShardsChanged,
     Welcome,
+    UpdateEncoder,
     Welcomed,
 )
 from hypergpu.node.session import Session
-from hypergpu.protocol import Message
+from hypergpu.node.settle import Undo, Unsettled
+from hypergpu.protocol import Assignment, Message, UpdateMeta
 
 __all__ = ["BackgroundLink"]
 
@@ -66,6 +81,10 @@ class BackgroundLink:
         self._closing = False
         self._replies: set[asyncio.Future[float]] = set()
         self._driver_task: asyncio.Task[None] | None = None
+        self.unsettled = Unsettled()  # updates sent and not known applied yet
+        self._settling = threading.Lock()  # around unsettled, _taken_back and the encoder's use
+        self._taken_back = Undo()  # heard here, folded back on the caller's thread
+        self._ready = asyncio.Event()  # the link is one the coordinator has welcomed
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"hypergpu-{session.name}", daemon=True)
 
@@ -120,9 +139,37 @@ class BackgroundLink:
             raise value
         return value if kind == "round" else None
 
-    def send(self, msg: Message, timeout_s: float) -> float:
-        """Send ``msg`` (resent over a new link if this one breaks); seconds spent."""
-        sending = asyncio.run_coroutine_threadsafe(self.session.send(msg, reconnect=False), self._loop)
+    def began(self, round_id: int, optimizer_state: Any) -> None:
+        """The caller starts training ``round_id`` from ``optimizer_state`` (a copy kept until settled)."""
+        with self._settling:
+            self.unsettled.began(round_id, optimizer_state)
+
+    def taken_back(self) -> Undo:
+        """What acks and welcomes took back since the last call, for the caller to fold back."""
+        with self._settling:
+            undo, self._taken_back = self._taken_back, Undo()
+        if undo:
+            log.info("%s: updates for rounds %s were not applied; taken back", self.session.name, undo.rounds)
+        return undo
+
+    def send_update(self, encoder: UpdateEncoder, update: np.ndarray, assignment: Assignment, meta: UpdateMeta,
+                    round_id: int, timeout_s: float) -> bool:
+        """Encode and send ``round_id``'s update, held until settled; False (nothing sent) when a
+        welcome already said that round was lost with the coordinator (it is dealt again)."""
+        with self._settling:  # an ack or welcome heard meanwhile waits: the residual change is recorded first
+            if not self.unsettled.pending(round_id):
+                log.info("%s: round %d was lost with the coordinator; its update is not sent", self.session.name,
+                         round_id)
+                return False
+            msg = encoder.message(update, assignment, meta, round_id)
+            self.unsettled.encoded(round_id, 0, encoder.last_delta)
+        self.send(msg, timeout_s, round_id=round_id)
+        return True
+
+    def send(self, msg: Message, timeout_s: float, *, round_id: int | None = None) -> float:
+        """Send ``msg`` (resent over a new link if this one breaks; a round's update dropped once
+        that round is lost); seconds spent."""
+        sending = asyncio.run_coroutine_threadsafe(self._deliver(msg, round_id), self._loop)
         try:
             return sending.result(timeout=timeout_s)
         except TransportError:
@@ -163,6 +210,7 @@ class BackgroundLink:
                     if self._closing:
                         break
                     log.info("%s: link lost (%s); reconnecting", session.name, exc)
+                    self._ready.clear()  # until the next welcome: it may say which rounds were lost
                     await session.connect()
                     self.links_lost += 1
                     continue
@@ -180,6 +228,36 @@ class BackgroundLink:
             if self.failure is not None:
                 await session.close(f"node failed: {self.failure}")
 
+    async def _deliver(self, msg: Message, round_id: int | None) -> float:
+        """Send ``msg`` over a welcomed link, again over the next one if this one breaks (with the
+        session's backoff); a round's update is dropped once its round was lost."""
+        frame = protocol.encode(msg)
+        started = time.perf_counter()
+        delays = self.session.backoff.delays()
+        while True:
+            await self._ready.wait()
+            link = self.session.link
+            if round_id is not None and not self._still_pending(round_id):
+                log.info("%s: update for round %d dropped: that round was lost", self.session.name, round_id)
+                break
+            try:
+                if link is None:
+                    raise TransportError("not connected")
+                await link.send(frame)
+                break
+            except TransportError as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise TransportError(f"{self.session.name}: could not deliver a {msg.kind} message: {exc}") from exc
+                log.info("%s: send failed (%s); retrying", self.session.name, exc)
+                self.session.report.retries += 1
+                await asyncio.sleep(delay)
+        return time.perf_counter() - started
+
+    def _still_pending(self, round_id: int) -> bool:
+        with self._settling:
+            return self.unsettled.pending(round_id)
+
     def _handle(self, msg: Message) -> bool:
         """Act on one message; False ends the session."""
         for event in self.protocol.handle(msg):
@@ -189,6 +267,12 @@ class BackgroundLink:
     def _act(self, event: Event) -> None:
         if isinstance(event, Welcomed):
             self._on_welcome(event.welcome)
+            with self._settling:
+                self._taken_back.merge(self.unsettled.welcomed(event.welcome.settlement))
+            self._ready.set()
+        elif isinstance(event, Acked):
+            with self._settling:
+                self._taken_back.merge(self.unsettled.acked(event.ack))
         elif isinstance(event, RoundOpened):
             # Deltas were applied in arrival order; the caller's thread may skip rounds.
             self._inbox.put(("round", event))

@@ -58,8 +58,8 @@ model keeps its last local parameters and later ``step()`` calls are plain.
 
 from __future__ import annotations
 
+import copy
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable
@@ -76,28 +76,13 @@ from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.staging import HostStaging, model_device
 from hypergpu.node.background import BackgroundLink
+from hypergpu.node.losses import loss_value, mean_loss
 from hypergpu.node.protocol import NodeReport, UpdateEncoder, hello
 from hypergpu.node.session import Backoff, Session
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.transport import LinkShape
 
 __all__ = ["DistributedOptimizer"]
-
-
-def _loss_value(reported: object) -> torch.Tensor | float | None:
-    """A reported loss as a detached scalar tensor or a float; None when it is neither.
-
-    A tensor is kept as it is and read at the round boundary: reading a CUDA
-    value every step would make the loop wait for the device each time.
-    Detached, so the round's losses do not keep their autograd graphs alive.
-    """
-    if isinstance(reported, torch.Tensor):
-        return reported.detach().float().mean()  # a per-sample loss counts as its mean
-    if isinstance(reported, np.ndarray):
-        return float(reported.mean())
-    if isinstance(reported, numbers.Real):  # Python and numpy numbers
-        return float(reported)
-    return None
 
 
 class DistributedOptimizer:
@@ -227,13 +212,13 @@ class DistributedOptimizer:
 
     @property
     def accepted(self) -> int:
-        """Updates the coordinator applied."""
+        """Updates the coordinator took into a round (``report.acks["applied"]``: that went into the model)."""
         return self.report.acks["accepted"]
 
     @property
     def refused(self) -> int:
         """Updates the coordinator refused (any reason; see ``report.acks``)."""
-        return sum(n for reason, n in self.report.acks.items() if reason != "accepted")
+        return sum(n for reason, n in self.report.acks.items() if reason not in ("accepted", "applied", "not-applied"))
 
     def dataset(self) -> TensorDataset:
         """The assigned shard as a ``TensorDataset`` of (x, y) CPU tensors."""
@@ -288,7 +273,7 @@ class DistributedOptimizer:
         """
         if self._link.failure is not None:
             raise self._link.failure
-        explicit = _loss_value(loss) if loss is not None else None
+        explicit = loss_value(loss) if loss is not None else None
         if loss is not None and explicit is None:
             raise InvalidArgumentError(
                 f"{self.name}: step(loss=...) takes a tensor or a number, got {type(loss).__name__}"
@@ -305,7 +290,7 @@ class DistributedOptimizer:
             )
         self._round_steps += 1
         self._round_samples += samples
-        reported = explicit if explicit is not None else _loss_value(result)
+        reported = explicit if explicit is not None else loss_value(result)
         if reported is not None:
             self._round_losses.append((reported, samples))
         if self._round_steps >= self.local_steps:
@@ -353,16 +338,18 @@ class DistributedOptimizer:
         elapsed = time.perf_counter() - self._round_started
         meta = UpdateMeta(
             samples=self._round_samples,
-            loss=self._mean_loss(),
+            loss=mean_loss(self._round_losses),
             steps=self._round_steps,
             # The caller's loop between the parameters' arrival and now.
             compute_s=elapsed,
             wall_s=elapsed,
             version=self._version,
         )
-        self._link.send(self._encoder.message(update, self._assignment, meta, self.round), self.round_timeout_s)
-        self.report.rounds += 1
-        self.report.samples += self._round_samples
+        self._take_back()
+        # Held until acknowledged applied; not sent if a new coordinator life lost the round already.
+        if self._link.send_update(self._encoder, update, self._assignment, meta, self.round, self.round_timeout_s):
+            self.report.rounds += 1
+            self.report.samples += self._round_samples
         self._received = None
         self._load_next_round()
 
@@ -380,17 +367,14 @@ class DistributedOptimizer:
         self.round = opened.round
         self._assignment = opened.assignment
         self._version = opened.version
+        self._take_back()  # a round lost with a coordinator is trained again from the state before it
+        self._link.began(opened.round, copy.deepcopy(self.optimizer.state_dict()))
         self._start_round(time.perf_counter())
 
-    def _mean_loss(self) -> float | None:
-        """The round's sample-weighted mean loss over its finite values (None without any)."""
-        total = weight = 0.0
-        for value, samples in self._round_losses:
-            v = float(value)  # the first CUDA value read waits for the device; the rest are done
-            if math.isfinite(v):
-                total += v * samples
-                weight += samples
-        return total / weight if weight else None
+    def _take_back(self) -> None:
+        """Fold back what acks and welcomes took back (:mod:`hypergpu.node.settle`): the residual
+        changes of updates never applied, and the optimizer's state before a round that was lost."""
+        self._link.taken_back().take_back(lambda _key: self._encoder, self.optimizer)
 
     def _start_round(self, now: float) -> None:
         """Zero the round's counts (steps, samples, losses) from ``now`` on."""

@@ -230,14 +230,13 @@ class Node:
         resumed from a checkpoint deals those rounds again)."""
         if not undo:
             return
-        for key, delta in undo.residuals.items():
-            self._encoders.setdefault(key, UpdateEncoder()).unsend(delta)
         trainer = self._trainer
-        if undo.optimizer is not None and trainer is not None:
-            if trainer.training.overlap:  # the trainer may be stepping on its own thread right now
-                log.info("%s: rounds %s lost; the inner optimizer keeps its state (overlap)", self.name, undo.rounds)
-            else:
-                trainer.inner_optimizer().load_state_dict(undo.optimizer)
+        optimizer = None if trainer is None else trainer.inner_optimizer()
+        if undo.optimizer is not None and trainer is not None and trainer.training.overlap:
+            # the trainer may be stepping on its own thread right now
+            log.info("%s: rounds %s lost; the inner optimizer keeps its state (overlap)", self.name, undo.rounds)
+            optimizer = None
+        undo.take_back(lambda key: self._encoders.setdefault(key, UpdateEncoder()), optimizer)
         log.info("%s: updates for rounds %s were not applied; taken back", self.name, undo.rounds)
 
     def _on_welcome(self, welcome: Welcome) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from hypergpu import protocol
 from hypergpu.errors import AuthError, HyperGPUError, TransportError
+from hypergpu.node.liveness import DEAD_AFTER_S, recv_alive
 from hypergpu.node.protocol import NodeReport
 from hypergpu.protocol import Hello, Message
 from hypergpu.transport import Connection, LinkShape, connect
@@ -45,6 +46,9 @@ class Backoff:
     cap_s: float = 5.0
     attempts: int | None = None
     give_up_s: float | None = None
+    #: a coordinator that sent nothing, not even the transport's probes, this long is taken as
+    #: gone and the node reconnects (:mod:`hypergpu.node.liveness`)
+    dead_after_s: float = DEAD_AFTER_S
 
     def delays(self) -> Iterator[float]:
         """The waits before each retry; the jitter (50–100 %) keeps many nodes from knocking at once."""
@@ -121,7 +125,7 @@ class Session:
     async def recv(self, timeout: float | None = None) -> Message:
         if self.link is None:
             raise TransportError(f"{self.name}: not connected")
-        return protocol.decode(await self.link.recv(timeout=timeout))
+        return protocol.decode(await recv_alive(self.link, timeout, self.backoff.dead_after_s))
 
     async def send(self, msg: Message, *, reconnect: bool = True,
                    wanted: Callable[[], bool] | None = None) -> float:

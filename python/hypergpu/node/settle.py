@@ -22,8 +22,9 @@ taken as applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,12 +56,42 @@ class Undo:
 
     def add(self, round_id: int, residuals: dict[int, np.ndarray]) -> None:
         self.rounds.append(round_id)
+        self._sum(residuals)
+
+    def _sum(self, residuals: dict[int, np.ndarray]) -> None:
         for key, delta in residuals.items():
             held = self.residuals.get(key)
             self.residuals[key] = delta.copy() if held is None else held + delta
 
+    def merge(self, other: Undo) -> None:
+        """Add ``other`` (heard later): its residuals too; the optimizer state from before the earliest."""
+        self.rounds += other.rounds
+        self._sum(other.residuals)
+        if self.optimizer is None:
+            self.optimizer = other.optimizer
+
+    def take_back(self, encoder: Callable[[int], Unsends], optimizer: HasState | None) -> None:
+        """Fold each residual change back into ``encoder(key)`` and, when this holds a state and
+        ``optimizer`` is given, put the optimizer back to it (both node drivers call this)."""
+        for key, delta in self.residuals.items():
+            encoder(key).unsend(delta)
+        if optimizer is not None and self.optimizer is not None:
+            optimizer.load_state_dict(self.optimizer)
+
     def __bool__(self) -> bool:
         return bool(self.rounds)
+
+
+class Unsends(Protocol):
+    """An update encoder (:class:`~hypergpu.node.protocol.UpdateEncoder`) as an undo sees it."""
+
+    def unsend(self, delta: np.ndarray) -> None: ...
+
+
+class HasState(Protocol):
+    """An inner optimizer as an undo sees it (a torch optimizer)."""
+
+    def load_state_dict(self, state: Any) -> None: ...
 
 
 @dataclass
