@@ -100,8 +100,9 @@ def record(round_id: int, effects: RoundEffects | None, samples: dict[int, int])
                        answers={n: answer(n, round_id, s) for n, s in samples.items()}, effects=effects)
 
 
-def effect(quality: float, harmful: bool = False) -> NodeEffect:
-    return NodeEffect(effect=-1.0 if harmful else 0.1, se=0.01, loss_after=2.0, harmful=harmful, quality=quality)
+def effect(quality: float, harmful: bool = False, value: float | None = None) -> NodeEffect:
+    value = value if value is not None else -1.0 if harmful else 0.1
+    return NodeEffect(effect=value, se=0.01, loss_after=2.0, harmful=harmful, quality=quality, noise=0.03)
 
 
 def test_a_harmful_round_earns_nothing_and_the_others_set_the_quality() -> None:
@@ -109,22 +110,82 @@ def test_a_harmful_round_earns_nothing_and_the_others_set_the_quality() -> None:
     tally = EpochTally()
     for r, qualities in enumerate([(1.4, None, 1.2), (1.2, None, None)], start=1):
         effects = RoundEffects(r, [0, 1, 2], batch=64)
+        # "sometimes" helps in round 1 by more than it harms in round 2: its epoch's net is positive
         effects.fill({0: effect(qualities[0]), 1: effect(0.0, harmful=True),
-                      **({2: effect(qualities[2])} if qualities[2] is not None else {2: effect(0.0, True)})}, 2.3)
+                      **({2: effect(qualities[2], value=2.0)} if qualities[2] is not None else {2: effect(0.0, True)})},
+                     2.3)
         tally.add_round(0, record(r, effects, {0: 100, 1: 100, 2: 300 if r == 1 else 100}), names, {})
     # a third round nobody scored (effects off): it counts as work at the scored rounds' quality
     tally.add_round(0, record(3, None, {0: 100, 1: 100, 2: 100}), names, {})
     epoch, stats = tally.take({})
     by = {s.node: s for s in stats}
-    assert by["poisoner"].harmful_rounds == 2 and by["poisoner"].samples_accepted == 100  # only the unscored round
-    assert by["poisoner"].effect_quality is None and by["poisoner"].rounds_succeeded == 1
+    # Harmful twice, never outweighed: the epoch is forfeited, its unscored round too.
+    assert by["poisoner"].harmful_rounds == 2 and by["poisoner"].forfeited and by["poisoner"].samples_accepted == 0
+    assert by["poisoner"].effect_quality is None and by["poisoner"].rounds_succeeded == 0
+    assert by["poisoner"].net_effect == pytest.approx(-2.0)
     assert by["honest"].harmful_rounds == 0 and by["honest"].samples_accepted == 300
     assert by["honest"].effect_quality == pytest.approx(1.3)  # (100 x 1.4 + 100 x 1.2) / 200
     assert by["sometimes"].samples_accepted == 400 and by["sometimes"].effect_quality == pytest.approx(1.2)
+    assert not by["sometimes"].forfeited and by["sometimes"].net_effect == pytest.approx(1.0)
     scores = score_epoch(epoch, stats).nodes
     assert scores["poisoner"].quality == 0.5 and scores["poisoner"].outlier
     assert scores["honest"].quality == pytest.approx(1.3) and not scores["honest"].outlier
-    assert scores["poisoner"].score < scores["honest"].score / 2
+    assert scores["poisoner"].score == 0.0
+
+
+def judged(effect_value: float, se: float = 0.01, loss_before: float = 2.0) -> NodeEffect:
+    """What :func:`judge` makes of an update that moved every one of 64 held-out losses by about
+    ``effect_value`` (spread to give standard error ``se``)."""
+    spread = se * np.sqrt(64) * np.where(np.arange(64) % 2, 1.0, -1.0)
+    before = np.full(64, loss_before)
+    return judge(before, before - effect_value + spread)
+
+
+def test_harm_then_repair_earns_nothing_while_honest_and_noise_level_nodes_earn() -> None:
+    # Round by round the repair rounds look helpful (quality up to 1.5): the attacker would earn
+    # about half its rounds. Over the epoch its effects sum to about nothing, its harm included.
+    names = {0: "honest", 1: "alternating", 2: "noise-level", 3: "one-slip"}
+    tally = EpochTally()
+    for r in range(1, 7):
+        effects = RoundEffects(r, [0, 1, 2, 3], batch=64)
+        effects.fill({
+            0: judged(0.05),  # helps beyond noise every round
+            1: judged(-0.3 if r % 2 else 0.3),  # harms, then undoes it
+            2: judged(0.0),  # within noise
+            3: judged(-0.05 if r == 1 else 0.08),  # harmful once, helpful well beyond that after
+        }, 2.0)
+        tally.add_round(0, record(r, effects, {0: 100, 1: 100, 2: 100, 3: 100}), names, {})
+    epoch, stats = tally.take({})
+    by = {s.node: s for s in stats}
+    # Round by round, the attacker's repairs were judged helpful, and at the most quality there is.
+    assert by["alternating"].harmful_rounds == 3
+    assert by["alternating"].forfeited and by["alternating"].samples_accepted == 0
+    assert by["alternating"].net_effect == pytest.approx(0.0, abs=1e-9)
+    assert by["alternating"].net_noise is not None and by["alternating"].net_noise > 0
+    assert not by["honest"].forfeited and by["honest"].samples_accepted == 600
+    assert not by["noise-level"].forfeited and by["noise-level"].samples_accepted == 600  # never harmful
+    assert by["noise-level"].effect_quality == 1.0
+    # Harm outweighed by help beyond noise: the harmful round still earns nothing, the rest earn.
+    assert by["one-slip"].harmful_rounds == 1 and not by["one-slip"].forfeited
+    assert by["one-slip"].samples_accepted == 500
+    scores = score_epoch(epoch, stats).nodes
+    assert scores["alternating"].score == 0.0 and scores["alternating"].outlier
+    assert "net effect over the epoch" in scores["alternating"].reasons[0]
+    assert all(scores[n].score > 0 for n in ("honest", "noise-level", "one-slip"))
+    # Without the epoch's net, the repair rounds alone would have earned it half an honest node's work.
+    repairs = [judged(0.3) for _ in range(3)]
+    assert all(not e.harmful and e.quality > 1.4 for e in repairs)
+
+
+def test_a_harmful_round_that_broke_the_model_forfeits_the_epoch() -> None:
+    tally = EpochTally()
+    broken = NodeEffect(effect=None, se=None, loss_after=None, harmful=True, quality=0.0)
+    for r, e in enumerate([broken, judged(5.0), judged(5.0)], start=1):
+        effects = RoundEffects(r, [0], batch=64)
+        effects.fill({0: e}, 2.0)
+        tally.add_round(0, record(r, effects, {0: 100}), {0: "a"}, {})
+    _, stats = tally.take({})
+    assert stats[0].forfeited and stats[0].net_effect is None and stats[0].samples_accepted == 0
 
 
 def test_the_tally_waits_for_effects_still_being_measured() -> None:

@@ -23,7 +23,10 @@ the same held-out batch, one that no node trains on. Per sample ``j``,
   punished), rising towards 1.5 for an improvement beyond it.
 
 :mod:`hypergpu.rewards.tally` turns the rounds' qualities into an epoch's
-quality multiplier, and leaves a harmful round's work out of the credit.
+quality multiplier, and leaves a harmful round's work out of the credit; a
+node with a harmful round earns for the epoch only if its effects summed over
+the epoch are positive beyond their noise (``noise``, kept on each effect,
+combined in quadrature), so help that only undoes its own harm earns nothing.
 """
 
 from __future__ import annotations
@@ -76,4 +79,4 @@ def judge(before: np.ndarray, after: np.ndarray, policy: EffectPolicy | None = N
     harmful = effect < -noise
     quality = HARMFUL_QUALITY if harmful else 1.0 + 0.5 * math.tanh(max(0.0, effect - noise) / policy.scale)
     return NodeEffect(effect=effect, se=se, loss_after=float(after.mean()), harmful=harmful,
-                      quality=min(quality, EFFECT_QUALITY_MAX))
+                      quality=min(quality, EFFECT_QUALITY_MAX), noise=noise)

@@ -6,7 +6,10 @@ score = base credit x quality multiplier (0.5-1.5) x reliability multiplier (0.8
   coordinator accepted and did not judge harmful, and compute time the
   coordinator measured (a node's own report can lower it, never raise it).
   A round whose update made the held-out loss worse beyond noise adds no
-  credit: the node earns nothing for it (its round quality is 0).
+  credit: the node earns nothing for it (its round quality is 0). And a node
+  with a harmful round earns nothing for the whole epoch unless its effects
+  summed over the epoch are positive beyond noise (``forfeited``,
+  :mod:`hypergpu.rewards.tally`): repairing its own harm is no help.
 * Quality comes from each scored update's verified effect on a held-out loss
   (:mod:`hypergpu.rewards.effect`: the update applied alone to the round's
   base parameters, on samples no node trains on): the epoch's multiplier is
@@ -50,6 +53,11 @@ class NodeEpochStats:
     uptime: float = 1.0  # share of the epoch it was reachable
     exchanges_ok: int = 0
     exchanges_total: int = 0
+    # its scored effects summed over the epoch and that sum's noise (None: none scored)
+    net_effect: float | None = None
+    net_noise: float | None = None
+    # harmful rounds not outweighed: the net effect was not positive beyond noise, nothing earned
+    forfeited: bool = False
 
     def validate(self) -> None:
         def bad(what: str) -> InvalidArgumentError:
@@ -57,7 +65,7 @@ class NodeEpochStats:
 
         if self.samples_accepted < 0 or self.rounds_succeeded < 0 or self.harmful_rounds < 0:
             raise bad("sample and round counts must be non-negative")
-        for name in ("compute_seconds", "reported_seconds", "effect_quality", "uptime"):
+        for name in ("compute_seconds", "reported_seconds", "effect_quality", "uptime", "net_effect", "net_noise"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise bad(f"{name} is not finite: {value}")
@@ -168,7 +176,12 @@ def score_epoch(epoch: int, stats: Sequence[NodeEpochStats], weights: ScoringWei
                 reasons.append(f"reported {s.reported_seconds:.1f}s of compute, measured {s.compute_seconds:.1f}s")
             verified = min(verified, s.reported_seconds)
         quality = quality_multiplier(s.effect_quality, s.harmful_rounds)
-        if s.harmful_rounds:
+        if s.forfeited:
+            net = "not measured (a broken model)" if s.net_effect is None else (
+                f"{s.net_effect:.3g} against noise {s.net_noise or 0.0:.3g}")
+            reasons.append(f"{s.harmful_rounds} harmful update(s) not outweighed: net effect over the epoch "
+                           f"{net} (no credit for the epoch)")
+        elif s.harmful_rounds:
             reasons.append(f"{s.harmful_rounds} update(s) made the held-out loss worse beyond noise "
                            "(no credit for those rounds)")
         if throughput_z.get(s.node, 0.0) > weights.outlier_z:

@@ -8,11 +8,26 @@ turns it all into :class:`NodeEpochStats` for
 judged harmful adds no work to the credit, the others' effect qualities are
 averaged weighted by their samples. Nodes are keyed by name, the identity that
 is paid, so a node that rejoins under a new id keeps its tally.
+
+**The epoch is judged by its net effect.** Round by round, an attacker that
+alternates a harmful update with one that undoes it is scored helpful on
+every repair round and would earn about half its rounds. So a node with any
+harmful round in the epoch earns for the epoch only if the sum of its scored
+effects over the epoch — harmful rounds included, counting against it — is
+positive beyond that sum's noise (each round's noise threshold, combined in
+quadrature); a harmful round whose model was broken (no finite effect)
+forfeits the epoch. Help that only repairs its own harm sums to about zero
+and earns nothing; a node never judged harmful is judged round by round as
+before (an effect within noise is neither rewarded nor punished). The price:
+an honest node whose update is judged harmful by chance (past ``noise_z``
+standard errors and the margin) in an epoch where its other updates are
+within noise — late in training — loses that epoch's credit.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,26 +98,7 @@ class EpochTally:
         being measured: call it off the event loop); the tally starts over for the next epoch."""
         epoch = self.epoch if self.epoch is not None else 0
         self._wait(wait_s)
-        stats = []
-        for name, t in sorted(self.nodes.items()):
-            refused = refusals[name] - t.refusals_at_start if name in refusals else 0
-            credited = [a for a in t.answered if not _harmful(a)]
-            scored = [(a.samples, e.quality) for a in credited if (e := _effect(a)) is not None]
-            weight = sum(w for w, _ in scored)
-            quality = None if not scored else (
-                sum(w * q for w, q in scored) / weight if weight else sum(q for _, q in scored) / len(scored))
-            stats.append(NodeEpochStats(
-                node=name,
-                samples_accepted=sum(a.samples for a in credited),
-                compute_seconds=sum(a.turnaround_s for a in credited),  # measured: params out -> update in
-                reported_seconds=sum(a.compute_s for a in credited),  # the node's own figure; the lower one counts
-                rounds_succeeded=len(credited),
-                effect_quality=quality,
-                harmful_rounds=len(t.answered) - len(credited),
-                uptime=t.participated / max(1, self.rounds),
-                exchanges_ok=len(t.answered),
-                exchanges_total=t.participated + max(0, refused),
-            ))
+        stats = [_stats(name, t, self.rounds, refusals) for name, t in sorted(self.nodes.items())]
         self.nodes, self.rounds, self.epoch = {}, 0, None
         return epoch, stats
 
@@ -116,6 +112,44 @@ class EpochTally:
             if not effects.wait(max(0.0, deadline - time.monotonic())):
                 log.warning("round %d: effects not measured within %.0f s; its updates count as unscored",
                             effects.round, wait_s)
+
+
+def _stats(name: str, t: NodeTally, rounds: int, refusals: Mapping[str, int]) -> NodeEpochStats:
+    refused = refusals[name] - t.refusals_at_start if name in refusals else 0
+    harmful = sum(_harmful(a) for a in t.answered)
+    net, noise = net_effect([e for a in t.answered if (e := _effect(a)) is not None])
+    # With a harmful round, the epoch earns only when the net effect is positive beyond noise.
+    forfeited = harmful > 0 and not (net is not None and noise is not None and net > noise)
+    credited = [] if forfeited else [a for a in t.answered if not _harmful(a)]
+    scored = [(a.samples, e.quality) for a in credited if (e := _effect(a)) is not None]
+    weight = sum(w for w, _ in scored)
+    quality = None if not scored else (
+        sum(w * q for w, q in scored) / weight if weight else sum(q for _, q in scored) / len(scored))
+    return NodeEpochStats(
+        node=name,
+        samples_accepted=sum(a.samples for a in credited),
+        compute_seconds=sum(a.turnaround_s for a in credited),  # measured: params out -> update in
+        reported_seconds=sum(a.compute_s for a in credited),  # the node's own figure; the lower one counts
+        rounds_succeeded=len(credited),
+        effect_quality=quality,
+        harmful_rounds=harmful,
+        uptime=t.participated / max(1, rounds),
+        exchanges_ok=len(t.answered),
+        exchanges_total=t.participated + max(0, refused),
+        net_effect=net,
+        net_noise=noise,
+        forfeited=forfeited,
+    )
+
+
+def net_effect(effects: list[NodeEffect]) -> tuple[float | None, float | None]:
+    """A node's scored effects summed over an epoch, and that sum's noise (each round's noise
+    threshold, in quadrature); ``(None, None)`` when none was scored or one broke the model."""
+    if not effects or any(e.effect is None for e in effects):
+        return None, None
+    net = sum(float(e.effect) for e in effects if e.effect is not None)
+    noise = math.sqrt(sum((e.noise if e.noise is not None else 0.0) ** 2 for e in effects))
+    return net, noise
 
 
 def _effect(a: _Answered) -> NodeEffect | None:

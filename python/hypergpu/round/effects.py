@@ -28,6 +28,8 @@ class NodeEffect:
     loss_after: float | None
     harmful: bool  # worse beyond noise: the update earns nothing this round
     quality: float  # the round's quality multiplier: 0 when harmful, else 1.0 (noise) .. 1.5
+    # what the effect was judged against: noise_z x se + margin x the loss before (None: not judged)
+    noise: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
