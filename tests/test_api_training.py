@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 from websockets.sync.client import connect
 
@@ -98,6 +99,21 @@ def test_start_exclude_pause_stop_over_http_and_ws(tmp_path):
         assert metrics["label"] == "baseline" and len(metrics["points"]) >= 4
         prom = http.get("/metrics").text
         assert 'hypergpu_rounds_total{applied="true"}' in prom and 'hypergpu_node_bytes_sent_total{node="1"}' in prom
+        # Each node's updates, scored by their effect on the held-out loss, in its view and in Prometheus.
+        scored = wait_for(lambda: [n for n in http.get("/api/nodes").json() if n["effects_scored"] > 0],
+                          what="scored effects")
+        for n in scored:
+            assert n["effects_harmful"] <= n["effects_scored"] and n["effect_last_round"] >= 1
+            assert n["effect_mean"] is not None and n["effect_last"] is not None
+            assert n["effect_last_harmful"] in (True, False)
+        node = scored[0]["node_id"]
+        prom = http.get("/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(prom)}
+        counted = {s.labels["node"]: s.value for s in families["hypergpu_node_effects_scored"].samples
+                   if s.name.endswith("_total")}
+        assert counted[str(node)] >= 1
+        assert str(node) in {s.labels["node"] for s in families["hypergpu_node_effect_mean"].samples}
+        assert "hypergpu_node_effects_harmful" in families and "hypergpu_node_effect_last" in families
 
         # Stop: the run ends, the session records it, and stopping again is refused.
         assert http.post("/api/training/stop", headers=auth).json()["state"] == "stopping"

@@ -113,6 +113,15 @@ def test_dashboard_follows_and_stops_a_run(browser, tmp_path):
         page.locator("#node-grid .node").first.click()
         page.wait_for_selector("#node-detail canvas#latency-chart")
         assert "success rate" in page.locator("#node-detail").inner_text()
+        # Each node's updates are scored by their effect on the held-out loss: on its card and its detail.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#node-grid .node .figures')]"
+            ".every((f) => /effect -?[0-9]/.test(f.textContent))", timeout=60_000)
+        page.wait_for_function(
+            "() => / [1-9][0-9]* scored/.test(document.querySelector('#node-effect')?.textContent ?? '')",
+            timeout=60_000)
+        print("node cards:", page.locator("#node-grid .node .figures").all_inner_texts(),
+              "detail effect:", page.locator("#node-effect").inner_text())
         # The run records contributions on the (embedded) chain by default.
         page.wait_for_function(
             "() => document.querySelector('#chain').textContent.includes('connected · block')", timeout=60_000)

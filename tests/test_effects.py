@@ -282,7 +282,8 @@ def test_the_scorer_judges_real_updates_on_held_out_samples(tmp_path: Path) -> N
     assert e[3] is not None and not e[3].harmful and e[3].quality == 1.0
     assert rnd.take_updates() == {}  # the round handed its updates over once and kept none
     assert scorer.of_node(1) == {"effects_scored": 1, "effects_harmful": 1,
-                                 "effect_mean": e[1].effect if e[1].effect is not None else None}
+                                 "effect_mean": e[1].effect if e[1].effect is not None else None,
+                                 "effect_last": e[1].effect, "effect_last_round": 1, "effect_last_harmful": True}
 
 
 def test_the_scorer_scores_a_sampled_subset_and_can_be_turned_off(tmp_path: Path) -> None:

@@ -69,6 +69,13 @@ class Node(BaseModel):
     assignment: dict[str, Any] | None = Field(description="batch size, local steps, codec of its last round")
     quality: float | None = Field(description="0..1: success rate discounted by link latency")
     profile: str | None = Field(description="configured link profile")
+    effects_scored: int = Field(0, description="its updates scored by their effect on the held-out loss")
+    effects_harmful: int = Field(0, description="of those, updates that made the loss worse beyond noise")
+    effect_mean: float | None = Field(
+        None, description="mean effect of its scored updates: held-out loss before - after (> 0 helped)")
+    effect_last: float | None = Field(None, description="its latest scored update's effect (None: broke the model)")
+    effect_last_round: int | None = Field(None, description="the round of that update")
+    effect_last_harmful: bool | None = Field(None, description="whether that update was judged harmful")
 
 
 class LatencyPoint(BaseModel):

@@ -48,6 +48,17 @@ class NodeCollector(Collector):
                                 labels=["node"])
         utilisation = GaugeMetricFamily("hypergpu_node_utilisation_ratio",
                                         "A node's time training / the wall time its updates covered", labels=["node"])
+        scored = CounterMetricFamily("hypergpu_node_effects_scored",
+                                     "A node's updates scored by their effect on the held-out loss", labels=["node"])
+        harmful = CounterMetricFamily("hypergpu_node_effects_harmful",
+                                      "A node's scored updates that made the held-out loss worse beyond noise",
+                                      labels=["node"])
+        effect_mean = GaugeMetricFamily("hypergpu_node_effect_mean",
+                                        "Mean effect of a node's scored updates: held-out loss before - after",
+                                        labels=["node"])
+        effect_last = GaugeMetricFamily("hypergpu_node_effect_last",
+                                        "Effect of a node's latest scored update: held-out loss before - after",
+                                        labels=["node"])
         states = GaugeMetricFamily("hypergpu_nodes", "Nodes by status", labels=["status"])
         counts = dict.fromkeys(NODE_STATES, 0)
         for node in service.nodes():
@@ -60,10 +71,11 @@ class NodeCollector(Collector):
                 rtt.add_metric(label, node["rtt_ms"] / 1000.0)
             if node["utilisation"] is not None:
                 utilisation.add_metric(label, node["utilisation"])
+            _add_effects(node, label, scored, harmful, effect_mean, effect_last)
             counts[node["status"]] = counts.get(node["status"], 0) + 1
         for state, n in counts.items():
             states.add_metric([state], n)
-        yield from (sent, received, quality, rtt, utilisation, states)
+        yield from (sent, received, quality, rtt, utilisation, scored, harmful, effect_mean, effect_last, states)
 
         status = service.status()
         yield GaugeMetricFamily("hypergpu_training_active", "1 while a run is in progress",
@@ -77,6 +89,17 @@ class NodeCollector(Collector):
         depth = _chain_queue_depth(service.chain)
         if depth is not None:
             yield GaugeMetricFamily("hypergpu_chain_queue_depth", "Chain writes waiting to be sent", value=depth)
+
+
+def _add_effects(node: dict[str, Any], label: list[str], scored: CounterMetricFamily, harmful: CounterMetricFamily,
+                 mean: GaugeMetricFamily, last: GaugeMetricFamily) -> None:
+    """A node's effect figures; a gauge with nothing measured yet (or a broken model's) is left out."""
+    scored.add_metric(label, node.get("effects_scored", 0))
+    harmful.add_metric(label, node.get("effects_harmful", 0))
+    if node.get("effect_mean") is not None:
+        mean.add_metric(label, node["effect_mean"])
+    if node.get("effect_last") is not None:
+        last.add_metric(label, node["effect_last"])
 
 
 def _chain_queue_depth(chain: Any) -> int | None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypergpu.api.sessions import Session
 from hypergpu.config.schema import HyperGPUConfig
+from hypergpu.coordinator.effects import EffectTotals
 from hypergpu.errors import UnknownNodeError
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class ServiceViews:
         d["assignment"] = self.assignments.get(node.node_id)
         d["quality"] = node_quality(d["success_rate"], d["rtt_ms"])
         d["profile"] = self.config.network.profile_of(node.node_id) if node.node_id < self.config.nodes.count else None
+        # its updates' effects on the held-out loss (coordinator/effects.py): what the rewards are judged on
+        d.update(coord.effects.of_node(node.node_id) if coord is not None else EffectTotals().as_dict())
         return d
 
     def nodes(self) -> list[dict[str, Any]]:

@@ -62,10 +62,15 @@ class EffectTotals:
     harmful: int = 0
     finite: int = 0  # scored updates after which the loss was finite
     effect_sum: float = 0.0  # over those
+    last_round: int | None = None  # the latest round one of its updates was scored in
+    last_effect: float | None = None  # its effect then (None: it broke the model)
+    last_harmful: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"effects_scored": self.scored, "effects_harmful": self.harmful,
-                "effect_mean": self.effect_sum / self.finite if self.finite else None}
+                "effect_mean": self.effect_sum / self.finite if self.finite else None,
+                "effect_last": self.last_effect, "effect_last_round": self.last_round,
+                "effect_last_harmful": self.last_harmful}
 
 
 class EffectScorer:
@@ -180,6 +185,8 @@ class EffectScorer:
                 if e.effect is not None:
                     t.finite += 1
                     t.effect_sum += e.effect
+                if t.last_round is None or effects.round >= t.last_round:
+                    t.last_round, t.last_effect, t.last_harmful = effects.round, e.effect, e.harmful
         if self.events is not None:  # the bus is thread-safe
             self.events.publish("training", type="effects", round=effects.round, **effects.as_dict(),
                                 nodes={str(n): e.as_dict() for n, e in effects.items()})

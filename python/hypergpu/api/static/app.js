@@ -47,6 +47,10 @@ const fmt = {
     return s >= 60 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${s}s`;
   },
   int: (v) => (v ?? 0).toLocaleString(),
+  // a node's updates' effect on the held-out loss (loss before - after: > 0 helped), and how many harmed
+  effect: (n) => (n.effects_scored
+    ? `${Number(n.effect_mean ?? NaN).toPrecision(2)}${n.effects_harmful ? ` (${n.effects_harmful} harmful)` : ""}`
+    : "–"),
 };
 
 function el(tag, attrs = {}, ...children) {
@@ -206,7 +210,7 @@ function renderNodes(nodes) {
     card.querySelector(".name").textContent = `#${n.node_id} ${n.name}`;
     card.querySelector(".status").textContent = `${n.status}${n.excluded ? " · excluded" : ""}`;
     card.querySelector(".figures").textContent =
-      `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms · util ${fmt.pct(n.utilisation)}`;
+      `quality ${fmt.num(n.quality, 2)} · rtt ${fmt.num(n.rtt_ms, 1)} ms · util ${fmt.pct(n.utilisation)} · effect ${fmt.effect(n)}`;
     card.style.background = `linear-gradient(90deg, ${qualityColor(n.quality)}33, transparent)`;
   }
   for (const stale of cards.values()) stale.remove();
@@ -250,6 +254,10 @@ async function refreshNodeDetail() {
       el("div", {}, el("span", { class: "k" }, "profile"), el("span", { class: "v" }, d.profile ?? "–")),
       el("div", {}, el("span", { class: "k" }, "samples"), el("span", { class: "v" }, fmt.int(d.samples))),
       el("div", {}, el("span", { class: "k" }, "compute utilisation"), el("span", { class: "v" }, fmt.pct(d.utilisation))),
+      el("div", {}, el("span", { class: "k" }, "held-out effect"), el("span", { class: "v", id: "node-effect" },
+        `${fmt.effect(d)} · ${fmt.int(d.effects_scored)} scored`)),
+      el("div", {}, el("span", { class: "k" }, "last effect"), el("span", { class: "v" },
+        d.effect_last_round ? `${fmt.num(d.effect_last, 4)} (round ${d.effect_last_round}${d.effect_last_harmful ? ", harmful" : ""})` : "–")),
       el("div", {}, el("span", { class: "k" }, "MB sent/recv"), el("span", { class: "v" }, `${(d.bytes_sent / 1e6).toFixed(1)}/${(d.bytes_received / 1e6).toFixed(1)}`))),
     el("div", { class: "chart" }, el("canvas", { id: "latency-chart" })),
     el("h3", {}, "decisions"), decisions);
