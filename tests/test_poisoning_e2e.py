@@ -76,9 +76,12 @@ def test_two_poisoners_of_ten_neither_stop_the_run_nor_earn_more_than_a_hundredt
         for r in history:
             assert r.applied and r.aggregation == "clipped-mean", (r.round, r.reported, r.not_applied)
             assert all(r.answers[p].clipped for p in POISONERS if p in r.answers)
-        # Every epoch was posted; the pool went to the nodes in full, <= 1% of it to the two poisoners.
-        assert sum(totals.values()) == POOL
+        # Every epoch was posted, <= 1% of the pool to the two poisoners — and of what was paid out (a run
+        # that stops at its target on an epoch's last round pays only the epochs it ran).
+        paid = sum(totals.values())
+        assert 0 < paid <= POOL
         assert sum(shares[names[p]] for p in POISONERS) <= 0.01
+        assert sum(totals.get(names[p], 0) for p in POISONERS) <= 0.01 * paid
         assert all(shares[names[i]] > 0 for i in HONEST)
     finally:
         recorder.close()
