@@ -56,11 +56,10 @@ def test_two_poisoners_of_ten_neither_stop_the_run_nor_earn_more_than_a_hundredt
         names = {n.node_id: n.name for n in coord.registry.all()}
         totals = {k: int(v) for k, v in recorder.rewards()["totals"].items()}
         shares = {names[i]: totals.get(names[i], 0) / POOL for i in (*HONEST, *POISONERS)}
+        effects = [[r.effects.get(p) for p in POISONERS if p in r.answers] for r in history if r.effects]
         print(f"\npoisoned run with the chain: accuracy {[round(r.test_accuracy or 0, 3) for r in history]}, "
               f"target reached: {summary.reached_target} after {summary.rounds} rounds; "
-              f"clipped per round {[r.clipped for r in history]}; "
-              f"poisoners' effects {[[r.effects.get(p) for p in POISONERS if p in r.answers]
-                                     for r in history if r.effects]}; "
+              f"clipped per round {[r.clipped for r in history]}; poisoners' effects {effects}; "
               f"shares of the pool {shares}; refusals {dict(summary.refusals)}")
 
         assert summary.reached_target and summary.accuracy is not None and summary.accuracy >= 0.95
