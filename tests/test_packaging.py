@@ -180,3 +180,5 @@ def chain_up_through_npm(hypergpu: str, outside: Path, env: dict[str, str]) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
