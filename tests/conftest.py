@@ -13,3 +13,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _node_keys_off_the_home_directory(tmp_path_factory: pytest.TempPathFactory):
+    """Nodes without a key file of their own (the wrapped optimizer, examples) create theirs under
+    $XDG_CONFIG_HOME/hypergpu: a temporary one here, never the user's."""
+    import os
+
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before

@@ -29,7 +29,7 @@ def test_rewards_config_defaults_and_validation() -> None:
         ("rewards.epoch_rounds=0", "epoch_rounds"),
         ("rewards.settlement='both'", "settlement"),
         ("rewards.pool_wei=0", "pool_wei"),
-        ("rewards.payout_addresses={n='0x12'}", "payout_addresses"),
+        ("nodes.allow={n='0x12'}", "allow"),
     ):
         with pytest.raises(ConfigError, match=field):
             load_config(None, [bad])
@@ -50,8 +50,8 @@ def test_cosines_measure_agreement_with_the_mean() -> None:
 
 def fake_coordinator() -> SimpleNamespace:
     registry = NodeRegistry()
-    for i in range(2):
-        registry.join(f"node-{i}", preferred_id=i)
+    for i in range(2):  # each paid at the address its (here imagined) signed hello named
+        registry.join(f"node-{i}", preferred_id=i).payout = f"0x{0xA11CE0 + i:040x}"
     return SimpleNamespace(registry=registry, events=EventBus(), model=SimpleNamespace(hash="cd" * 32))
 
 

@@ -57,8 +57,8 @@ SCRIPT = textwrap.dedent(
             return mark(self, op_id, status, **kw)
         SettlementQueue._mark = slow_mark
     registry = NodeRegistry()
-    for i in range(3):
-        registry.join(f"node-{i}", preferred_id=i)
+    for i in range(3):  # each paid at the address its (here imagined) signed hello named
+        registry.join(f"node-{i}", preferred_id=i).payout = f"0x{0xA11CE0 + i:040x}"
     coord = SimpleNamespace(registry=registry, events=EventBus(), model=SimpleNamespace(hash="ab" * 32))
     recorder = ChainRecorder(cfg, resume=resume).start(coord)
     print("SESSION", recorder.session_id, flush=True)

@@ -14,6 +14,7 @@ import pytest
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
+from hypergpu.identity import NodeKey
 from hypergpu.node.protocol import NodeProtocol, Reply, RoundOpened
 from hypergpu.node.session import Session
 from hypergpu.protocol import Hello, Message
@@ -107,7 +108,8 @@ def test_corrupt_or_missing_sections_are_named() -> None:
 
 async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
     """A node that answers each round, but loses the parameters it holds before round 3."""
-    session = Session(join, token=token, name="forgetful", hello=Hello(name="forgetful", index=1))
+    session = Session(join, token=token, name="forgetful", hello=Hello(name="forgetful", index=1),
+                      key=NodeKey.generate())
     proto = NodeProtocol()
     await session.connect()
     welcome = await session.recv(timeout=30)

@@ -29,6 +29,7 @@ from hypergpu.protocol import Assignment, Message
 from hypergpu.transport import connect
 
 from engine_helpers import run_with_nodes
+from identity_helpers import say_hello
 from test_trust import make_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,7 +42,7 @@ async def _poisoner(join: str, token: str, index: int) -> None:
     """Joins as node ``index`` and answers round r with (-1)**(r+1) x 5.0 per coordinate,
     first claiming 10**15 samples, then all the work it was assigned."""
     link = await connect(join, token=token, name=f"poisoner-{index}")
-    await link.send(protocol.encode(Message("hello", {"name": f"poisoner-{index}", "index": index})))
+    await say_hello(link, join, name=f"poisoner-{index}", index=index)
     welcome = protocol.decode(await link.recv(timeout=90))
     size = int(welcome.meta["num_params"])
     while True:
@@ -59,7 +60,7 @@ async def _poisoner(join: str, token: str, index: int) -> None:
 async def _noise_level(join: str, token: str, index: int) -> None:
     """Joins as node ``index`` and answers every round with tiny random noise, claiming its assigned work."""
     link = await connect(join, token=token, name=f"noisy-{index}")
-    await link.send(protocol.encode(Message("hello", {"name": f"noisy-{index}", "index": index})))
+    await say_hello(link, join, name=f"noisy-{index}", index=index)
     welcome = protocol.decode(await link.recv(timeout=90))
     rng = np.random.default_rng(index)
     size = int(welcome.meta["num_params"])

@@ -29,6 +29,7 @@ from hypergpu.transport import connect
 from hypergpu.wire import TensorSpec, encode_frame
 
 from engine_helpers import run_with_nodes
+from identity_helpers import say_hello
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -122,7 +123,7 @@ def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):
 async def _rogue(join: str, token: str, seen: dict[str, Any]) -> None:
     """A peer that joins properly, then answers each round with a bad update."""
     link = await connect(join, token=token, name="rogue")
-    await link.send(protocol.encode(Message("hello", {"name": "rogue", "index": 2})))
+    await say_hello(link, join, name="rogue", index=2)
     welcome = protocol.decode(await link.recv(timeout=30))
     size = int(welcome.meta["num_params"])
     good = np.zeros(size, dtype=np.float32)

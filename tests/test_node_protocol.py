@@ -206,7 +206,10 @@ def test_bye_ends_and_heartbeats_or_unknown_kinds_mean_nothing() -> None:
 
 def test_the_hello_keeps_its_wire_keys_and_refuses_bad_fields() -> None:
     meta = hello(name="n1", index=2, device="cpu", speed_factor=0.5).as_meta()
-    assert meta == {"name": "n1", "index": 2, "device": "cpu", "speed_factor": 0.5, "follows_work": True}
+    assert meta == {"name": "n1", "index": 2, "device": "cpu", "speed_factor": 0.5, "follows_work": True,
+                    "address": None, "payout": None, "signature": None}  # signed per connection (signed_hello)
+    with pytest.raises(InvalidArgumentError, match="payout"):
+        hello(name="n1", payout="0x12")
     with pytest.raises(InvalidArgumentError, match="speed_factor"):
         hello(name="n1", speed_factor=1.5)
     with pytest.raises(InvalidArgumentError, match="name"):

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from hypergpu.chain.keys import Signer
 from hypergpu.chain.reconcile import compare_with_chain
 from hypergpu.chain.rpc import fund_from_dev_account
 from hypergpu.chain.recorder import ChainRecorder
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.errors import ContractRevertError
+from hypergpu.identity import NodeKey
 from hypergpu.launch import local_run
+from hypergpu.launch.local import local_key_dir
 
 POOL = 3 * 10**18 + 7  # an odd pool: the split must still be exact
 
@@ -106,9 +109,12 @@ def test_training_run_settles_on_chain(trained, settlement: str) -> None:
     assert sum(int(v) for v in rewards["totals"].values()) == POOL
     assert rewards["funded_wei"] == rewards["allocated_wei"] == str(POOL)
 
-    # Each node claims its reward once (pull payment); a second claim is refused.
+    # Each node claims its reward once (pull payment) with its own key, whose address its
+    # signed hello proved; a second claim is refused.
     for c in contributions:
-        signer = recorder.node_signer(c["name"])
+        key = NodeKey.load_or_create(local_key_dir(coord.config) / f"{c['name']}.key")
+        assert c["account"] == key.address == coord.registry.get(int(c["name"][5:])).payout
+        signer = Signer(key.account)
         fund_from_dev_account(client.w3, signer.address, 10**17)  # gas money
         node_client = client.with_signer(signer)
         owed = int(rewards["totals"][c["name"]])

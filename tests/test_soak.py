@@ -172,8 +172,8 @@ def test_the_recorder_settles_a_long_session_in_bounded_memory(tmp_path: Path, s
         f"rewards.pool_wei={pool}", "rewards.history_epochs=3", f"rewards.settlement='{settlement}'",
     ])
     registry = NodeRegistry()
-    for i in range(2):
-        registry.join(f"node-{i}", preferred_id=i)
+    for i in range(2):  # each paid at the address its (here imagined) signed hello named
+        registry.join(f"node-{i}", preferred_id=i).payout = f"0x{0xA11CE0 + i:040x}"
     coord = SimpleNamespace(registry=registry, events=EventBus(), model=SimpleNamespace(hash="ab" * 32))
     recorder = ChainRecorder(cfg).start(coord)
     try:

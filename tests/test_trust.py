@@ -10,6 +10,7 @@ themselves (the meta cap, the metrics allow-list) are checked directly first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,7 @@ from hypergpu.transport import connect
 from hypergpu.wire import TensorSpec, encode_frame
 
 from engine_helpers import run_with_nodes
+from identity_helpers import say_hello
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -112,11 +114,13 @@ def test_every_observer_is_told_whatever_another_raises() -> None:
 
 
 async def _intruder(join: str, token: str, seen: dict[str, Any]) -> None:
-    """Joins as node 2. In round 1 it claims 2**64 samples, sends a 10 MB metrics message,
-    metrics keyed ``type`` and metrics that are no numbers, then figures it may send; every
+    """Joins as node 2. In round 1 it claims 2**64 samples, sends a 10 MB metrics message (over
+    the transport's limit, which this model's size sets: refused unread), one whose meta is
+    100 kB (over the meta cap), metrics keyed ``type`` and metrics that are no numbers, then
+    figures it may send; every
     round it also sends an update it may send (zeros, claiming its assigned work)."""
     link = await connect(join, token=token, name="intruder")
-    await link.send(protocol.encode(Message("hello", {"name": "intruder", "index": 2})))
+    await say_hello(link, join, name="intruder", index=2)
     welcome = protocol.decode(await link.recv(timeout=60))
     zeros = np.zeros(int(welcome.meta["num_params"]), dtype=np.float32)
     acks: list[dict[str, Any]] = seen.setdefault("acks", [])
@@ -135,8 +139,11 @@ async def _intruder(join: str, token: str, seen: dict[str, Any]) -> None:
             while (reply := protocol.decode(await link.recv(timeout=60))).kind != "ack":
                 pass
             acks.append(reply.meta)
+            with contextlib.suppress(MessageTooLargeError):  # the coordinator stops the stream
+                big = protocol.encode(Message("metrics", {"loss": 0.5, "pad": "x" * (10 << 20)}))
+                await link._inner.send_unchecked(big, 30.0, acked=True)
             hostile = [
-                Message("metrics", {"loss": 0.5, "pad": "x" * (10 << 20)}),
+                Message("metrics", {"loss": 0.5, "pad": "x" * 100_000}),
                 Message("metrics", {"type": "hijack", "node": 0, "loss": 0.5}),
                 Message("metrics", {"loss": float("nan"), "comm_s": "fast"}),
                 Message("metrics", {"loss": 0.25, "comm_s": 0.01}),
@@ -148,7 +155,8 @@ async def _intruder(join: str, token: str, seen: dict[str, Any]) -> None:
 
 
 async def _stranger(join: str, token: str) -> None:
-    """Says a hello whose meta is 100 kB: refused before it is parsed, the link closed."""
+    """Says a hello whose meta is 100 kB: over the 96 KiB an unknown peer may send, so the
+    transport closes its link before the hello is read (counted as a bad hello)."""
     link = await connect(join, token=token, name="stranger")
     await link.send(protocol.encode(Message("hello", {"name": "stranger", "pad": "x" * 100_000})))
     # Held open until the coordinator closes it (a link dropped at once may end before it is accepted).
@@ -173,6 +181,7 @@ def test_hostile_messages_and_a_failing_observer_are_counted_and_the_run_goes_on
     coord.observers += [explode, count]
 
     async def peers(join: str, token: str) -> None:
+        seen["server"] = coord._server  # its log outlives the run
         await _stranger(join, token)
         await _intruder(join, token, seen)
 
@@ -184,6 +193,12 @@ def test_hostile_messages_and_a_failing_observer_are_counted_and_the_run_goes_on
           f"{dict(coord.faults)}; rounds {summary.rounds}, accuracy {summary.accuracy:.3f}")
     assert refusals == {"overclaim": 1, "meta-too-large": 1, "bad-metrics": 2}
     assert summary.refusals["bad-hello"] == 1
+    # The 10 MB message never reached the reader: the transport refused it by its header.
+    rejections = seen["server"].rejections()
+    too_large = [r["reason"] for r in rejections if r["reason"].startswith("refused message")]
+    assert len(too_large) == 1 and "10485" in too_large[0], rejections
+    # The stranger's 100 kB hello is over what an unknown peer may send: cut off at the transport.
+    assert any(r["name"] == "stranger" and "100028 bytes exceeds" in r["reason"] for r in rejections), rejections
     # Its reader kept reading: an update it may send was taken in every round.
     assert intruder.updates_accepted == rounds and intruder.rounds_ok == rounds
     assert [a["reason"] for a in seen["acks"] if not a["accepted"]] == ["overclaim"]
@@ -209,7 +224,7 @@ async def _poisoner(join: str, token: str, index: int) -> None:
     and scaled 100x (in round 1, before there is one, 5.0 per coordinate), first claiming
     10**15 samples, then the most it may: all the work it was assigned."""
     link = await connect(join, token=token, name=f"poisoner-{index}")
-    await link.send(protocol.encode(Message("hello", {"name": f"poisoner-{index}", "index": index})))
+    await say_hello(link, join, name=f"poisoner-{index}", index=index)
     welcome = protocol.decode(await link.recv(timeout=90))
     size = int(welcome.meta["num_params"])
     previous: np.ndarray | None = None

@@ -1,7 +1,7 @@
 """The optional parts of HyperGPU and the extras that install them.
 
-The base package trains (torch, numpy, pydantic, safetensors, click, rich and
-the extension); each other part checks for its extra where it is first
+The base package trains (torch, numpy, pydantic, safetensors, click, rich,
+eth-account for the nodes' keys, and the extension); each other part checks for its extra where it is first
 imported, with :func:`require`, so a missing one fails at once with the
 command that fixes it instead of an ``ImportError`` from deep inside a run.
 """
@@ -16,7 +16,8 @@ __all__ = ["EXTRAS", "require", "installed"]
 
 #: extra -> (what it enables, the top-level modules it installs that HyperGPU imports)
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "chain": ("on-chain contribution rewards (rewards.enabled)", ("web3", "eth_account", "eth_abi", "eth_tester")),
+    # (eth-account, and the eth-abi/eth-utils it brings, are in the base: every node signs its hello)
+    "chain": ("on-chain contribution rewards (rewards.enabled)", ("web3", "eth_tester")),
     "api": ("the control plane and dashboard (train/demo without --no-api, serve)",
             ("fastapi", "uvicorn", "prometheus_client")),
     "data": ("the bundled digits dataset", ("sklearn",)),

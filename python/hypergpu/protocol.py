@@ -12,7 +12,9 @@ pads the meta JSON with spaces), and the decoder skips them.
 
 Message kinds (``hypergpu.wire`` ``MessageKind``) and their meta:
 
-- ``hello``     node → coordinator: name, device, speed factor, resume id.
+- ``hello``     node → coordinator: name, device, speed factor, and who it
+  is: its key's address, its payout address and its signature over the
+  connection's challenge (:mod:`hypergpu.identity`).
 - ``welcome``   coordinator → node: node id, training settings; sections
   ``x``/``y`` hold the node's data shard.
 - ``params``    coordinator → node: a round's assignment (batch size, local
@@ -59,6 +61,7 @@ __all__ = [
     "WelcomeMeta",
     "decode",
     "encode",
+    "max_node_message",
     "parse_meta",
 ]
 
@@ -97,6 +100,15 @@ _PAD = "_pad"
 #: The largest meta the coordinator parses from a node (JSON bytes). What nodes send is a few
 #: hundred bytes; parsing is on the event loop, so a larger one would stall every node's reader.
 MAX_META = 64 * 1024
+
+
+def max_node_message(num_params: int) -> int:
+    """The largest payload a node's message can have for a model of ``num_params`` values (the
+    coordinator's transport limit): an update in the bulkiest codec (top-k keeping every
+    coordinate: an index and a value, 8 bytes each), zstd's worst case over that, the largest
+    meta and the sections' alignment. Anything larger is refused before it is read."""
+    update = 8 * max(1, num_params) + 12
+    return update + (update >> 8) + (64 << 10) + MAX_META + 1024
 
 
 def encode(msg: Message) -> bytes:
@@ -212,6 +224,10 @@ def validation_problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in exc.errors())
 
 
+#: An Ethereum address (a node's key, or where it is paid).
+ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+
+
 class Hello(_Meta):
     """node → coordinator: who it is."""
 
@@ -221,6 +237,11 @@ class Hello(_Meta):
     speed_factor: float = Field(default=1.0, gt=0, le=1)
     # False: the node trains on its own data (a user's loop), so the coordinator names no samples
     follows_work: bool = True
+    # Who it is (hypergpu.identity): its key's address, where it is paid (unset: that address), and
+    # its signature over the connection's challenge, the coordinator's fingerprint, its name and payout.
+    address: str | None = Field(default=None, pattern=ADDRESS)
+    payout: str | None = Field(default=None, pattern=ADDRESS)
+    signature: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{130}$")
 
 
 class WelcomeMeta(_Meta):

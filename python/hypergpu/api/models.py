@@ -61,6 +61,8 @@ class Node(BaseModel):
     bytes_sent: int
     bytes_received: int
     last_loss: float | None
+    address: str | None = Field(None, description="the node's key: the address its signed hello proved")
+    payout: str | None = Field(None, description="where its rewards go (the address its hello signed)")
     success_rate: float | None = Field(description="rounds answered / rounds finished")
     rtt_ms: float | None = Field(description="smoothed round-trip time of the node's QUIC link")
     lost_packets: int | None

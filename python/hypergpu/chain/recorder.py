@@ -14,14 +14,11 @@ and ``rewards:<session>:<epoch>``, and the ScoreBook keeps an epoch's first
 score, so a coordinator that restarts after a crash re-enqueues nothing new
 and the chain refuses a second (session, epoch).
 
-Node accounts: nodes never hold the coordinator's key. A node listed in
-``rewards.payout_addresses`` (name -> address) is paid there. Any other node
-gets an account derived from a per-session random salt and its name; the
-salt lives in the session's own state file (mode 0600, written once, never
-overwritten by a later session) beside the queue, so whoever runs the
-coordinator holds those accounts' keys (:meth:`node_signer`) and passes them
-on. That suits local chains and demos; on a public chain give every node its
-own payout address.
+Node accounts: every node holds its own key (:mod:`hypergpu.identity`) and
+is paid at the payout address its signed hello names: its key's address
+unless it signed another. The coordinator holds no node's key; nodes claim
+with their own. Which account each node was paid to, epoch by epoch, is
+kept beside the session's queue (:class:`~hypergpu.chain.accounts.AccountBook`).
 """
 
 from __future__ import annotations
@@ -35,9 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eth_utils import keccak
 
 from hypergpu.chain import session_state
+from hypergpu.chain.accounts import AccountBook
 from hypergpu.chain.client import ChainClient
 from hypergpu.chain.rpc import checksum
 from hypergpu.chain.keys import Signer
@@ -77,11 +74,6 @@ class _LockedQueue(SettlementQueue):
             return worked
 
 
-def derived_private_key(salt: bytes, name: str) -> str:
-    """The payout key of a node without its own address (see the module doc)."""
-    return "0x" + keccak(b"hypergpu-node-payout" + salt + name.encode()).hex()
-
-
 class ChainRecorder(RecorderViews):
     """Round observer that settles contributions and rewards on chain.
 
@@ -108,8 +100,8 @@ class ChainRecorder(RecorderViews):
         self.tally = EpochTally()
         self._lock = threading.Lock()
         self._dev_key: str | None = None
-        self._salt = b""
-        self._accounts: dict[str, str] = {}
+        self._accounts: dict[str, str] = {}  # node name -> where it is paid now
+        self.accounts: AccountBook | None = None  # ... and was paid, epoch by epoch
         self._names: dict[int, str] = {}
         self._trees: dict[int, RewardTree] = {}  # the latest rewards.history_epochs epochs' (merkle)
         self._deploy_txs: list[dict[str, Any]] = []
@@ -136,17 +128,18 @@ class ChainRecorder(RecorderViews):
         self._deploy_txs = [tx_row(t.action, "done", t.tx_hash, t.gas_used) for t in self.client.transactions]
         assert self.client.deployment is not None
         if state is not None:
-            self.session_id, self._salt = int(state["session_id"]), bytes.fromhex(state["salt"])
+            self.session_id = int(state["session_id"])
         else:  # a new session gets its own state file; no earlier session's is touched
-            self.session_id, self._salt = secrets.randbits(63) + 1, secrets.token_bytes(32)
+            self.session_id = secrets.randbits(63) + 1
             session_state.save_state(self.chain, {
                 "kind": self.chain.kind,
                 "rpc_url": self.chain.effective_rpc_url,
                 "session_id": self.session_id,
                 "deployment": self.client.deployment.to_dict(),
-                "salt": self._salt.hex(),
                 **({"dev_key": self._dev_key} if self._dev_key else {}),
             })
+        self.accounts = AccountBook(session_state.session_file(self.chain, self.session_id, ".accounts.jsonl"))
+        self._accounts = self.accounts.latest()
         self._chain_id = int(self.client.w3.eth.chain_id)
         self._block = int(self.client.w3.eth.block_number)
         self._connected = True
@@ -180,8 +173,8 @@ class ChainRecorder(RecorderViews):
         (awaitable) scoring and enqueueing, run off the event loop."""
         if self.queue is None:
             raise ChainError("ChainRecorder.start() must run before the first round")
-        self._register_new(coordinator)
         epoch = (record.round - 1) // self.epoch_rounds
+        self._register_new(coordinator, epoch)
         self.tally.add_round(epoch, record, self._names, _refusals(coordinator))
         if record.round % self.epoch_rounds == 0:
             # off the event loop: the tally waits for the epoch's last effects still being measured
@@ -212,28 +205,25 @@ class ChainRecorder(RecorderViews):
 
     # --- accounts ---------------------------------------------------------------------
 
-    def _account_of(self, name: str) -> str:
-        address = self.settings.payout_addresses.get(name)
-        if address is not None:
-            return checksum(address, f"payout address of {name}")
-        return Signer.from_hex(derived_private_key(self._salt, name)).address
+    def account_of(self, name: str, epoch: int | None = None) -> str | None:
+        """Where ``name`` is paid now, or was paid in ``epoch`` (None: never seen with an account)."""
+        if epoch is None or self.accounts is None:
+            return self._accounts.get(name)
+        return self.accounts.at(name, epoch)
 
-    def node_signer(self, name: str) -> Signer:
-        """The derived payout account of a node without its own address."""
-        if name in self.settings.payout_addresses:
-            raise ChainError(f"node {name!r} is paid to its own address; its key is not the coordinator's")
-        return Signer.from_hex(derived_private_key(self._salt, name))
-
-    def _register_new(self, coordinator: Any) -> None:
-        assert self.queue is not None
+    def _register_new(self, coordinator: Any, epoch: int) -> None:
+        """Learn each node's payout address (what its verified hello signed); register the new ones."""
+        assert self.queue is not None and self.accounts is not None
         joined = []
         for node in coordinator.registry.all():
             if node.node_id not in self._names:
                 self._names[node.node_id] = node.name
-            if node.name not in self._accounts:
-                self._accounts[node.name] = account = self._account_of(node.name)
-                joined.append(account)
-                self._publish("node-queued", node=node.node_id, name=node.name, account=account)
+            payout = getattr(node, "payout", None)
+            if payout is None or not self.accounts.set(node.name, payout, epoch):
+                continue
+            account = self._accounts[node.name] = checksum(payout, f"payout address of {node.name}")
+            joined.append(account)
+            self._publish("node-queued", node=node.node_id, name=node.name, account=account, epoch=epoch)
         if joined:
             self.queue.enqueue_nodes(joined)  # one registration transaction for all newcomers
 
@@ -251,10 +241,14 @@ class ChainRecorder(RecorderViews):
         if amounts is None:
             amounts = allocate(self._budget(epoch, final), scores.nodes, self.policy)
             self.book.add_rewards(epoch, amounts)
-        rows = [(self._accounts[n], *ContributionEntry.of(s, node_id=1).as_tuple()[1:])
-                for n, s in sorted(scores.nodes.items())]
+        accounts = {n: a for n in scores.nodes if (a := self.account_of(n, epoch)) is not None}
+        if len(accounts) < len(scores.nodes):  # only a node no verified hello introduced: not paid
+            self._publish("alert", epoch=epoch, message="no payout address for " +
+                          ", ".join(sorted(set(scores.nodes) - set(accounts))))
+        rows = [(accounts[n], *ContributionEntry.of(s, node_id=1).as_tuple()[1:])
+                for n, s in sorted(scores.nodes.items()) if n in accounts]
         self.queue.enqueue_account_contributions(self.session_id, epoch, rows)
-        paid = {self._accounts[n]: a for n, a in nonzero(amounts).items()}
+        paid = {accounts[n]: a for n, a in nonzero(amounts).items() if n in accounts}
         if paid and self.settings.settlement == "merkle":
             tree = self._rebuild_tree(epoch, amounts)
             assert tree is not None
@@ -279,7 +273,7 @@ class ChainRecorder(RecorderViews):
         return max(0, pool * (epoch + 1) // self.planned_epochs - allocated)
 
     def _rebuild_tree(self, epoch: int, amounts: dict[str, int]) -> RewardTree | None:
-        paid = {self._accounts.get(n) or self._account_of(n): a for n, a in nonzero(amounts).items()}
+        paid = {account: a for n, a in nonzero(amounts).items() if (account := self.account_of(n, epoch))}
         if not paid:
             return None
         self._trees[epoch] = tree = RewardTree.build(paid)
@@ -295,7 +289,10 @@ class ChainRecorder(RecorderViews):
             tree = self._rebuild_tree(epoch, amounts)
         if tree is None:
             raise ChainError(f"no reward root for epoch {epoch}")
-        account = checksum(self._accounts.get(name) or self._account_of(name))
+        account = self.account_of(name, epoch)
+        if account is None:
+            raise ChainError(f"no payout account known for node {name!r}")
+        account = checksum(account)
         return account, tree.amounts[account], tree.proof(account)
 
     # --- events -----------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """The files of a settlement session beside the queue path: the session
-state (id, deployment, payout salt, dev key; mode 0600), the per-session
-queue and the score book.
+state (id, deployment, dev key; mode 0600), the per-session queue, the
+score book and the accounts nodes are paid to (:mod:`hypergpu.chain.accounts`).
 
 Each session has its own state file, written once when the session starts and
-never overwritten: the payout salt in it derives the keys of nodes without
-their own address, so losing it would strand their rewards. A resumed run
-reads the newest state for its chain.
+never overwritten: a later session never takes over an earlier one's
+contracts or dev key. A resumed run reads the newest state for its chain.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ _STATE_SUFFIX = ".session.json"
 
 def session_file(chain: ChainConfig, session_id: int | None, suffix: str) -> Path:
     """A file of session ``session_id``: ``.session.json`` (its state), ``.sqlite3`` (the queue),
-    ``.scores.jsonl`` (the score book)."""
+    ``.scores.jsonl`` (the score book), ``.accounts.jsonl`` (where its nodes are paid)."""
     q = chain.queue_path
     return q.with_name(f"{q.stem}-{session_id}{suffix}")
 
@@ -73,7 +72,7 @@ def load_state(chain: ChainConfig, session_id: int | None = None) -> dict[str, A
 
 
 def save_state(chain: ChainConfig, state: dict[str, Any]) -> Path:
-    """Writes a new session's state, readable by this user only (it holds the payout salt).
+    """Writes a new session's state, readable by this user only (it may hold the dev key).
 
     Never replaces a file: the state appears whole (written aside, then linked
     into place) and a session id whose state exists already is refused.

@@ -49,10 +49,10 @@ def config_check(file: str, overrides: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from hypergpu.cli.chain import chain_group
-    from hypergpu.cli.run import coordinator_cmd, demo_cmd, node_cmd, train_cmd
+    from hypergpu.cli.run import coordinator_cmd, demo_cmd, node_cmd, node_key_cmd, train_cmd
     from hypergpu.cli.serve import serve_cmd
 
-    for cmd in (coordinator_cmd, node_cmd, train_cmd, demo_cmd, serve_cmd, chain_group):
+    for cmd in (coordinator_cmd, node_cmd, node_key_cmd, train_cmd, demo_cmd, serve_cmd, chain_group):
         main.add_command(cmd)
 
 

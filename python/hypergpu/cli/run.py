@@ -130,6 +130,12 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
               help="stop retrying an unreachable coordinator after this many seconds (default: never)")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="checkpoint the inner optimizer here after every round, and resume from it")
+@click.option("--key-file", type=click.Path(dir_okay=False), envvar="HYPERGPU_KEY_FILE", default=None,
+              help="this node's secp256k1 key, created on first run (mode 0600); the coordinator binds the node's "
+              "name to it (or $HYPERGPU_KEY_FILE; default: <state-dir>/<name>/node.key with --state-dir, else "
+              "~/.config/hypergpu/node.key)")
+@click.option("--payout", envvar="HYPERGPU_PAYOUT", default=None, metavar="ADDRESS",
+              help="pay this node's rewards to ADDRESS (signed in its hello; default: its key's address)")
 def node_cmd(
     join: str,
     token: str,
@@ -147,6 +153,8 @@ def node_cmd(
     heartbeat: float,
     give_up_s: float | None,
     state_dir: str | None,
+    key_file: str | None,
+    payout: str | None,
 ) -> None:
     """Join a coordinator and train until it says bye."""
     from hypergpu.node.runtime import Backoff, Node, NodeReport
@@ -168,18 +176,9 @@ def node_cmd(
     except HyperGPUError as exc:
         fail(str(exc), 2)
     node = Node(
-        join,
-        token=token,
-        name=name or f"{os.uname().nodename}-{os.getpid()}",
-        index=index,
-        device=device,
-        speed_factor=speed,
-        shape=shape,
-        seed=seed,
-        threads=threads,
-        heartbeat_s=heartbeat,
-        backoff=Backoff(give_up_s=give_up_s),
-        state_dir=state_dir,
+        join, token=token, name=name or f"{os.uname().nodename}-{os.getpid()}", index=index, device=device,
+        speed_factor=speed, shape=shape, seed=seed, threads=threads, heartbeat_s=heartbeat,
+        backoff=Backoff(give_up_s=give_up_s), state_dir=state_dir, key=key_file, payout=payout,
     )
     async def main() -> NodeReport:
         on_signals(node.leave)  # SIGTERM/SIGINT: say bye once the round in hand is sent, and exit
@@ -190,6 +189,24 @@ def node_cmd(
     except HyperGPUError as exc:
         fail(str(exc))
     click.echo(f"node {report.node_id}: {report.rounds} rounds, {report.samples} samples, acks {dict(report.acks)}")
+
+
+@click.command("node-key")
+@click.option("--key-file", type=click.Path(dir_okay=False), envvar="HYPERGPU_KEY_FILE", default=None,
+              help="the key file (or $HYPERGPU_KEY_FILE; default as for `hypergpu node`)")
+@click.option("--name", envvar="HYPERGPU_NODE_NAME", default=None, help="the node's name (with --state-dir)")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None, help="the node's state directory")
+def node_key_cmd(key_file: str | None, name: str | None, state_dir: str | None) -> None:
+    """Print a node's key file and address (creating the key if there is none): the address
+    to give a coordinator's nodes.allow, and where the node is paid unless it names --payout."""
+    from hypergpu.identity import NodeKey, default_key_file
+
+    try:
+        key = NodeKey.load_or_create(key_file or default_key_file(name, state_dir))
+    except HyperGPUError as exc:
+        fail(str(exc))
+    click.echo(f"key file: {key.path}")
+    click.echo(f"address: {key.address}")
 
 
 @click.command("train")

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from hypergpu.config.admission import AdmissionConfig
 from hypergpu.config.aggregation import Aggregation, ClipFactor, KrumF, TrimFraction
 from hypergpu.config.api import ApiConfig
 from hypergpu.config.base import Host, NodeId, Port
@@ -195,6 +196,15 @@ class NodesConfig(_Section):
         None, description="each node checkpoints its inner optimizer here after every round "
         "(a folder per node name) and resumes from it when restarted; unset: not kept"
     )
+    key_dir: Path | None = Field(
+        None, description="a local run's node keys: node i's is node-i.key here, created on first use (mode 0600); "
+        "unset: node-keys beside coordinator.checkpoint_dir"
+    )
+    allow: dict[Annotated[str, Field(min_length=1, max_length=256)],
+                Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]] = Field(
+        default_factory=dict, description="node name -> the address of the only key that may join under it; when "
+        "set, names not listed are refused (unset: a name is bound to the first key that joins under it)"
+    )
 
     def speed_factor(self, node: int) -> float:
         return self.speed_factors.get(node, 1.0)
@@ -227,6 +237,7 @@ class CoordinatorConfig(_Section):
     trim_fraction: TrimFraction = 0.2
     krum_f: KrumF = 2
     heartbeat_interval_s: float = Field(1.0, gt=0, le=3600)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)  # joining nodes: config/admission.py
     max_consecutive_failures: int = Field(3, ge=1, le=1000)
     checkpoint_dir: Path = Path("runs/checkpoints")
     checkpoint_every: int = Field(
@@ -292,9 +303,6 @@ class RewardsConfig(EffectSettings):
     policy: Literal["proportional", "performance", "tiered", "minimum"] = "performance"
     settlement: Literal["per-node", "merkle"] = Field(
         "per-node", description="credit each node per epoch, or post one Merkle root per epoch"
-    )
-    payout_addresses: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]] = Field(
-        default_factory=dict, description="node name -> the node's own payout address (else one is derived)"
     )
     flush_timeout_s: float = Field(60.0, ge=0, le=3600, description="how long the end of a run waits for the chain")
     history_epochs: int = Field(

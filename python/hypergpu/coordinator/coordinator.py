@@ -32,6 +32,7 @@ from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal, resync
 from hypergpu.coordinator.effects import EffectScorer
 from hypergpu.coordinator.identity import join_strings, kept_identity
 from hypergpu.coordinator.membership import Membership
+from hypergpu.coordinator.admission import name_book, transport_config
 from hypergpu.coordinator.network_script import NetworkScript
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry
 from hypergpu.coordinator.settle import Outcomes, settlement
@@ -54,9 +55,6 @@ from hypergpu.update.downlink import ParamsEncoder
 from hypergpu.update.robust import Rule
 
 log = logging.getLogger("hypergpu.coordinator")
-
-#: How long a new connection has to introduce itself.
-HELLO_TIMEOUT_S = 10.0
 
 #: Called with each finished round's record (a plain function or a coroutine function).
 RoundObserver = Callable[["Coordinator", RoundRecord], Awaitable[None] | None]
@@ -108,7 +106,8 @@ class Coordinator:
         self.outer: OuterOptimizer = outer or outer_optimizer_for(config)
         self.network = NetworkScript(config.network.events, self.members.send, self.events.publish)
         self.history: deque[RoundRecord] = deque(maxlen=c.metric_history)
-        self.refusals: Counter[str] = Counter()
+        self.refusals: Counter[str] = self.members.refused  # refused updates count with refused hellos
+        self.members.names = name_book(config)  # which key holds which name
         self.round = 0
         self.samples = 0
         self.observers: list[RoundObserver] = []
@@ -123,9 +122,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dispatch = Dispatch(self.members, self.downlink, self.events, self._spawn)
         self.effects = EffectScorer(config, self.model, self.data.test, self.task, self.events)  # off the round's path
-        self._progress = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._running = asyncio.Event()
+        self._progress, self._stop, self._running = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._running.set()
 
     # --- lifecycle ------------------------------------------------------------
@@ -152,12 +149,18 @@ class Coordinator:
         self.outcomes.bind(asyncio.get_running_loop())
         # Kept beside the checkpoints, the identity (and so the join string) outlives a restart.
         identity = kept_identity(c.checkpoint_dir / "identity") if c.checkpoint_every else None
-        self._server = await Server.listen(c.host, c.port, token=self.token, identity=identity)
+        self._server = await Server.listen(c.host, c.port, token=self.token, identity=identity,
+                                          config=transport_config(self.config, self.model.layout.total))
+        self.members.fingerprint = self._server.fingerprint  # what nodes sign their hellos for
         self._spawn(self._accept_loop())
         self._spawn(self.members.watch_heartbeats(c.heartbeat_interval_s))
         self.events.publish("training", type="listening", join=self.join_string, joins=self.join_strings)
         log.info("coordinator listening: %s", " ".join(self.join_strings))
         return self.join_string
+
+    def admission(self) -> dict[str, int]:
+        """The transport's admission so far: joins in flight, refused as busy, retries, hello timeouts."""
+        return self._server.admission() if self._server is not None else {}
 
     def request_stop(self) -> None:
         """Finish the current round, checkpoint, and stop (SIGINT/SIGTERM land here)."""
@@ -342,9 +345,8 @@ class Coordinator:
             task=self.task.name, input_shape=list(self.data.input_shape), num_classes=self.data.num_classes,
             data_source=self.data.node_meta(),
         )
-        node = await self.members.greet(link, welcome, HELLO_TIMEOUT_S)
-        if node is None:
-            self.refusals["bad-hello"] += 1
+        node = await self.members.greet(link, welcome, self.config.coordinator.admission.hello_timeout_s)
+        if node is None:  # refused, and counted
             return
         try:
             await self._read(node, link)

@@ -2,8 +2,10 @@
 
 :class:`Membership` owns the node registry, the data shards lent to each
 node and the open link to each connected node. The coordinator hands it
-every new connection's hello; it admits the node (a node that reconnects
-under its name keeps its id), welcomes it with its shards, re-lends shards
+every new connection's hello; it checks who signed it and whether that key
+may use the name (:mod:`hypergpu.coordinator.admission`), admits the node (a
+node that reconnects under its name keeps its id), opens its link (the
+transport took nothing but the hello until then), welcomes it with its shards, re-lends shards
 when nodes come and go, marks silent nodes suspect and retires nodes that
 miss too many rounds.
 """
@@ -14,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from hypergpu import protocol
+from hypergpu.coordinator.admission import Identity, NameBook, Refused, verify
 from hypergpu.coordinator.registry import NodeInfo, NodeRegistry, NodeStatus
 from hypergpu.data.shards import ShardManager
 from hypergpu.errors import FrameError, HyperGPUError, TransportError, UnknownNodeError
@@ -46,6 +50,11 @@ class Membership:
         #: nodes that train on the samples the coordinator names (not on their own data)
         self.follows_work: set[int] = set()
         self._sections_for = sections_for
+        #: which key holds which name, and this coordinator's certificate fingerprint (set once listening)
+        self.names = NameBook()
+        self.fingerprint = ""
+        #: hellos refused, by reason (the coordinator points this at its own refusal counts)
+        self.refused: Counter[str] = Counter()
         #: most nodes in the run at once (coordinator.max_nodes; None: no cap)
         self.max_nodes: int | None = None
         #: node id -> the welcome's fields that settle its earlier updates (the coordinator's)
@@ -57,26 +66,49 @@ class Membership:
 
     async def greet(self, link: Connection, welcome: WelcomeMeta, timeout_s: float) -> NodeInfo | None:
         """Read the hello on a new link, admit the node and welcome it (``welcome`` gets its
-        node id); None, with the link closed, when the first message is no valid hello."""
+        node id); None, with the link closed (and the refusal counted in :attr:`refused`), when
+        the first message is no valid hello or the node is refused."""
         try:
             msg = protocol.decode(await link.recv(timeout=timeout_s), max_meta=protocol.MAX_META)
             if msg.kind != "hello":
                 raise FrameError(f"expected a hello, got {msg.kind}")
             hello = parse_meta(Hello, msg)
         except HyperGPUError as exc:
+            self.refused["bad-hello"] += 1
             with contextlib.suppress(HyperGPUError):
                 await link.close(f"bad hello: {exc}")
+            return None
+        # ~8 ms of signature recovery off the loop; the name's check and its binding below run
+        # with no await between them, so two keys racing for one name cannot both win.
+        proved = await asyncio.to_thread(verify, hello, link.challenge, self.fingerprint)
+        who = self.identify(hello, proved)
+        if isinstance(who, Refused):
+            log.warning("hello from %s as %r refused (%s): %s", link.remote_address[0], hello.name, who.reason,
+                        who.detail)
+            await self.refuse(link, who.detail, who.reason)
             return None
         if (full := self.full_for(hello.name)) is not None:
             await self.refuse(link, full, "run-full")
             return None
         node, replaced = self.admit(hello, link)
+        node.address, node.payout = who.address, who.payout
+        if self.names.bind(node.name, who):
+            self.names.save()  # a small file, written once per name
+        link.authorize()  # its hello is taken: the link opens (the transport held it to that one message)
         if replaced is not None:
             with contextlib.suppress(HyperGPUError):
                 await replaced.close("replaced by a new connection from the same node")
         await self.welcome(node, link, welcome.model_copy(update={"node_id": node.node_id,
                                                                   **self.settlement(node.node_id)}))
         return node
+
+    def identify(self, hello: Hello, proved: Identity | Refused) -> Identity | Refused:
+        """The key ``hello`` proved (:func:`~hypergpu.coordinator.admission.verify`), if it may join
+        under its name: the name book and the per-key limit (see :mod:`.admission`)."""
+        if isinstance(proved, Refused):
+            return proved
+        connected = [(n.name, n.address or "") for n in self.connected()]
+        return self.names.check(hello.name, proved, connected) or proved
 
     def full_for(self, name: str) -> str | None:
         """Why a node called ``name`` cannot join (None: it can). A node still in the run
@@ -92,6 +124,7 @@ class Membership:
 
     async def refuse(self, link: Connection, reason: str, code: str) -> None:
         """Tell a node why it is not taken (an ``error`` message it reads before the link closes)."""
+        self.refused[code] += 1
         self.events.publish("alert", level="warning", message=f"node refused: {reason}")
         with contextlib.suppress(HyperGPUError):
             msg = Message("error", protocol.Refusal(reason=reason, code=code).as_meta())

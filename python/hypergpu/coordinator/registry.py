@@ -38,6 +38,8 @@ class NodeInfo:
     bytes_sent: int = 0
     bytes_received: int = 0
     last_loss: float | None = None
+    address: str | None = None  # the key its hello proved (hypergpu.identity)
+    payout: str | None = None  # where its rewards go: the address its hello signed
 
     @property
     def utilisation(self) -> float | None:
@@ -64,6 +66,8 @@ class NodeInfo:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "last_loss": self.last_loss,
+            "address": self.address,
+            "payout": self.payout,
         }
 
 

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from hypergpu.tracking import RoundTracking
 
 
+def local_key_dir(config: HyperGPUConfig) -> Path:
+    """Where a local run's node keys live: ``nodes.key_dir``, else ``node-keys`` beside the checkpoints."""
+    return config.nodes.key_dir or config.coordinator.checkpoint_dir.parent / "node-keys"
+
+
 @dataclass
 class LocalNodes:
     """The node processes of a local run."""
@@ -56,6 +61,7 @@ class LocalNodes:
             "--device", cfg.nodes.device,
             "--seed", str(cfg.training.seed + 1000 * (index + 1)),
             "--heartbeat", str(cfg.coordinator.heartbeat_interval_s),
+            "--key-file", str(self.key_file(index)),
         ]
         if cfg.nodes.state_dir is not None:
             cmd += ["--state-dir", str(cfg.nodes.state_dir)]
@@ -68,6 +74,10 @@ class LocalNodes:
                 "--bandwidth-mbps", str(custom.bandwidth_mbps),
             ]
         return cmd
+
+    def key_file(self, index: int) -> Path:
+        """Node ``index``'s key (its own: created by the node on first run, mode 0600)."""
+        return local_key_dir(self.config) / f"node-{index}.key"
 
     def start(self, index: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ, HYPERGPU_TOKEN=self.token)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hypergpu
 from hypergpu.coordinator import Coordinator, Summary
+from hypergpu.launch.local import local_key_dir
 
 
 async def train_with_script_nodes(coordinator: Coordinator, script: str | Path,
@@ -27,10 +28,13 @@ async def train_with_script_nodes(coordinator: Coordinator, script: str | Path,
     # The nodes import the same hypergpu package as this process.
     package_root = str(Path(hypergpu.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
+    # Each its own key (created by the node on first use), as a local run's nodes have.
+    keys = local_key_dir(coordinator.config)
     procs = [
-        subprocess.Popen([sys.executable, str(script), "node", "--join", join, "--token", coordinator.token, *args],
-                         env=env)
-        for args in node_args
+        # --token=...: a token may begin with '-', which argparse would take for an option
+        subprocess.Popen([sys.executable, str(script), "node", f"--join={join}", f"--token={coordinator.token}", *args],
+                         env=dict(env, HYPERGPU_KEY_FILE=str(keys / f"script-node-{i}.key")))
+        for i, args in enumerate(node_args)
     ]
     try:
         return await coordinator.run(join_timeout_s=join_timeout_s)

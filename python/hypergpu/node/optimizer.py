@@ -48,6 +48,12 @@ one copy each way through a pinned host buffer (:class:`HostStaging`).
 :meth:`DistributedOptimizer.from_env` joins as ``$HYPERGPU_JOIN`` and
 ``$HYPERGPU_TOKEN`` say (the name from ``$HYPERGPU_NODE_NAME``).
 
+Identity: the wrapper signs its hello with the node's key (``key``: a
+:class:`~hypergpu.identity.NodeKey` or a key file, created on first use;
+default :func:`~hypergpu.identity.default_key_file`, i.e. ``$HYPERGPU_KEY_FILE``
+or ``~/.config/hypergpu/node.key``); rewards go to its address, or to
+``payout`` when given.
+
 Local steps per round: the wrapper's ``local_steps`` when given, else the
 round's assignment, else (assignment of 0) ``epochs`` passes over the
 shard at the assigned batch size. The wrapped optimizer keeps its state.
@@ -73,6 +79,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
 from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
+from hypergpu.identity import NodeKey
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.staging import HostStaging, model_device
 from hypergpu.node.background import BackgroundLink
@@ -112,6 +119,8 @@ class DistributedOptimizer:
         round_timeout_s: float = 300.0,
         idle_timeout_s: float = 600.0,
         seed: int | None = None,
+        key: NodeKey | str | os.PathLike[str] | None = None,
+        payout: str | None = None,
     ):
         if local_steps is not None and local_steps < 1:
             raise InvalidArgumentError(f"local_steps must be >= 1, got {local_steps}")
@@ -131,9 +140,9 @@ class DistributedOptimizer:
         device = model_device(model, self.layout)
         self._staging = HostStaging(self.layout, device)
         # The user's loop trains on its own data: the coordinator must not name samples for it.
-        me = hello(name=self.name, index=index, device=device.type, follows_work=False)
-        session = Session(join, token=token, name=self.name, hello=me, shape=shape, backoff=backoff,
-                          heartbeat_s=heartbeat_s, report=self.report)
+        me = hello(name=self.name, index=index, device=device.type, follows_work=False, payout=payout)
+        session = Session(join, token=token, name=self.name, hello=me, key=NodeKey.of(key, self.name), shape=shape,
+                          backoff=backoff, heartbeat_s=heartbeat_s, report=self.report)
         self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
         self._encoder = UpdateEncoder()
         self._closed = False

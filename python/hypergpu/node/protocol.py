@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.data.shards import Shard
 from hypergpu.errors import FrameError, HyperGPUError, InvalidArgumentError, RefusedError, ShapeMismatchError
+from hypergpu.identity import NodeKey
 from hypergpu.protocol import (
     Ack,
     Assignment,
@@ -59,6 +60,7 @@ __all__ = [
     "Welcomed",
     "hello",
     "shards_of",
+    "signed_hello",
 ]
 
 log = logging.getLogger("hypergpu.node")
@@ -153,6 +155,15 @@ def hello(**fields: Any) -> Hello:
         return Hello(**fields)
     except ValidationError as exc:
         raise InvalidArgumentError(f"cannot introduce this node: {validation_problems(exc)}") from None
+
+
+def signed_hello(hello: Hello, key: NodeKey, challenge: bytes, fingerprint: str) -> Hello:
+    """``hello`` for one connection: the key's address, the payout address (the key's own
+    unless the hello names another) and the key's signature over the connection's
+    ``challenge``, the coordinator's certificate ``fingerprint``, the name and the payout."""
+    payout = hello.payout or key.address
+    signature = key.sign_hello(challenge, fingerprint, hello.name, payout)
+    return hello.model_copy(update={"address": key.address, "payout": payout, "signature": signature})
 
 
 # --- events -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import nn
 
 from hypergpu import protocol
 from hypergpu.errors import HyperGPUError, TransportError
+from hypergpu.identity import NodeKey
 from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
@@ -79,15 +80,11 @@ class Node:
         heartbeat_s: float = 1.0,
         idle_timeout_s: float = 600.0,
         state_dir: str | Path | None = None,
+        key: NodeKey | str | Path | None = None,
+        payout: str | None = None,
     ):
-        self.join = join
-        self.token = token
-        self.name = name
-        self.index = index
-        self.device = device
-        self.speed_factor = speed_factor
-        self.seed = seed
-        self.threads = threads
+        self.join, self.token, self.name, self.index = join, token, name, index
+        self.device, self.speed_factor, self.seed, self.threads = device, speed_factor, seed, threads
         self.model_factory = model_factory
         self.idle_timeout_s = idle_timeout_s
         self.report = NodeReport(node_id=None)
@@ -97,7 +94,8 @@ class Node:
             join,
             token=token,
             name=name,
-            hello=hello(name=name, index=index, device=device, speed_factor=speed_factor),
+            hello=hello(name=name, index=index, device=device, speed_factor=speed_factor, payout=payout),
+            key=NodeKey.of(key, name, state_dir),  # who it is (a key file is created on first use)
             shape=shape,
             backoff=backoff,
             heartbeat_s=heartbeat_s,

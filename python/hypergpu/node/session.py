@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from hypergpu import protocol
 from hypergpu.errors import AuthError, HyperGPUError, TransportError
+from hypergpu.identity import NodeKey
 from hypergpu.node.liveness import DEAD_AFTER_S, recv_alive
-from hypergpu.node.protocol import NodeReport
+from hypergpu.node.protocol import NodeReport, signed_hello
 from hypergpu.protocol import Hello, Message
 from hypergpu.transport import Connection, LinkShape, connect
 
@@ -77,6 +78,7 @@ class Session:
         token: str,
         name: str,
         hello: Hello,
+        key: NodeKey,
         shape: LinkShape | None = None,
         backoff: Backoff | None = None,
         heartbeat_s: float = 1.0,
@@ -87,6 +89,7 @@ class Session:
         self.token = token
         self.name = name
         self.hello = hello
+        self.key = key
         self.shape = shape
         self.backoff = backoff or Backoff()
         self.heartbeat_s = heartbeat_s
@@ -95,14 +98,17 @@ class Session:
         self.link: Connection | None = None
 
     async def connect(self) -> Connection:
-        """Connect and say hello, retrying with backoff; sets and returns :attr:`link`."""
+        """Connect and say hello (signed for this connection: see :mod:`hypergpu.identity`),
+        retrying with backoff; sets and returns :attr:`link`."""
+        fingerprint = self.join.rsplit("#", 1)[-1].lower()
         last: Exception | None = None
         for attempt, delay in enumerate(itertools.chain([0.0], self.backoff.delays())):
             if delay:
                 await asyncio.sleep(delay)
             try:
                 link = await connect(self.join, token=self.token, name=self.name, shape=self.shape)
-                await link.send(protocol.encode(Message("hello", self.hello.as_meta())))
+                me = signed_hello(self.hello, self.key, link.challenge, fingerprint)
+                await link.send(protocol.encode(Message("hello", me.as_meta())))
                 if attempt:
                     self.report.reconnects += 1
                 self.link = link

@@ -28,6 +28,18 @@ A :class:`TransportConfig` holds the settings both ends take (size limit,
 timeouts, probe interval, receive queue, segmentation offload); its defaults
 are the Rust core's. :meth:`Connection.stats` returns a typed
 :class:`LinkStats` (``as_dict()`` for JSON).
+
+Before a peer is trusted: every connection starts with one bidirectional
+stream and a small receive window, enough for the join. The coordinator's
+answer to the join carries a fresh 32-byte :attr:`Connection.challenge`,
+which a node signs in its own hello. A server listening with a
+``hello_timeout`` (the coordinator's ``coordinator.admission.hello_timeout_s``)
+then grants one stream for that hello (at most 96 KiB) and nothing else until
+:meth:`Connection.authorize`, which must come within the deadline or the link
+is closed and counted (``Server.admission()["hello_timeouts"]``). Joins in
+flight are capped, all together and per IP address, and above
+``retry_above`` of them a new peer must first prove its address (a QUIC
+retry). :func:`strangers` plays peers that never say hello, for tests.
 """
 
 from __future__ import annotations
@@ -39,7 +51,8 @@ from typing import Any
 from hypergpu import _core
 from hypergpu._core import LINK_PROFILES, LinkShape, LinkStats, TransportConfig
 
-__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "LinkStats", "Server", "TransportConfig", "connect", "new_identity"]
+__all__ = ["LINK_PROFILES", "Connection", "LinkShape", "LinkStats", "Server", "TransportConfig", "connect", "new_identity",
+           "strangers"]
 
 
 class Connection:
@@ -67,6 +80,21 @@ class Connection:
     @property
     def is_closed(self) -> bool:
         return self._inner.is_closed
+
+    @property
+    def challenge(self) -> bytes:
+        """This connection's join challenge (32 bytes, fresh per connection): the one the
+        coordinator sent, which a node signs in its hello."""
+        return self._inner.challenge
+
+    def authorize(self) -> None:
+        """The peer's hello was accepted: let it open streams freely (full windows). Until then
+        a link of a server with a ``hello_timeout`` takes the one message and grants no more."""
+        self._inner.authorize()
+
+    @property
+    def is_authorized(self) -> bool:
+        return self._inner.is_authorized
 
     async def send(self, frame: Any, timeout: float | None = None, *, acked: bool = False) -> None:
         """Send one wire frame on its own stream.
@@ -107,8 +135,10 @@ class Connection:
         """Reshape this link now, e.g. when a round starts."""
         self._inner.set_shape(shape)
 
-    async def close(self, reason: str = "") -> None:
-        await self._inner.close(reason)
+    async def close(self, reason: str = "", *, refused: bool = False) -> None:
+        """Close the link, telling the peer ``reason``; with ``refused`` as a refusal of the
+        peer (its side raises :class:`~hypergpu.errors.AuthError`, which a node does not retry)."""
+        await self._inner.close(reason, refused=refused)
 
     def __repr__(self) -> str:
         host, port = self.remote_address
@@ -177,6 +207,11 @@ class Server:
     def rejection_count(self) -> int:
         return self._inner.rejection_count
 
+    def admission(self) -> dict[str, int]:
+        """Joins in flight now (``pending``) and so far: ``admitted``, ``refused_busy`` (over
+        the caps), ``retries`` (address validations asked for), ``hello_timeouts``."""
+        return self._inner.admission()
+
     def set_default_shape(self, shape: LinkShape) -> None:
         self._inner.set_default_shape(shape)
 
@@ -204,6 +239,25 @@ async def connect(
     """
     inner = await _core.transport_connect(join_string, token=token, name=name, shape=shape, config=config)
     return Connection(inner)
+
+
+async def strangers(
+    join_string: str,
+    *,
+    count: int = 1,
+    token: str | None = None,
+    streams: int = 1,
+    bytes_per_stream: int = 0,
+    hold: float = 10.0,
+) -> list[dict[str, Any]]:
+    """For tests: ``count`` connections (one UDP endpoint) that never say hello. Each completes
+    TLS, with ``token`` passes the join, opens ``streams`` streams writing a frame header that
+    promises ``bytes_per_stream`` bytes and then the bytes, as far as flow control lets it, and
+    holds on until the server closes it or ``hold`` seconds pass. One dict per connection:
+    ``connected``, ``joined``, ``bytes_written`` (what the server let in), ``held_s``, ``closed``
+    (why it ended, None if it outlived ``hold``)."""
+    return await _core.transport_strangers(join_string, count=count, token=token, streams=streams,
+                                           bytes_per_stream=bytes_per_stream, hold=hold)
 
 
 def _settle_runtime() -> None:

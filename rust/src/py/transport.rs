@@ -106,6 +106,19 @@ impl PyServer {
         self.inner.rejections().1
     }
 
+    /// Joins in flight now and what admission did so far: `pending`,
+    /// `admitted`, `refused_busy`, `retries`, `hello_timeouts`.
+    fn admission<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let a = self.inner.admission();
+        let d = PyDict::new(py);
+        d.set_item("pending", a.pending)?;
+        d.set_item("admitted", a.admitted)?;
+        d.set_item("refused_busy", a.refused_busy)?;
+        d.set_item("retries", a.retries)?;
+        d.set_item("hello_timeouts", a.hello_timeouts)?;
+        Ok(d)
+    }
+
     /// Shape every peer that has no shape of its own (resets existing links).
     fn set_default_shape(&self, shape: &PyLinkShape) -> Result<()> {
         self.inner.set_default_shape(shape.inner.clone())
@@ -192,6 +205,24 @@ impl PyConnection {
         self.inner.is_closed()
     }
 
+    /// The join challenge of this connection (32 bytes): the one the
+    /// coordinator sent, which a node signs in its hello.
+    #[getter]
+    fn challenge<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.inner.challenge())
+    }
+
+    /// Let the peer send freely: its hello was accepted (a coordinator's
+    /// link with a hello deadline takes nothing else until then).
+    fn authorize(&self) {
+        self.inner.authorize()
+    }
+
+    #[getter]
+    fn is_authorized(&self) -> bool {
+        self.inner.is_authorized()
+    }
+
     /// Awaitable: send one wire frame on its own stream, after checking it
     /// (header, payload checksum, the peer's size limit). Resolves once QUIC
     /// holds every byte (waiting while the peer is behind), or with `acked`
@@ -253,13 +284,23 @@ impl PyConnection {
         }
     }
 
-    /// Awaitable: close the link, telling the peer `reason`.
-    #[pyo3(signature = (reason=String::new()))]
-    fn close<'py>(&self, py: Python<'py>, reason: String) -> PyResult<Bound<'py, PyAny>> {
+    /// Awaitable: close the link, telling the peer `reason`; with `refused`,
+    /// as a refusal (the peer's side raises `AuthError`, which nodes do not retry).
+    #[pyo3(signature = (reason=String::new(), *, refused=false))]
+    fn close<'py>(
+        &self,
+        py: Python<'py>,
+        reason: String,
+        refused: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         fork_guard()?;
         let link = self.inner.clone();
         future_into_py(py, async move {
-            link.close(&reason).await;
+            if refused {
+                link.refuse(&reason).await;
+            } else {
+                link.close(&reason).await;
+            }
             Ok(())
         })
     }
@@ -302,6 +343,42 @@ impl PyConnection {
     }
 }
 
+/// Awaitable, for tests of admission: `count` hostile connections to the
+/// coordinator named by `join` that never say hello (see
+/// `crate::transport::probe`); a list of dicts, one per connection.
+#[pyfunction]
+#[pyo3(signature = (join, *, count=1, token=None, streams=1, bytes_per_stream=0, hold=10.0))]
+fn transport_strangers<'py>(
+    py: Python<'py>,
+    join: String,
+    count: usize,
+    token: Option<String>,
+    streams: usize,
+    bytes_per_stream: u64,
+    hold: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    fork_guard()?;
+    let hold = super::convert::positive_seconds("hold", hold)?;
+    future_into_py(py, async move {
+        let reports =
+            transport::probe::strangers(&join, count, token, streams, bytes_per_stream, hold)
+                .await?;
+        Python::attach(|py| -> PyResult<Py<PyAny>> {
+            let out = pyo3::types::PyList::empty(py);
+            for r in reports {
+                let d = PyDict::new(py);
+                d.set_item("connected", r.connected)?;
+                d.set_item("joined", r.joined)?;
+                d.set_item("bytes_written", r.bytes_written)?;
+                d.set_item("held_s", r.held_s)?;
+                d.set_item("closed", r.closed)?;
+                out.append(d)?;
+            }
+            Ok(out.into_any().unbind())
+        })
+    })
+}
+
 /// A new self-signed certificate and its PKCS#8 key, as DER, for a
 /// coordinator to keep so its fingerprint (and join string) outlive it.
 #[pyfunction]
@@ -316,5 +393,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConnection>()?;
     m.add_function(wrap_pyfunction!(transport_identity, m)?)?;
     m.add_function(wrap_pyfunction!(transport_connect, m)?)?;
+    m.add_function(wrap_pyfunction!(transport_strangers, m)?)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use super::convert::positive_seconds;
 use super::frames::py_bytes_frame;
 use crate::error::Result;
-use crate::transport::{FrameAllocator, TransportConfig};
+use crate::transport::{AdmissionLimits, FrameAllocator, TransportConfig};
 
 /// Settings shared by `TransportServer.listen` and `transport_connect`;
 /// validated when built.
@@ -26,7 +26,12 @@ impl PyTransportConfig {
         handshake_timeout = TransportConfig::default().handshake_timeout.as_secs_f64(),
         ping_interval = TransportConfig::default().ping_interval.as_secs_f64(),
         recv_queue = TransportConfig::default().recv_queue,
-        segmentation_offload = TransportConfig::default().segmentation_offload))]
+        segmentation_offload = TransportConfig::default().segmentation_offload,
+        hello_timeout = None,
+        max_pending = AdmissionLimits::default().max_pending,
+        max_pending_per_address = AdmissionLimits::default().max_pending_per_address,
+        retry_above = AdmissionLimits::default().retry_above))]
+    #[allow(clippy::too_many_arguments)] // the Python signature's keyword arguments, one each
     fn new(
         max_message_bytes: u64,
         idle_timeout: f64,
@@ -34,6 +39,10 @@ impl PyTransportConfig {
         ping_interval: f64,
         recv_queue: usize,
         segmentation_offload: bool,
+        hello_timeout: Option<f64>,
+        max_pending: usize,
+        max_pending_per_address: usize,
+        retry_above: usize,
     ) -> Result<Self> {
         let inner = TransportConfig {
             max_message_bytes,
@@ -43,6 +52,14 @@ impl PyTransportConfig {
             recv_queue,
             segmentation_offload,
             frame_alloc: None,
+            hello_timeout: hello_timeout
+                .map(|t| positive_seconds("hello_timeout", t))
+                .transpose()?,
+            admission: AdmissionLimits {
+                max_pending,
+                max_pending_per_address,
+                retry_above,
+            },
         };
         inner.validate()?;
         Ok(PyTransportConfig { inner })
@@ -84,11 +101,39 @@ impl PyTransportConfig {
         self.inner.segmentation_offload
     }
 
+    /// Server: seconds from the TLS handshake within which a peer's hello
+    /// must be accepted (`authorize`), during which it may send that one
+    /// message only; None: links are open once the join token is checked.
+    #[getter]
+    fn hello_timeout(&self) -> Option<f64> {
+        self.inner.hello_timeout.map(|d| d.as_secs_f64())
+    }
+
+    /// Server: joins in flight at once, all peers together.
+    #[getter]
+    fn max_pending(&self) -> usize {
+        self.inner.admission.max_pending
+    }
+
+    /// Server: joins in flight at once from one IP address.
+    #[getter]
+    fn max_pending_per_address(&self) -> usize {
+        self.inner.admission.max_pending_per_address
+    }
+
+    /// Server: joins in flight above which a new peer must first prove its
+    /// address with a QUIC retry (0: every peer).
+    #[getter]
+    fn retry_above(&self) -> usize {
+        self.inner.admission.retry_above
+    }
+
     fn __repr__(&self) -> String {
         let c = &self.inner;
         format!(
             "TransportConfig(max_message_bytes={}, idle_timeout={:?}, handshake_timeout={:?}, \
-             ping_interval={:?}, recv_queue={}, segmentation_offload={})",
+             ping_interval={:?}, recv_queue={}, segmentation_offload={}, hello_timeout={}, \
+             max_pending={}, max_pending_per_address={}, retry_above={})",
             c.max_message_bytes,
             c.idle_timeout.as_secs_f64(),
             c.handshake_timeout.as_secs_f64(),
@@ -99,6 +144,11 @@ impl PyTransportConfig {
             } else {
                 "False"
             },
+            c.hello_timeout
+                .map_or("None".to_string(), |d| format!("{:?}", d.as_secs_f64())),
+            c.admission.max_pending,
+            c.admission.max_pending_per_address,
+            c.admission.retry_above,
         )
     }
 }

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, EndpointConfig, Incoming, TokioRuntime};
+use quinn::{Connection, Endpoint, EndpointConfig, Incoming, TokioRuntime, VarInt};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::hello::{Hello, Welcome, MAX_HELLO};
+pub use super::admission::AdmissionStats;
+use super::admission::{Admission, Decision, Slot};
+use super::hello::{Hello, Welcome, CHALLENGE_LEN, MAX_HELLO};
 use super::link::Link;
 use super::rejections::{Rejection, Rejections};
 use super::tls::{self, Identity};
@@ -90,6 +92,7 @@ pub struct Server {
     fingerprint: String,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Link>>,
     rejections: Arc<Rejections>,
+    admission: Arc<Admission>,
 }
 
 impl Server {
@@ -117,7 +120,7 @@ impl Server {
             None => Identity::self_signed()?,
         };
         let mut server_cfg = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
-        server_cfg.transport_config(Arc::new(cfg.transport()));
+        server_cfg.transport_config(Arc::new(cfg.transport(true)));
         let socket = bind_socket(addr, shape)?;
         let endpoint = Endpoint::new_with_abstract_socket(
             EndpointConfig::default(),
@@ -130,6 +133,7 @@ impl Server {
             .local_addr()
             .map_err(|e| Error::Transport(e.to_string()))?;
         let rejections = Arc::new(Rejections::new());
+        let admission = Admission::new(cfg.admission);
         let (tx, rx) = mpsc::channel(256);
         let gate = Arc::new(Gate {
             token_digest: Sha256::digest(token.as_bytes()).into(),
@@ -137,6 +141,7 @@ impl Server {
             name: name.to_string(),
             socket: socket.clone(),
             rejections: rejections.clone(),
+            admission: admission.clone(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), gate, tx));
         Ok(Server {
@@ -146,7 +151,13 @@ impl Server {
             fingerprint: identity.fingerprint,
             accepted: tokio::sync::Mutex::new(rx),
             rejections,
+            admission,
         })
+    }
+
+    /// Joins in flight and what admission turned away so far.
+    pub fn admission(&self) -> AdmissionStats {
+        self.admission.stats()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -211,16 +222,31 @@ struct Gate {
     name: String,
     socket: Arc<ShapedSocket>,
     rejections: Arc<Rejections>,
+    admission: Arc<Admission>,
 }
 
 async fn accept_loop(endpoint: Endpoint, gate: Arc<Gate>, tx: mpsc::Sender<Link>) {
     while let Some(incoming) = endpoint.accept().await {
-        // Each join runs on its own, so a slow or hostile peer holds up no one.
-        tokio::spawn(admit(incoming, gate.clone(), tx.clone()));
+        let peer = incoming.remote_address();
+        let validated = incoming.remote_address_validated() || !incoming.may_retry();
+        match gate.admission.decide(peer.ip(), validated) {
+            Decision::Retry => {
+                // The peer's next Initial carries the token that proves its address.
+                let _ = incoming.retry();
+            }
+            Decision::Refuse(why) => {
+                gate.rejections.record(peer, None, &why);
+                incoming.refuse();
+            }
+            // Each join runs on its own, so a slow or hostile peer holds up no one.
+            Decision::Admit(slot) => {
+                tokio::spawn(admit(incoming, gate.clone(), tx.clone(), slot));
+            }
+        }
     }
 }
 
-async fn admit(incoming: Incoming, gate: Arc<Gate>, tx: mpsc::Sender<Link>) {
+async fn admit(incoming: Incoming, gate: Arc<Gate>, tx: mpsc::Sender<Link>, slot: Slot) {
     let peer = incoming.remote_address();
     let limit = gate.cfg.handshake_timeout;
     let conn = match tokio::time::timeout(limit, incoming).await {
@@ -244,17 +270,42 @@ async fn admit(incoming: Incoming, gate: Arc<Gate>, tx: mpsc::Sender<Link>) {
             return;
         }
     };
-    match tokio::time::timeout(limit, check_hello(&conn, &gate)).await {
+    // From here the join, and with a hello deadline the hello too, must be done in time.
+    let gated = gate.cfg.hello_timeout;
+    let deadline = tokio::time::Instant::now() + gated.unwrap_or(limit);
+    let challenge: [u8; CHALLENGE_LEN] = rand::random();
+    let joined = tokio::time::timeout_at(
+        deadline,
+        check_hello(&conn, &gate, challenge, gated.is_some()),
+    )
+    .await;
+    match joined {
         Ok(Ok(hello)) => {
             let link = Link::start(
-                conn,
+                conn.clone(),
                 gate.socket.clone(),
                 None,
                 &gate.cfg,
-                hello.name,
+                hello.name.clone(),
                 hello.max_message_bytes,
                 Some(gate.rejections.clone()),
+                challenge,
+                gated.is_some(),
             );
+            if let Some(hello_timeout) = gated {
+                let watch = link.watch_authorized();
+                tokio::spawn(hello_deadline(
+                    conn,
+                    watch,
+                    deadline,
+                    hello_timeout,
+                    slot,
+                    gate.clone(),
+                    hello.name,
+                ));
+            } else {
+                drop(slot);
+            }
             let _ = tx.send(link).await;
         }
         Ok(Err((name, e))) => {
@@ -271,16 +322,49 @@ async fn admit(incoming: Incoming, gate: Arc<Gate>, tx: mpsc::Sender<Link>) {
             conn.close(code, reason.as_bytes());
         }
         Err(_) => {
-            let reason = format!("no join message within {limit:?}");
+            let within = gated.unwrap_or(limit);
+            let reason = format!("no join message within {within:?}");
+            if gated.is_some() {
+                gate.admission.hello_timed_out();
+            }
             gate.rejections.record(peer, None, &reason);
-            conn.close(code::AUTH, reason.as_bytes());
+            conn.close(code::HELLO_TIMEOUT, reason.as_bytes());
         }
     }
+}
+
+/// Close a joined peer's link when its hello is not accepted by `deadline`;
+/// its place among the joins in flight is held until then.
+async fn hello_deadline(
+    conn: Connection,
+    mut authorized: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+    hello_timeout: Duration,
+    slot: Slot,
+    gate: Arc<Gate>,
+    name: String,
+) {
+    let check = authorized.clone();
+    tokio::select! {
+        Ok(_) = authorized.wait_for(|a| *a) => {}
+        _ = conn.closed() => {}
+        _ = tokio::time::sleep_until(deadline) => {
+            if !*check.borrow() {
+                let reason = format!("no hello accepted within {hello_timeout:?}");
+                gate.admission.hello_timed_out();
+                gate.rejections.record(conn.remote_address(), Some(&name), &reason);
+                conn.close(code::HELLO_TIMEOUT, reason.as_bytes());
+            }
+        }
+    }
+    drop(slot);
 }
 
 async fn check_hello(
     conn: &Connection,
     gate: &Gate,
+    challenge: [u8; CHALLENGE_LEN],
+    gated: bool,
 ) -> std::result::Result<Hello, (Option<String>, Error)> {
     let fail = |e: Error| (None, e);
     let (mut send, mut recv) = conn
@@ -302,9 +386,16 @@ async fn check_hello(
     let welcome = Welcome {
         max_message_bytes: gate.cfg.max_message_bytes,
         name: gate.name.clone(),
+        challenge,
     }
     .encode()
     .map_err(fail)?;
+    // The join was the one bidirectional stream; with a hello deadline the
+    // peer may now open one stream for its hello (the link opens the rest).
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+    if gated {
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(1));
+    }
     send.write_all(&welcome)
         .await
         .map_err(|e| fail(Error::Transport(e.to_string())))?;
@@ -340,7 +431,7 @@ pub async fn connect(
     .map_err(|e| Error::Transport(format!("cannot start endpoint: {e}")))?;
     let (crypto, mismatch) = tls::client_crypto(&js.fingerprint)?;
     let mut client_cfg = quinn::ClientConfig::new(crypto);
-    client_cfg.transport_config(Arc::new(cfg.transport()));
+    client_cfg.transport_config(Arc::new(cfg.transport(false)));
     let limit = cfg.handshake_timeout;
     let connecting = endpoint
         .connect_with(client_cfg, server, tls::SERVER_NAME)
@@ -377,6 +468,8 @@ pub async fn connect(
         welcome.name,
         welcome.max_message_bytes,
         None,
+        welcome.challenge,
+        false,
     ))
 }
 

@@ -1,6 +1,7 @@
 //! The join exchange on the first bidirectional stream: the node sends a
 //! `hello` frame (token, its size limit, its name), the coordinator answers
-//! with `welcome` (its size limit, its name) or closes the connection.
+//! with `welcome` (its size limit, its name, a fresh 32-byte challenge for
+//! the node to sign in its own hello) or closes the connection.
 
 use crate::error::{Error, Result};
 use crate::wire::{self, CodecId, Header, MessageKind};
@@ -87,16 +88,23 @@ impl Hello {
     }
 }
 
+/// Bytes in a join challenge.
+pub const CHALLENGE_LEN: usize = 32;
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Welcome {
     pub max_message_bytes: u64,
     pub name: String,
+    /// Fresh for every connection: what the node signs, so its hello cannot
+    /// be replayed on another connection.
+    pub challenge: [u8; CHALLENGE_LEN],
 }
 
 impl Welcome {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut p = self.max_message_bytes.to_le_bytes().to_vec();
         put_str(&mut p, "name", &self.name)?;
+        p.extend_from_slice(&self.challenge);
         frame(MessageKind::Welcome, &p)
     }
 
@@ -105,6 +113,7 @@ impl Welcome {
         Ok(Welcome {
             max_message_bytes: r.u64()?,
             name: r.string()?,
+            challenge: r.take(CHALLENGE_LEN)?.try_into().unwrap_or_default(),
         })
     }
 }
@@ -127,6 +136,7 @@ mod tests {
         let w = Welcome {
             max_message_bytes: 9,
             name: "coordinator".into(),
+            challenge: [7; CHALLENGE_LEN],
         };
         assert_eq!(Welcome::decode(&w.encode().unwrap()).unwrap(), w);
     }

@@ -7,11 +7,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, WriteError};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::hello::CHALLENGE_LEN;
 use super::rejections::Rejections;
-use super::{code, connection_error, FrameAllocator, FrameBuf, TransportConfig};
+use super::{
+    code, connection_error, FrameAllocator, FrameBuf, TransportConfig, PRE_AUTH_FRAME,
+    RECEIVE_WINDOW, UNI_STREAMS,
+};
 use crate::error::{Error, Result};
 use crate::shaping::{LinkCounters, LinkShape, ShapedSocket};
 use crate::wire::{self, Header, FIXED_LEN};
@@ -47,6 +51,9 @@ struct State {
     inflight: AtomicUsize,
     delivered: Notify,
     close_grace: Duration,
+    /// Whether the peer may open streams beyond its hello (see [`Link::authorize`]).
+    authorized: watch::Sender<bool>,
+    challenge: [u8; CHALLENGE_LEN],
 }
 
 /// A snapshot of a link's metrics.
@@ -103,6 +110,8 @@ impl Link {
         peer_name: String,
         peer_max_message_bytes: u64,
         rejections: Option<Arc<Rejections>>,
+        challenge: [u8; CHALLENGE_LEN],
+        gated: bool,
     ) -> Link {
         let state = Arc::new(State {
             started: Instant::now(),
@@ -117,7 +126,12 @@ impl Link {
             inflight: AtomicUsize::new(0),
             delivered: Notify::new(),
             close_grace: cfg.idle_timeout.min(Duration::from_secs(5)),
+            authorized: watch::Sender::new(false),
+            challenge,
         });
+        if !gated {
+            open_up(&conn, &state);
+        }
         let (tx, rx) = mpsc::channel(cfg.recv_queue);
         let budget = Arc::new(Semaphore::new(budget_units(cfg.max_message_bytes)));
         tokio::spawn(accept_streams(conn.clone(), tx, state.clone(), budget));
@@ -134,6 +148,29 @@ impl Link {
 
     pub fn peer_name(&self) -> &str {
         &self.state.peer_name
+    }
+
+    /// The join challenge of this connection: the one the coordinator sent
+    /// (a node's link) or the one it sent this peer (the coordinator's).
+    pub fn challenge(&self) -> [u8; CHALLENGE_LEN] {
+        self.state.challenge
+    }
+
+    /// Let the peer open streams freely (full windows, up to
+    /// [`UNI_STREAMS`] at once): its hello was accepted. Until then a
+    /// coordinator's link with a hello deadline takes one message and
+    /// grants no more stream credit. Idempotent.
+    pub fn authorize(&self) {
+        open_up(&self.conn, &self.state);
+    }
+
+    /// Whether [`Link::authorize`] was called (always, for a link without a hello deadline).
+    pub fn is_authorized(&self) -> bool {
+        *self.state.authorized.borrow()
+    }
+
+    pub(crate) fn watch_authorized(&self) -> watch::Receiver<bool> {
+        self.state.authorized.subscribe()
     }
 
     pub fn remote_address(&self) -> SocketAddr {
@@ -330,6 +367,16 @@ impl Link {
     /// Close the link, telling the peer why; waits briefly for the close to
     /// leave when this link owns its endpoint.
     pub async fn close(&self, reason: &str) {
+        self.close_with(code::NORMAL, reason).await;
+    }
+
+    /// Close the link as a refusal of the peer (its side sees an
+    /// authentication error, which a node does not retry).
+    pub async fn refuse(&self, reason: &str) {
+        self.close_with(code::AUTH, reason).await;
+    }
+
+    async fn close_with(&self, code: VarInt, reason: &str) {
         // Let what `send` handed to QUIC reach the peer first (bounded).
         let drained = async {
             loop {
@@ -340,8 +387,10 @@ impl Link {
                 changed.await;
             }
         };
-        let _ = tokio::time::timeout(self.state.close_grace, drained).await;
-        self.conn.close(code::NORMAL, reason.as_bytes());
+        if code == code::NORMAL {
+            let _ = tokio::time::timeout(self.state.close_grace, drained).await;
+        }
+        self.conn.close(code, reason.as_bytes());
         if let Some(ep) = &self.endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
@@ -372,6 +421,20 @@ async fn until<F: std::future::Future>(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Grant the peer full windows and stream credit (once; under the watch's
+/// lock, so a concurrent [`accept_streams`] closing the door cannot undo it).
+fn open_up(conn: &Connection, state: &State) {
+    state.authorized.send_if_modified(|authorized| {
+        if *authorized {
+            return false;
+        }
+        *authorized = true;
+        conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS));
+        true
+    });
 }
 
 /// Follow a sent stream until the peer has it all (or refused it).
@@ -411,6 +474,37 @@ async fn accept_streams(
     state: Arc<State>,
     budget: Arc<Semaphore>,
 ) {
+    let mut authorized = state.authorized.subscribe();
+    if !*authorized.borrow_and_update() {
+        // Not authorized: one message (the hello), under the small cap; then
+        // no stream credit until the hello is accepted.
+        let Ok(stream) = conn.accept_uni().await else {
+            return;
+        };
+        state.authorized.send_if_modified(|authorized| {
+            if !*authorized {
+                conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+            }
+            false
+        });
+        read_frame(
+            stream,
+            conn.clone(),
+            tx.clone(),
+            state.clone(),
+            budget.clone(),
+            PRE_AUTH_FRAME,
+        )
+        .await;
+        tokio::select! {
+            got = authorized.wait_for(|a| *a) => {
+                if got.is_err() {
+                    return;
+                }
+            }
+            _ = conn.closed() => return,
+        }
+    }
     while let Ok(stream) = conn.accept_uni().await {
         tokio::spawn(read_frame(
             stream,
@@ -418,6 +512,7 @@ async fn accept_streams(
             tx.clone(),
             state.clone(),
             budget.clone(),
+            state.max_message_bytes,
         ));
     }
 }
@@ -442,8 +537,9 @@ async fn read_frame(
     tx: mpsc::Sender<Received>,
     state: Arc<State>,
     budget: Arc<Semaphore>,
+    limit: u64,
 ) {
-    match read_verified(&mut stream, &state, &budget).await {
+    match read_verified(&mut stream, &state, &budget, limit).await {
         Ok(Some((frame, permit))) => {
             let c = &state.counters;
             c.app_bytes_received
@@ -473,6 +569,7 @@ async fn read_verified(
     stream: &mut RecvStream,
     state: &State,
     budget: &Arc<Semaphore>,
+    limit: u64,
 ) -> std::result::Result<Option<Received>, ReadFail> {
     let mut fixed = [0u8; FIXED_LEN];
     read_exact(stream, &mut fixed).await?;
@@ -481,6 +578,13 @@ async fn read_verified(
     head[..FIXED_LEN].copy_from_slice(&fixed);
     read_exact(stream, &mut head[FIXED_LEN..]).await?;
     let (header, _) = Header::decode(&head).map_err(ReadFail::Malformed)?;
+    if limit < state.max_message_bytes && header.payload_len > limit {
+        // An unauthenticated peer's hello: too large is the end of it.
+        return Err(ReadFail::Malformed(Error::TooLarge {
+            size: header.payload_len,
+            limit,
+        }));
+    }
     if header.payload_len > state.max_message_bytes {
         // Count (and log) before telling the sender, so its view never runs ahead.
         state

@@ -6,9 +6,11 @@
 //! up a heartbeat; receivers check the header (and the size limit) before
 //! reading the payload, and verify the payload before delivering it.
 
+mod admission;
 mod endpoint;
 mod hello;
 mod link;
+pub mod probe;
 mod rejections;
 pub mod tls;
 
@@ -18,7 +20,7 @@ use quinn::{ConnectionError, VarInt};
 
 use crate::error::Error;
 
-pub use endpoint::{connect, JoinString, Server};
+pub use endpoint::{connect, AdmissionStats, JoinString, Server};
 pub use link::{Link, LinkStats};
 pub use rejections::Rejection;
 pub use tls::Identity;
@@ -43,7 +45,48 @@ pub struct TransportConfig {
     /// Where large received frames are assembled (e.g. straight into the
     /// caller's own object); `None` uses a `Vec`.
     pub frame_alloc: Option<FrameAllocator>,
+    /// Server: with a hello deadline, a joined peer may send one message (its
+    /// hello, at most [`PRE_AUTH_FRAME`] bytes) and nothing else until
+    /// [`Link::authorize`], which must come within this long of the TLS
+    /// handshake, else the link is closed and counted. `None`: links are open
+    /// as soon as the join token is checked.
+    pub hello_timeout: Option<Duration>,
+    /// Server: the admission limits on joins in flight.
+    pub admission: AdmissionLimits,
 }
+
+/// Server: how many peers may be between their first packet and an accepted
+/// hello (the join token checked, without a hello deadline) at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// All peers together; more are refused.
+    pub max_pending: usize,
+    /// From one IP address; more from it are refused.
+    pub max_pending_per_address: usize,
+    /// In-flight joins above which a new peer must first prove it receives at
+    /// its address (a QUIC retry); 0: every peer.
+    pub retry_above: usize,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        AdmissionLimits {
+            max_pending: 256,
+            max_pending_per_address: 64,
+            retry_above: 16,
+        }
+    }
+}
+
+/// The most an unauthenticated peer's one message (its hello) may be; a
+/// larger one closes the link unread.
+pub const PRE_AUTH_FRAME: u64 = 96 << 10;
+/// The connection receive window of a peer that is not authorized yet:
+/// room for the join exchange and the hello, no more.
+pub(crate) const PRE_AUTH_WINDOW: u32 = 2 * PRE_AUTH_FRAME as u32;
+/// Once authorized.
+pub(crate) const RECEIVE_WINDOW: u32 = 16 << 20;
+pub(crate) const UNI_STREAMS: u32 = 256;
 
 /// A received frame's memory, written once as the frame streams in.
 pub trait FrameBuf: Send + 'static {
@@ -87,6 +130,8 @@ impl Default for TransportConfig {
             recv_queue: 64,
             segmentation_offload: true,
             frame_alloc: None,
+            hello_timeout: None,
+            admission: AdmissionLimits::default(),
         }
     }
 }
@@ -113,21 +158,44 @@ impl TransportConfig {
         if self.recv_queue == 0 {
             return Err(Error::InvalidArgument("recv_queue must be positive".into()));
         }
+        if let Some(d) = self.hello_timeout {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(Error::InvalidArgument(format!(
+                    "hello_timeout must be in (0, 3600] seconds, got {d:?}"
+                )));
+            }
+        }
+        let a = &self.admission;
+        if a.max_pending == 0 || a.max_pending_per_address == 0 {
+            return Err(Error::InvalidArgument(
+                "max_pending and max_pending_per_address must be positive".into(),
+            ));
+        }
         Ok(())
     }
 
-    fn transport(&self) -> quinn::TransportConfig {
+    /// QUIC settings; a server starts every connection closed to all but the
+    /// join (one bidirectional stream, a small window): the link opens more
+    /// once the join token (and, with a hello deadline, the hello) is accepted.
+    fn transport(&self, server: bool) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         // Within the QUIC limit of 2^62 ms; validated above.
         t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
         t.keep_alive_interval(Some(self.idle_timeout / 3));
-        t.max_concurrent_uni_streams(VarInt::from_u32(256));
-        t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+        if server {
+            t.max_concurrent_uni_streams(VarInt::from_u32(0));
+            t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+            t.receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+        } else {
+            // The coordinator opens no bidirectional stream.
+            t.max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS));
+            t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+            t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+        }
         // Windows that fill 1 Gbit/s at 100 ms RTT. What a peer may park
         // here unread is bounded by the connection window; complete frames
         // wait in the link's receive budget.
         t.stream_receive_window(VarInt::from_u32(8 << 20));
-        t.receive_window(VarInt::from_u32(16 << 20));
         t.send_window(32 << 20);
         t.datagram_receive_buffer_size(Some(64 * 1024));
         t.enable_segmentation_offload(self.segmentation_offload);
@@ -142,6 +210,8 @@ pub(crate) mod code {
     pub const AUTH: VarInt = VarInt::from_u32(1);
     pub const MALFORMED: VarInt = VarInt::from_u32(2);
     pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// The peer's hello did not come (or was not accepted) in time.
+    pub const HELLO_TIMEOUT: VarInt = VarInt::from_u32(4);
     /// Stream codes.
     pub const TOO_LARGE: VarInt = VarInt::from_u32(10);
     pub const ABANDONED: VarInt = VarInt::from_u32(11);
@@ -250,6 +320,76 @@ mod tests {
         assert!(
             matches!(&bad_pin, Some(Error::Auth(m)) if m.contains("fingerprint mismatch")),
             "{bad_pin:?}"
+        );
+        server.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gated_link_takes_only_the_hello_until_authorized() {
+        let cfg = TransportConfig {
+            hello_timeout: Some(Duration::from_secs(2)),
+            admission: AdmissionLimits {
+                retry_above: 0, // every peer proves its address first
+                ..AdmissionLimits::default()
+            },
+            ..TransportConfig::default()
+        };
+        let server = Server::listen(
+            "127.0.0.1",
+            0,
+            "tok",
+            cfg.clone(),
+            "coord",
+            LinkShape::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        let node = connect(
+            &server.join_string(),
+            "tok",
+            "n1",
+            LinkShape::default(),
+            TransportConfig::default(),
+        )
+        .await
+        .unwrap();
+        let peer = server.accept(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(peer.challenge(), node.challenge());
+        assert!(!peer.is_authorized() && node.is_authorized());
+        let node = std::sync::Arc::new(node);
+        let sender = node.clone();
+        // The hello, then a large update that must wait for authorization.
+        let sends = tokio::spawn(async move {
+            sender.send(&frame(b"hello"), None, false).await.unwrap();
+            sender
+                .send(&frame(&[1u8; 1 << 20]), None, false)
+                .await
+                .unwrap();
+        });
+        let hello = peer.recv(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(hello.bytes(), &frame(b"hello")[..]);
+        assert!(matches!(
+            peer.recv(Some(Duration::from_millis(300))).await,
+            Err(Error::Timeout(_))
+        ));
+        assert_eq!(server.admission().pending, 1);
+        peer.authorize();
+        let update = peer.recv(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(update.bytes().len(), frame(&[1u8; 1 << 20]).len());
+        sends.await.unwrap();
+        // Authorized before the deadline: the link outlives it, and its place is free.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert!(!peer.is_closed());
+        let stats = server.admission();
+        assert_eq!((stats.pending, stats.hello_timeouts), (0, 0), "{stats:?}");
+        assert!(stats.retries >= 1, "{stats:?}");
+        // A refusal reaches the node as an authentication error.
+        peer.refuse("name taken").await;
+        let got = node.recv(Some(Duration::from_secs(5))).await.err();
+        assert!(
+            matches!(&got, Some(Error::Auth(m)) if m.contains("name taken")),
+            "{got:?}"
         );
         server.close().await;
     }
