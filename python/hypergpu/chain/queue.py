@@ -15,13 +15,17 @@ signed. A write the chain refuses *for now* (the pool short of funds, a
 contract paused, the session not active) waits and is retried with an alert,
 without holding up the operations behind it; other refusals fail, and
 ``hypergpu chain requeue`` puts failed operations back.
+
+A queue that falls behind (a slow chain, epochs of a few rounds) stays
+bounded when ``coalesce_after`` is set: an epoch's contribution record and
+reward posting then join the newest untried ones of the session, one
+transaction for many epochs with the same totals (:mod:`~hypergpu.chain.queue_db`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from hypergpu.chain.client import ChainClient
-from hypergpu.chain.journal import SCHEMA as JOURNAL_SCHEMA
 from hypergpu.chain.journal import SentTx, SqliteJournal, journal_entries
 from hypergpu.chain.operations import APPLY
+from hypergpu.chain.queue_db import UNSENT, insert, open_db, requeue, requeue_file
 from hypergpu.chain.types import ContributionEntry, TxResult
 from hypergpu.errors import ChainError, ChainUnavailableError, ContractRevertError, HyperGPUError
+
+__all__ = ["QueuedOp", "SettlementQueue", "requeue_file"]
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +49,6 @@ _ALREADY_DONE = {"EpochAlreadyRecorded", "EpochAlreadySettled", "SessionExists",
 # Reverts that can pass once someone acts (funds the pool, unpauses, the session
 # is created): the operation waits and is retried, it does not fail.
 _NOT_YET = {"InsufficientPool", "EnforcedPause", "SessionNotActive", "UnknownSession"}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ops (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    tx_hash TEXT,
-    gas_used INTEGER,
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    not_before REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS ops_pending ON ops(status, id);
-"""
 
 # The next operation to send: pending ones in order, then waiting ones that are due.
 # A session's completion waits for every operation before it, so a completed
@@ -72,7 +60,6 @@ WHERE (status = 'pending' OR (status = 'waiting' AND not_before <= ?))
       SELECT 1 FROM ops p WHERE p.id < o.id AND p.status IN ('pending', 'waiting')))
 ORDER BY status = 'waiting', id LIMIT 1
 """
-_UNSENT = "('pending', 'waiting')"
 
 
 @dataclass(frozen=True)
@@ -99,12 +86,12 @@ class SettlementQueue:
 
     def __init__(self, path: Path | str, client: ChainClient, *, retry_s: float | None = None,
                  on_alert: Callable[[QueuedOp, str], None] | None = None,
-                 on_change: Callable[[QueuedOp], None] | None = None):
+                 on_change: Callable[[QueuedOp], None] | None = None, coalesce_after: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.client = client
         self._retry_s = retry_s if retry_s is not None else client.config.backoff_s
-        self._db = _open(self.path)
+        self._db = open_db(self.path)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -117,6 +104,10 @@ class SettlementQueue:
         #: Called (on the sender thread) with an operation each time the sender moves it to
         #: done, failed or waiting: watchers learn of it without reading the whole table.
         self._on_change = on_change
+        #: With more than this many operations waiting, an epoch's postings join the newest
+        #: untried ones of the session (:mod:`~hypergpu.chain.queue_db`); None: never.
+        self.coalesce_after = coalesce_after
+        self._sending: int | None = None  # the operation the sender holds: never joined into
 
     def __repr__(self) -> str:
         return f"SettlementQueue(path={str(self.path)!r}, pending={self.pending_count()})"
@@ -124,15 +115,11 @@ class SettlementQueue:
     # --- producer side -----------------------------------------------------------
 
     def _enqueue(self, kind: str, key: str, payload: dict[str, Any]) -> bool:
-        now = time.time()
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO ops(key, kind, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (key, kind, json.dumps(payload, sort_keys=True), now, now),
-            )
+            added = insert(self._db, kind, key, payload, coalesce_after=self.coalesce_after, busy=self._sending)
         self._idle.clear()
         self._wake.set()
-        return cur.rowcount == 1
+        return added
 
     def enqueue_session(self, session_id: int, model_hash: bytes) -> bool:
         return self._enqueue("create_session", f"session:{session_id}", {"session_id": session_id, "model_hash": model_hash.hex()})
@@ -182,8 +169,9 @@ class SettlementQueue:
         return [QueuedOp(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
     def _next_op(self) -> QueuedOp | None:
-        with self._lock:
+        with self._lock:  # taken into the sender's hands under the lock an enqueue joins under
             r = self._db.execute(_NEXT, (time.time(),)).fetchone()
+            self._sending = None if r is None else int(r[0])
         return None if r is None else QueuedOp(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
 
     def ops(self, status: str | None = None, *, last: int | None = None) -> list[QueuedOp]:
@@ -198,7 +186,7 @@ class SettlementQueue:
     def pending_count(self) -> int:
         """Operations not yet on chain: pending, or waiting to be retried."""
         with self._lock:
-            return int(self._db.execute(f"SELECT COUNT(*) FROM ops WHERE status IN {_UNSENT}").fetchone()[0])
+            return int(self._db.execute(f"SELECT COUNT(*) FROM ops WHERE status IN {UNSENT}").fetchone()[0])
 
     def waiting_count(self) -> int:
         """Operations the chain refused for now, waiting to be retried."""
@@ -218,7 +206,7 @@ class SettlementQueue:
         """Puts failed operations (and waiting ones, at once) back in line; with ``keys``,
         only those. Returns the keys requeued."""
         with self._lock:
-            found = _requeue(self._db, keys)
+            found = requeue(self._db, keys)
         self._idle.clear()
         self._wake.set()
         return found
@@ -276,6 +264,13 @@ class SettlementQueue:
         op = self._next_op()
         if op is None:
             return False
+        try:
+            self._send(op)
+        finally:
+            self._sending = None  # only once its attempt is counted: an op tried once is never joined into
+        return True
+
+    def _send(self, op: QueuedOp) -> None:
         journal = SqliteJournal(self._db, self._lock, op.id)
         try:
             with self.client.journaled(journal):
@@ -290,7 +285,7 @@ class SettlementQueue:
             else:
                 log.error("settlement %s refused by the chain: %s", op.key, exc)
                 self._mark(op.id, "failed", error=str(exc))
-            return True
+            return
         except ChainUnavailableError as exc:
             self._note_attempt(op.id, str(exc))
             raise
@@ -298,11 +293,10 @@ class SettlementQueue:
             if isinstance(exc, OSError):
                 raise
             self._mark(op.id, "failed", error=f"{type(exc).__name__}: {exc}")
-            return True
+            return
         self._mark(op.id, "done", tx=tx)
         if op.status == "waiting":
             self.last_alert = None
-        return True
 
     def _run(self) -> None:
         delay = self._retry_s
@@ -359,42 +353,3 @@ class SettlementQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _requeue(db: sqlite3.Connection, keys: Sequence[str] | None) -> list[str]:
-    where = "status IN ('failed', 'waiting')"
-    args: tuple[str, ...] = ()
-    if keys is not None:
-        where += f" AND key IN ({','.join('?' * len(keys))})"
-        args = tuple(keys)
-    db.execute("BEGIN IMMEDIATE")  # the keys reported are the ones changed, even beside a running sender
-    try:
-        found = [r[0] for r in db.execute(f"SELECT key FROM ops WHERE {where} ORDER BY id", args)]
-        db.execute(f"UPDATE ops SET status = 'pending', not_before = 0, updated_at = ? WHERE {where}",
-                   (time.time(), *args))
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return found
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a committed enqueue survives a power cut
-    db.executescript(_SCHEMA + JOURNAL_SCHEMA)
-    if "not_before" not in {row[1] for row in db.execute("PRAGMA table_info(ops)")}:
-        # a queue file written before operations could wait (and whose refused ones failed)
-        db.execute("ALTER TABLE ops ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
-    return db
-
-
-def requeue_file(path: Path, keys: Sequence[str] | None = None) -> list[str]:
-    """:meth:`SettlementQueue.requeue` on a queue file, without starting a sender
-    (a queue that was sending from it picks them up; otherwise the next one does)."""
-    db = _open(path)
-    try:
-        return _requeue(db, keys)
-    finally:
-        db.close()

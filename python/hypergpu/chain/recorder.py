@@ -62,7 +62,9 @@ class _LockedQueue(SettlementQueue):
     def __init__(self, path: Path, client: ChainClient, lock: threading.Lock,
                  on_alert: Callable[[QueuedOp, str], None] | None = None,
                  on_change: Callable[[QueuedOp], None] | None = None):
-        super().__init__(path, client, on_alert=on_alert, on_change=on_change)
+        # a backlog joins epochs' postings rather than grow one operation per epoch
+        super().__init__(path, client, on_alert=on_alert, on_change=on_change,
+                         coalesce_after=client.config.coalesce_after)
         self.chain_lock = lock
 
     def process_one(self) -> bool:

@@ -52,6 +52,11 @@ class ChainConfig(BaseModel):
     )
     rpc_timeout_s: float = Field(default=10.0, gt=0.0)
     queue_path: Path = Field(default=Path("runs/chain-queue.sqlite3"), description="durable settlement queue")
+    coalesce_after: int | None = Field(
+        default=16, ge=1, description="with more than this many chain writes queued, an epoch's contribution "
+        "record and reward posting join the newest unsent ones (one transaction for many epochs, the same "
+        "totals; Merkle roots never join); None: one transaction per epoch whatever the backlog",
+    )
     anvil_port: int = Field(default=8545, ge=1, le=65535)
     anvil_state_path: Path | None = Field(default=None, description="anvil --state file, survives restarts")
     reward_token: str | None = Field(default=None, description="ERC-20 address; None pays in the native currency")
