@@ -50,6 +50,7 @@ __all__ = [
     "UnknownSessionError",
     "UnknownPresetError",
     "MissingExtraError",
+    "LaunchError",
 ]
 
 
@@ -237,3 +238,10 @@ class MissingExtraError(HyperGPUError, ImportError):
         super().__init__(message, name=missing[0] if missing else None)
         self.extra = extra
         self.missing = missing
+
+
+# --- launching node processes ----------------------------------------------------
+
+
+class LaunchError(HyperGPUError):
+    """The run's node processes could not be started (e.g. a Ray cluster could not place them)."""

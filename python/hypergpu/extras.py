@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tracking": ("round metrics to TensorBoard (tracking.backends)", ("tensorboard",)),
     "wandb": ("round metrics to Weights & Biases (tracking.backends)", ("wandb",)),
     "mlflow": ("round metrics to MLflow (tracking.backends)", ("mlflow",)),
+    "ray": ("node processes on a Ray cluster (nodes.launcher = 'ray')", ("ray",)),
 }
 
 

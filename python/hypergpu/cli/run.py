@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -216,10 +217,24 @@ def node_key_cmd(key_file: str | None, name: str | None, state_dir: str | None) 
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the dashboard and API while training")
 @click.option("--wide", is_flag=True, help="every column of the per-node summary (default: fits 80 columns)")
 @resume_option
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default=None,
+              help="where the node processes run (nodes.launcher): here, or under Ray actors (the ray extra)")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="the Ray cluster to join (nodes.ray_address; implies --launcher ray): auto, ray://host:port "
+              "or host:port; without it --launcher ray starts a Ray instance here")
 def train_cmd(file: str | None, overrides: tuple[str, ...], log_dir: str | None, api: bool, wide: bool,
-              resume: bool) -> None:
-    """Train FILE's configuration: a coordinator here plus N local node processes."""
+              resume: bool, launcher: str | None, ray_address: str | None) -> None:
+    """Train FILE's configuration: a coordinator here plus N node processes (local, or on Ray)."""
+    overrides += launcher_overrides(launcher, ray_address)
     sys.exit(train_here(config_or_exit(file, overrides), Path(log_dir) if log_dir else None, api, wide, resume))
+
+
+def launcher_overrides(launcher: str | None, ray_address: str | None) -> tuple[str, ...]:
+    """``--launcher``/``--ray-address`` as the config overrides they stand for (after any ``--set``)."""
+    if ray_address is not None and launcher == "local":
+        raise click.UsageError("--ray-address is for --launcher ray")
+    sets = (f"nodes.ray_address={json.dumps(ray_address)}", "nodes.launcher='ray'") if ray_address is not None else ()
+    return sets + ((f"nodes.launcher='{launcher}'",) if launcher is not None else ())
 
 
 @click.command("demo")

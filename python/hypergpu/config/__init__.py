@@ -7,11 +7,11 @@
 from hypergpu.config.api import ApiConfig
 from hypergpu.config.loader import config_schema, load_config, validate_config
 from hypergpu.config.network import CustomProfile, NetworkConfig, NetworkEvent
+from hypergpu.config.nodes import NodesConfig
 from hypergpu.config.schema import (
     CoordinatorConfig,
     DataConfig,
     HyperGPUConfig,
-    NodesConfig,
     TrainingConfig,
     data_hash,
 )

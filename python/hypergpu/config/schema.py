@@ -17,18 +17,18 @@ from pydantic import Field, model_validator
 from hypergpu.config.admission import AdmissionConfig
 from hypergpu.config.aggregation import Aggregation, ClipFactor, KrumF, TrimFraction
 from hypergpu.config.api import ApiConfig
-from hypergpu.config.base import Host, NodeId, Port
+from hypergpu.config.base import Host, Port
 from hypergpu.config.base import Section as _Section
 from hypergpu.config.chain import ChainConfig
 from hypergpu.config.effects import EffectSettings
 from hypergpu.config.network import NetworkConfig
+from hypergpu.config.nodes import NodesConfig
 from hypergpu.config.tracking import TrackingConfig
 
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
 TaskKind = Literal["auto", "classification", "lm"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "stdlib", "text", "tokens"]
-Device = Literal["auto", "cpu", "cuda"]
 LatePolicy = Literal["drop", "stale-weighted"]
 
 
@@ -182,32 +182,6 @@ class DataConfig(_Section):
         if self.path is not None and str(self.path).strip() in ("", "."):
             raise ValueError("path must name a directory, got an empty path")
         return self
-
-
-class NodesConfig(_Section):
-    """The node processes of a local run."""
-
-    count: int = Field(4, ge=1, le=4096)
-    speed_factors: dict[NodeId, Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=dict, description="per node; < 1 emulates a slower GPU (1 is full speed)"
-    )
-    device: Device = "auto"
-    state_dir: Path | None = Field(
-        None, description="each node checkpoints its inner optimizer here after every round "
-        "(a folder per node name) and resumes from it when restarted; unset: not kept"
-    )
-    key_dir: Path | None = Field(
-        None, description="a local run's node keys: node i's is node-i.key here, created on first use (mode 0600); "
-        "unset: node-keys beside coordinator.checkpoint_dir"
-    )
-    allow: dict[Annotated[str, Field(min_length=1, max_length=256)],
-                Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]] = Field(
-        default_factory=dict, description="node name -> the address of the only key that may join under it; when "
-        "set, names not listed are refused (unset: a name is bound to the first key that joins under it)"
-    )
-
-    def speed_factor(self, node: int) -> float:
-        return self.speed_factors.get(node, 1.0)
 
 
 class CoordinatorConfig(_Section):

@@ -4,7 +4,8 @@
 machine: node *i* is a separate ``hypergpu node`` process that shapes its
 own link with the profile the config gives it. :func:`local_run` is the one
 place such a run is set up and torn down (the CLI, the API service and the
-benchmark harness all use it).
+benchmark harness all use it). With ``nodes.launcher = "ray"`` the same
+node processes run under Ray actors instead (:mod:`hypergpu.launch.ray_nodes`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from torch import nn
 
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator, RoundObserver, Summary
 from hypergpu.events import EventBus
+from hypergpu.extras import require
 from hypergpu.launch.assemble import assemble
 from hypergpu.launch.recorder import attach_recorder, settle_recorder
 from hypergpu.round import Planner
@@ -39,6 +41,60 @@ def local_key_dir(config: HyperGPUConfig) -> Path:
     return config.nodes.key_dir or config.coordinator.checkpoint_dir.parent / "node-keys"
 
 
+def node_key_file(config: HyperGPUConfig, index: int) -> Path:
+    """Node ``index``'s key (its own: created by the node on first run, mode 0600)."""
+    return local_key_dir(config) / f"node-{index}.key"
+
+
+def node_command(config: HyperGPUConfig, join: str, index: int) -> list[str]:
+    """Node ``index``'s ``hypergpu node`` command line (its token goes in the environment)."""
+    cmd = [
+        sys.executable, "-m", "hypergpu.cli", "node",
+        "--join", join,
+        "--name", f"node-{index}",
+        "--index", str(index),
+        "--profile", config.network.profile_of(index),
+        "--speed", str(config.nodes.speed_factor(index)),
+        "--device", config.nodes.device,
+        "--seed", str(config.training.seed + 1000 * (index + 1)),
+        "--heartbeat", str(config.coordinator.heartbeat_interval_s),
+        "--key-file", str(node_key_file(config, index)),
+    ]
+    if config.nodes.state_dir is not None:
+        cmd += ["--state-dir", str(config.nodes.state_dir)]
+    custom = config.network.custom
+    if config.network.profile_of(index) == "custom":
+        cmd += [
+            "--latency-ms", str(custom.latency_ms),
+            "--jitter-ms", str(custom.jitter_ms),
+            "--loss", str(custom.loss),
+            "--bandwidth-mbps", str(custom.bandwidth_mbps),
+        ]
+    return cmd
+
+
+class NodeLauncher(Protocol):
+    """What starts a run's node processes: :class:`LocalNodes` or
+    :class:`~hypergpu.launch.ray_nodes.RayNodes` (``nodes.launcher``)."""
+
+    def start(self, index: int) -> object: ...
+
+    def start_all(self) -> None: ...
+
+    def kill(self, index: int) -> None: ...
+
+    def stop(self, timeout_s: float = 10.0) -> dict[int, int | None]: ...
+
+
+def node_launcher(config: HyperGPUConfig, join: str, token: str, log_dir: Path | None) -> NodeLauncher:
+    """The launcher ``nodes.launcher`` names, for nodes that join ``join`` with ``token``."""
+    if config.nodes.launcher == "ray":
+        from hypergpu.launch.ray_nodes import RayNodes
+
+        return RayNodes(config, join, token, log_dir)
+    return LocalNodes(config, join, token, log_dir)
+
+
 @dataclass
 class LocalNodes:
     """The node processes of a local run."""
@@ -50,34 +106,11 @@ class LocalNodes:
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def command(self, index: int) -> list[str]:
-        cfg = self.config
-        cmd = [
-            sys.executable, "-m", "hypergpu.cli", "node",
-            "--join", self.join,
-            "--name", f"node-{index}",
-            "--index", str(index),
-            "--profile", cfg.network.profile_of(index),
-            "--speed", str(cfg.nodes.speed_factor(index)),
-            "--device", cfg.nodes.device,
-            "--seed", str(cfg.training.seed + 1000 * (index + 1)),
-            "--heartbeat", str(cfg.coordinator.heartbeat_interval_s),
-            "--key-file", str(self.key_file(index)),
-        ]
-        if cfg.nodes.state_dir is not None:
-            cmd += ["--state-dir", str(cfg.nodes.state_dir)]
-        custom = cfg.network.custom
-        if cfg.network.profile_of(index) == "custom":
-            cmd += [
-                "--latency-ms", str(custom.latency_ms),
-                "--jitter-ms", str(custom.jitter_ms),
-                "--loss", str(custom.loss),
-                "--bandwidth-mbps", str(custom.bandwidth_mbps),
-            ]
-        return cmd
+        return node_command(self.config, self.join, index)
 
     def key_file(self, index: int) -> Path:
-        """Node ``index``'s key (its own: created by the node on first run, mode 0600)."""
-        return local_key_dir(self.config) / f"node-{index}.key"
+        """Node ``index``'s key file."""
+        return node_key_file(self.config, index)
 
     def start(self, index: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ, HYPERGPU_TOKEN=self.token)
@@ -120,7 +153,7 @@ class LocalRun:
 
     coordinator: Coordinator
     join: str
-    nodes: LocalNodes | None = None  # None: nodes join from elsewhere
+    nodes: NodeLauncher | None = None  # None: nodes join from elsewhere
     recorder: ChainRecorder | None = None
     tracking: RoundTracking | None = None  # the experiment trackers (tracking.backends), finished at the end
     resume: bool = False
@@ -157,12 +190,15 @@ async def local_run(
     :func:`~hypergpu.launch.assemble.planner_for`), adds ``observers``,
     attaches the chain recorder when ``chain`` and ``rewards.enabled``,
     listens on a free port and starts ``nodes.count`` node processes (logs in
-    ``log_dir``); with ``spawn_nodes=False`` it listens on the configured
-    port instead and nodes join from elsewhere (``hypergpu coordinator``).
+    ``log_dir``) with the ``nodes.launcher`` (:func:`node_launcher`); with
+    ``spawn_nodes=False`` it listens on the configured port instead and nodes
+    join from elsewhere (``hypergpu coordinator``).
     On exit: closes the coordinator, waits for the nodes (killing
     stragglers), settles the recorder if the run produced a result, and
     closes it unless ``keep_recorder`` (then the caller closes it).
     """
+    if spawn_nodes and config.nodes.launcher == "ray":
+        require("ray")  # before the data loads and the model is built: a missing extra fails at once
     if spawn_nodes:  # the nodes we start are told the join string, whatever port it names
         config = config.model_copy(update={"coordinator": config.coordinator.model_copy(update={"port": 0})})
     # Blocking: loads the data and builds the model (the first call also imports torch).
@@ -177,7 +213,7 @@ async def local_run(
             coord.observers.append(run.tracking)
         run.join = await coord.start(resume=resume)
         if spawn_nodes:
-            run.nodes = LocalNodes(config, run.join, coord.token, log_dir)
+            run.nodes = node_launcher(config, run.join, coord.token, log_dir)
             await asyncio.to_thread(run.nodes.start_all)
         yield run
     finally:
