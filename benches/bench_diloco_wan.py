@@ -35,9 +35,22 @@ time budget (the round running then finishes) or the token budget.
 The target held-out loss: the size's ``target`` when both HyperGPU arms
 reach it, else the best loss both reached (the higher of their best
 held-out losses), so time-to-target is defined for both; the rule used is
-reported. Speed-ups are ratios of times to that target within this run;
-an arm that never reached it counts with its whole training time (the
-speed-up over it is then a lower bound). Also reported: each arm's curve,
+reported. An arm's time to the target is interpolated between the
+evaluation before the curve crossed it and the one after (HyperGPU arms
+evaluate once a round, minutes apart; the first evaluation at or below it
+is reported too). Speed-ups are ratios of times to that target within this
+run; an arm that never reached it counts with its whole training time (the
+speed-up over it is then a lower bound).
+
+DDP cannot take more than a step or two of this GPT within the bench's
+time (each step all-reduces the whole gradient over the 2 Mbit/s link):
+after the three arms, its steps are replayed in one process without the
+links (``ddp_worker.py SPEC replay``: the same initial model, the same
+global batches in the same order, the same AdamW; the mean of the ranks'
+gradients is the gradient of the global batch), evaluating after every
+step, until the target or ``REPLAY_FACTOR`` x (c)'s training time in DDP
+steps. The steps it needs times DDP's measured seconds per step is DDP's
+estimated time to the target (or, not reached, a lower bound on it). Also reported: each arm's curve,
 held-out loss at equal tokens (interpolated; every curve starts at the
 untrained model's loss, which DDP's rank 0 evaluates), bytes per node (at
 the interface: headers and retransmissions included; HyperGPU arms also the
@@ -46,7 +59,7 @@ coordinator's payload counts), per-node compute utilisation, H and codecs
 and a table is printed.
 
 Sizes: ``FULL`` (benchmark enabled; estimated at ~26 minutes on an idle
-2-core machine: DDP ~2 steps of ~250 s, each HyperGPU arm ~480 s of training,
+2-core machine: DDP one step of ~250 s, each HyperGPU arm ~480 s of training, the DDP replay ~3-7 min,
 ~40 s of start-up per arm), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts
 and links, a 1.4M-parameter GPT and shorter budgets; 15-16 minutes measured
 with the machine's load average near 20), and ``SMOKE`` (under
@@ -59,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import secrets
 import statistics
@@ -83,7 +97,7 @@ SMOKE_LINKS = [Link(100 * MBIT), Link(20 * MBIT), Link(2 * MBIT, loss=0.02)]
 
 FULL: dict[str, Any] = dict(
     name="full", links=WAN_LINKS, layers=5, embd=320, heads=4, block=128, batch=8, local_steps=20,
-    eval_samples=128, ddp_budget_s=300, ddp_min_steps=2, ddp_eval_every=1, arm_budget_s=480, rounds=1000,
+    eval_samples=128, ddp_budget_s=300, ddp_min_steps=1, ddp_eval_every=1, arm_budget_s=480, rounds=1000,
     token_budget=12_000_000, target=None,
 )
 MID: dict[str, Any] = dict(
@@ -98,6 +112,10 @@ SMOKE: dict[str, Any] = dict(
 )
 SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE}
 
+ARM_NAMES = ("ddp", "diloco", "adaptive")
+#: The DDP replay runs until the target or this many times (c)'s training time in DDP steps:
+#: enough to tell whether (c) is 10x faster (the issue's target).
+REPLAY_FACTOR = 12.0
 LATENCY_MS = 50.0  # one way, added by each node's transport
 DDP_PORT = 29517
 NODE_LEAVE_S = 30.0
@@ -350,6 +368,29 @@ def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step
     return out
 
 
+def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """DDP's steps taken again in one process without the links (``ddp_worker.py SPEC replay``),
+    from the same initial model on the same batches, until the target loss or ``REPLAY_FACTOR``
+    times (c)'s training time in DDP's measured steps: how many steps DDP needs."""
+    ddp = arms["ddp"]
+    if not ddp["step_s"]:
+        return None
+    target, _ = target_of(size, arms)
+    s_per_step = statistics.fmean(ddp["step_s"])
+    budget = REPLAY_FACTOR * arms["adaptive"]["rounds"][-1]["t_s"]
+    work = tmp / "ddp"
+    spec = json.loads((work / "spec.json").read_text())
+    spec.update(target=target, max_steps=max(ddp["steps"], math.ceil(budget / s_per_step)),
+                eval_every=1, threads=os.cpu_count() or 1)
+    (work / "replay-spec.json").write_text(json.dumps(spec))
+    with open(work / "replay.log", "wb") as log:
+        code = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(work / "replay-spec.json"), "replay"],
+                              env=_env(), stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode
+    if code != 0:
+        raise RuntimeError(f"ddp replay exited {code}:\n{_tail(work / 'replay.log')}")
+    return dict(json.loads((work / "replay.json").read_text()))
+
+
 # --- figures ---------------------------------------------------------------------------
 
 
@@ -363,8 +404,15 @@ def curve(arm: dict[str, Any], start: tuple[int, float] | None) -> list[tuple[in
     return pts
 
 
-def time_to(points: list[tuple[int, float, float]], target: float) -> float | None:
-    return next((t for _, loss, t in points if loss <= target), None)
+def time_to(points: list[tuple[int, float, float]], target: float, *, between: bool = True) -> float | None:
+    """When the curve reached ``target``: linearly interpolated between the last evaluation
+    above it and the first at or below it (``between``), else that first evaluation's time.
+    Evaluations come once a round (minutes apart): the first one at or below the target
+    overstates the time by up to a round, for either arm."""
+    for (_, l0, t0), (_, l1, t1) in zip([(0, float("inf"), 0.0), *points], points):
+        if l1 <= target:
+            return t1 if not between or l0 == float("inf") or l0 == l1 else t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
+    return None
 
 
 def loss_at(points: list[tuple[int, float, float]], tokens: int) -> float | None:
@@ -415,23 +463,57 @@ def _choices(arm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def arm_curves(arms: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
+    ddp = arms["ddp"]
+    start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
+    return {name: curve(arm, start) for name, arm in arms.items() if name in ARM_NAMES}
+
+
+def target_of(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    """The target held-out loss and the rule that set it (see the module doc)."""
+    best = {name: min(loss for _, loss, _ in pts) for name, pts in arm_curves(arms).items()}
+    fixed = size.get("target")
+    if fixed is not None and best["diloco"] <= fixed and best["adaptive"] <= fixed:
+        return float(fixed), "fixed"
+    return max(best["diloco"], best["adaptive"]), "best loss both HyperGPU arms reached"
+
+
+def _ddp_estimate(arms: dict[str, dict[str, Any]], t_c: float | None) -> dict[str, Any]:
+    """DDP's time to the target from the replay's step count and DDP's measured seconds per step."""
+    replay, ddp = arms.get("ddp_replay"), arms["ddp"]
+    if replay is None or not ddp["step_s"] or not t_c:
+        return {}
+    s_per_step = statistics.fmean(ddp["step_s"])
+    steps = replay["steps_to_target"]
+    seconds = (steps if steps is not None else replay["steps"]) * s_per_step
+    measured = {e["step"]: e["loss"] for e in ddp["evals"]}
+    return {
+        # The replay follows DDP's path: its held-out loss at the steps DDP evaluated.
+        "ddp_replay_max_loss_diff_vs_ddp": max(
+            (abs(e["loss"] - measured[e["step"]]) for e in replay["evals"] if e["step"] in measured), default=None),
+        "ddp_replay_steps": replay["steps"], "ddp_replay_steps_to_target": steps,
+        "ddp_replay_curve": [(e["step"], round(e["loss"], 4)) for e in replay["evals"]],
+        "ddp_estimated_time_to_target_s": seconds if steps is not None else None,
+        # Not reached within the replay's steps: DDP needs more than that many steps.
+        "speedup_adaptive_vs_ddp_estimated": seconds / t_c,
+        "speedup_adaptive_vs_ddp_estimated_is_lower_bound": steps is None,
+    }
+
+
 def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ddp, b, c = arms["ddp"], arms["diloco"], arms["adaptive"]
     start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
-    curves = {name: curve(arm, start) for name, arm in arms.items()}
+    curves = arm_curves(arms)
     best = {name: min(loss for _, loss, _ in pts) for name, pts in curves.items()}
-    fixed = size.get("target")
-    if fixed is not None and best["diloco"] <= fixed and best["adaptive"] <= fixed:
-        target, rule = float(fixed), "fixed"
-    else:
-        target, rule = max(best["diloco"], best["adaptive"]), "best loss both HyperGPU arms reached"
+    target, rule = target_of(size, arms)
     times = {name: time_to(pts, target) for name, pts in curves.items()}
+    at_eval = {name: time_to(pts, target, between=False) for name, pts in curves.items()}
     clock = {"ddp": ddp["train_s"], "diloco": b["rounds"][-1]["t_s"], "adaptive": c["rounds"][-1]["t_s"]}
     t_c = times["adaptive"]
 
-    def speedup(over: str) -> float | None:
+    def speedup(over: str, t: dict[str, float | None] = times) -> float | None:
         # An arm that never got there counts with its whole training time: a lower bound.
-        return (times[over] or clock[over]) / t_c if t_c else None
+        return (t[over] or clock[over]) / t["adaptive"] if t["adaptive"] else None
 
     tokens = {"ddp": ddp["tokens"], "diloco": b["rounds"][-1]["tokens"], "adaptive": c["rounds"][-1]["tokens"]}
     s_per_step = statistics.fmean(ddp["step_s"]) if ddp["step_s"] else None
@@ -452,18 +534,21 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "target_loss": target,
         "target_rule": rule,
         "initial_loss": start[1] if start else None,
-        **{f"{n}_time_to_target_s": times[n] for n in arms},
-        **{f"{n}_reached": times[n] is not None for n in arms},
-        **{f"{n}_train_s": clock[n] for n in arms},
-        **{f"{n}_tokens": tokens[n] for n in arms},
-        **{f"{n}_best_loss": best[n] for n in arms},
-        **{f"{n}_final_loss": curves[n][-1][1] for n in arms},
+        **{f"{n}_time_to_target_s": times[n] for n in ARM_NAMES},
+        **{f"{n}_time_to_target_at_eval_s": at_eval[n] for n in ARM_NAMES},
+        **{f"{n}_reached": times[n] is not None for n in ARM_NAMES},
+        **{f"{n}_train_s": clock[n] for n in ARM_NAMES},
+        **{f"{n}_tokens": tokens[n] for n in ARM_NAMES},
+        **{f"{n}_best_loss": best[n] for n in ARM_NAMES},
+        **{f"{n}_final_loss": curves[n][-1][1] for n in ARM_NAMES},
         "speedup_adaptive_vs_ddp": speedup("ddp"),
         "speedup_adaptive_vs_ddp_is_lower_bound": times["ddp"] is None,
         "speedup_adaptive_vs_diloco": speedup("diloco"),
         "speedup_adaptive_vs_diloco_is_lower_bound": times["diloco"] is None,
+        "speedup_adaptive_vs_diloco_at_eval": speedup("diloco", at_eval),
+        **_ddp_estimate(arms, t_c),
         "equal_tokens": equal,
-        **{f"{n}_loss_at_equal_tokens": at_equal[n] for n in arms},
+        **{f"{n}_loss_at_equal_tokens": at_equal[n] for n in ARM_NAMES},
         "hypergpu_equal_tokens": equal_hg,
         **{f"{n}_loss_at_hypergpu_equal_tokens": loss_at(curves[n], equal_hg) for n in ("diloco", "adaptive")},
         "ddp_final_loss_at_its_tokens": ddp_final,
@@ -493,8 +578,8 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "adaptive_decisions": [
             f"r{d['round']} node {d['node']}: {d['old']} -> {d['new']} ({d['reason']})"
             for d in c["decisions"] if d["knob"] in ("codec", "rollback", "selection")][:40],
-        **{f"{n}_{k}": v for n in arms for k, v in _node_figures(arms[n], links).items()},
-        **{f"{n}_arm_wall_s": arms[n]["arm_wall_s"] for n in arms},
+        **{f"{n}_{k}": v for n in ARM_NAMES for k, v in _node_figures(arms[n], links).items()},
+        **{f"{n}_arm_wall_s": arms[n]["arm_wall_s"] for n in ARM_NAMES},
         "curves": {n: [(t, round(loss, 4), round(s, 1)) for t, loss, s in pts] for n, pts in curves.items()},
     }
     return info
@@ -517,7 +602,9 @@ def _table(info: dict[str, Any]) -> str:
             return f"{v:.4g}"
         return str(v)
 
-    for label, key in (("time to target s", "time_to_target_s"), ("train s", "train_s"), ("tokens", "tokens"),
+    for label, key in (("time to target s", "time_to_target_s"),
+                       ("  (first eval at/below) s", "time_to_target_at_eval_s"),
+                       ("train s", "train_s"), ("tokens", "tokens"),
                        ("best loss", "best_loss"), ("final loss", "final_loss"),
                        ("loss @ equal tokens", "loss_at_equal_tokens"),
                        ("loss @ (b)/(c) equal tokens", "loss_at_hypergpu_equal_tokens"),
@@ -545,6 +632,9 @@ def run_all(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
         arms["diloco"] = run_hypergpu_arm("diloco", topo, size, tmp)
         arms["adaptive"] = run_hypergpu_arm("adaptive", topo, size, tmp)
         drops = topo.dropped()
+    replay = run_ddp_replay(size, tmp, arms)  # no network: after the hosts are gone
+    if replay is not None:
+        arms["ddp_replay"] = replay
     info = figures(size, arms)
     info["kernel_loss_drops"] = sum(drops.values())
     return info

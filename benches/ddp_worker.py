@@ -17,6 +17,14 @@ the budget, and never beyond ``max_steps`` (the token budget). The decision is
 broadcast, so every rank stops at the same step. Rank 0's evaluations are off
 the clock (the other ranks wait for it, and that wait is not counted):
 ``elapsed`` is training time only, which favours this arm.
+
+``python benches/ddp_worker.py SPEC replay`` takes the same steps in one
+process with no network: the whole global batch (every rank's slice) per
+step, the mean loss, the same AdamW step: the gradient DDP all-reduces is
+the mean of the ranks' gradients, so the parameters follow the same path
+(up to float rounding). It stops at ``max_steps`` or once the held-out loss
+(evaluated every ``eval_every`` steps) reaches ``target``: how many steps
+DDP needs to reach a loss, learned without paying its links for each step.
 """
 
 from __future__ import annotations
@@ -51,28 +59,74 @@ def _dev_bytes(dev: str) -> tuple[int, int]:
     return 0, 0
 
 
+class Steps:
+    """The model, data and batches every rank (and the replay) share: step ``k``'s rows."""
+
+    def __init__(self, spec: dict) -> None:
+        cfg = load_config(None, spec["overrides"])
+        self.data = data = prepare_run_data(cfg)  # the bench prepared and cached it: this only loads
+        assert isinstance(data, CorpusRunData)
+        self.cfg = cfg
+        self.model = build_model(cfg.training, data.input_shape, data.num_classes)  # seeded: the same everywhere
+        self.task = LanguageModel(data.bytes_per_token)
+        self.block = data.block_size
+        self.blocks = [(s, i) for s, info in enumerate(data.manager.shards) for i in range(len(info))]
+        self.shards = [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), self.block)
+                       for i in data.manager.shards]
+        self.order = np.random.default_rng(cfg.training.seed).permutation(len(self.blocks))
+        self.per_rank = cfg.training.batch_size
+        self.global_batch = self.per_rank * int(spec["world"])
+
+    def batch(self, step: int, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``lo:hi`` of step ``step``'s global batch (inputs, targets)."""
+        rows = self.order[(step * self.global_batch) % len(self.order):][:self.global_batch][lo:hi]
+        xs, ys = zip(*(self.shards[self.blocks[r][0]].batch(np.array([self.blocks[r][1]])) for r in rows))
+        return torch.cat(xs), torch.cat(ys)
+
+    def evaluate(self) -> float:
+        result = self.task.evaluate(self.model, self.data.test, indices=self.data.eval_indices)
+        self.model.train()
+        return float(result.loss)
+
+
+def replay(spec_path: str) -> None:
+    """The DDP arm's steps in this one process (see the module doc)."""
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    st = Steps(spec)
+    optimizer = make_optimizer(st.cfg.training, st.model.parameters())
+    target, every = float(spec["target"]), int(spec["eval_every"])
+    evals = [{"step": 0, "loss": st.evaluate()}]
+    t0 = time.perf_counter()
+    step = 0
+    while step < int(spec["max_steps"]) and evals[-1]["loss"] > target:
+        x, y = st.batch(step, 0, st.global_batch)
+        st.task.loss(st.model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % every == 0 or step == int(spec["max_steps"]):
+            evals.append({"step": step, "loss": st.evaluate()})
+    reached = next((e["step"] for e in evals if e["loss"] <= target), None)
+    out = {"steps": step, "steps_to_target": reached, "evals": evals, "target": target,
+           "seconds": time.perf_counter() - t0}
+    Path(spec["out_dir"], "replay.json").write_text(json.dumps(out))
+
+
 def main(spec_path: str, rank: int) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec.get("threads", 1)))
     world = int(spec["world"])
     dev = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
-    cfg = load_config(None, spec["overrides"])
-    data = prepare_run_data(cfg)  # the bench prepared and cached it: this only loads
-    assert isinstance(data, CorpusRunData)
-    model = build_model(cfg.training, data.input_shape, data.num_classes)  # seeded: the same on every rank
-    task = LanguageModel(data.bytes_per_token)
-    block = data.block_size
-    blocks = [(s, i) for s, info in enumerate(data.manager.shards) for i in range(len(info))]
-    shards = [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), block) for i in data.manager.shards]
-    order = np.random.default_rng(cfg.training.seed).permutation(len(blocks))
-    per_rank = cfg.training.batch_size
-    global_batch = per_rank * world
+    st = Steps(spec)
+    model, task, block = st.model, st.task, st.block
+    per_rank, global_batch = st.per_rank, st.global_batch
 
     dist.init_process_group("gloo", init_method=f"tcp://{spec['master']}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=float(spec["budget_s"]) * 3 + 600))
     # Every rank built the same seeded model: no initial broadcast of the parameters over the slow links.
     ddp = DistributedDataParallel(model, init_sync=False)
-    optimizer = make_optimizer(cfg.training, ddp.parameters())
+    optimizer = make_optimizer(st.cfg.training, ddp.parameters())
     rx0, tx0 = _dev_bytes(dev)
     dist.barrier()
     elapsed, eval_s = 0.0, 0.0
@@ -82,10 +136,9 @@ def main(spec_path: str, rank: int) -> None:
     def evaluate(step: int) -> None:
         nonlocal eval_s
         t0 = time.perf_counter()
-        result = task.evaluate(model, data.test, indices=data.eval_indices)
-        model.train()
+        loss = st.evaluate()
         eval_s += time.perf_counter() - t0
-        evals.append({"step": step, "tokens": step * global_batch * block, "t_s": elapsed, "loss": result.loss})
+        evals.append({"step": step, "tokens": step * global_batch * block, "t_s": elapsed, "loss": loss})
 
     if rank == 0:
         evaluate(0)  # the untrained model: where every arm's curve starts
@@ -102,9 +155,8 @@ def main(spec_path: str, rank: int) -> None:
         if not int(go.item()):
             break
         t0 = time.perf_counter()
-        rows = order[(step * global_batch) % len(order):][:global_batch][rank * per_rank:(rank + 1) * per_rank]
-        xs, ys = zip(*(shards[blocks[r][0]].batch(np.array([blocks[r][1]])) for r in rows))
-        loss = task.loss(ddp(torch.cat(xs)), torch.cat(ys))
+        x, y = st.batch(step, rank * per_rank, (rank + 1) * per_rank)
+        loss = task.loss(ddp(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -128,4 +180,7 @@ def main(spec_path: str, rank: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[2] == "replay":
+        replay(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
