@@ -19,6 +19,7 @@ default join string reaches only this machine.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -69,8 +70,10 @@ class RayNodes:
             ray.init(address=nodes.ray_address, log_to_driver=False)
             return
         # "local": a new instance even where $RAY_ADDRESS names a cluster (ray_address says which to join).
+        # Ray's own logger at ERROR: its warnings about a private instance (signal handlers left to this
+        # process, token auth) are not the user's to act on.
         ray.init(address="local", num_cpus=max(1, math.ceil(nodes.count * nodes.ray_cpus)), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, logging_level=logging.ERROR)
         self.owns_ray = True
 
     def start(self, index: int) -> int:
