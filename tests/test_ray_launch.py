@@ -48,7 +48,8 @@ def test_a_run_whose_nodes_are_ray_actors(tmp_path: Path, monkeypatch: pytest.Mo
     import ray
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no network here; Ray's processes inherit it
-    cfg = load_config(None, [*RAY_RUN, f"data.cache_dir='{tmp_path / 'cache'}'"])
+    cfg = load_config(None, [*RAY_RUN, f"data.cache_dir='{tmp_path / 'cache'}'",
+                             f"coordinator.checkpoint_dir='{tmp_path / 'checkpoints'}'"])  # node keys beside it
 
     async def train() -> tuple[Any, ...]:
         async with local_run(cfg, log_dir=tmp_path / "logs") as run:
