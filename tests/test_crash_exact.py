@@ -14,34 +14,25 @@ the same as an uninterrupted run's with the same seed and nodes.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import hypergpu
 from hypergpu.model.checkpoint import CheckpointManager
+
+from cli_processes import free_port, hypergpu_cli, log_field, spawn, wait_for
 
 pytestmark = pytest.mark.timeout(1500)
 
-PYTHONPATH = str(Path(hypergpu.__file__).resolve().parent.parent)
 TOKEN = "crash-exact-token"
 NODES = 10
 ROUNDS = 14
 #: where each life of the coordinator dies: the first while sending round 4's parameters, the
 #: second while aggregating round 8, the third while writing round 11's checkpoint
 CRASHES = ["send:4", "aggregate:8", "checkpoint:11"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(path: Path, ckpt: Path) -> Path:
@@ -57,7 +48,7 @@ seed = 7
 count = {NODES}
 device = "cpu"
 [coordinator]
-port = {_free_port()}
+port = {free_port()}
 checkpoint_every = 1
 checkpoint_dir = "{ckpt}"
 deterministic = true
@@ -72,30 +63,7 @@ enabled = false
 
 
 def _hypergpu(*args: str, log: Path, crash: str | None = None, key: Path | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HYPERGPU_TOKEN=TOKEN)
-    if key is not None:  # each node its own key (a coordinator caps the nodes one key may run)
-        env["HYPERGPU_KEY_FILE"] = str(key)
-    env.pop("HYPERGPU_CRASH_AT", None)
-    if crash is not None:
-        env["HYPERGPU_CRASH_AT"] = crash
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "hypergpu.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _wait_for(what: str, check, timeout_s: float = 300.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _field(log: Path, prefix: str) -> str | None:
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix):].strip()
-    return None
+    return spawn(hypergpu_cli(*args), log, token=TOKEN, crash=crash, key=key)
 
 
 def _run(tmp: Path, crashes: list[str]) -> dict[str, object]:
@@ -106,8 +74,8 @@ def _run(tmp: Path, crashes: list[str]) -> dict[str, object]:
     lives: list[dict[str, object]] = []
     coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, log=logs / "coordinator-0.log",
                             crash=crashes[0] if crashes else None)
-    _wait_for("the join string", lambda: _field(logs / "coordinator-0.log", "join:") is not None)
-    join = _field(logs / "coordinator-0.log", "join:")
+    wait_for("the join string", lambda: log_field(logs / "coordinator-0.log", "join:") is not None)
+    join = log_field(logs / "coordinator-0.log", "join:")
     assert join is not None
     nodes = [_hypergpu("node", "--join", join, "--name", f"node-{i}", "--index", str(i), "--device", "cpu",
                        log=logs / f"node-{i}.log", key=tmp / "keys" / f"node-{i}.key") for i in range(NODES)]
@@ -125,16 +93,16 @@ def _run(tmp: Path, crashes: list[str]) -> dict[str, object]:
             following = crashes[life + 1] if life + 1 < len(crashes) else None
             coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, "--resume", log=log, crash=following)
             restarted_s = time.monotonic() - killed
-            _wait_for("the resumed hash", lambda: _field(log, "resumed:") is not None)
-            resumed = _field(log, "resumed:")
+            wait_for("the resumed hash", lambda: log_field(log, "resumed:") is not None)
+            resumed = log_field(log, "resumed:")
             assert resumed is not None
-            _wait_for("a round after the restart",
+            wait_for("a round after the restart",
                       lambda: (ckpt / f"ckpt-{newest.round + 1:08d}.safetensors").exists())
             lives.append({"crash": crash, "checkpoint": newest.round, "checkpoint_hash": newest.model_hash,
                           "resumed": resumed, "restart_s": restarted_s,
                           "first_round_s": time.monotonic() - killed,
                           "lost": int(crash.split(":")[1]) - newest.round,
-                          "join": _field(log, "join:")})
+                          "join": log_field(log, "join:")})
         assert coordinator.wait(timeout=900) == 0
         codes = [n.wait(timeout=120) for n in nodes]
     finally:

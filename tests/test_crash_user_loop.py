@@ -14,7 +14,6 @@ then lost are checked to matter: their own residual change is far above the tole
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import pytest
 
 from hypergpu.model.checkpoint import CheckpointManager
 
-from test_crash_exact import PYTHONPATH, _field, _free_port, _hypergpu, _wait_for
+from cli_processes import free_port, log_field, spawn, wait_for
+from test_crash_exact import _hypergpu
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -53,7 +53,7 @@ enabled = true
 strategy = "all"
 codecs = ["int8"]
 [coordinator]
-port = {_free_port()}
+port = {free_port()}
 checkpoint_every = 1
 checkpoint_dir = "{ckpt}"
 quorum = 1.0
@@ -67,10 +67,7 @@ enabled = false
 
 
 def _user_node(join: str, name: str, out: Path, key: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HYPERGPU_KEY_FILE=str(key))
-    with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, str(SCRIPT), join, TOKEN, name, str(out)], env=env, stdout=f,
-                                stderr=subprocess.STDOUT)
+    return spawn([sys.executable, str(SCRIPT), join, TOKEN, name, str(out)], log, key=key)
 
 
 @pytest.mark.slow
@@ -80,8 +77,8 @@ def test_a_user_loop_node_folds_back_what_a_killed_coordinator_lost(tmp_path: Pa
     config = _config(tmp_path / "run.toml", ckpt)
     coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, log=logs / "coordinator-0.log",
                             crash=CRASHES[0])
-    _wait_for("the join string", lambda: _field(logs / "coordinator-0.log", "join:") is not None)
-    join = _field(logs / "coordinator-0.log", "join:")
+    wait_for("the join string", lambda: log_field(logs / "coordinator-0.log", "join:") is not None)
+    join = log_field(logs / "coordinator-0.log", "join:")
     assert join is not None
     nodes = [_user_node(join, f"user-{i}", tmp_path / f"user-{i}", tmp_path / "keys" / f"user-{i}.key",
                         logs / f"user-{i}.log") for i in range(NODES)]
@@ -96,7 +93,7 @@ def test_a_user_loop_node_folds_back_what_a_killed_coordinator_lost(tmp_path: Pa
             following = CRASHES[life + 1] if life + 1 < len(CRASHES) else None
             coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, "--resume",
                                     log=logs / f"coordinator-{life + 1}.log", crash=following)
-            _wait_for("a round after the restart",
+            wait_for("a round after the restart",
                       lambda: (ckpt / f"ckpt-{newest.round + 1:08d}.safetensors").exists())
             figures.append((crash, newest.round, time.monotonic() - killed))
         assert coordinator.wait(timeout=600) == 0

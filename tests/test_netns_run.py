@@ -11,7 +11,6 @@ Needs root, ``ip`` and ``nft``; skipped with the reason printed otherwise.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,16 +20,15 @@ from pathlib import Path
 
 import pytest
 
-import hypergpu
 from hypergpu.model.checkpoint import CheckpointManager
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benches"))
+from cli_processes import hypergpu_cli, log_field, spawn, wait_for  # noqa: E402
 from netns_hosts import Host, Link, NetnsUnavailable, Topology, hosts, why_unavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.netns, pytest.mark.slow]
 
-PYTHONPATH = str(Path(hypergpu.__file__).resolve().parent.parent)
 TOKEN = "netns-run-token"
 PORT = 7070
 
@@ -75,27 +73,7 @@ enabled = false
 
 
 def _spawn(host: Host, log: Path, *args: str, key: Path | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HYPERGPU_TOKEN=TOKEN)
-    if key is not None:
-        env["HYPERGPU_KEY_FILE"] = str(key)
-    with open(log, "ab") as out:
-        return subprocess.Popen(host.exec(sys.executable, "-m", "hypergpu.cli", *args), env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _wait_for(what: str, check, timeout_s: float = 300.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _join(log: Path) -> str | None:
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("join: "):
-            return line[len("join: "):].strip()
-    return None
+    return spawn(host.exec(*hypergpu_cli(*args)), log, token=TOKEN, key=key)
 
 
 def _start(topo: Topology, tmp: Path, rounds: int, extra: str = "") -> tuple[subprocess.Popen[bytes], list[
@@ -105,8 +83,8 @@ def _start(topo: Topology, tmp: Path, rounds: int, extra: str = "") -> tuple[sub
     logs = tmp / "logs"
     logs.mkdir()
     coordinator = _spawn(coordinator_host, logs / "coordinator.log", "coordinator", str(config), "--token", TOKEN)
-    _wait_for("the join string", lambda: _join(logs / "coordinator.log") is not None, 120)
-    join = _join(logs / "coordinator.log")
+    wait_for("the join string", lambda: log_field(logs / "coordinator.log", "join: ") is not None, 120)
+    join = log_field(logs / "coordinator.log", "join: ")
     assert join is not None
     nodes = [_spawn(h, logs / f"node-{i}.log", "node", "--join", join, "--name", f"node-{i}", "--index", str(i),
                     "--device", "cpu", key=tmp / "keys" / f"node-{i}.key") for i, h in enumerate(node_hosts)]
@@ -153,14 +131,14 @@ def test_a_node_partitioned_for_30_s_rejoins_and_trains(topology: Topology, tmp_
                                    extra="quorum = 0.5\nround_timeout_s = 4.0\nmax_consecutive_failures = 1000")
     ckpt, cut = tmp_path / "ckpt", topology.hosts[2]  # node 1's host
     try:
-        _wait_for("round 3", lambda: any(r >= 3 for r, _, _ in _ledger(ckpt)), 300)
+        wait_for("round 3", lambda: any(r >= 3 for r, _, _ in _ledger(ckpt)), 300)
         _partition(cut, True)
         cut_at = max(r for r, _, _ in _ledger(ckpt))
         time.sleep(30.0)
         _partition(cut, False)
         healed = time.monotonic()
         healed_at = max(r for r, _, _ in _ledger(ckpt))
-        _wait_for("node 1 to train again", lambda: any(n == 1 and r > healed_at for r, n, _ in _ledger(ckpt)), 300)
+        wait_for("node 1 to train again", lambda: any(n == 1 and r > healed_at for r, n, _ in _ledger(ckpt)), 300)
         rejoin_s = time.monotonic() - healed
         coordinator.send_signal(signal.SIGTERM)  # finish the round, checkpoint, say bye
         assert coordinator.wait(timeout=120) == 0

@@ -4,29 +4,20 @@ reconnect by themselves and train on."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import hypergpu
 from hypergpu.coordinator.identity import join_strings, kept_identity
+
+from cli_processes import free_port, hypergpu_cli, spawn, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-PYTHONPATH = str(Path(hypergpu.__file__).resolve().parent.parent)
 TOKEN = "resume-test-token"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_identity_is_kept_private_and_reused(tmp_path: Path) -> None:
@@ -48,18 +39,7 @@ def test_join_strings_name_a_reachable_address() -> None:
 
 
 def _hypergpu(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HYPERGPU_TOKEN=TOKEN)
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "hypergpu.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _wait_for(what: str, check, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return spawn(hypergpu_cli(*args), log, token=TOKEN)
 
 
 @pytest.mark.slow
@@ -87,22 +67,22 @@ enabled = false
     logs = tmp_path / "logs"
     logs.mkdir()
     coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, log=logs / "coordinator-1.log")
-    _wait_for("the join string", lambda: "join: " in (logs / "coordinator-1.log").read_text())
+    wait_for("the join string", lambda: "join: " in (logs / "coordinator-1.log").read_text())
     join = (logs / "coordinator-1.log").read_text().split("join: ")[1].split()[0]
     nodes = [_hypergpu("node", "--join", join, "--name", f"node-{i}", "--index", str(i), "--device", "cpu",
                        log=logs / f"node-{i}.log") for i in range(2)]
     try:
-        _wait_for("round 4's checkpoint", lambda: (ckpt / "ckpt-00000004.safetensors").exists())
+        wait_for("round 4's checkpoint", lambda: (ckpt / "ckpt-00000004.safetensors").exists())
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(timeout=10)
         killed_at = time.monotonic()
         assert all(n.poll() is None for n in nodes)  # the nodes keep knocking
         coordinator = _hypergpu("coordinator", str(config), "--token", TOKEN, "--resume",
                                 log=logs / "coordinator-2.log")
-        _wait_for("the second join string", lambda: "join: " in (logs / "coordinator-2.log").read_text())
+        wait_for("the second join string", lambda: "join: " in (logs / "coordinator-2.log").read_text())
         assert (logs / "coordinator-2.log").read_text().split("join: ")[1].split()[0] == join
         resumed_from = max(int(p.stem[5:]) for p in ckpt.glob("ckpt-*.safetensors"))
-        _wait_for("a round after the restart",
+        wait_for("a round after the restart",
                   lambda: (ckpt / f"ckpt-{resumed_from + 1:08d}.safetensors").exists())
         rejoin_s = time.monotonic() - killed_at
         assert coordinator.wait(timeout=240) == 0
