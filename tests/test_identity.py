@@ -28,7 +28,6 @@ from click.testing import CliRunner
 import hypergpu
 from hypergpu import protocol
 from hypergpu.cli import main
-from hypergpu.config import load_config
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.coordinator import Coordinator
 from hypergpu.coordinator.admission import BAD_SIGNATURE, KEY_LIMIT, NAME_TAKEN, NOT_ALLOWED, NameBook, Refused, verify
@@ -43,6 +42,7 @@ from hypergpu.wire import TensorSpec, decode_frame
 
 from engine_helpers import run_with_nodes
 from identity_helpers import hello_for, say_hello
+from test_trust import make_config as trust_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,16 +50,7 @@ FINGERPRINT = "ab" * 32
 
 
 def make_config(tmp_path: Path, *overrides: str) -> HyperGPUConfig:
-    return load_config(None, [
-        "training.local_steps=10",
-        "training.lr=0.003",
-        f"data.cache_dir='{tmp_path / 'cache'}'",
-        f"coordinator.checkpoint_dir='{tmp_path / 'ckpt'}'",
-        "coordinator.checkpoint_every=0",
-        "coordinator.port=0",
-        "coordinator.heartbeat_interval_s=0.5",
-        *overrides,
-    ])
+    return trust_config(tmp_path, "training.local_steps=10", *overrides)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -241,10 +241,25 @@ pub(crate) fn connection_error(e: &ConnectionError) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::shaping::{DirectionShape, LinkShape};
     use crate::wire::{encode_frame, CodecId, Header, MessageKind};
+
+    /// A server on a free loopback port, join token "tok", name "coord", unshaped.
+    pub(crate) async fn test_server(cfg: TransportConfig) -> Server {
+        Server::listen(
+            "127.0.0.1",
+            0,
+            "tok",
+            cfg,
+            "coord",
+            LinkShape::default(),
+            None,
+        )
+        .await
+        .unwrap()
+    }
 
     fn frame(payload: &[u8]) -> Vec<u8> {
         let h = Header::for_payload(
@@ -265,17 +280,7 @@ mod tests {
             max_message_bytes: 1 << 16,
             ..TransportConfig::default()
         };
-        let server = Server::listen(
-            "127.0.0.1",
-            0,
-            "tok",
-            cfg.clone(),
-            "coord",
-            LinkShape::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let server = test_server(cfg.clone()).await;
         let lossy = LinkShape::symmetric(
             DirectionShape {
                 loss: 0.1,
@@ -334,17 +339,7 @@ mod tests {
             },
             ..TransportConfig::default()
         };
-        let server = Server::listen(
-            "127.0.0.1",
-            0,
-            "tok",
-            cfg.clone(),
-            "coord",
-            LinkShape::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let server = test_server(cfg.clone()).await;
         let node = connect(
             &server.join_string(),
             "tok",

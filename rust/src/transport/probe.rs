@@ -212,7 +212,8 @@ async fn stuff(conn: &Connection, bytes: u64, written: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::{AdmissionLimits, Server};
+    use crate::transport::tests::test_server;
+    use crate::transport::AdmissionLimits;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn strangers_are_held_small_and_closed_at_the_hello_deadline() {
@@ -225,17 +226,7 @@ mod tests {
             },
             ..TransportConfig::default()
         };
-        let server = Server::listen(
-            "127.0.0.1",
-            0,
-            "tok",
-            cfg,
-            "coord",
-            LinkShape::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let server = test_server(cfg).await;
         let join = server.join_string();
         let started = Instant::now();
         let joined = strangers(
