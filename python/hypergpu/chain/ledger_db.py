@@ -25,6 +25,8 @@ from typing import Any
 from eth.db.atomic import AtomicDB
 from eth.db.backends.base import BaseDB
 
+from hypergpu.chain.queue_db import CACHE_KIB
+
 _VARIABLE = "CHAIN_DB_BACKEND_CLASS"
 #: The import path py-evm reads from ``CHAIN_DB_BACKEND_CLASS``.
 IMPORT_PATH = f"{__name__}.LedgerDB"
@@ -38,6 +40,10 @@ class SqliteDB(BaseDB):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
+        # SQLite's page cache (2 MB by default) fills over a long run and reads as a slow leak in
+        # the coordinator's memory; the OS caches the file anyway (a 400-epoch settlement grew
+        # RSS ~4.2 KB per operation with the default, ~1.2 KB with a small cache, then flat).
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
         # web3 may call the provider from more than one thread; one connection, one lock.
         self._lock = threading.Lock()
