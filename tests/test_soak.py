@@ -198,10 +198,12 @@ def test_the_recorder_settles_a_long_session_in_bounded_memory(tmp_path: Path, s
             account, amount, proof = recorder.merkle_claim("node-1", 0)
             assert amount == recorder.book.rewards_of(0)["node-1"] and proof
         # one event per operation and status reached, as the sender reached it
-        ops = recorder.queue.ops()
+        # (an epoch folded into a later posting of a queue that fell behind is never sent itself)
+        every = recorder.queue.ops()
+        ops = [o for o in every if o.status != "merged"]
         tx = [e.data for e in coord.events.since(0) if e.kind == "chain" and e.data["type"] == "tx"]
         assert sorted((t["key"], t["status"]) for t in tx) == sorted((o.key, o.status) for o in ops)
-        assert [o.key for o in recorder.queue.ops(last=4)] == [o.key for o in ops[-4:]]
+        assert [o.key for o in recorder.queue.ops(last=4)] == [o.key for o in every[-4:]]
         assert len(recorder.transactions()) <= len(recorder._deploy_txs) + 200
     finally:
         recorder.close()
