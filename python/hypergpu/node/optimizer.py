@@ -346,7 +346,7 @@ class DistributedOptimizer:
             raise NonFiniteError(f"{self.name}: round {self.round} produced a non-finite update")
         elapsed = time.perf_counter() - self._round_started
         meta = UpdateMeta(
-            samples=self._round_samples,
+            samples=self._claimable(self._round_samples),
             loss=mean_loss(self._round_losses),
             steps=self._round_steps,
             # The caller's loop between the parameters' arrival and now.
@@ -379,6 +379,12 @@ class DistributedOptimizer:
         self._take_back()  # a round lost with a coordinator is trained again from the state before it
         self._link.began(opened.round, copy.deepcopy(self.optimizer.state_dict()))
         self._start_round(time.perf_counter())
+
+    def _claimable(self, samples: int) -> int:
+        """At most the assigned work: a larger claim is refused whole, and work beyond it (a round
+        lost with a coordinator, trained again and folded into this one) earns nothing anyway."""
+        a = self._assignment
+        return samples if a is None or a.local_steps <= 0 else min(samples, a.batch_size * a.local_steps * a.accumulation)
 
     def _take_back(self) -> None:
         """Fold back what acks and welcomes took back (:mod:`hypergpu.node.settle`): the residual
