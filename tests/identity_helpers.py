@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypergpu import protocol
-from hypergpu.identity import NodeKey
+from hypergpu.identity import NodeKey, join_fingerprint
 from hypergpu.node.protocol import signed_hello
 from hypergpu.protocol import Hello, Message
 from hypergpu.transport import Connection
@@ -13,8 +13,7 @@ from hypergpu.transport import Connection
 
 def hello_for(link: Connection, join: str, key: NodeKey, **fields: Any) -> Message:
     """The ``hello`` message ``key`` signs for ``link`` (a connection to ``join``)."""
-    fingerprint = join.rsplit("#", 1)[-1]
-    return Message("hello", signed_hello(Hello(**fields), key, link.challenge, fingerprint).as_meta())
+    return Message("hello", signed_hello(Hello(**fields), key, link.challenge, join_fingerprint(join)).as_meta())
 
 
 async def say_hello(link: Connection, join: str, key: NodeKey | None = None, **fields: Any) -> NodeKey:

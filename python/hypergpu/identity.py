@@ -33,7 +33,7 @@ from eth_utils import to_checksum_address
 
 from hypergpu.errors import ConfigError, FrameError
 
-__all__ = ["CHALLENGE_BYTES", "KEY_FILE_ENV", "NodeKey", "default_key_file", "hello_message", "recover_signer"]
+__all__ = ["CHALLENGE_BYTES", "KEY_FILE_ENV", "NodeKey", "default_key_file", "hello_message", "join_fingerprint", "recover_signer"]
 
 #: Bytes of a join challenge (the transport's).
 CHALLENGE_BYTES = 32
@@ -50,6 +50,11 @@ def hello_message(challenge: bytes, fingerprint: str, name: str, payout: str) ->
     body = {"challenge": challenge.hex(), "coordinator": fingerprint.lower(), "name": name,
             "payout": payout.lower()}
     return _DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def join_fingerprint(join: str) -> str:
+    """The coordinator's certificate fingerprint a join string pins (after its ``#``)."""
+    return join.rsplit("#", 1)[-1].lower()
 
 
 def recover_signer(challenge: bytes, fingerprint: str, name: str, payout: str, signature: str) -> str:

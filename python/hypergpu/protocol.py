@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from hypergpu.config.base import Address
 from hypergpu.errors import FrameError, MessageTooLargeError
 from hypergpu.wire import TensorSpec, decode_frame, encode_frame
 
@@ -224,10 +225,6 @@ def validation_problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in exc.errors())
 
 
-#: An Ethereum address (a node's key, or where it is paid).
-ADDRESS = r"^0x[0-9a-fA-F]{40}$"
-
-
 class Hello(_Meta):
     """node → coordinator: who it is."""
 
@@ -239,8 +236,8 @@ class Hello(_Meta):
     follows_work: bool = True
     # Who it is (hypergpu.identity): its key's address, where it is paid (unset: that address), and
     # its signature over the connection's challenge, the coordinator's fingerprint, its name and payout.
-    address: str | None = Field(default=None, pattern=ADDRESS)
-    payout: str | None = Field(default=None, pattern=ADDRESS)
+    address: Address | None = None
+    payout: Address | None = None
     signature: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{130}$")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from hypergpu.config.base import NodeId, Section
+from hypergpu.config.base import Address, NodeId, Section
 
 Device = Literal["auto", "cpu", "cuda"]
 Launcher = Literal["local", "ray"]
@@ -32,7 +32,7 @@ class NodesConfig(Section):
         "unset: node-keys beside coordinator.checkpoint_dir"
     )
     allow: dict[Annotated[str, Field(min_length=1, max_length=256)],
-                Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]] = Field(
+                Address] = Field(
         default_factory=dict, description="node name -> the address of the only key that may join under it; when "
         "set, names not listed are refused (unset: a name is bound to the first key that joins under it)"
     )

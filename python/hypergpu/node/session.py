@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from hypergpu import protocol
 from hypergpu.errors import AuthError, HyperGPUError, TransportError
-from hypergpu.identity import NodeKey
+from hypergpu.identity import NodeKey, join_fingerprint
 from hypergpu.node.liveness import DEAD_AFTER_S, recv_alive
 from hypergpu.node.protocol import NodeReport, signed_hello
 from hypergpu.protocol import Hello, Message
@@ -100,7 +100,7 @@ class Session:
     async def connect(self) -> Connection:
         """Connect and say hello (signed for this connection: see :mod:`hypergpu.identity`),
         retrying with backoff; sets and returns :attr:`link`."""
-        fingerprint = self.join.rsplit("#", 1)[-1].lower()
+        fingerprint = join_fingerprint(self.join)
         last: Exception | None = None
         for attempt, delay in enumerate(itertools.chain([0.0], self.backoff.delays())):
             if delay:
