@@ -375,7 +375,7 @@ def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, An
     ddp = arms["ddp"]
     if not ddp["step_s"]:
         return None
-    target, _ = target_of(size, arms)
+    target, _ = target_of(size, arm_curves(arms))
     s_per_step = statistics.fmean(ddp["step_s"])
     budget = REPLAY_FACTOR * arms["adaptive"]["rounds"][-1]["t_s"]
     work = tmp / "ddp"
@@ -469,9 +469,9 @@ def arm_curves(arms: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, flo
     return {name: curve(arm, start) for name, arm in arms.items() if name in ARM_NAMES}
 
 
-def target_of(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> tuple[float, str]:
+def target_of(size: dict[str, Any], curves: dict[str, list[tuple[int, float, float]]]) -> tuple[float, str]:
     """The target held-out loss and the rule that set it (see the module doc)."""
-    best = {name: min(loss for _, loss, _ in pts) for name, pts in arm_curves(arms).items()}
+    best = {name: min(loss for _, loss, _ in pts) for name, pts in curves.items()}
     fixed = size.get("target")
     if fixed is not None and best["diloco"] <= fixed and best["adaptive"] <= fixed:
         return float(fixed), "fixed"
@@ -505,7 +505,7 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
     start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
     curves = arm_curves(arms)
     best = {name: min(loss for _, loss, _ in pts) for name, pts in curves.items()}
-    target, rule = target_of(size, arms)
+    target, rule = target_of(size, curves)
     times = {name: time_to(pts, target) for name, pts in curves.items()}
     at_eval = {name: time_to(pts, target, between=False) for name, pts in curves.items()}
     clock = {"ddp": ddp["train_s"], "diloco": b["rounds"][-1]["t_s"], "adaptive": c["rounds"][-1]["t_s"]}
