@@ -348,3 +348,52 @@ def test_a_nodes_own_upload_measure_is_its_links_throughput() -> None:
         mon.observe_exchange(0, round_id=r, ok=True, turnaround_s=30.0, wall_s=2.0, bytes_moved=26_000_000,
                              upload=(5.2 + 0.1, 13_000_000))
     assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6, rel=0.02)
+
+
+def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_transfers_hide() -> None:
+    """Overlap hides transfers under the next work. The slowest link sets the round's period; every
+    node computes about that long (none waits for its next work), and a node whose compute then
+    outlasts its transfers sends in a less lossy codec than the plain budget allows."""
+    links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0), 2: stats(20, 1000, 0)}
+    common = ("adapt.strategy='all'", "training.local_steps=10", "adapt.codecs=['raw','fp16','int8','int4']")
+    throughput = {0: 100e6 / 8, 1: 4e6 / 8, 2: 0.5e6 / 8}  # 0.4 MB raw: 0.03 s, 0.8 s, 6.4 s
+    plans = {}
+    for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
+        planner, source = planner_for(links, *common, *extra)
+        plan = planner.plan(1, source.view())
+        answers = {n: {"samples": 320, "turnaround_s": 5.0, "compute_s": 2.0, "wall_s": 2.0,
+                       "update_bytes": 4 * PARAMS, "loss": 1.0, "upload_s": 0.02 + 4 * PARAMS / throughput[n],
+                       "upload_bytes": 4 * PARAMS} for n in plan.assignments}
+        planner.observe(record(1, answers, sorted(plan.assignments), plan))
+        for r in range(2, 7):
+            plan = planner.plan(r, source.view())
+        plans[name] = (planner, plan.assignments)
+    plain, over = plans["plain"][1], plans["overlap"][1]
+    overlapped = plans["overlap"][0]
+    order = ("raw", "fp16", "int8", "int4")
+    assert [plain[n].codec for n in (0, 1, 2)] == ["raw", "fp16", "int4"]
+    # the middle link's transfers now hide under a longer work: uncompressed; the slowest loses nothing
+    assert over[1].codec == "raw" and order.index(over[2].codec) <= order.index(plain[2].codec)
+    # the fast link no longer idles at the fewest steps its own link asks for
+    assert plain[0].local_steps == overlapped.steps.minimum < over[0].local_steps
+    period = overlapped._period_s([0, 1, 2])
+    for n, knobs in overlapped.knobs.items():
+        compute = knobs.local_steps * knobs.effective_batch * overlapped.monitor.link(n).sample_s
+        assert compute >= (1 - overlapped.policy.deadband) * period
+    reasons = [d["reason"] for d in overlapped.decisions if d["knob"] == "local_steps"]
+    assert any("round period" in r for r in reasons)
+
+
+def test_an_overlap_budget_only_ever_relaxes_the_codec_chooser() -> None:
+    chooser = CodecChooser(budget_s=0.5, allowed=("raw", "fp16", "int8", "int4"), dwell=1)
+    assert chooser.ideal(4.0).codec == "int4"
+    assert chooser.ideal(4.0, budget_s=2.0).codec == "fp16"
+    assert chooser.ideal(4.0, budget_s=0.1).codec == "int4"  # never tighter than the chooser's own
+    assert chooser.choose(0, 4.0, budget_s=5.0).codec == "raw"
+
+
+def test_local_steps_fill_a_period_within_bounds() -> None:
+    chooser = LocalStepChooser(minimum=2, maximum=40, initial=10, ratio=1.0, step=2.0)
+    assert chooser.ideal(0.01, 0.01, period_s=0.2) == 20
+    assert chooser.ideal(0.3, 0.01, period_s=0.2) == 30  # its own transfers ask for more
+    assert chooser.ideal(0.01, 0.01, period_s=10.0) == 40

@@ -70,29 +70,33 @@ class CodecChooser:
         self.current: dict[int, CodecChoice] = {}
         self._pending: dict[int, tuple[CodecChoice, int]] = {}
 
-    def ideal(self, raw_upload_s: float) -> CodecChoice:
-        """The least lossy allowed codec whose upload fits the budget."""
+    def ideal(self, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
+        """The least lossy allowed codec whose upload fits the budget (``budget_s``, else the chooser's)."""
+        budget = max(self.budget_s, budget_s or 0.0)
         dense = [c for c in self.allowed if c != "topk"]
         for codec in dense:
-            if raw_upload_s * SIZE_FACTOR[codec] <= self.budget_s:
+            if raw_upload_s * SIZE_FACTOR[codec] <= budget:
                 return CodecChoice(codec)
         if "topk" not in self.allowed:
             return CodecChoice(dense[-1])
         smallest = dense[-1] if dense else "topk"
-        if smallest in BLOCKWISE and raw_upload_s * SIZE_FACTOR[smallest] <= TOPK_AFTER * self.budget_s:
+        if smallest in BLOCKWISE and raw_upload_s * SIZE_FACTOR[smallest] <= TOPK_AFTER * budget:
             return CodecChoice(smallest)  # near the budget: not worth top-k's loss
-        ratio = min(self.max_ratio, max(self.min_ratio, self.budget_s / (2.0 * raw_upload_s)))
+        ratio = min(self.max_ratio, max(self.min_ratio, budget / (2.0 * raw_upload_s)))
         return CodecChoice("topk", round(ratio, 4))
 
-    def choose(self, node_id: int, raw_upload_s: float) -> CodecChoice:
-        want = self.ideal(raw_upload_s)
+    def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
+        """The node's codec this round; ``budget_s`` raises the chooser's budget for this node
+        (overlap: the time its upload hides under its next compute)."""
+        budget = max(self.budget_s, budget_s or 0.0)
+        want = self.ideal(raw_upload_s, budget)
         have = self.current.get(node_id)
         if have is None or want == have:
             self._pending.pop(node_id, None)
             self.current[node_id] = want
             return want
         # A link four times worse than the budget allows is not worth waiting out.
-        urgent = want.size_factor < have.size_factor and raw_upload_s * have.size_factor > 4 * self.budget_s
+        urgent = want.size_factor < have.size_factor and raw_upload_s * have.size_factor > 4 * budget
         seen = self._pending.get(node_id)
         count = seen[1] + 1 if seen is not None and seen[0].codec == want.codec else 1
         if urgent or count >= self.dwell:

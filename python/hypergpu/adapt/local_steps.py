@@ -4,7 +4,11 @@ A node on a slow link should compute longer between exchanges so its
 link's cost is amortised: H is chosen so that compute time is about
 ``ratio`` times the exchange's communication time, within bounds, moving
 by at most a factor ``step`` per round, and only when the ideal H is more
-than ``deadband`` away from the current one. (The outer optimizer that
+than ``deadband`` away from the current one. With overlap a node's
+exchange travels while it computes, and what it must not do is sit idle
+until the round after next is dealt: there H also fills the round's
+period (``period_s``, set by the slowest link of the round), so every node
+computes for about as long as the round lasts. (The outer optimizer that
 applies the averaged update lives in :mod:`hypergpu.model.outer`.)
 """
 
@@ -24,15 +28,18 @@ class LocalStepChooser:
         self.ratio, self.step, self.deadband = ratio, step, deadband
         self.current: dict[int, int] = {}
 
-    def ideal(self, comm_s: float, step_s: float | None) -> int:
+    def ideal(self, comm_s: float, step_s: float | None, period_s: float = 0.0) -> int:
         if step_s is None or step_s <= 0:
             return self.initial
-        return min(self.maximum, max(self.minimum, math.ceil(self.ratio * comm_s / step_s)))
+        wanted = max(self.ratio * comm_s, period_s) / step_s
+        return min(self.maximum, max(self.minimum, math.ceil(wanted)))
 
-    def choose(self, node_id: int, comm_s: float, step_s: float | None, limit: int | None = None) -> int:
-        """H for this round; ``limit`` (at least the minimum) caps it, e.g. by how much data the node holds."""
+    def choose(self, node_id: int, comm_s: float, step_s: float | None, limit: int | None = None,
+               period_s: float = 0.0) -> int:
+        """H for this round; ``limit`` (at least the minimum) caps it, e.g. by how much data the node holds;
+        ``period_s``: compute at least this long (overlap: the round's expected period)."""
         top = self.maximum if limit is None else max(self.minimum, min(self.maximum, limit))
-        want = min(self.ideal(comm_s, step_s), top)
+        want = min(self.ideal(comm_s, step_s, period_s), top)
         prev = self.current.get(node_id, self.initial)
         if abs(want - prev) <= self.deadband * prev and prev <= top:
             want = prev

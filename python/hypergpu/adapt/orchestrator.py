@@ -2,7 +2,9 @@
 
 Pre-round: poll the transport's counters for every live link, re-score
 the links, choose the participants (strategy, quarantine, fairness),
-then per participant the codec, the local steps and the batch split.
+then per participant the codec, the local steps and the batch split
+(with overlap: local steps that fill the round's period, and codecs as
+loose as the transfers hiding under that compute allow).
 Post-round: fold the round's exchanges into the monitor, judge who hurt
 the round, and undo a node's latest change when its throughput or loss
 got worse because of it. "Because of it" matters: a change is usually
@@ -86,6 +88,7 @@ class AdaptivePlanner:
         self.config = config
         self.policy: Policy = POLICIES[policy or a.policy]
         p = self.policy
+        self.overlap = config.training.overlap
         self.publish = publish
         self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell, publish=publish)
         self.selector = NodeSelector(SelectionRules(
@@ -147,14 +150,16 @@ class AdaptivePlanner:
                 self._decide(round_id, n, "selection", "out", "in", why)
         latency = {n: self._down_s(n) for n in chosen}
         targets = self.batches.targets(latency)
+        # Nodes in only for fairness set neither the round's period nor its deadline.
+        paced = [n for n in chosen if n not in self.selector.forced] or chosen
+        period = self._period_s(paced) if self.overlap else 0.0
         for n in chosen:
-            plan.assignments[n] = self._assign(round_id, n, targets[n])
+            plan.assignments[n] = self._assign(round_id, n, targets[n], period)
         if chosen:
             # The round waits for the quorum's slowest expected node (twice its expected
             # exchange, plus a margin), not for the slowest of all: a node slower than
             # that hurt the round (a strike), and its update still counts, stale-weighted,
-            # when it comes. Nodes in only for fairness do not set the pace.
-            paced = [n for n in chosen if n not in self.selector.forced] or chosen
+            # when it comes.
             times = sorted(self._expected_s(n) for n in paced)
             quorum = min(len(times), max(1, math.ceil(self.config.coordinator.quorum * len(times))))
             plan.deadline_s = DEADLINE_FACTOR * times[quorum - 1] + DEADLINE_MARGIN_S
@@ -202,9 +207,12 @@ class AdaptivePlanner:
         Selection weighs this rather than the current settings: a node is
         not left out for being slow with settings it is about to leave.
         """
-        link = self.monitor.link(n)
-        raw_s = link.transfer_s(self.param_bytes)
-        return self._exchange_s(n, self.down_codecs.ideal(raw_s), self.codecs.ideal(raw_s), link.wall_s or 0.0)
+        return self._lean_exchange_s(n, self.monitor.link(n).wall_s or 0.0)
+
+    def _lean_exchange_s(self, n: int, compute_s: float) -> float:
+        """The exchange with the codecs the plain budget calls for on ``n``'s link (the most it needs)."""
+        raw_s = self.monitor.link(n).transfer_s(self.param_bytes)
+        return self._exchange_s(n, self.down_codecs.ideal(raw_s), self.codecs.ideal(raw_s), compute_s)
 
     def _expected_s(self, n: int) -> float:
         """The exchange node ``n`` should have with its current settings (raw before any)."""
@@ -212,50 +220,81 @@ class AdaptivePlanner:
         down, up = (knobs.down, knobs.codec) if knobs is not None else (RAW, RAW)
         return self._exchange_s(n, down, up, self.monitor.link(n).wall_s or 0.0)
 
-    def _assign(self, round_id: int, n: int, batch_target: int) -> Assignment:
+    def _period_s(self, paced: list[int]) -> float:
+        """With overlap: how long a round should last so that no node waits for its next work.
+
+        A node's transfers travel while it computes, so the slowest link sets the pace:
+        the longest of each paced node's exchange (its transfers, in the codecs the plain
+        budget calls for, at the compute ratio) and its shortest work. The period does not
+        follow the codecs the overlap budget then allows (that loop would only lengthen
+        rounds). Nodes not yet measured add nothing."""
+        period = 0.0
+        for n in paced:
+            link, knobs = self.monitor.link(n), self.knobs.get(n)
+            if knobs is None or not link.sample_s:
+                continue
+            comm = self._lean_exchange_s(n, 0.0)
+            shortest = self.steps.minimum * knobs.effective_batch * link.sample_s
+            period = max(period, self.policy.compute_ratio * comm, shortest)
+        return period
+
+    def _hidden_s(self, n: int) -> float | None:
+        """With overlap: how long node ``n``'s transfers may take and still hide under its next work.
+
+        Half its compute over the compute ratio: H then asks for no more compute than
+        it has (ratio x (up + down) <= H x step), so codec and H do not push each other up."""
+        link, knobs = self.monitor.link(n), self.knobs.get(n)
+        if not self.overlap or knobs is None or not link.sample_s:
+            return None
+        compute = knobs.local_steps * knobs.effective_batch * link.sample_s
+        return compute / (2.0 * max(self.policy.compute_ratio, 1e-3))
+
+    def _assign(self, round_id: int, n: int, batch_target: int, period_s: float = 0.0) -> Assignment:
         link = self.monitor.link(n)
         old = self.knobs.get(n)
         if old is not None and self.frozen_until.get(n, 0) >= round_id:
             knobs = old
         else:
             raw_s = link.transfer_s(self.param_bytes)  # the whole vector, either way
-            codec = self.codecs.choose(n, raw_s)
-            down = self.down_codecs.choose(n, raw_s)
-            comm = self._exchange_s(n, down, codec, 0.0)
+            budget = self._hidden_s(n)
+            codec = self.codecs.choose(n, raw_s, budget)
+            down = self.down_codecs.choose(n, raw_s, budget)
+            # With overlap H follows what the link needs at the plain budget; the codecs may then
+            # relax within the compute that gives (following the relaxed ones would feed back).
+            comm = self._lean_exchange_s(n, 0.0) if self.overlap else self._exchange_s(n, down, codec, 0.0)
             shard = self._shard.get(n)
             split = self.batches.choose(n, batch_target, shard)
             step_s = link.sample_s * split.effective if link.sample_s else None
             # Amortising a slow link with more local steps stops at a few passes
             # over the node's own shard: beyond that it overfits its slice of the data.
             limit = int(self.config.adapt.max_local_epochs * shard / split.effective) if shard else None
-            steps = self.steps.choose(n, comm, step_s, limit)
+            steps = self.steps.choose(n, comm, step_s, limit, period_s)
             knobs = Knobs(split, steps, codec, down)
             if old is not None and knobs != old:
-                what = []
-                if knobs.codec != old.codec:
-                    what.append("codec")
-                    self._decide(round_id, n, "codec", _codec_name(old.codec), _codec_name(knobs.codec),
-                                 f"raw upload ~{raw_s:.2f} s vs budget {self.codecs.budget_s:g} s")
-                if knobs.down != old.down:
-                    what.append("down_codec")
-                    self._decide(round_id, n, "down_codec", _codec_name(old.down), _codec_name(knobs.down),
-                                 f"raw download ~{raw_s:.2f} s vs budget {self.down_codecs.budget_s:g} s")
-                if knobs.local_steps != old.local_steps:
-                    what.append("local_steps")
-                    self._decide(round_id, n, "local_steps", old.local_steps, knobs.local_steps,
-                                 f"communication ~{comm:.2f} s, step ~{(step_s or 0) * 1e3:.1f} ms")
-                if knobs.effective_batch != old.effective_batch:
-                    what.append("batch")
-                    self._decide(round_id, n, "batch", old.effective_batch, knobs.effective_batch,
-                                 f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}")
-                faster = (knobs.codec != old.codec or knobs.down != old.down or knobs.local_steps > old.local_steps
-                          or knobs.effective_batch > old.effective_batch)
-                self.trials[n] = Trial(round_id, old, self._loss.get(n), what, faster)
+                why = {"codec": f"raw upload ~{raw_s:.2f} s vs budget {max(self.codecs.budget_s, budget or 0):g} s",
+                       "local_steps": f"communication ~{comm:.2f} s, step ~{(step_s or 0) * 1e3:.1f} ms"
+                       + (f", round period ~{period_s:.1f} s" if period_s else ""),
+                       "batch": f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}"}
+                self._changed(round_id, n, old, knobs, why)
         self.knobs[n] = knobs
         return Assignment(
             batch_size=knobs.batch.batch_size, local_steps=knobs.local_steps, accumulation=knobs.batch.accumulation,
             codec=knobs.codec.codec, codec_ratio=knobs.codec.ratio, down_codec=knobs.down.codec,
         )
+
+    def _changed(self, round_id: int, n: int, old: Knobs, knobs: Knobs, why: dict[str, str]) -> None:
+        """Record each knob that moved, with its reason, and watch the change as a trial."""
+        moved = [(knob, before, after, reason) for knob, before, after, reason in (
+            ("codec", _codec_name(old.codec), _codec_name(knobs.codec), why["codec"]),
+            ("down_codec", _codec_name(old.down), _codec_name(knobs.down), why["codec"].replace("upload", "download")),
+            ("local_steps", old.local_steps, knobs.local_steps, why["local_steps"]),
+            ("batch", old.effective_batch, knobs.effective_batch, why["batch"]),
+        ) if before != after]
+        for knob, before, after, reason in moved:
+            self._decide(round_id, n, knob, before, after, reason)
+        faster = (knobs.codec != old.codec or knobs.down != old.down or knobs.local_steps > old.local_steps
+                  or knobs.effective_batch > old.effective_batch)
+        self.trials[n] = Trial(round_id, old, self._loss.get(n), [m[0] for m in moved], faster)
 
     # --- after the round ---------------------------------------------------------------
 
