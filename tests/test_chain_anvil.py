@@ -17,6 +17,7 @@ from eth_account import Account
 
 import hypergpu
 from hypergpu.chain import AnvilProcess, ChainClient, ContributionEntry, SettlementQueue, chain_up
+from hypergpu.chain.anvil import _group_alive
 from hypergpu.chain.testing import anvil_unavailable_reason, free_port
 from hypergpu.config.chain import ChainConfig
 
@@ -64,7 +65,10 @@ def test_outage_and_crash_resume(anvil_ready, tmp_path: Path, monkeypatch) -> No
         assert q.drain(30), q.last_error
 
         # --- RPC outage: the node goes away with writes still queued ----------------
+        group = anvil._proc.pid if anvil._proc is not None else None
         anvil.stop()  # graceful: anvil dumps its state to anvil_state_path
+        # the npm package's wrapper and the real anvil it started are both gone
+        assert group is not None and not _group_alive(group)
         for epoch in range(3, 6):
             assert q.enqueue_contributions(SESSION, epoch, entry(nid))  # never blocks on the chain
         deadline = time.monotonic() + 10

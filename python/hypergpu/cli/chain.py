@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sqlite3
 import sys
 import threading
@@ -56,10 +57,13 @@ def chain_up_cmd(file: str | None, overrides: tuple[str, ...]) -> None:
             click.echo(f"  and export {chain.key_env}={os.environ[chain.key_env]}  (dev key of this local chain)")
         click.echo("Ctrl-C stops the chain.")
         stop = threading.Event()
+        # anvil runs in its own process group: a SIGTERM to this command stops it too
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             stop.wait()
         except KeyboardInterrupt:
-            click.echo("stopping anvil")
+            pass
+        click.echo("stopping anvil")
 
 
 @chain_group.command("status")
