@@ -311,7 +311,9 @@ def run_hypergpu_arm(arm: str, topo: Topology, size: dict[str, Any], tmp: Path) 
             cmd = host.exec(
                 sys.executable, "-m", "hypergpu.cli", "node", "--join", join, "--name", f"node-{i}",
                 "--index", str(i), "--profile", "custom", "--latency-ms", str(LATENCY_MS),
-                "--device", "cpu", "--threads", "1", "--seed", str(1000 * (i + 1)), "--heartbeat", "2.0")
+                "--device", "cpu", "--threads", "1", "--seed", str(1000 * (i + 1)), "--heartbeat", "2.0",
+                # each host its own key, the same in every arm (names stay bound to it across the arms)
+                "--key-file", str(tmp / "node-keys" / f"node-{i}.key"))
             with open(work / f"node-{i}.log", "wb") as log:
                 nodes.append(subprocess.Popen(cmd, env=_env(HYPERGPU_TOKEN=token), stdout=log,
                                               stderr=subprocess.STDOUT))
