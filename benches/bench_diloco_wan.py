@@ -158,14 +158,10 @@ def overrides(size: dict[str, Any], tmp: Path, coordinator_ip: str) -> list[str]
     ]
 
 
-#: The adaptive arm's update codecs: the blockwise ones, no top-k. The planner's link
-#: model (adapt/monitor.py, ``est_throughput_Bps``) caps every link at twice the
-#: loss-limited rate MSS/RTT * 1.22/sqrt(max(loss, 0.5 %)) even when no loss was ever
-#: measured; at the 100 ms round trip of these links that is ~3.9 Mbit/s, so with top-k
-#: allowed it sends ~1 % top-k from the 100 Mbit/s hosts too (a run at size mid did, and
-#: its held-out loss rose after the second round). Without top-k it falls back to int4.
-#: (Its estimates, in ``adaptive_planner_links``, ended at 0.25-0.6 Mbit/s for every
-#: host of a mid run, 100 Mbit/s ones included.)
+#: The adaptive arm's update codecs: the blockwise ones, no top-k. Top-k costs far more
+#: accuracy per round (adapt/compression.py), and a planner that underestimates a link
+#: (e.g. when the shaper's queue drops packets and CPU is short) would send it from fast
+#: hosts too (a run at size mid did, and its held-out loss rose after the second round).
 ADAPTIVE_CODECS = ["raw", "fp16", "int8", "int4"]
 
 ARMS: dict[str, list[str]] = {

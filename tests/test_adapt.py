@@ -397,3 +397,19 @@ def test_local_steps_fill_a_period_within_bounds() -> None:
     assert chooser.ideal(0.01, 0.01, period_s=0.2) == 20
     assert chooser.ideal(0.3, 0.01, period_s=0.2) == 30  # its own transfers ask for more
     assert chooser.ideal(0.01, 0.01, period_s=10.0) == 40
+
+
+def test_a_link_measured_lossy_is_not_capped_by_the_loss_it_was_measured_with() -> None:
+    """A shaped 20 Mbit/s link drops ~9 % of packets whenever a transfer fills its queue: what
+    it carried already holds that loss. Only more loss since scales it down (as 1/sqrt(loss))."""
+    mon = NetworkMonitor()
+    mon.observe_stats(0, stats(100, sent=10_000, lost=900))
+    assert mon.link(0).loss == pytest.approx(0.09)
+    for r in range(1, 4):
+        mon.observe_exchange(0, round_id=r, ok=True, turnaround_s=30.0, wall_s=2.0, bytes_moved=26_000_000,
+                             upload=(5.2 + 0.1, 13_000_000))
+    assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6, rel=0.02)
+    mon.observe_stats(0, stats(100, sent=30_000, lost=12_900))  # 60 % of the next 20,000: smoothed, ~0.24
+    worse = mon.link(0).loss
+    assert worse > 0.2
+    assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6 * (0.09 / worse) ** 0.5, rel=0.02)

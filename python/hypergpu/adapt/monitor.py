@@ -48,6 +48,7 @@ class NodeLink:
     srtt_ms: float | None = None
     rtt_ms: float | None = None  # median of the latest RTT samples: robust to one slow ack
     throughput_rtt_ms: float | None = None  # the RTT when throughput_Bps was measured
+    throughput_loss: float = 0.0  # the loss when throughput_Bps was measured
     jitter_ms: float = 0.0
     loss: float = 0.0  # share of packets lost, smoothed
     retransmits: int = 0  # packets the transport had to resend, cumulative
@@ -90,12 +91,16 @@ class NodeLink:
     def est_throughput_Bps(self) -> float:
         """Bytes/s one exchange can expect.
 
-        Measured over past exchanges when known, scaled by how the RTT moved
-        since (loss-limited throughput goes as 1/RTT) and capped near the
-        TCP-style estimate MSS/RTT * 1.22/sqrt(loss) once the link loses
-        ``LOSSY`` or more of its packets; before any exchange that estimate
-        alone serves (taking at least ``UNKNOWN_LOSS`` while the loss is
-        unknown).
+        Measured over past exchanges when known, scaled by how the RTT and the
+        loss moved since (loss-limited throughput goes as 1/RTT and as
+        1/sqrt(loss), the TCP-style MSS/RTT * 1.22/sqrt(loss)), and capped
+        near that estimate once a link clean when measured loses ``LOSSY`` or
+        more; before any exchange the estimate alone serves (taking at least
+        ``UNKNOWN_LOSS`` while the loss is unknown). What a link carried already holds the
+        loss it had then: a bottleneck's queue drops packets whenever a
+        transfer fills it (a 100 Mbit/s link under a shaper loses several
+        percent this way), and capping the measure by that loss again would
+        count it twice.
         """
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
         if self.throughput_Bps is None:
@@ -103,12 +108,13 @@ class NodeLink:
         measured = self.throughput_Bps
         if self.throughput_rtt_ms and self.rtt_ms:
             measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
-        if self.loss < LOSSY:
-            # A clean link is what was measured on it: a loss floor here would cap a
-            # 100 Mbit/s link at 100 ms RTT near 3 Mbit/s.
+        if self.loss < LOSSY or self.loss <= self.throughput_loss:
             return measured
-        # A link that turned lossy since the last exchange is capped by its new loss.
-        return min(measured, 2.0 * MSS_BYTES / rtt * 1.22 / math.sqrt(self.loss))
+        if self.throughput_loss < LOSSY:
+            # A clean link that turned lossy since its last exchange is capped by its new loss.
+            return min(measured, 2.0 * MSS_BYTES / rtt * 1.22 / math.sqrt(self.loss))
+        # A lossy link that lost more since carries less, as the loss bound scales.
+        return measured * math.sqrt(self.throughput_loss / self.loss)
 
     def transfer_s(self, nbytes: float) -> float:
         return (self.rtt_ms or 50.0) / 1000.0 + nbytes / self.est_throughput_Bps()
@@ -208,6 +214,7 @@ class NetworkMonitor:
             if carried is not None:
                 link.throughput_Bps = _ewma(link.throughput_Bps, carried, 0.5)
                 link.throughput_rtt_ms = link.rtt_ms
+                link.throughput_loss = link.loss
         else:
             link.missed_streak += 1
             if link.missed_streak == self.silent_rounds:
