@@ -12,7 +12,9 @@ the bytes the coordinator's Python heap gained since tracing started
 (tracemalloc, started late in the warm-up so most of it runs at full speed). After the
 warm-up it fits a line to each series: the slope, in bytes per round, is
 what a leak costs. The top tracemalloc growth sites say where growth comes
-from. At the last round the run is stopped as SIGTERM stops it
+from; untraced too, the live objects the collector tracks are counted by
+type at the warm-up's end and at the end, and the types that gained are
+reported. At the last round the run is stopped as SIGTERM stops it
 (``TrainingService.shutdown_soon``), and the time to its end is reported, as
 is the part of it spent waiting for the chain queue to drain (bounded by
 ``rewards.flush_timeout_s``), and the rounds per minute at the start and at
@@ -36,10 +38,12 @@ import gc
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 import tracemalloc
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +89,7 @@ class Sample:
     heap: int  # bytes tracemalloc traces, the embedded chain's left out (0 when not tracing)
     chain_heap: int  # bytes tracemalloc traces allocated by the embedded chain's packages
     chain_queue: int  # chain writes not yet sent
+    blocks: int = 0  # memory blocks the interpreter holds (sys.getallocatedblocks: free to read, untraced too)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class SoakResult:
     samples: list[Sample] = field(default_factory=list)
     growth_sites: list[str] = field(default_factory=list)
     growth_by_package: dict[str, int] = field(default_factory=dict)  # bytes, warm-up end -> end
+    growth_by_type: dict[str, int] = field(default_factory=dict)  # live objects the collector tracks, same span
     ws_events: int = 0
     ws_reconnects: int = 0
     polls: int = 0
@@ -114,6 +120,9 @@ class SoakResult:
 
     def coordinator_slope(self) -> float | None:
         return self.slope([(s.round, s.coordinator_rss) for s in self._after_warmup()])
+
+    def blocks_slope(self) -> float | None:
+        return self.slope([(s.round, s.blocks) for s in self._after_warmup()])
 
     def heap_slope(self) -> float | None:
         return self.slope([(s.round, s.heap) for s in self._after_warmup() if s.heap])
@@ -144,6 +153,7 @@ class SoakResult:
             "coordinator_rss_mb_end": self.samples[-1].coordinator_rss / 1e6 if self.samples else None,
             "coordinator_rss_slope_b_per_round": self.coordinator_slope(),
             "coordinator_heap_slope_b_per_round": self.heap_slope(),
+            "coordinator_blocks_slope_per_round": self.blocks_slope(),
             "embedded_chain_heap_slope_b_per_round": self.chain_heap_slope(),
             "node_rss_slope_b_per_round_max": max(node_slopes) if node_slopes else None,
             "node_rss_slope_b_per_round_mean": statistics.fmean(node_slopes) if node_slopes else None,
@@ -288,21 +298,25 @@ async def soak(nodes: int, rounds: int, tmp: Path, *, warmup: int, every: int = 
     snapshots: list[tracemalloc.Snapshot] = []
     stopped = asyncio.Event()
 
+    counts: list[Counter[str]] = []
+
     def on_round(record: Any) -> None:
         r = record.round
         if r == trace_from:
             tracemalloc.start(frames)
-        if r == warmup and tracemalloc.is_tracing():
-            gc.collect()
-            snapshots.append(tracemalloc.take_snapshot())
+        if r == warmup:
+            counts.append(objects_by_type())
+            if tracemalloc.is_tracing():
+                snapshots.append(tracemalloc.take_snapshot())
         if r % every == 0:
             heap, chain_heap = traced_heap() if tracemalloc.is_tracing() else (0, 0)
             node_rss = {p: v for p in children_of(me) if (v := rss_of(p)) is not None}
             queued = service.chain.pending_writes() if service.chain is not None else 0
-            result.samples.append(Sample(r, time.perf_counter(), rss_of(me) or 0, node_rss, heap, chain_heap, queued))
+            result.samples.append(Sample(r, time.perf_counter(), rss_of(me) or 0, node_rss, heap, chain_heap, queued,
+                                         sys.getallocatedblocks()))
         if r >= rounds and not stopped.is_set():
+            counts.append(objects_by_type())
             if tracemalloc.is_tracing():
-                gc.collect()
                 snapshots.append(tracemalloc.take_snapshot())
                 tracemalloc.stop()
             stopped.set()
@@ -325,6 +339,10 @@ async def soak(nodes: int, rounds: int, tmp: Path, *, warmup: int, every: int = 
         await server.stop()
         if tracemalloc.is_tracing():
             tracemalloc.stop()
+    if len(counts) == 2:
+        gained = counts[1]
+        gained.subtract(counts[0])
+        result.growth_by_type = {k: v for k, v in gained.most_common(top) if v > 0}
     if len(snapshots) == 2:
         result.growth_sites = growth_sites(snapshots[0], snapshots[1], top)
         result.growth_by_package = {k: v for k, v in growth_by_package(snapshots[0], snapshots[1]).items()
@@ -350,6 +368,13 @@ def traced_heap() -> tuple[int, int]:
     chain = snapshot.filter_traces([tracemalloc.Filter(True, f"*/site-packages/{p}/*") for p in CHAIN_PACKAGES])
     in_chain = sum(s.size for s in chain.statistics("filename"))
     return total - in_chain, in_chain
+
+
+def objects_by_type() -> Counter[str]:
+    """Live objects the garbage collector tracks (containers, instances), by type, after a collection:
+    cheap enough for an untraced run, and it names what piles up by kind."""
+    gc.collect()
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
 
 
 def growth_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int) -> list[str]:
@@ -388,6 +413,9 @@ def report(result: SoakResult) -> dict[str, Any]:
         print("  top tracemalloc growth sites (end of warm-up -> end):")
         for site in result.growth_sites:
             print(f"    {site}")
+    if result.growth_by_type:
+        print("  live objects gained by type (end of warm-up -> end): " + ", ".join(
+            f"{k} {v:+d}" for k, v in result.growth_by_type.items()))
     if result.growth_by_package:
         span = max(1, result.ended_at_round - result.warmup)
         print("  growth by package (end of warm-up -> end, bytes per round): " + ", ".join(
@@ -432,7 +460,8 @@ def test_soak(benchmark, tmp_path) -> None:
     for n, result in results.items():
         info = report(result)
         benchmark.extra_info[f"nodes_{n}"] = {**info, "growth_sites": result.growth_sites,
-                                               "growth_by_package": result.growth_by_package}
+                                               "growth_by_package": result.growth_by_package,
+                                               "growth_by_type": result.growth_by_type}
         assert result.ended_at_round >= result.rounds
         if not full:
             slope = result.heap_slope()
@@ -459,4 +488,4 @@ if __name__ == "__main__":
             for s in result.samples:
                 print(f"  sample round {s.round} t {s.t - result.samples[0].t:.1f}s coord {s.coordinator_rss / 1e6:.1f} MB "
                       f"heap {s.heap / 1e3:.0f} kB chain heap {s.chain_heap / 1e3:.0f} kB nodes {[round(v / 1e6, 1) for v in s.node_rss.values()]} MB "
-                      f"queue {s.chain_queue}")
+                      f"queue {s.chain_queue} blocks {s.blocks}")

@@ -4,6 +4,7 @@ beyond the model, and a node's updates between "received" and "applied"."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import pickle
@@ -73,6 +74,25 @@ def test_one_write_in_flight_and_a_newer_snapshot_supersedes_the_queued_one(tmp_
     assert [p.name for p in manager.checkpoints()] == ["ckpt-00000003.safetensors", "ckpt-00000001.safetensors"]
     # The snapshot was taken when submitted: round 3's file holds 3.0, whatever the model did since.
     assert manager.load(manager.checkpoints()[0]).model_hash == _manager(3.0).hash
+
+
+def test_checkpoints_of_ever_new_tensor_sizes_leave_no_type_behind(tmp_path: Path) -> None:
+    """Writing a checkpoint makes no lasting object: its tensors' sizes move from one checkpoint
+    to the next (state arrays), and a ctypes array type per new size piled up over a long run."""
+    manager = CheckpointManager(tmp_path, keep=2)
+    model = _manager(1.0)
+
+    def ctypes_types() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o).__name__ in ("PyCArrayType", "PyCPointerType"))
+
+    manager.write(manager.snapshot(model, 1, arrays={"state": np.zeros(7, dtype=np.uint8)}))
+    before = ctypes_types()
+    for r in range(2, 42):
+        manager.write(manager.snapshot(model, r, arrays={"state": np.arange(100 + r, dtype=np.uint8)}))
+    assert ctypes_types() == before
+    loaded = manager.load(manager.checkpoints()[0])
+    assert loaded.round == 41 and loaded.model_hash == model.hash
 
 
 def test_a_process_killed_before_the_rename_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
