@@ -96,11 +96,11 @@ class NodeLink:
         1/sqrt(loss), the TCP-style MSS/RTT * 1.22/sqrt(loss)), and capped
         near that estimate once a link clean when measured loses ``LOSSY`` or
         more; before any exchange the estimate alone serves (taking at least
-        ``UNKNOWN_LOSS`` while the loss is unknown). What a link carried already holds the
-        loss it had then: a bottleneck's queue drops packets whenever a
-        transfer fills it (a 100 Mbit/s link under a shaper loses several
-        percent this way), and capping the measure by that loss again would
-        count it twice.
+        ``UNKNOWN_LOSS`` while the loss is unknown). What a link carried
+        already holds the loss it had then: a bottleneck's queue drops
+        packets whenever a transfer fills it (a 100 Mbit/s link under a
+        shaper loses several percent this way), and capping the measure by
+        that loss again would count it twice.
         """
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
         if self.throughput_Bps is None:
