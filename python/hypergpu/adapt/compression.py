@@ -70,9 +70,13 @@ class CodecChooser:
         self.current: dict[int, CodecChoice] = {}
         self._pending: dict[int, tuple[CodecChoice, int]] = {}
 
+    def budget_for(self, budget_s: float | None) -> float:
+        """The budget a call works to: ``budget_s`` may raise the chooser's own, never lower it."""
+        return max(self.budget_s, budget_s or 0.0)
+
     def ideal(self, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
-        """The least lossy allowed codec whose upload fits the budget (``budget_s``, else the chooser's)."""
-        budget = max(self.budget_s, budget_s or 0.0)
+        """The least lossy allowed codec whose upload fits the budget (``budget_s``, see :meth:`budget_for`)."""
+        budget = self.budget_for(budget_s)
         dense = [c for c in self.allowed if c != "topk"]
         for codec in dense:
             if raw_upload_s * SIZE_FACTOR[codec] <= budget:
@@ -88,7 +92,7 @@ class CodecChooser:
     def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
         """The node's codec this round; ``budget_s`` raises the chooser's budget for this node
         (overlap: the time its upload hides under its next compute)."""
-        budget = max(self.budget_s, budget_s or 0.0)
+        budget = self.budget_for(budget_s)
         want = self.ideal(raw_upload_s, budget)
         have = self.current.get(node_id)
         if have is None or want == have:

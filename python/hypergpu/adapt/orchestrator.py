@@ -271,7 +271,8 @@ class AdaptivePlanner:
             steps = self.steps.choose(n, comm, step_s, limit, period_s)
             knobs = Knobs(split, steps, codec, down)
             if old is not None and knobs != old:
-                why = {"codec": f"raw upload ~{raw_s:.2f} s vs budget {max(self.codecs.budget_s, budget or 0):g} s",
+                why = {"codec": f"raw upload ~{raw_s:.2f} s vs budget {self.codecs.budget_for(budget):g} s",
+                       "down_codec": f"raw download ~{raw_s:.2f} s vs budget {self.down_codecs.budget_for(budget):g} s",
                        "local_steps": f"communication ~{comm:.2f} s, step ~{(step_s or 0) * 1e3:.1f} ms"
                        + (f", round period ~{period_s:.1f} s" if period_s else ""),
                        "batch": f"exchange ~{comm:.2f} s; share of the global batch {self.batches.global_batch}"}
@@ -286,7 +287,7 @@ class AdaptivePlanner:
         """Record each knob that moved, with its reason, and watch the change as a trial."""
         moved = [(knob, before, after, reason) for knob, before, after, reason in (
             ("codec", _codec_name(old.codec), _codec_name(knobs.codec), why["codec"]),
-            ("down_codec", _codec_name(old.down), _codec_name(knobs.down), why["codec"].replace("upload", "download")),
+            ("down_codec", _codec_name(old.down), _codec_name(knobs.down), why["down_codec"]),
             ("local_steps", old.local_steps, knobs.local_steps, why["local_steps"]),
             ("batch", old.effective_batch, knobs.effective_batch, why["batch"]),
         ) if before != after]
