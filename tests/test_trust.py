@@ -228,8 +228,13 @@ async def _poisoner(join: str, token: str, index: int) -> None:
     welcome = protocol.decode(await link.recv(timeout=90))
     size = int(welcome.meta["num_params"])
     previous: np.ndarray | None = None
+    held: list[Message] = []  # what came while it waited for an answer
+
+    async def next_message() -> Message:
+        return held.pop(0) if held else protocol.decode(await link.recv(timeout=90))
+
     while True:
-        msg = protocol.decode(await link.recv(timeout=90))
+        msg = await next_message()
         if msg.kind == "bye":
             return
         if msg.kind != "params":
@@ -240,6 +245,11 @@ async def _poisoner(join: str, token: str, index: int) -> None:
         a = Assignment.from_meta(msg.meta, 32)
         for claim in (10**15, a.local_steps * a.batch_size * a.accumulation):
             await link.send(protocol.encode(Message("update", {"samples": claim}, {"update": poison}, round=msg.round)))
+            if claim == 10**15:
+                # the honest claim only once the coordinator answered this one: each message
+                # travels on its own stream, and the second could otherwise arrive first
+                while (answer := protocol.decode(await link.recv(timeout=90))).kind != "ack":
+                    held.append(answer)
 
 
 @pytest.mark.slow
