@@ -413,3 +413,20 @@ def test_a_link_measured_lossy_is_not_capped_by_the_loss_it_was_measured_with() 
     worse = mon.link(0).loss
     assert worse > 0.2
     assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6 * (0.09 / worse) ** 0.5, rel=0.02)
+
+
+def test_with_overlap_a_change_is_judged_by_the_nodes_own_work_and_waiting() -> None:
+    """With overlap the coordinator's turnaround also holds the next round's work; a change is judged
+    by the samples per second of the node's own clock (work plus waiting), not by that turnaround."""
+    for idle_share, undone in ((0.0, False), (8.0, True)):
+        planner, source, plan, before = _changed_by_a_slower_link("training.overlap=true")
+        changed = planner.knobs[1]
+        samples = changed.local_steps * changed.effective_batch
+        would = planner._predicted_rate(1, before)
+        assert would is not None
+        work = samples / (1.1 * would)  # a little faster than the old settings would be
+        answer = {**_answer(samples, 10 * work), "compute_s": work, "idle_s": idle_share * work}
+        planner.observe(record(2, {0: _answer(320, 0.5), 1: answer}, [0, 1], plan))
+        rollbacks = [d for d in planner.decisions if d["knob"] == "rollback"]
+        assert bool(rollbacks) == undone, rollbacks
+        assert (planner.knobs[1] == before) == undone

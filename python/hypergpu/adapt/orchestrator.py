@@ -12,7 +12,10 @@ made because the link got worse, and then throughput falls whatever the
 settings. So the throughput a change delivered is compared with what the
 previous settings would give on the link as measured before that round
 (the same model of the link that chose the change), not with the rate
-before it. Every decision is recorded with its reason and published as a
+before it. With overlap the rate is the node's own (samples over its
+work and waiting), since the turnaround also holds the next round's work,
+and the old settings' rate is that of the longer of compute and
+transfers. Every decision is recorded with its reason and published as a
 ``decision`` event; the time spent deciding is measured against the
 round time.
 """
@@ -23,11 +26,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from hypergpu.adapt.batch import BatchBounds, BatchChoice, BatchSizer
+from hypergpu.adapt.batch import BatchBounds, BatchSizer
 from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser
+from hypergpu.adapt.knobs import Knobs, Trial, codec_name, describe
 from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.monitor import NetworkMonitor
 from hypergpu.adapt.policy import POLICIES, Policy
@@ -43,33 +46,6 @@ DEADLINE_FACTOR = 2.0
 DEADLINE_MARGIN_S = 2.0
 #: A node's training loss moves this much from round to round by itself (its batches differ).
 LOSS_NOISE = 0.02
-
-
-@dataclass
-class Knobs:
-    """One node's settings, as the planner last chose them."""
-
-    batch: BatchChoice
-    local_steps: int
-    codec: CodecChoice  # the node's update, up
-    down: CodecChoice = RAW  # parameter deltas, down
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch.effective
-
-
-@dataclass
-class Trial:
-    """A change under watch: the settings before it and the loss they gave."""
-
-    round: int
-    before: Knobs
-    loss: float | None
-    what: list[str] = field(default_factory=list)
-    # Stronger compression or more work per exchange should raise throughput;
-    # fewer local steps trade throughput for fresher models and are judged on loss only.
-    expect_faster: bool = False
 
 
 class AdaptivePlanner:
@@ -193,6 +169,8 @@ class AdaptivePlanner:
         if not link.sample_s:
             return None
         samples = knobs.local_steps * knobs.effective_batch
+        if self.overlap:  # the transfers travel under the next work: the longer of the two sets the pace
+            return samples / max(link.sample_s * samples, self._exchange_s(n, knobs.down, knobs.codec, 0.0))
         return samples / self._exchange_s(n, knobs.down, knobs.codec, link.sample_s * samples)
 
     def _exchange_s(self, n: int, down: CodecChoice, up: CodecChoice, compute_s: float) -> float:
@@ -286,8 +264,8 @@ class AdaptivePlanner:
     def _changed(self, round_id: int, n: int, old: Knobs, knobs: Knobs, why: dict[str, str]) -> None:
         """Record each knob that moved, with its reason, and watch the change as a trial."""
         moved = [(knob, before, after, reason) for knob, before, after, reason in (
-            ("codec", _codec_name(old.codec), _codec_name(knobs.codec), why["codec"]),
-            ("down_codec", _codec_name(old.down), _codec_name(knobs.down), why["down_codec"]),
+            ("codec", codec_name(old.codec), codec_name(knobs.codec), why["codec"]),
+            ("down_codec", codec_name(old.down), codec_name(knobs.down), why["down_codec"]),
             ("local_steps", old.local_steps, knobs.local_steps, why["local_steps"]),
             ("batch", old.effective_batch, knobs.effective_batch, why["batch"]),
         ) if before != after]
@@ -328,8 +306,11 @@ class AdaptivePlanner:
                 compute_s=answer.compute_s, wall_s=answer.wall_s, samples=answer.samples,
                 bytes_moved=moved, upload=(answer.upload_s, answer.upload_bytes) if answer.upload_s else None,
             )
-            if answer.turnaround_s:
-                self._rate[n] = answer.samples / answer.turnaround_s
+            # With overlap the turnaround holds the next round's work too: the node's own clock
+            # (work and waiting since its last update) says what its settings gave.
+            took = answer.compute_s + answer.idle_s if self.overlap else answer.turnaround_s
+            if took:
+                self._rate[n] = answer.samples / took
             if answer.loss is not None:
                 self._loss[n] = answer.loss
         for n, what in self.selector.judge(round_id, asked, answers).items():
@@ -362,7 +343,7 @@ class AdaptivePlanner:
             self.steps.restore(n, trial.before.local_steps)
             self.batches.restore(n, trial.before.effective_batch)
             self.frozen_until[n] = round_id + p.freeze_rounds
-            self._decide(round_id, n, "rollback", _describe(now), _describe(trial.before),
+            self._decide(round_id, n, "rollback", describe(now), describe(trial.before),
                          f"{', '.join(trial.what)} change undone: {why}")
 
     # --- records ---------------------------------------------------------------------
@@ -380,19 +361,8 @@ class AdaptivePlanner:
             "links": self.monitor.snapshot(),
             "standing": {n: {"standing": s.standing.value, "contribution": s.contribution,
                              "excluded_streak": s.excluded_streak} for n, s in self.selector.standing.items()},
-            "knobs": {n: _describe(k) for n, k in self.knobs.items()},
+            "knobs": {n: describe(k) for n, k in self.knobs.items()},
             "decisions": list(self.decisions)[-50:],
             "exclusions": list(self.selector.exclusions)[-50:],
             "overhead": self.overhead,
         }
-
-
-def _codec_name(c: CodecChoice) -> str:
-    return f"topk({c.ratio:g})" if c.codec == "topk" and c.ratio else c.codec
-
-
-def _describe(k: Knobs | None) -> dict[str, Any] | None:
-    if k is None:
-        return None
-    return {"batch": k.effective_batch, "local_steps": k.local_steps, "codec": _codec_name(k.codec),
-            "down_codec": _codec_name(k.down)}
