@@ -213,6 +213,16 @@ def remove_kernel_shaping(pair: Pair) -> int:
     return int(nft.split("counter packets ")[1].split()[0])
 
 
+def best(runs: list[dict]) -> dict:
+    return max(runs, key=lambda r: r["goodput_bps"])
+
+
+def agree(kernel: dict, shaped: dict) -> bool:
+    """The transport's goodput within 15% of the kernel's."""
+    k, t = kernel["goodput_bps"], shaped["goodput_bps"]
+    return abs(t - k) <= 0.15 * k
+
+
 @pytest.mark.parametrize(
     ("bandwidth_bps", "loss", "needs_idle_cpu"), [(20_000_000, 0.02, False), (50_000_000, 0.05, True)]
 )
@@ -239,27 +249,23 @@ def test_kernel_and_transport_shaping_agree_on_goodput(pair, bandwidth_bps, loss
         kernel_runs.append(transfer(pair, None))
         kernel_drops += remove_kernel_shaping(pair)
         shaped_runs.append(transfer(pair, {"bandwidth_bps": bandwidth_bps, "loss": loss, "queue_bytes": QUEUE_BYTES}))
-        counted_k = [r["goodput_bps"] for r in kernel_runs if counts(r)]
-        counted_t = [r["goodput_bps"] for r in shaped_runs if counts(r)]
-        if counted_k and counted_t and abs(max(counted_t) - max(counted_k)) <= 0.15 * max(counted_k):
+        kernel_counted, shaped_counted = list(filter(counts, kernel_runs)), list(filter(counts, shaped_runs))
+        if kernel_counted and shaped_counted and agree(best(kernel_counted), best(shaped_counted)):
             break
     stalls = [None if r["cpu_stall"] is None else round(r["cpu_stall"], 2) for r in kernel_runs + shaped_runs]
-    if not any(map(counts, kernel_runs)) or not any(map(counts, shaped_runs)):
+    if not kernel_counted or not shaped_counted:
         pytest.skip(f"machine busy: tasks waited for a CPU for {stalls} of each run's time "
                     f"(more than {STARVED}): too noisy to time a user-space shaper against the kernel's at {loss:.0%} loss")
-    kernel_runs = [r for r in kernel_runs if counts(r)]
-    shaped_runs = [r for r in shaped_runs if counts(r)]
-    kernel = max(kernel_runs, key=lambda r: r["goodput_bps"])
-    shaped = max(shaped_runs, key=lambda r: r["goodput_bps"])
+    kernel, shaped = best(kernel_counted), best(shaped_counted)
     k, t = kernel["goodput_bps"], shaped["goodput_bps"]
     print(
         f"\n{TRANSFER_BYTES >> 20} MiB at {bandwidth_bps / 1e6:.0f} Mbit/s, {loss:.0%} loss (best of each): "
         f"kernel-shaped goodput {k / 1e6:.2f} Mbit/s ({kernel['elapsed']:.2f} s, QUIC lost {kernel['lost_packets']}); "
         f"transport-shaped {t / 1e6:.2f} Mbit/s ({shaped['elapsed']:.2f} s, shaper dropped "
         f"{shaped['shaper_drops']['random_loss']}, QUIC lost {shaped['lost_packets']}); ratio {t / k:.3f}; "
-        f"all runs kernel {[round(r['goodput_bps'] / 1e6, 2) for r in kernel_runs]} "
-        f"transport {[round(r['goodput_bps'] / 1e6, 2) for r in shaped_runs]} Mbit/s "
+        f"all runs kernel {[round(r['goodput_bps'] / 1e6, 2) for r in kernel_counted]} "
+        f"transport {[round(r['goodput_bps'] / 1e6, 2) for r in shaped_counted]} Mbit/s "
         f"(runs that count); CPU stall share of every run, kernel's then transport's {stalls}"
     )
     assert kernel_drops > 0 and shaped["shaper_drops"]["random_loss"] > 0
-    assert abs(t - k) <= 0.15 * k
+    assert agree(kernel, shaped)
