@@ -81,6 +81,20 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
     assert {"book", "shards", "nodes", "closed"} <= set(last.extra)
 
 
+def test_the_same_seeds_train_the_same_rounds(tmp_path):
+    """Node processes seed what dropout draws (a fresh process seeds torch at random), so two runs
+    of one config train the same updates; two nodes' mean is the same in either arrival order."""
+    runs = []
+    for run in ("a", "b"):
+        cfg = make_config(tmp_path / run, "nodes.count=2", "training.rounds=2")
+        coord = Coordinator(cfg)
+        asyncio.run(run_with_nodes(coord, cfg, tmp_path / run))
+        runs.append([{n: (a.loss, a.norm) for n, a in sorted(r.answers.items())} for r in coord.history])
+    print(f"\nrun a {runs[0]}\nrun b {runs[1]}")
+    assert len(runs[0]) == 2 and all(len(r) == 2 for r in runs[0])
+    assert runs[0] == runs[1]
+
+
 def test_crashed_node_is_retired_and_its_shard_handed_on(tmp_path):
     cfg = make_config(
         tmp_path,

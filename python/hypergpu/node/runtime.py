@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from hypergpu import protocol
@@ -241,6 +242,10 @@ class Node:
         if welcome.data_source is not None and self._reader is None:
             self._reader = reader_for(welcome.data_source, self.name)
         if self._trainer is None:
+            if self.seed is not None:
+                # Dropout draws from torch's global generator, which a fresh process seeds at
+                # random: without this, two runs with the same seeds train differently.
+                torch.manual_seed(self.seed)
             input_shape, num_classes = welcome.model_io()
             if self.model_factory is not None:
                 model = self.model_factory(input_shape, num_classes)
