@@ -69,7 +69,6 @@ class CodecChooser:
         self.dwell = dwell
         self.current: dict[int, CodecChoice] = {}
         self._pending: dict[int, tuple[CodecChoice, int]] = {}
-        self._guessed: set[int] = set()  # nodes whose codec was chosen before their link was measured
 
     def budget_for(self, budget_s: float | None) -> float:
         """The budget a call works to: ``budget_s`` may raise the chooser's own, never lower it."""
@@ -90,20 +89,13 @@ class CodecChooser:
         ratio = min(self.max_ratio, max(self.min_ratio, budget / (2.0 * raw_upload_s)))
         return CodecChoice("topk", round(ratio, 4))
 
-    def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None, *,
-               measured: bool = True) -> CodecChoice:
+    def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
         """The node's codec this round; ``budget_s`` raises the chooser's budget for this node
-        (overlap: the time its upload hides under its next compute). ``measured``: the link's
-        bandwidth was measured, not guessed; its first measure replaces a guess at once."""
+        (overlap: the time its upload hides under its next compute)."""
         budget = self.budget_for(budget_s)
         want = self.ideal(raw_upload_s, budget)
         have = self.current.get(node_id)
-        guessed = node_id in self._guessed
-        if measured:
-            self._guessed.discard(node_id)
-        elif have is None:
-            self._guessed.add(node_id)
-        if have is None or want == have or (guessed and measured):
+        if have is None or want == have:
             self._pending.pop(node_id, None)
             self.current[node_id] = want
             return want

@@ -180,14 +180,13 @@ class NetworkMonitor:
     def observe_exchange(
         self, node_id: int, *, round_id: int, ok: bool, turnaround_s: float | None = None,
         compute_s: float | None = None, wall_s: float | None = None, samples: int | None = None,
-        bytes_moved: int | None = None, transfer: tuple[float, int | None] | None = None,
+        bytes_moved: int | None = None, upload: tuple[float, int | None] | None = None,
     ) -> NodeLink:
         """One round's outcome for a node that was asked to take part.
 
-        ``transfer``: one message timed from send to the ack of its receipt (seconds, bytes):
-        the node's previous upload, or before it has one the coordinator's message to it.
-        When given it is the link's throughput, since with overlap the coordinator's
-        turnaround also holds the node's next compute."""
+        ``upload``: the node's own measure of its previous upload (seconds from send to the
+        ack of its receipt, bytes); when given it is the link's throughput, since with
+        overlap the coordinator's turnaround also holds the node's next compute."""
         link = self.link(node_id)
         before = link.quality
         link.outcomes.append(ok)
@@ -206,8 +205,8 @@ class NetworkMonitor:
             # A node's first exchange also holds its start-up (imports, building the
             # model, the first batches), which is no measure of its link.
             rtt_s = (link.rtt_ms or 0.0) / 1000.0
-            if transfer is not None and transfer[1] and transfer[0] > 0:
-                carried = transfer[1] / max(transfer[0] - rtt_s, 1e-3)
+            if upload is not None and upload[1] and upload[0] > 0:
+                carried = upload[1] / max(upload[0] - rtt_s, 1e-3)
             elif turnaround_s is not None and wall_s is not None and bytes_moved and link.exchanges > 1:
                 carried = bytes_moved / max(turnaround_s - wall_s - rtt_s, 1e-3)
             else:

@@ -46,8 +46,6 @@ DEADLINE_FACTOR = 2.0
 DEADLINE_MARGIN_S = 2.0
 #: A node's training loss moves this much from round to round by itself (its batches differ).
 LOSS_NOISE = 0.02
-#: A message timed to measure a link's bandwidth is at least this large (smaller ones mostly time its round trip).
-MIN_TIMED_BYTES = 1 << 20
 
 
 class AdaptivePlanner:
@@ -237,9 +235,8 @@ class AdaptivePlanner:
         else:
             raw_s = link.transfer_s(self.param_bytes)  # the whole vector, either way
             budget = self._hidden_s(n)
-            measured = link.throughput_Bps is not None
-            codec = self.codecs.choose(n, raw_s, budget, measured=measured)
-            down = self.down_codecs.choose(n, raw_s, budget, measured=measured)
+            codec = self.codecs.choose(n, raw_s, budget)
+            down = self.down_codecs.choose(n, raw_s, budget)
             # With overlap H follows what the link needs at the plain budget; the codecs may then
             # relax within the compute that gives (following the relaxed ones would feed back).
             comm = self._lean_exchange_s(n, 0.0) if self.overlap else self._exchange_s(n, down, codec, 0.0)
@@ -307,7 +304,7 @@ class AdaptivePlanner:
             self.monitor.observe_exchange(
                 n, round_id=round_id, ok=True, turnaround_s=answer.turnaround_s,
                 compute_s=answer.compute_s, wall_s=answer.wall_s, samples=answer.samples,
-                bytes_moved=moved, transfer=_timed_transfer(answer),
+                bytes_moved=moved, upload=(answer.upload_s, answer.upload_bytes) if answer.upload_s else None,
             )
             # With overlap the turnaround holds the next round's work too: the node's own clock
             # (work and waiting since its last update) says what its settings gave.
@@ -369,14 +366,3 @@ class AdaptivePlanner:
             "exclusions": list(self.selector.exclusions)[-50:],
             "overhead": self.overhead,
         }
-
-
-def _timed_transfer(answer: NodeAnswer) -> tuple[float, int | None] | None:
-    """The node's own measure of its previous upload; before it has one (its first update), the
-    coordinator's of the message that gave it this round's work, when that was large enough to
-    fill the link (a parameter delta of a few KB measures the round trip, not the bandwidth)."""
-    if answer.upload_s:
-        return answer.upload_s, answer.upload_bytes
-    if answer.download_s and (answer.params_bytes or 0) >= MIN_TIMED_BYTES:
-        return answer.download_s, answer.params_bytes
-    return None

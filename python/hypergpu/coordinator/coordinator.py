@@ -278,8 +278,8 @@ class Coordinator:
         where = fragments[(round_id - 1) % len(fragments)]  # Streaming DiLoCo: the part this round syncs
         rnd = self._open = Round(dealt.plan, params[where], self.book, now=time.perf_counter(),
                                  assigned=dealt.assigned, timeout_s=self.config.coordinator.round_timeout_s,
-                                 version=version, sent=dealt.sent, delivered=dealt.delivered,
-                                 fragments=len(fragments), aggregation=Rule.of(self.config.coordinator),
+                                 version=version, sent=dealt.sent, fragments=len(fragments),
+                                 aggregation=Rule.of(self.config.coordinator),
                                  deterministic=self.config.coordinator.deterministic)
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,

@@ -48,7 +48,6 @@ class Dealt:
     assigned: dict[int, int]  # samples each participant was given: caps and weighs its update
     work: dict[int, np.ndarray]  # rows of (shard, index) per participant that follows work
     sent: dict[int, tuple[float, int]] = field(default_factory=dict)  # node -> (when, bytes) of its message
-    delivered: dict[int, float] = field(default_factory=dict)  # node -> seconds from send to the node's ack
 
     def mark_sent(self, node_id: int, nbytes: int, now: float) -> None:
         self.sent[node_id] = (now, nbytes)
@@ -85,7 +84,6 @@ class Dispatch:
         self.events = events
         self._spawn = spawn
         self._sending: dict[int, asyncio.Task[Any]] = {}
-        self._timed: set[int] = set()  # nodes whose first work message was timed to its ack
 
     def busy(self, node_id: int) -> bool:
         """Whether an earlier message to ``node_id`` is still on its way."""
@@ -136,17 +134,9 @@ class Dispatch:
             sections = {"work": work, **self.members.lend(node_id, lent)}
         frame = self.downlink.frame(node_id, params, assignment.down_codec, meta, sections)
         try:
-            began = time.perf_counter()
             if with_work:
-                dealt.mark_sent(node_id, len(frame), began)
-            # A node's first work message waits for its acknowledgement of every byte: that
-            # time measures the link before any update has (the planner's first codec choice).
-            # Later ones do not wait: a node that died unacknowledged would look busy receiving.
-            timed = with_work and node_id not in self._timed
-            await link.send(frame, acked=timed)
-            if timed:
-                self._timed.add(node_id)
-                dealt.delivered[node_id] = time.perf_counter() - began
+                dealt.mark_sent(node_id, len(frame), time.perf_counter())
+            await link.send(frame)
             self.members.registry.get(node_id).bytes_sent += len(frame)
             crash_point("send", round_id)  # a test's: one node has its parameters, others may not
         except HyperGPUError as exc:

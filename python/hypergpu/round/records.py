@@ -42,9 +42,6 @@ class NodeAnswer:
     # the node's own measure of its previous upload: send -> ack of receipt (seconds, bytes)
     upload_s: float | None = None
     upload_bytes: int | None = None
-    # the coordinator's measure of its first work message to the node, when that gave it this
-    # round's work: send -> the node's acknowledgement of every byte (None for later messages)
-    download_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

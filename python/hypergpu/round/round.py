@@ -53,7 +53,7 @@ class Round:
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
                  sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None,
-                 fragments: int = 1, deterministic: bool = False, delivered: dict[int, float] | None = None):
+                 fragments: int = 1, deterministic: bool = False):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -74,7 +74,6 @@ class Round:
         # node -> (when, bytes) of the message that gave it this round's work (sent ahead, with overlap)
         # (the dealer's own dict: sends still running record into it)
         self._sent: dict[int, tuple[float, int]] = sent if sent is not None else {}
-        self._delivered: dict[int, float] = delivered if delivered is not None else {}  # node -> send to ack, s
         self.rule = aggregation or Rule()
         # coordinator.deterministic: the updates are summed in (round, node) order at close, not in
         # arrival order, so the result does not depend on which node's bytes came first
@@ -146,7 +145,6 @@ class Round:
             norm=norm,
             upload_s=meta.upload_s,
             upload_bytes=meta.upload_bytes,
-            download_s=self._delivered.get(node_id) if sent is not None else None,
         )
         late = msg.round != self.id
         (self.late if late else self.answers)[node_id] = answer
