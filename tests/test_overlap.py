@@ -146,6 +146,8 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
     utilisation = {n["name"]: n["utilisation"] for n in summary.nodes}
     print("compute utilisation:", utilisation)
     assert all(0 < u <= 1 for u in utilisation.values())
+    # A node's clock starts at its first work: joining and waiting for the run are start-up, not waiting.
+    assert [a.idle_s for a in coord.history[0].answers.values()] == [0.0, 0.0]
     # From the shaped node's own clock: its next work began while each upload was still in flight.
     timeline = nodes[0].timeline
     acked = {r: b for kind, r, _, b in timeline if kind == "acked"}

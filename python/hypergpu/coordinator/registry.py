@@ -44,7 +44,8 @@ class NodeInfo:
     @property
     def utilisation(self) -> float | None:
         """The share of the wall time its updates covered that it spent training rather
-        than waiting on the network (None before any)."""
+        than waiting on the network, from its first work on: joining, waiting for the run to
+        begin and for its first parameters are start-up (None before any update)."""
         wall = self.busy_s + self.idle_s
         return self.busy_s / wall if wall > 0 else None
 

@@ -109,7 +109,7 @@ class Node:
         self._encoders: dict[int, UpdateEncoder] = {}
         self._leaving = asyncio.Event()  # set by leave(): say bye and stop
         self.unsettled = Unsettled()  # updates received but not known applied (node/settle.py)
-        self._idle_from = time.perf_counter()
+        self._idle_from: float | None = None  # waiting since (None before the first work: start-up is no wait)
         #: (kind, round, began, ended) lately, by its clock: "train", "upload" (the transport took it), "acked"
         self.timeline: deque[tuple[str, int, float, float]] = deque(maxlen=1024)
         self.uploads = UploadMeter()  # send -> ack of each update, told to the coordinator
@@ -282,7 +282,7 @@ class Node:
         (the round's fragment of the progress not sent yet), with the version it began from."""
         trainer = await self._prepare(opened)
         self.unsettled.began(opened.round, copy.deepcopy(trainer.inner_optimizer().state_dict()))
-        idle = time.perf_counter() - self._idle_from
+        idle = 0.0 if self._idle_from is None else time.perf_counter() - self._idle_from
         version = await asyncio.to_thread(self._fold_now, trainer)
         result = await asyncio.to_thread(self._train_round, trainer, opened)
         self._idle_from = time.perf_counter()
