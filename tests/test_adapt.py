@@ -384,6 +384,31 @@ def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_t
     assert any("round period" in r for r in reasons)
 
 
+def test_with_overlap_a_round_waits_for_a_straggler_no_longer_than_a_period() -> None:
+    """The round after next is dealt when a round closes: with overlap, waiting on a straggler
+    past the quorum for longer than a period of work leaves the quorum's nodes idle."""
+    links = {n: stats(20, 1000, 0) for n in range(4)}
+    common = ("adapt.strategy='all'", "training.local_steps=10", "coordinator.quorum=0.7")
+    throughput = {0: 100e6 / 8, 1: 100e6 / 8, 2: 100e6 / 8, 3: 0.5e6 / 8}
+    plans = {}
+    for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
+        planner, source = planner_for(links, *common, *extra)
+        plan = planner.plan(1, source.view())
+        answers = {n: {"samples": 320, "turnaround_s": 20.0, "compute_s": 10.0, "wall_s": 10.0,
+                       "update_bytes": 4 * PARAMS, "loss": 1.0, "upload_s": 0.02 + 4 * PARAMS / throughput[n],
+                       "upload_bytes": 4 * PARAMS} for n in plan.assignments}
+        planner.observe(record(1, answers, sorted(plan.assignments), plan))
+        period = planner._period_s(sorted(plan.assignments))  # what round 2's plan starts from
+        plans[name] = (planner, planner.plan(2, source.view()), period)
+    (plain, plain_plan, _), (over, over_plan, period) = plans["plain"], plans["overlap"]
+    assert 3 in over_plan.assignments  # the straggler still takes part
+    times = sorted(plain._expected_s(n) for n in sorted(plain_plan.assignments))
+    assert plain_plan.deadline_s == pytest.approx(2.0 * times[2] + 2.0)  # 3 of 4 make the quorum
+    print(f"\nperiod {period:.2f} s; deadline with overlap {over_plan.deadline_s:.2f} s, without {plain_plan.deadline_s:.2f} s")
+    assert 0 < period and over_plan.deadline_s == pytest.approx(period + 2.0, rel=0.05)
+    assert over_plan.deadline_s < plain_plan.deadline_s
+
+
 def test_an_overlap_budget_only_ever_relaxes_the_codec_chooser() -> None:
     chooser = CodecChooser(budget_s=0.5, allowed=("raw", "fp16", "int8", "int4"), dwell=1)
     assert chooser.ideal(4.0).codec == "int4"

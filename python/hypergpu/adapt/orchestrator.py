@@ -139,6 +139,11 @@ class AdaptivePlanner:
             times = sorted(self._expected_s(n) for n in paced)
             quorum = min(len(times), max(1, math.ceil(self.config.coordinator.quorum * len(times))))
             plan.deadline_s = DEADLINE_FACTOR * times[quorum - 1] + DEADLINE_MARGIN_S
+            if period > 0:
+                # With overlap the round after next is dealt when this one closes: past about a
+                # period of waiting on a straggler, the quorum's nodes run out of work. Its update
+                # then counts in the next round, stale-weighted.
+                plan.deadline_s = min(plan.deadline_s, period + DEADLINE_MARGIN_S)
             plan.optional = set(chosen) - set(paced)
         self._last_plan = plan
         return plan
