@@ -350,6 +350,19 @@ def test_a_nodes_own_upload_measure_is_its_links_throughput() -> None:
     assert mon.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6, rel=0.02)
 
 
+def _after_one_round(links: dict[int, LinkStats], throughput: dict[int, float], compute_s: float,
+                     *overrides: str) -> tuple[AdaptivePlanner, LinkSource, RoundPlan]:
+    """A planner that planned round 1 and observed every node compute ``compute_s`` and upload
+    its raw update at its ``throughput`` (bytes/s, as the node measured it)."""
+    planner, source = planner_for(links, *overrides)
+    plan = planner.plan(1, source.view())
+    answers = {n: {"samples": 320, "turnaround_s": 2.5 * compute_s, "compute_s": compute_s, "wall_s": compute_s,
+                   "update_bytes": 4 * PARAMS, "loss": 1.0, "upload_s": 0.02 + 4 * PARAMS / throughput[n],
+                   "upload_bytes": 4 * PARAMS} for n in plan.assignments}
+    planner.observe(record(1, answers, sorted(plan.assignments), plan))
+    return planner, source, plan
+
+
 def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_transfers_hide() -> None:
     """Overlap hides transfers under the next work. The slowest link sets the round's period; every
     node computes about that long (none waits for its next work), and a node whose compute then
@@ -359,12 +372,7 @@ def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_t
     throughput = {0: 100e6 / 8, 1: 4e6 / 8, 2: 0.5e6 / 8}  # 0.4 MB raw: 0.03 s, 0.8 s, 6.4 s
     plans = {}
     for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
-        planner, source = planner_for(links, *common, *extra)
-        plan = planner.plan(1, source.view())
-        answers = {n: {"samples": 320, "turnaround_s": 5.0, "compute_s": 2.0, "wall_s": 2.0,
-                       "update_bytes": 4 * PARAMS, "loss": 1.0, "upload_s": 0.02 + 4 * PARAMS / throughput[n],
-                       "upload_bytes": 4 * PARAMS} for n in plan.assignments}
-        planner.observe(record(1, answers, sorted(plan.assignments), plan))
+        planner, source, plan = _after_one_round(links, throughput, 2.0, *common, *extra)
         for r in range(2, 7):
             plan = planner.plan(r, source.view())
         plans[name] = (planner, plan.assignments)
@@ -392,12 +400,7 @@ def test_with_overlap_a_round_waits_for_a_straggler_no_longer_than_a_period() ->
     throughput = {0: 100e6 / 8, 1: 100e6 / 8, 2: 100e6 / 8, 3: 0.5e6 / 8}
     plans = {}
     for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
-        planner, source = planner_for(links, *common, *extra)
-        plan = planner.plan(1, source.view())
-        answers = {n: {"samples": 320, "turnaround_s": 20.0, "compute_s": 10.0, "wall_s": 10.0,
-                       "update_bytes": 4 * PARAMS, "loss": 1.0, "upload_s": 0.02 + 4 * PARAMS / throughput[n],
-                       "upload_bytes": 4 * PARAMS} for n in plan.assignments}
-        planner.observe(record(1, answers, sorted(plan.assignments), plan))
+        planner, source, plan = _after_one_round(links, throughput, 10.0, *common, *extra)
         period = planner._period_s(sorted(plan.assignments))  # what round 2's plan starts from
         plans[name] = (planner, planner.plan(2, source.view()), period)
     (plain, plain_plan, _), (over, over_plan, period) = plans["plain"], plans["overlap"]
