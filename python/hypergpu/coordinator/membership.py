@@ -34,6 +34,10 @@ from hypergpu.transport import Connection
 
 log = logging.getLogger("hypergpu.coordinator")
 
+#: Seconds past the hello deadline a new link's first message is still waited for here: the
+#: transport's own deadline, with its count and its reason, is the one a peer meets.
+HELLO_BACKSTOP_S = 5.0
+
 
 class Membership:
     """The registry, the shard ledger and the links of a run."""
@@ -69,7 +73,10 @@ class Membership:
         node id); None, with the link closed (and the refusal counted in :attr:`refused`), when
         the first message is no valid hello or the node is refused."""
         try:
-            msg = protocol.decode(await link.recv(timeout=timeout_s), max_meta=protocol.MAX_META)
+            # The transport closes, and counts, a link with no hello accepted ``timeout_s`` after
+            # its handshake (earlier than now). This wait is a later backstop, so the two never race.
+            wait = timeout_s + HELLO_BACKSTOP_S
+            msg = protocol.decode(await link.recv(timeout=wait), max_meta=protocol.MAX_META)
             if msg.kind != "hello":
                 raise FrameError(f"expected a hello, got {msg.kind}")
             hello = parse_meta(Hello, msg)
