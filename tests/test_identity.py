@@ -441,7 +441,8 @@ def test_strangers_are_closed_at_the_hello_deadline_holding_little(tmp_path: Pat
     print(f"\n48 strangers: coordinator RSS {before:.1f} -> peak {peak:.1f} MiB (+{peak - before:.1f}); admission "
           f"{admission}; held {max(r['held_s'] for r in holders):.2f} s at most; bytes let in per stranger: "
           f"token {max(r['bytes_written'] for r in holders)}, none {max(r['bytes_written'] for r in tokenless)}")
-    assert all(r["joined"] and "no hello accepted" in (r["closed"] or "") for r in holders), holders
+    odd = [r for r in holders if not (r["joined"] and "no hello accepted" in (r["closed"] or ""))]
+    assert not odd, (odd, admission)  # the odd ones alone: the whole list is cut short in a report
     assert all(r["held_s"] < 2.5 + 1.0 for r in holders), holders
     assert all(r["connected"] and not r["joined"] and r["bytes_written"] == 0 for r in tokenless), tokenless
     assert all(r["bytes_written"] <= 64 << 10 for r in holders)
