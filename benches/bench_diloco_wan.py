@@ -461,6 +461,25 @@ def _choices(arm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def round_log(arm: dict[str, Any]) -> list[str]:
+    """One line per round: when it closed, how long it took, its held-out loss, and per answering
+    node its batch x H, codec, compute and idle seconds and weight (late updates marked so)."""
+    lines = []
+    for r in arm["rounds"]:
+        loss = f"{r['test_loss']:.4f}" if r.get("test_loss") is not None else "-"
+        cells = []
+        for late, answers in ((False, r["nodes"]), (True, r["late"])):
+            for n, a in sorted(answers.items(), key=lambda kv: int(kv[0])):
+                job = r["assignments"].get(n)
+                work = f"{job['batch_size'] * job['accumulation']}x{job['local_steps']}" if job and not late else "?"
+                cells.append(f"{n}{'(late r' + str(a['round']) + ')' if late else ''}:{work} {a['codec']} "
+                             f"c{a['compute_s']:.0f} i{a['idle_s']:.0f} w{a['weight']:.2f}")
+        out = ",".join(sorted(r["excluded"]))
+        lines.append(f"r{r['round']} t{r['t_s']:.0f} d{r['duration_s']:.0f} loss {loss}"
+                     f"{' out ' + out if out else ''} | {'; '.join(cells)}")
+    return lines
+
+
 def arm_curves(arms: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
     ddp = arms["ddp"]
     start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
@@ -635,6 +654,7 @@ def run_all(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
         arms["ddp_replay"] = replay
     info = figures(size, arms)
     info["kernel_loss_drops"] = sum(drops.values())
+    info["round_log"] = {name: round_log(arms[name]) for name in ("diloco", "adaptive")}
     return info
 
 
@@ -661,10 +681,12 @@ def test_overlap_and_diloco_against_ddp_on_kernel_shaped_links(benchmark, tmp_pa
           f"({out['target_rule']}), load average {out['load_avg_1m_at_end']:.2f} at the end")
     print(_table(out))
     for key, value in out.items():
-        if key != "curves":
+        if key not in ("curves", "round_log"):
             print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     for name, pts in out["curves"].items():
         print(f"  curve {name}: {pts}")
+    for name, lines in out["round_log"].items():
+        print(f"  rounds {name}:" + "".join(f"\n    {line}" for line in lines))
     assert out["ddp_steps"] >= 1 and out["diloco_rounds"] >= 1 and out["adaptive_rounds"] >= 1
     assert all(c == 0 for c in out.get("node_exit_codes", []) if c is not None)
 

@@ -372,7 +372,8 @@ def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_t
     throughput = {0: 100e6 / 8, 1: 4e6 / 8, 2: 0.5e6 / 8}  # 0.4 MB raw: 0.03 s, 0.8 s, 6.4 s
     plans = {}
     for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
-        planner, source, plan = _after_one_round(links, throughput, 2.0, *common, *extra)
+        # 1 s of work per round, under the 2.5 s period the slowest link sets: H must grow to fill it
+        planner, source, plan = _after_one_round(links, throughput, 1.0, *common, *extra)
         for r in range(2, 7):
             plan = planner.plan(r, source.view())
         plans[name] = (planner, plan.assignments)
@@ -390,6 +391,23 @@ def test_with_overlap_every_node_computes_for_the_round_and_codecs_relax_where_t
         assert compute >= (1 - overlapped.policy.deadband) * period
     reasons = [d["reason"] for d in overlapped.decisions if d["knob"] == "local_steps"]
     assert any("round period" in r for r in reasons)
+
+
+def test_with_overlap_a_slow_link_gets_no_larger_batch() -> None:
+    """Without overlap a slow link carries a larger share of the global batch per exchange; with
+    overlap its transfers hide under its work, and a larger batch would only lengthen the round."""
+    links = {n: stats(20, 1000, 0) for n in range(3)}
+    common = ("adapt.strategy='all'", "training.local_steps=10", "training.batch_size=8")
+    throughput = {0: 100e6 / 8, 1: 100e6 / 8, 2: 0.5e6 / 8}
+    batches = {}
+    for name, extra in (("plain", ()), ("overlap", ("training.overlap=true",))):
+        planner, source, _ = _after_one_round(links, throughput, 2.0, *common, *extra)
+        for r in range(2, 5):
+            plan = planner.plan(r, source.view())
+        batches[name] = {n: a.batch_size * a.accumulation for n, a in plan.assignments.items()}
+    print(f"\neffective batch per node: {batches}")
+    assert batches["plain"][2] > batches["plain"][0]
+    assert batches["overlap"] == {0: 8, 1: 8, 2: 8}
 
 
 def test_with_overlap_a_round_waits_for_a_straggler_no_longer_than_a_period() -> None:

@@ -3,8 +3,9 @@
 Pre-round: poll the transport's counters for every live link, re-score
 the links, choose the participants (strategy, quarantine, fairness),
 then per participant the codec, the local steps and the batch split
-(with overlap: local steps that fill the round's period, and codecs as
-loose as the transfers hiding under that compute allow).
+(with overlap: every node's configured batch, local steps that fill the
+round's period, and codecs as loose as the transfers hiding under that
+compute allow).
 Post-round: fold the round's exchanges into the monitor, judge who hurt
 the round, and undo a node's latest change when its throughput or loss
 got worse because of it. "Because of it" matters: a change is usually
@@ -124,8 +125,12 @@ class AdaptivePlanner:
             if self._last_plan is not None and n not in self._last_plan.assignments:
                 why = "fairness bound" if n in self.selector.forced else "link within bounds again"
                 self._decide(round_id, n, "selection", "out", "in", why)
-        latency = {n: self._down_s(n) for n in chosen}
-        targets = self.batches.targets(latency)
+        if self.overlap:
+            # A node's transfers hide under its work, so a larger batch amortises nothing: it
+            # would only lengthen the round and leave fewer inner steps per second of work.
+            targets = {n: self.config.training.batch_size for n in chosen}
+        else:
+            targets = self.batches.targets({n: self._down_s(n) for n in chosen})
         # Nodes in only for fairness set neither the round's period nor its deadline.
         paced = [n for n in chosen if n not in self.selector.forced] or chosen
         period = self._period_s(paced) if self.overlap else 0.0
