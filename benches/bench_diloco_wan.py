@@ -594,7 +594,7 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
             for n, v in (c.get("links") or {}).items()},
         "adaptive_decisions": [
             f"r{d['round']} node {d['node']}: {d['old']} -> {d['new']} ({d['reason']})"
-            for d in c["decisions"] if d["knob"] in ("codec", "rollback", "selection")][:40],
+            for d in c["decisions"] if d["knob"] in ("codec", "local_steps", "rollback", "selection")][:80],
         **{f"{n}_{k}": v for n in ARM_NAMES for k, v in _node_figures(arms[n], links).items()},
         **{f"{n}_arm_wall_s": arms[n]["arm_wall_s"] for n in ARM_NAMES},
         "curves": {n: [(t, round(loss, 4), round(s, 1)) for t, loss, s in pts] for n, pts in curves.items()},

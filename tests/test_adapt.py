@@ -9,7 +9,7 @@ import pytest
 
 from hypergpu.adapt import AdaptivePlanner, NetworkMonitor, Quality, QualityTracker, link_score
 from hypergpu.adapt.batch import BatchBounds, BatchSizer
-from hypergpu.adapt.compression import CodecChooser
+from hypergpu.adapt.compression import CodecChoice, CodecChooser
 from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.quality import class_of
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
@@ -408,6 +408,29 @@ def test_with_overlap_a_slow_link_gets_no_larger_batch() -> None:
     print(f"\neffective batch per node: {batches}")
     assert batches["plain"][2] > batches["plain"][0]
     assert batches["overlap"] == {0: 8, 1: 8, 2: 8}
+
+
+def test_with_overlap_the_codec_budget_is_the_work_the_node_is_given() -> None:
+    """The transfers hide under the work the node gets this round, not the work it had: when H
+    falls, a codec relaxed against the old, longer work would outlast the new one."""
+    links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}
+    throughput = {0: 0.4e6 / 7, 1: 0.4e6 / 7}  # 0.4 MB raw: 7 s
+    common = ("adapt.strategy='all'", "training.local_steps=10", "training.overlap=true")
+    planner, source, _ = _after_one_round(links, throughput, 20.0, *common)  # 2 s a step: the period wants fewer
+    budgets: dict[int, float | None] = {}
+    choose = planner.codecs.choose
+
+    def spy(n: int, raw_s: float, budget_s: float | None = None) -> CodecChoice:
+        budgets[n] = budget_s
+        return choose(n, raw_s, budget_s)
+
+    planner.codecs.choose = spy  # type: ignore[method-assign]
+    plan = planner.plan(2, source.view())
+    for n, a in plan.assignments.items():
+        work = a.local_steps * a.batch_size * a.accumulation * planner.monitor.link(n).sample_s
+        print(f"\nnode {n}: H {a.local_steps}, work {work:.1f} s, codec budget {budgets[n]:.1f} s")
+        assert a.local_steps < 10  # H fell
+        assert budgets[n] == pytest.approx(work / (2 * planner.policy.compute_ratio))
 
 
 def test_with_overlap_a_round_waits_for_a_straggler_no_longer_than_a_period() -> None:

@@ -226,16 +226,16 @@ class AdaptivePlanner:
             period = max(period, self.policy.compute_ratio * comm, shortest)
         return period
 
-    def _hidden_s(self, n: int) -> float | None:
-        """With overlap: how long node ``n``'s transfers may take and still hide under its next work.
+    def _hidden_s(self, n: int, samples: int) -> float | None:
+        """With overlap: how long node ``n``'s transfers may take and still hide under its next
+        work, of ``samples`` samples (the work it is about to be given, not its last).
 
         Half its compute over the compute ratio: H then asks for no more compute than
         it has (ratio x (up + down) <= H x step), so codec and H do not push each other up."""
-        link, knobs = self.monitor.link(n), self.knobs.get(n)
-        if not self.overlap or knobs is None or not link.sample_s:
+        link = self.monitor.link(n)
+        if not self.overlap or n not in self.knobs or not link.sample_s:
             return None
-        compute = knobs.local_steps * knobs.effective_batch * link.sample_s
-        return compute / (2.0 * max(self.policy.compute_ratio, 1e-3))
+        return samples * link.sample_s / (2.0 * max(self.policy.compute_ratio, 1e-3))
 
     def _assign(self, round_id: int, n: int, batch_target: int, period_s: float = 0.0) -> Assignment:
         link = self.monitor.link(n)
@@ -244,19 +244,24 @@ class AdaptivePlanner:
             knobs = old
         else:
             raw_s = link.transfer_s(self.param_bytes)  # the whole vector, either way
-            budget = self._hidden_s(n)
-            codec = self.codecs.choose(n, raw_s, budget)
-            down = self.down_codecs.choose(n, raw_s, budget)
-            # With overlap H follows what the link needs at the plain budget; the codecs may then
-            # relax within the compute that gives (following the relaxed ones would feed back).
-            comm = self._lean_exchange_s(n, 0.0) if self.overlap else self._exchange_s(n, down, codec, 0.0)
             shard = self._shard.get(n)
             split = self.batches.choose(n, batch_target, shard)
             step_s = link.sample_s * split.effective if link.sample_s else None
             # Amortising a slow link with more local steps stops at a few passes
             # over the node's own shard: beyond that it overfits its slice of the data.
             limit = int(self.config.adapt.max_local_epochs * shard / split.effective) if shard else None
-            steps = self.steps.choose(n, comm, step_s, limit, period_s)
+            budget = None
+            if self.overlap:
+                # H follows what the link needs at the plain budget; the codecs then relax within
+                # the compute of the work H gives (following the relaxed ones would feed back).
+                comm = self._lean_exchange_s(n, 0.0)
+                steps = self.steps.choose(n, comm, step_s, limit, period_s)
+                budget = self._hidden_s(n, steps * split.effective)
+            codec = self.codecs.choose(n, raw_s, budget)
+            down = self.down_codecs.choose(n, raw_s, budget)
+            if not self.overlap:  # H amortises the exchange in the codecs chosen
+                comm = self._exchange_s(n, down, codec, 0.0)
+                steps = self.steps.choose(n, comm, step_s, limit, period_s)
             knobs = Knobs(split, steps, codec, down)
             if old is not None and knobs != old:
                 why = {"codec": f"raw upload ~{raw_s:.2f} s vs budget {self.codecs.budget_for(budget):g} s",
