@@ -474,7 +474,7 @@ def round_log(arm: dict[str, Any]) -> list[str]:
                 work = f"{job['batch_size'] * job['accumulation']}x{job['local_steps']}" if job and not late else "?"
                 cells.append(f"{n}{'(late r' + str(a['round']) + ')' if late else ''}:{work} {a['codec']} "
                              f"c{a['compute_s']:.0f} i{a['idle_s']:.0f} w{a['weight']:.2f}")
-        out = ",".join(sorted(r["excluded"]))
+        out = ", ".join(f"{n} ({why})" for n, why in sorted(r["excluded"].items(), key=lambda kv: int(kv[0])))
         lines.append(f"r{r['round']} t{r['t_s']:.0f} d{r['duration_s']:.0f} loss {loss}"
                      f"{' out ' + out if out else ''} | {'; '.join(cells)}")
     return lines
