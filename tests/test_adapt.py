@@ -433,6 +433,25 @@ def test_with_overlap_the_codec_budget_is_the_work_the_node_is_given() -> None:
         assert budgets[n] == pytest.approx(work / (2 * planner.policy.compute_ratio))
 
 
+def test_with_overlap_h_moves_only_on_a_measured_link() -> None:
+    """A node's first exchange is no measure of its link, so the next plans know it only by the
+    loss bound: 10% loss at 100 ms reads as a slow link, but H stays as configured until measured."""
+    links = {0: stats(100, 1000, 100), 1: stats(100, 1000, 100)}
+    planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10", "training.overlap=true")
+    plan = planner.plan(1, source.view())
+    answers = {n: {"samples": 320, "turnaround_s": 30.0, "compute_s": 2.0, "wall_s": 2.0,
+                   "update_bytes": 4 * PARAMS, "loss": 1.0} for n in plan.assignments}
+    planner.observe(record(1, answers, sorted(plan.assignments), plan))
+    for r in (2, 3):
+        plan = planner.plan(r, source.view())
+    guess = planner._lean_exchange_s(0, 0.0)
+    print(f"\nlean exchange by the loss bound {guess:.1f} s against 2 s of work; "
+          f"H {[a.local_steps for a in plan.assignments.values()]}")
+    assert guess > 2.0 and planner.monitor.link(0).throughput_Bps is None
+    assert all(a.local_steps == 10 for a in plan.assignments.values())
+    assert planner._period_s([0, 1]) == 0.0
+
+
 def test_with_overlap_a_round_waits_for_a_straggler_no_longer_than_a_period() -> None:
     """The round after next is dealt when a round closes: with overlap, waiting on a straggler
     past the quorum for longer than a period of work leaves the quorum's nodes idle."""

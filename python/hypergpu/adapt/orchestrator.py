@@ -215,11 +215,11 @@ class AdaptivePlanner:
         the longest of each paced node's exchange (its transfers, in the codecs the plain
         budget calls for, at the compute ratio) and its shortest work. The period does not
         follow the codecs the overlap budget then allows (that loop would only lengthen
-        rounds). Nodes not yet measured add nothing."""
+        rounds). Nodes not yet measured (compute, or a link's exchange) add nothing."""
         period = 0.0
         for n in paced:
             link, knobs = self.monitor.link(n), self.knobs.get(n)
-            if knobs is None or not link.sample_s:
+            if knobs is None or not link.sample_s or link.throughput_Bps is None:
                 continue
             comm = self._lean_exchange_s(n, 0.0)
             shortest = self.steps.minimum * knobs.effective_batch * link.sample_s
@@ -255,7 +255,10 @@ class AdaptivePlanner:
                 # H follows what the link needs at the plain budget; the codecs then relax within
                 # the compute of the work H gives (following the relaxed ones would feed back).
                 comm = self._lean_exchange_s(n, 0.0)
-                steps = self.steps.choose(n, comm, step_s, limit, period_s)
+                # Until the link carried a measured exchange its figure is the loss bound's guess
+                # (a shaper's queue drops can read as a link 100x slower): H stays as configured.
+                measured = link.throughput_Bps is not None
+                steps = self.steps.choose(n, comm, step_s if measured else None, limit, period_s)
                 budget = self._hidden_s(n, steps * split.effective)
             codec = self.codecs.choose(n, raw_s, budget)
             down = self.down_codecs.choose(n, raw_s, budget)
