@@ -144,6 +144,45 @@ def test_a_late_update_counts_stale_weighted_in_the_next_round() -> None:
     assert record.samples == 20 and 1 not in record.answers
 
 
+def test_an_update_is_weighed_by_the_model_versions_it_missed() -> None:
+    """With overlap an on-time update began one version back (the last outer step had not reached
+    its node); a late one began a version before that, so it weighs half as much. Without overlap
+    a late update's weight is its round's staleness, as before."""
+    book = RoundBook(quorum=0.5, late_policy=LatePolicy.STALE_WEIGHTED, decay=0.5)
+    first = Round(plan(1, 0, 1, 2), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0, version=1)
+    assert first.accept(0, update(1, version=0), 64, now=1.0).accepted
+    first.close(2.0, keep, model_version=1)
+    second = Round(plan(2, 0, 1, 2), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0, version=2)
+    assert second.accept(0, update(2, version=1), 64, now=3.0).accepted  # on time, overlapped
+    assert second.accept(1, update(1, version=0), 64, now=3.0).accepted  # late, overlapped
+    assert second.accept(2, update(1, version=1), 64, now=3.0).accepted  # late, without overlap
+    assert second.answers[0].weight == 0.5
+    assert second.late[1].weight == 0.25 and second.late[2].weight == 0.5
+    third = Round(plan(3, 0), np.zeros(N, dtype=np.float32), book, now=0.0, timeout_s=10.0, version=5)
+    ack = third.accept(0, update(3, version=2), 64, now=1.0)
+    assert not ack.accepted and ack.reason == "stale" and "began 3 model versions back" in ack.detail
+
+
+def test_with_a_quorum_grace_a_round_waits_past_its_quorum_a_fraction_of_the_time_it_took() -> None:
+    """With overlap every node's next work starts from the model the round's close makes: once the
+    quorum is in, the rest are waited for a quarter of the time the quorum took (2 s at least), not
+    until the plan's deadline."""
+    rnd = Round(plan(1, 0, 1, 2, 3, deadline_s=100.0), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5),
+                now=0.0, timeout_s=300.0, quorum_grace=0.25)
+    assert rnd.accept(0, update(1), 64, now=10.0).accepted
+    assert not rnd.expire(30.0) and rnd.wait_s(30.0) == pytest.approx(70.0)  # no quorum: the deadline
+    assert rnd.accept(1, update(1), 64, now=40.0).accepted  # 2 of 4: the quorum, 40 s in
+    assert not rnd.expire(49.9) and rnd.wait_s(45.0) == pytest.approx(5.0)
+    assert rnd.expire(50.0)
+    quick = Round(plan(2, 0, 1, deadline_s=100.0), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5),
+                  now=0.0, timeout_s=300.0, quorum_grace=0.25)
+    assert quick.accept(0, update(2), 64, now=1.0).accepted
+    assert not quick.expire(2.9) and quick.expire(3.0)  # a quarter of 1 s is under the 2 s floor
+    plain = Round(plan(3, 0, 1, deadline_s=100.0), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5),
+                  now=0.0, timeout_s=300.0)  # no grace (no overlap): the deadline
+    assert plain.accept(0, update(3), 64, now=1.0).accepted and not plain.expire(99.0) and plain.expire(100.0)
+
+
 def test_a_round_that_owes_nothing_after_sealing() -> None:
     rnd = open_round(1, 0, 1)
     assert rnd.owes(0) and rnd.owes(1) and not rnd.owes(2)

@@ -213,7 +213,7 @@ class AdaptivePlanner:
 
         A node's transfers travel while it computes, so the slowest link sets the pace:
         the longest of each paced node's exchange (its transfers, in the codecs the plain
-        budget calls for, at the compute ratio) and its shortest work. The period does not
+        budget calls for, at the compute ratio) and its shortest work (the configured H). The period does not
         follow the codecs the overlap budget then allows (that loop would only lengthen
         rounds). Nodes not yet measured (compute, or a link's exchange) add nothing."""
         period = 0.0
@@ -222,7 +222,7 @@ class AdaptivePlanner:
             if knobs is None or not link.sample_s or link.throughput_Bps is None:
                 continue
             comm = self._lean_exchange_s(n, 0.0)
-            shortest = self.steps.minimum * knobs.effective_batch * link.sample_s
+            shortest = self.steps.initial * knobs.effective_batch * link.sample_s
             period = max(period, self.policy.compute_ratio * comm, shortest)
         return period
 
@@ -258,7 +258,8 @@ class AdaptivePlanner:
                 # Until the link carried a measured exchange its figure is the loss bound's guess
                 # (a shaper's queue drops can read as a link 100x slower): H stays as configured.
                 measured = link.throughput_Bps is not None
-                steps = self.steps.choose(n, comm, step_s if measured else None, limit, period_s)
+                steps = self.steps.choose(n, comm, step_s if measured else None, limit, period_s,
+                                          least=self.steps.initial)
                 budget = self._hidden_s(n, steps * split.effective)
             codec = self.codecs.choose(n, raw_s, budget)
             down = self.down_codecs.choose(n, raw_s, budget)

@@ -203,8 +203,14 @@ class CoordinatorConfig(_Section):
         0.5, gt=0, le=1, description="weight factor per round of staleness (stale-weighted)"
     )
     max_staleness: int = Field(
-        2, ge=0, le=1000, description="most rounds an update may lag: a late update's round, "
-        "or the model versions it missed before it began (overlap); older ones are refused"
+        2, ge=0, le=1000, description="most rounds an update may lag: the rounds it is late, or the model "
+        "versions it missed before it began (with overlap one more); older ones are refused"
+    )
+    quorum_grace: float = Field(
+        0.25, ge=0, le=100, description="with training.overlap: once a round's quorum has answered, the rest "
+        "are waited for at most this fraction of the time the quorum took (at least 2 s; the plan's deadline "
+        "still caps it), since every node's next work starts from the model this round's close makes; later "
+        "updates count in the next round, stale-weighted",
     )
     aggregation: Aggregation = "clipped-mean"  # the rules and what each holds: config/aggregation.py
     clip_factor: ClipFactor = 1.5

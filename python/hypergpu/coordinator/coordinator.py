@@ -280,7 +280,9 @@ class Coordinator:
                                  assigned=dealt.assigned, timeout_s=self.config.coordinator.round_timeout_s,
                                  version=version, sent=dealt.sent, fragments=len(fragments),
                                  aggregation=Rule.of(self.config.coordinator),
-                                 deterministic=self.config.coordinator.deterministic)
+                                 deterministic=self.config.coordinator.deterministic,
+                                 quorum_grace=self.config.coordinator.quorum_grace
+                                 if self.config.training.overlap else None)
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,
             # and the round's deadline runs from its start.

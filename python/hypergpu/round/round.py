@@ -43,6 +43,9 @@ from hypergpu.update.robust import Aggregate, Rule, aggregate
 INVALID = "invalid"
 #: Refusal reason for an update claiming more samples than its node was assigned.
 OVERCLAIM = "overclaim"
+#: The least a round waits past its quorum under ``coordinator.quorum_grace`` (a few more
+#: answers are often a moment behind the last one the quorum needed).
+QUORUM_GRACE_MIN_S = 2.0
 #: Refusal reason for an update that began from a model more versions behind than allowed.
 STALE = "stale"
 
@@ -53,7 +56,7 @@ class Round:
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
                  sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None,
-                 fragments: int = 1, deterministic: bool = False):
+                 fragments: int = 1, deterministic: bool = False, quorum_grace: float | None = None):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -63,6 +66,9 @@ class Round:
         # Stop waiting at the plan's deadline once a quorum is in; without one,
         # wait a second timeout before giving up on the round.
         self.deadline = now + min(timeout_s, plan.deadline_s or timeout_s)
+        # With overlap: stop this fraction of the quorum's time after it is in (QUORUM_GRACE_MIN_S at least)
+        self.quorum_grace = quorum_grace
+        self._quorum_at: float | None = None
         self.acc = Accumulator(params.shape)
         self.answers: dict[int, NodeAnswer] = {}
         self.late: dict[int, NodeAnswer] = {}
@@ -117,17 +123,21 @@ class Round:
             # Weighted by its own claim, one update could outweigh all the others.
             return Ack(round=msg.round, accepted=False, reason=OVERCLAIM,
                        detail=f"claims {meta.samples} samples; it was assigned {cap}")
-        lag = self._lag(meta, msg.round)
+        lag = self._lag(meta)
         if lag > self.book.max_staleness:
             return Ack(round=msg.round, accepted=False, reason=STALE,
                        detail=f"began {lag} model versions back; at most {self.book.max_staleness} are taken")
-        weight = decision.weight * self.book.decay**lag
+        # Weighed by how far behind it began: a late update under overlap began a version
+        # before its round's on-time ones, so it weighs less than they do.
+        weight = self.book.decay ** max(decision.staleness, lag)
         try:
             update = self._decode(msg)
             norm = self.acc.add(update, weight=meta.samples * weight)
         except HyperGPUError as exc:
             return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
         self.book.commit(node_id, msg.round)
+        if self._quorum_at is None and self.book.has_quorum():
+            self._quorum_at = now
         sent = self._sent.get(node_id) if msg.round == self.id else None
         answer = NodeAnswer(
             node_id=node_id,
@@ -152,11 +162,12 @@ class Round:
             self._held[(msg.round, node_id)] = (update, meta.samples * weight, norm)
         return Ack(round=msg.round, accepted=True)
 
-    def _lag(self, meta: UpdateMeta, round_id: int) -> int:
-        """Model versions this round's update missed before it began (0 without overlap):
-        with overlap a node starts the next work before the last outer step reaches it."""
-        if round_id != self.id or self.version is None or meta.version is None:
-            return 0  # a late update's staleness is its round's, weighed by the book
+    def _lag(self, meta: UpdateMeta) -> int:
+        """Model versions an update missed before it began, against this round's: 0 for an
+        on-time one without overlap, 1 with it (a node starts the next work before the last
+        outer step reaches it), one more for each round it is late."""
+        if self.version is None or meta.version is None:
+            return 0
         return max(0, self.version - meta.version)
 
     def _decode(self, msg: Message) -> np.ndarray:
@@ -175,12 +186,20 @@ class Round:
         if self._sealed or self.book.complete():
             return True
         if now < self.deadline:
-            return False
+            return now >= self._grace_end()
         return self.book.has_quorum() or now > self.deadline + self.timeout_s
+
+    def _grace_end(self) -> float:
+        """When the quorum's grace runs out (never without a grace or a quorum)."""
+        if self.quorum_grace is None or self._quorum_at is None:
+            return math.inf
+        took = self._quorum_at - self.opened_at
+        return self._quorum_at + max(QUORUM_GRACE_MIN_S, self.quorum_grace * took)
 
     def wait_s(self, now: float) -> float:
         """How long the driver may sleep before asking :meth:`expire` again (absent updates)."""
-        return max(0.05, self.deadline - now) if now < self.deadline else 0.25
+        end = min(self.deadline, self._grace_end())
+        return max(0.05, end - now) if now < end else 0.25
 
     # --- closing ------------------------------------------------------------------
 
