@@ -19,8 +19,9 @@ the other over the same hosts, each from the same seeded initial model:
     every node every round with the same H (``local_steps``) and fp16 both
     ways, no overlap (the round waits for everyone; Nesterov outer step).
 (c) ``adaptive``: HyperGPU, ``adapt.enabled = true`` (per-node batch, H,
-    codec, participation from the measured links; update codecs raw, fp16,
-    int8 and int4, no top-k: see ``ADAPTIVE_CODECS``) and
+    codec, participation and the fragments an update is sent in, from the
+    measured links; update codecs raw, fp16, int8 and int4, no top-k: see
+    ``ADAPTIVE_CODECS``; up to 4 fragments per link) and
     ``training.overlap = true``.
 
 HyperGPU arms: the coordinator runs in its namespace (this file run as
@@ -166,7 +167,8 @@ ADAPTIVE_CODECS = ["raw", "fp16", "int8", "int4"]
 
 ARMS: dict[str, list[str]] = {
     "diloco": ["adapt.enabled=false", "training.overlap=false"],
-    "adaptive": ["adapt.enabled=true", "training.overlap=true", f"adapt.codecs={json.dumps(ADAPTIVE_CODECS)}"],
+    "adaptive": ["adapt.enabled=true", "training.overlap=true", f"adapt.codecs={json.dumps(ADAPTIVE_CODECS)}",
+                 "training.link_fragments=4"],
 }
 
 
@@ -443,19 +445,21 @@ def _node_figures(arm: dict[str, Any], links: list[Link]) -> dict[str, Any]:
 
 
 def _choices(arm: dict[str, Any]) -> dict[str, Any]:
-    """The H, batch and codecs the rounds assigned, per node."""
+    """The H, batch, codecs and fragments the rounds assigned, per node."""
     per: dict[str, dict[str, list[Any]]] = {}
     for r in arm["rounds"]:
         for n, a in r["assignments"].items():
-            d = per.setdefault(n, {"H": [], "batch": [], "codec": []})
+            d = per.setdefault(n, {"H": [], "batch": [], "codec": [], "fragments": []})
             d["H"].append(a["local_steps"])
+            d["fragments"].append(a.get("fragments", 1))
             d["batch"].append(a["batch_size"] * a["accumulation"])
             d["codec"].append(a["codec"])
     hs = [h for d in per.values() for h in d["H"]]
     return {
         "mean_H": statistics.fmean(hs) if hs else None,
         "per_node": {n: {"rounds": len(d["H"]), "H_mean": round(statistics.fmean(d["H"]), 1),
-                         "batch_last": d["batch"][-1], "codecs": sorted(set(d["codec"]))}
+                         "batch_last": d["batch"][-1], "codecs": sorted(set(d["codec"])),
+                         "fragments": sorted(set(d["fragments"]))}
                      for n, d in sorted(per.items(), key=lambda kv: int(kv[0]))},
         "excluded_rounds": sum(len(r["excluded"]) for r in arm["rounds"]),
     }
@@ -463,7 +467,8 @@ def _choices(arm: dict[str, Any]) -> dict[str, Any]:
 
 def round_log(arm: dict[str, Any]) -> list[str]:
     """One line per round: when it closed, how long it took, its held-out loss, and per answering
-    node its batch x H, codec, compute and idle seconds and weight (late updates marked so)."""
+    node its batch x H (/ the fragments its update went in), codec, compute and idle seconds and
+    weight (late updates marked so)."""
     lines = []
     for r in arm["rounds"]:
         loss = f"{r['test_loss']:.4f}" if r.get("test_loss") is not None else "-"
@@ -472,6 +477,7 @@ def round_log(arm: dict[str, Any]) -> list[str]:
             for n, a in sorted(answers.items(), key=lambda kv: int(kv[0])):
                 job = r["assignments"].get(n)
                 work = f"{job['batch_size'] * job['accumulation']}x{job['local_steps']}" if job and not late else "?"
+                work += f"/{job['fragments']}" if job and not late and job.get("fragments", 1) > 1 else ""
                 cells.append(f"{n}{'(late r' + str(a['round']) + ')' if late else ''}:{work} {a['codec']} "
                              f"c{a['compute_s']:.0f} i{a['idle_s']:.0f} w{a['weight']:.2f}")
         out = ", ".join(f"{n} ({why})" for n, why in sorted(r["excluded"].items(), key=lambda kv: int(kv[0])))

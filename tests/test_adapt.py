@@ -453,6 +453,37 @@ def test_with_overlap_h_never_falls_below_the_configured() -> None:
     assert steps["overlap"] == {0: 10, 1: 10}
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_slow_link_sends_its_update_in_fragments_a_fast_one_whole(overlap: bool) -> None:
+    """training.link_fragments: past the leanest codec allowed, a link whose upload overruns its
+    budget sends 1/F of its update per round, F the fewest power of two that fits (at most the
+    configured); a fast link sends the whole. The change is a logged decision, with its reason."""
+    links = {0: stats(20, 1000, 0), 1: stats(20, 1000, 0)}
+    throughput = {0: 100e6 / 8, 1: 0.5e6 / 8}  # 0.4 MB raw: 0.03 s and 6.4 s
+    common = ("adapt.strategy='all'", "training.local_steps=10", "adapt.codecs=['raw','fp16']",
+              "training.link_fragments=8", f"training.overlap={str(overlap).lower()}")
+    planner, source, plan = _after_one_round(links, throughput, 1.0, *common)
+    for r in range(2, 5):
+        plan = planner.plan(r, source.view())
+    frags = {n: a.fragments for n, a in plan.assignments.items()}
+    codec = plan.assignments[1].codec
+    up_s = planner.monitor.link(1).transfer_s(4 * PARAMS) * (0.5 if codec == "fp16" else 1.0)
+    budget = planner.codecs.budget_for(planner._hidden_s(1, plan.assignments[1].local_steps * 32))
+    print(f"\nfragments {frags}, node 1 {codec} upload ~{up_s:.2f} s vs budget {budget:.2f} s")
+    assert frags[0] == 1 and frags[1] > 1
+    assert up_s / frags[1] <= budget < up_s / (frags[1] // 2) or frags[1] == 8  # the fewest that fit
+    said = [d for d in planner.decisions if d["knob"] == "fragments"]
+    assert said and said[0]["node"] == 1 and said[0]["new"] == frags[1] and "upload" in said[0]["reason"]
+
+
+def test_link_fragments_are_a_power_of_two_the_planner_picks() -> None:
+    for bad, why in ((["training.link_fragments=3", "adapt.enabled=true"], "power of two"),
+                     (["training.link_fragments=2"], "adapt.enabled = true"),
+                     (["training.link_fragments=2", "training.fragments=2", "adapt.enabled=true"], "exclude")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(None, bad)
+
+
 def test_with_overlap_h_moves_only_on_a_measured_link() -> None:
     """A node's first exchange is no measure of its link, so the next plans know it only by the
     loss bound: 10% loss at 100 ms reads as a slow link, but H stays as configured until measured."""

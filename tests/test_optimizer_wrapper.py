@@ -297,7 +297,7 @@ async def test_overlap_is_refused_by_the_wrapped_optimizer_with_a_clear_error(tm
                              token=coord.token, name="stepwise", connect_timeout_s=20.0)
 
     try:
-        with pytest.raises(ConfigError, match="training.overlap and training.fragments need the built-in node"):
+        with pytest.raises(ConfigError, match="training.overlap, training.fragments and training.link_fragments need the"):
             await asyncio.to_thread(user)
     finally:
         await coord.close()

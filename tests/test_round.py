@@ -163,6 +163,65 @@ def test_an_update_is_weighed_by_the_model_versions_it_missed() -> None:
     assert not ack.accepted and ack.reason == "stale" and "began 3 model versions back" in ack.detail
 
 
+def partial(round_id: int, values: list[float], part: tuple[int, int] | None, samples: int = 10) -> Message:
+    """An update covering ``part`` of the round's parameters (training.link_fragments)."""
+    body = np.asarray(values, dtype=np.float32)
+    meta = {**UpdateMeta(samples=samples, loss=0.5).as_meta(), "part": part}
+    return Message("update", meta, {"update": body}, round=round_id)
+
+
+@pytest.mark.parametrize("rule", [Rule("mean"), Rule("clipped-mean"), Rule("median")])
+def test_with_link_fragments_each_piece_is_the_rule_over_the_updates_that_sent_it(rule: Rule) -> None:
+    """Node 0 sends the whole vector, node 1 its first half, node 2 its third quarter: each piece
+    is aggregated over the updates that cover it, and the last quarter, which only node 0 sent,
+    moves by node 0's alone. Nothing covered no piece here, so every piece moves."""
+    pieces = (slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8))
+    rnd = Round(plan(1, 0, 1, 2), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,
+                aggregation=rule, pieces=pieces)
+    assert rnd.accept(0, partial(1, [1.0] * 8, None), 64, now=1.0).accepted
+    assert rnd.accept(1, partial(1, [3.0] * 4, (0, 4)), 64, now=1.0).accepted
+    assert rnd.accept(2, partial(1, [5.0] * 2, (4, 6)), 64, now=1.0).accepted
+    applied: list[np.ndarray] = []
+    record = rnd.close(2.0, lambda mean: applied.append(mean) or 1, model_version=0)
+    assert record.applied and rnd.moved == pieces
+    np.testing.assert_allclose(applied[0], [2, 2, 2, 2, 3, 3, 1, 1])  # equal weights: means (medians) of 2
+    assert record.answers[1].cosine == pytest.approx(1.0)  # against the result where it was sent
+    assert record.answers[1].norm == pytest.approx(6.0)  # sqrt(4 x 9)
+    own = rnd.take_updates()
+    np.testing.assert_array_equal(own[2], [0, 0, 0, 0, 5, 5, 0, 0])  # scored over the whole, zero elsewhere
+
+
+def test_with_link_fragments_a_piece_nobody_sent_does_not_move() -> None:
+    pieces = (slice(0, 4), slice(4, 8))
+    rnd = Round(plan(1, 0, 1), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,
+                pieces=pieces, deterministic=True)
+    assert rnd.accept(1, partial(1, [2.0] * 4, (4, 8), samples=30), 64, now=1.0).accepted
+    assert rnd.accept(0, partial(1, [4.0] * 4, (4, 8), samples=10), 64, now=1.0).accepted
+    applied: list[np.ndarray] = []
+    assert rnd.close(2.0, lambda mean: applied.append(mean) or 1, model_version=0).applied
+    assert rnd.moved == (slice(4, 8),)
+    np.testing.assert_allclose(applied[0], [0, 0, 0, 0, 2.5, 2.5, 2.5, 2.5])  # (30*2 + 10*4) / 40
+
+
+@pytest.mark.parametrize("part, why", [((1, 4), "no run of this round's fragments"),
+                                       ((4, 4), "no run of this round's fragments"),
+                                       ((0, 9), "no run of this round's fragments")])
+def test_an_update_covering_no_run_of_pieces_is_refused_by_name(part: tuple[int, int], why: str) -> None:
+    rnd = Round(plan(1, 0), np.zeros(N, dtype=np.float32), RoundBook(quorum=0.5), now=0.0, timeout_s=10.0,
+                pieces=(slice(0, 4), slice(4, 8)))
+    ack = rnd.accept(0, partial(1, [1.0] * max(1, part[1] - part[0]), part), 64, now=1.0)
+    assert not ack.accepted and ack.reason == "invalid" and why in ack.detail
+    short = rnd.accept(0, partial(1, [1.0] * 3, (0, 4)), 64, now=1.0)  # says 4 values, carries 3
+    assert not short.accepted and "shape" in short.detail
+    nan = rnd.accept(0, partial(1, [1.0, np.nan, 1.0, 1.0], (0, 4)), 64, now=1.0)
+    assert not nan.accepted and "NaN" in nan.detail
+    assert rnd.accept(0, partial(1, [1.0] * 4, (0, 4)), 64, now=1.0).accepted  # nothing of the refused stayed
+    applied: list[np.ndarray] = []
+    rnd.close(2.0, lambda mean: applied.append(mean) or 1, model_version=0)
+    np.testing.assert_allclose(applied[0], [1, 1, 1, 1, 0, 0, 0, 0])
+    assert rnd.moved == (slice(0, 4),)
+
+
 def test_with_a_quorum_grace_a_round_waits_past_its_quorum_a_fraction_of_the_time_it_took() -> None:
     """With overlap every node's next work starts from the model the round's close makes: once the
     quorum is in, the rest are waited for a quarter of the time the quorum took (2 s at least), not

@@ -278,6 +278,8 @@ class Assignment:
     codec_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # top-k: fraction of coordinates sent
     zstd: bool = False
     down_codec: str = "raw"  # parameters to this node: whole (raw) or a delta in this codec
+    # training.link_fragments: the update goes out in this many fragments, one per round in turn
+    fragments: Annotated[int, Field(ge=1, le=64)] = 1
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,6 +316,8 @@ class UpdateMeta(_Meta):
     # (what the uplink carried, measured where overlap hides it from the coordinator's clock)
     upload_s: float | None = Field(default=None, ge=0, le=86_400)
     upload_bytes: int | None = Field(default=None, ge=0)
+    # training.link_fragments: the [start, stop) of the flat parameter vector the update covers (None: all)
+    part: tuple[int, int] | None = None
 
 
 class Ack(_Meta):

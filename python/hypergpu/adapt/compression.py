@@ -49,6 +49,15 @@ class CodecChoice:
 RAW = CodecChoice("raw")
 
 
+def fragments_for(upload_s: float, budget_s: float, most: int) -> int:
+    """``training.link_fragments``: the fewest fragments, a power of two up to ``most``, whose
+    share of an ``upload_s`` upload goes up within ``budget_s``."""
+    fragments = 1
+    while fragments < most and upload_s / fragments > budget_s:
+        fragments *= 2
+    return fragments
+
+
 class CodecChooser:
     def __init__(
         self,

@@ -17,6 +17,7 @@ class Knobs:
     local_steps: int
     codec: CodecChoice  # the node's update, up
     down: CodecChoice = RAW  # parameter deltas, down
+    fragments: int = 1  # training.link_fragments: the update goes up in this many fragments, in turn
 
     @property
     def effective_batch(self) -> int:
@@ -44,4 +45,4 @@ def describe(k: Knobs | None) -> dict[str, Any] | None:
     if k is None:
         return None
     return {"batch": k.effective_batch, "local_steps": k.local_steps, "codec": codec_name(k.codec),
-            "down_codec": codec_name(k.down)}
+            "down_codec": codec_name(k.down), "fragments": k.fragments}

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hypergpu.adapt.batch import BatchBounds, BatchSizer
-from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser
+from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser, fragments_for
 from hypergpu.adapt.knobs import Knobs, Trial, codec_name, describe
 from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.monitor import NetworkMonitor
@@ -180,14 +180,21 @@ class AdaptivePlanner:
             return None
         samples = knobs.local_steps * knobs.effective_batch
         if self.overlap:  # the transfers travel under the next work: the longer of the two sets the pace
-            return samples / max(link.sample_s * samples, self._exchange_s(n, knobs.down, knobs.codec, 0.0))
-        return samples / self._exchange_s(n, knobs.down, knobs.codec, link.sample_s * samples)
+            return samples / max(link.sample_s * samples,
+                                 self._exchange_s(n, knobs.down, knobs.codec, 0.0, knobs.fragments))
+        return samples / self._exchange_s(n, knobs.down, knobs.codec, link.sample_s * samples, knobs.fragments)
 
-    def _exchange_s(self, n: int, down: CodecChoice, up: CodecChoice, compute_s: float) -> float:
-        """Parameters down in ``down``, ``compute_s`` of work, the update up in ``up``, on ``n``'s link."""
+    def _exchange_s(self, n: int, down: CodecChoice, up: CodecChoice, compute_s: float, fragments: int = 1) -> float:
+        """Parameters down in ``down``, ``compute_s`` of work, the update up in ``up`` (one of its
+        ``fragments``), on ``n``'s link."""
         link = self.monitor.link(n)
         return (link.transfer_s(self.param_bytes * down.size_factor)
-                + link.transfer_s(self.param_bytes * up.size_factor) + compute_s)
+                + link.transfer_s(self.param_bytes * up.size_factor / fragments) + compute_s)
+
+    def _fragments(self, raw_s: float, up: CodecChoice, budget_s: float | None) -> int:
+        """The fragments the update goes up in, in ``up``, within the budget (training.link_fragments)."""
+        return fragments_for(raw_s * up.size_factor, self.codecs.budget_for(budget_s),
+                             self.config.training.link_fragments)
 
     def _prospective_s(self, n: int) -> float:
         """The exchange node ``n`` would have with the codecs its link calls for.
@@ -200,13 +207,14 @@ class AdaptivePlanner:
     def _lean_exchange_s(self, n: int, compute_s: float) -> float:
         """The exchange with the codecs the plain budget calls for on ``n``'s link (the most it needs)."""
         raw_s = self.monitor.link(n).transfer_s(self.param_bytes)
-        return self._exchange_s(n, self.down_codecs.ideal(raw_s), self.codecs.ideal(raw_s), compute_s)
+        up = self.codecs.ideal(raw_s)
+        return self._exchange_s(n, self.down_codecs.ideal(raw_s), up, compute_s, self._fragments(raw_s, up, None))
 
     def _expected_s(self, n: int) -> float:
         """The exchange node ``n`` should have with its current settings (raw before any)."""
         knobs = self.knobs.get(n)
         down, up = (knobs.down, knobs.codec) if knobs is not None else (RAW, RAW)
-        return self._exchange_s(n, down, up, self.monitor.link(n).wall_s or 0.0)
+        return self._exchange_s(n, down, up, self.monitor.link(n).wall_s or 0.0, knobs.fragments if knobs else 1)
 
     def _period_s(self, paced: list[int]) -> float:
         """With overlap: how long a round should last so that no node waits for its next work.
@@ -263,12 +271,15 @@ class AdaptivePlanner:
                 budget = self._hidden_s(n, steps * split.effective)
             codec = self.codecs.choose(n, raw_s, budget)
             down = self.down_codecs.choose(n, raw_s, budget)
+            fragments = self._fragments(raw_s, codec, budget)
             if not self.overlap:  # H amortises the exchange in the codecs chosen
-                comm = self._exchange_s(n, down, codec, 0.0)
+                comm = self._exchange_s(n, down, codec, 0.0, fragments)
                 steps = self.steps.choose(n, comm, step_s, limit, period_s)
-            knobs = Knobs(split, steps, codec, down)
+            knobs = Knobs(split, steps, codec, down, fragments)
             if old is not None and knobs != old:
                 why = {"codec": f"raw upload ~{raw_s:.2f} s vs budget {self.codecs.budget_for(budget):g} s",
+                       "fragments": f"{codec_name(codec)} upload ~{raw_s * codec.size_factor:.2f} s vs budget "
+                       f"{self.codecs.budget_for(budget):g} s",
                        "down_codec": f"raw download ~{raw_s:.2f} s vs budget {self.down_codecs.budget_for(budget):g} s",
                        "local_steps": f"communication ~{comm:.2f} s, step ~{(step_s or 0) * 1e3:.1f} ms"
                        + (f", round period ~{period_s:.1f} s" if period_s else ""),
@@ -278,6 +289,7 @@ class AdaptivePlanner:
         return Assignment(
             batch_size=knobs.batch.batch_size, local_steps=knobs.local_steps, accumulation=knobs.batch.accumulation,
             codec=knobs.codec.codec, codec_ratio=knobs.codec.ratio, down_codec=knobs.down.codec,
+            fragments=knobs.fragments,
         )
 
     def _changed(self, round_id: int, n: int, old: Knobs, knobs: Knobs, why: dict[str, str]) -> None:
@@ -287,11 +299,12 @@ class AdaptivePlanner:
             ("down_codec", codec_name(old.down), codec_name(knobs.down), why["down_codec"]),
             ("local_steps", old.local_steps, knobs.local_steps, why["local_steps"]),
             ("batch", old.effective_batch, knobs.effective_batch, why["batch"]),
+            ("fragments", old.fragments, knobs.fragments, why["fragments"]),
         ) if before != after]
         for knob, before, after, reason in moved:
             self._decide(round_id, n, knob, before, after, reason)
         faster = (knobs.codec != old.codec or knobs.down != old.down or knobs.local_steps > old.local_steps
-                  or knobs.effective_batch > old.effective_batch)
+                  or knobs.effective_batch > old.effective_batch or knobs.fragments > old.fragments)
         self.trials[n] = Trial(round_id, old, self._loss.get(n), [m[0] for m in moved], faster)
 
     # --- after the round ---------------------------------------------------------------

@@ -119,6 +119,12 @@ class TrainingConfig(_Section):
         "boundaries; round r syncs fragment (r-1) mod fragments, so each link's peak bytes per round drop by ~this "
         "factor while every fragment is still synced once every `fragments` rounds (1: the whole model every round)",
     )
+    link_fragments: int = Field(
+        1, ge=1, le=64, description="per link (Streaming DiLoCo, adapt planner): the most fragments one node's "
+        "update may be cut into; a node whose upload would overrun its budget sends 1/F of its progress per round, "
+        "fragments in turn, F a power of two the planner picks per link up to this (a power of two itself); each "
+        "parameter's outer step averages the nodes that sent it that round (1: every node sends the whole model)",
+    )
     overlap: bool = Field(
         False,
         description="nodes start the next round's work as soon as an update is sent and fold the new "
@@ -137,6 +143,15 @@ class TrainingConfig(_Section):
     def _custom_needs_factory(self) -> TrainingConfig:
         if self.model == "custom" and self.custom_model is None:
             raise ValueError("custom_model is required when model = 'custom'")
+        return self
+
+    @model_validator(mode="after")
+    def _one_fragment_schedule(self) -> TrainingConfig:
+        if self.link_fragments & (self.link_fragments - 1):
+            raise ValueError(f"link_fragments must be a power of two, got {self.link_fragments}")
+        if self.link_fragments > 1 and self.fragments > 1:
+            raise ValueError("link_fragments (per link) and fragments (the whole run's schedule) exclude each "
+                             "other: set one of them to 1")
         return self
 
 
@@ -325,6 +340,13 @@ class HyperGPUConfig(_Section):
             raise ValueError(f"training.model {self.training.model!r} cannot model language: use 'gpt' or 'custom'")
         if self.training.target_accuracy is not None and task == "lm":
             raise ValueError("training.target_accuracy is for classification; use training.target_loss")
+        return self
+
+    @model_validator(mode="after")
+    def _link_fragments_are_planned(self) -> HyperGPUConfig:
+        if self.training.link_fragments > 1 and not self.adapt.enabled:
+            raise ValueError("training.link_fragments: the adapt planner picks each link's fragments; "
+                             "set adapt.enabled = true (or training.fragments for one schedule for all)")
         return self
 
     @model_validator(mode="after")

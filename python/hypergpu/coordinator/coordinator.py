@@ -282,7 +282,9 @@ class Coordinator:
                                  aggregation=Rule.of(self.config.coordinator),
                                  deterministic=self.config.coordinator.deterministic,
                                  quorum_grace=self.config.coordinator.quorum_grace
-                                 if self.config.training.overlap else None)
+                                 if self.config.training.overlap else None,
+                                 # per link: a node's fragments end where these pieces do
+                                 pieces=self.model.layout.fragments(self.config.training.link_fragments))
         if fresh:
             # Sends run on their own: a slow link must not hold up the others,
             # and the round's deadline runs from its start.
@@ -298,6 +300,8 @@ class Coordinator:
 
         def apply(mean: np.ndarray) -> int:
             crash_point("aggregate", round_id)
+            if rnd.moved is not None:  # link fragments: only the parts some node sent move
+                return self.outer.step(self.model, mean, rnd.moved)
             return self.outer.step(self.model, mean, None if len(fragments) == 1 else where)
 
         record = await asyncio.to_thread(rnd.close, time.perf_counter(), apply, self.model.version)

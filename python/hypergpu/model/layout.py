@@ -80,13 +80,21 @@ class ParamLayout:
         cuts = sorted(set(cuts)) + [self.total]
         return tuple(slice(a, b) for a, b in zip(cuts, cuts[1:], strict=False))
 
-    def fragment_of(self, round_id: int, count: int) -> slice | None:
+    def fragment_of(self, round_id: int, count: int, pieces: int | None = None) -> slice | None:
         """Streaming DiLoCo's schedule: the fragment round ``round_id`` syncs, of ``count``
-        (rounds take turns from round 1); None when there is one: the whole vector."""
+        (rounds take turns from round 1); None when there is one: the whole vector.
+
+        With ``pieces`` (``training.link_fragments``) the vector is cut into that many
+        pieces and the fragments are ``count`` runs of them, as even as the pieces allow:
+        a node sending its update in ``count`` fragments covers every piece once per
+        ``count`` rounds, and its fragments always end where pieces do."""
+        cut = self.fragments(count if pieces is None else pieces)
+        count = min(count, len(cut))
         if count == 1:
             return None
-        fragments = self.fragments(count)
-        return fragments[(round_id - 1) % len(fragments)]
+        turn = (round_id - 1) % count
+        first, last = turn * len(cut) // count, (turn + 1) * len(cut) // count - 1
+        return slice(cut[first].start, cut[last].stop)
 
     @cached_property
     def buffer_slices(self) -> tuple[slice, ...]:

@@ -21,17 +21,22 @@ from hypergpu.model.manager import ModelManager
 #: DiLoCo's outer learning rate for Nesterov momentum.
 NESTEROV_LR = 0.7
 
+#: What an outer step covers: the whole model (None), a fragment (its slice) or parts of the whole.
+Where = slice | tuple[slice, ...] | None
+
 
 class OuterOptimizer(Protocol):
     """Applies a round's averaged update to the model; returns the new model version.
 
-    ``where`` names the fragment the update covers (Streaming DiLoCo): only
-    it moves, and only its share of any optimizer state.
+    ``where`` names what the update covers (Streaming DiLoCo): one slice, the
+    fragment the update is (only it moves, and only its share of any optimizer
+    state); or a tuple of slices of a whole-model update, the parts some node
+    sent (``training.link_fragments``: only they move).
     """
 
     name: str
 
-    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int: ...
+    def step(self, model: ModelManager, update: np.ndarray, where: Where = None) -> int: ...
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint (empty for a stateless optimizer)."""
@@ -50,8 +55,8 @@ class SGDOuter:
             raise ConfigError(f"outer lr must be > 0, got {lr}")
         self.lr = lr
 
-    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int:
-        update = _whole(model, update, where)
+    def step(self, model: ModelManager, update: np.ndarray, where: Where = None) -> int:
+        update = _whole(model, update, where)  # zero where nothing moves
         if self.lr == 1.0:
             return model.apply_update(update)
         return model.apply_update(_buffers_averaged(model, np.float32(self.lr) * update, update))
@@ -79,19 +84,19 @@ class NesterovOuter:
         self.lr, self.momentum = lr, momentum
         self.velocity: np.ndarray | None = None
 
-    def step(self, model: ModelManager, update: np.ndarray, where: slice | None = None) -> int:
+    def step(self, model: ModelManager, update: np.ndarray, where: Where = None) -> int:
         update = _whole(model, update, where)
-        part = slice(0, update.size) if where is None else where
         # The new velocity is computed aside and kept only once the model has taken the step:
         # a step the model refuses (non-finite, parameters out of bounds) must not stay in the
         # momentum, or every later round would go on pushing the refused update.
         velocity = (np.zeros_like(update) if self.velocity is None or self.velocity.shape != update.shape
                     else self.velocity.copy())
-        moved = velocity[part]  # a fragment's momentum moves only when it is synced
-        moved *= np.float32(self.momentum)
-        moved += update[part]
         step = np.zeros_like(update)
-        step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * moved)
+        for part in _parts(update, where):
+            moved = velocity[part]  # a fragment's momentum moves only when it is synced
+            moved *= np.float32(self.momentum)
+            moved += update[part]
+            step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * moved)
         for buffers in model.layout.buffer_slices:
             velocity[buffers] = 0.0
         version = model.apply_update(_buffers_averaged(model, step, update))
@@ -109,13 +114,20 @@ class NesterovOuter:
         self.velocity = None if velocity is None else np.array(velocity, dtype=np.float32, copy=True)
 
 
-def _whole(model: ModelManager, update: np.ndarray, where: slice | None) -> np.ndarray:
-    """A fragment's update laid into a zero vector of the whole model's size."""
-    if where is None:
+def _whole(model: ModelManager, update: np.ndarray, where: Where) -> np.ndarray:
+    """A fragment's update laid into a zero vector of the whole model's size (parts are already whole)."""
+    if where is None or isinstance(where, tuple):
         return update
     whole = np.zeros(model.layout.total, np.float32)
     whole[where] = update
     return whole
+
+
+def _parts(update: np.ndarray, where: Where) -> tuple[slice, ...]:
+    """The slices of the whole-model ``update`` that move."""
+    if where is None:
+        return (slice(0, update.size),)
+    return where if isinstance(where, tuple) else (where,)
 
 
 def _buffers_averaged(model: ModelManager, step: np.ndarray, update: np.ndarray) -> np.ndarray:

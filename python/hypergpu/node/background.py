@@ -290,11 +290,12 @@ class BackgroundLink:
     def _on_welcome(self, welcome: Welcome) -> None:
         try:
             welcome.check_layout(self.layout.digest, self.session.name, self.layout.total)
-            if welcome.training.overlap or welcome.training.fragments > 1:
+            t = welcome.training
+            if t.overlap or t.fragments > 1 or t.link_fragments > 1:
                 # Work a round ahead, or one fragment per round: the user's loop steps whole rounds.
-                raise ConfigError("training.overlap and training.fragments need the built-in node (hypergpu node); "
-                                  "DistributedOptimizer trains whole rounds: set training.overlap = false, "
-                                  "training.fragments = 1")
+                raise ConfigError("training.overlap, training.fragments and training.link_fragments need the "
+                                  "built-in node (hypergpu node); DistributedOptimizer trains whole rounds: set "
+                                  "training.overlap = false, training.fragments = 1, training.link_fragments = 1")
         except HyperGPUError as exc:
             self._fail(exc)
             raise

@@ -20,8 +20,9 @@ since). The update a round reports is its inner steps' own displacement:
 the trainer moves its starting point by every fold it makes mid-round.
 
 With fragments (Streaming DiLoCo) a round sends only its fragment's part
-of the progress not yet sent (:meth:`Folder.outgoing`); the rest waits
-for its own fragment's turn, and a fold only takes out what was sent.
+of the progress not yet sent (:meth:`Folder.outgoing`, :func:`part_of`);
+the rest waits for its own fragment's turn, and a fold only takes out what
+was sent.
 
 Parameters arrive on the event loop (:meth:`Folder.arrive`); the trainer
 folds them in between steps on its own thread (:meth:`Folder.fold`), so
@@ -34,6 +35,10 @@ import threading
 from collections import deque
 
 import numpy as np
+
+from hypergpu.config.schema import TrainingConfig
+from hypergpu.model.layout import ParamLayout
+from hypergpu.node.protocol import RoundOpened
 
 
 class Folder:
@@ -124,3 +129,11 @@ class Folder:
     @property
     def pending_rounds(self) -> list[int]:
         return sorted(self._pending)
+
+
+def part_of(layout: ParamLayout, training: TrainingConfig, opened: RoundOpened) -> slice | None:
+    """The fragment of its progress a node sends in ``opened``'s round (None: all of it):
+    Streaming DiLoCo's run-wide turn, or the turn of the fragments its link was given."""
+    if training.link_fragments > 1:
+        return layout.fragment_of(opened.round, opened.assignment.fragments, training.link_fragments)
+    return layout.fragment_of(opened.round, training.fragments)

@@ -336,6 +336,8 @@ class UpdateEncoder:
     A round sent raw sends it along exactly and clears it. ``last_delta`` is
     how the last message changed the residual: should that update never be
     applied, :meth:`unsend` takes the change back (:mod:`hypergpu.node.settle`).
+    A fragment's update (``where`` of ``total``) uses its share of a residual over
+    all the parameters: however fragments are cut from round to round, none is lost.
     """
 
     def __init__(self) -> None:
@@ -349,10 +351,12 @@ class UpdateEncoder:
             self.residual = np.zeros_like(delta)
         self.residual -= delta
 
-    def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
-        """The ``update`` message for ``update`` (float32, flat) in ``round_id``."""
+    def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int,
+                where: slice | None = None, total: int = 0) -> Message:
+        """The ``update`` message for ``update`` (float32, flat) in ``round_id``: the whole
+        parameter vector, or its fragment ``where`` of a vector ``total`` long."""
         before = None if self.residual is None else self.residual.copy()
-        msg = self._message(update, assignment, meta, round_id)
+        msg = self._message(update, assignment, meta, round_id, where, total)
         after = self.residual
         if before is None:
             self.last_delta = None if after is None else after.copy()
@@ -360,20 +364,30 @@ class UpdateEncoder:
             self.last_delta = -before if after is None or after.shape != before.shape else after - before
         return msg
 
-    def _message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int) -> Message:
+    def _residual(self, update: np.ndarray, where: slice | None, total: int, make: bool) -> np.ndarray | None:
+        """The residual ``update`` carries: all of it, or fragment ``where``'s share of it
+        (None when it holds none of that shape and ``make`` is false)."""
+        shape = update.shape if where is None else (total,)
+        if self.residual is None or self.residual.shape != shape:
+            if not make:
+                return None
+            self.residual = np.zeros(shape, np.float32)
+        return self.residual if where is None else self.residual[where]
+
+    def _message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int,
+                 where: slice | None, total: int) -> Message:
         if assignment.codec == "raw":
-            if self.residual is not None and self.residual.shape == update.shape:
-                update = update + self.residual
-            self.residual = None
+            owed = self._residual(update, where, total, make=False)
+            if owed is not None:
+                update = update + owed
+                owed[:] = 0.0
+            if where is None:
+                self.residual = None
             if not assignment.zstd:
                 return Message("update", meta.as_meta(), {"update": update}, round=round_id)
         ratio = assignment.codec_ratio if assignment.codec == "topk" else None
         codec = Codec(assignment.codec, ratio=ratio, zstd=assignment.zstd)
-        residual = None
-        if codec.error_feedback:
-            if self.residual is None or self.residual.shape != update.shape:
-                self.residual = np.zeros_like(update)
-            residual = self.residual
+        residual = self._residual(update, where, total, make=True) if codec.error_feedback else None
         encoded = codec.encode(update, residual)
         return Message(
             "update",

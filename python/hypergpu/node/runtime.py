@@ -46,7 +46,7 @@ from hypergpu.node.protocol import (
     hello,
 )
 from hypergpu.node.metrics import UploadMeter
-from hypergpu.node.overlap import Folder
+from hypergpu.node.overlap import Folder, part_of
 from hypergpu.node.session import Backoff, Session
 from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
@@ -106,7 +106,7 @@ class Node:
         )
         self._trainer: LocalTrainer | None = None
         self._reader: ShardReader | None = None
-        self._encoders: dict[int, UpdateEncoder] = {}
+        self._encoder = UpdateEncoder()
         self._leaving = asyncio.Event()  # set by leave(): say bye and stop
         self.unsettled = Unsettled()  # updates received but not known applied (node/settle.py)
         self._idle_from: float | None = None  # waiting since (None before the first work: start-up is no wait)
@@ -235,7 +235,7 @@ class Node:
             # the trainer may be stepping on its own thread right now
             log.info("%s: rounds %s lost; the inner optimizer keeps its state (overlap)", self.name, undo.rounds)
             optimizer = None
-        undo.take_back(lambda key: self._encoders.setdefault(key, UpdateEncoder()), optimizer)
+        undo.take_back(lambda key: self._encoder, optimizer)
         log.info("%s: updates for rounds %s were not applied; taken back", self.name, undo.rounds)
 
     def _on_welcome(self, welcome: Welcome) -> None:
@@ -271,7 +271,8 @@ class Node:
         """Without overlap: fold the round's parameters in, train, send, then wait for the next."""
         # Nothing trained since the last update, and it all went out: the parameters are loaded
         # as they are (folding them in would add rounding that depends on the node's history).
-        plain = self._trainer is None or self._trainer.training.fragments == 1
+        t = None if self._trainer is None else self._trainer.training
+        plain = t is None or t.fragments == t.link_fragments == 1
         self._folder.arrive(opened.params, opened.version, opened.closed or 0, replace=plain)
         trainer, result, version, idle = await self._train_work(opened)
         await self._send_update(opened, result, version, idle, reconnect=True)
@@ -286,8 +287,7 @@ class Node:
         version = await asyncio.to_thread(self._fold_now, trainer)
         result = await asyncio.to_thread(self._train_round, trainer, opened)
         self._idle_from = time.perf_counter()
-        where = trainer.layout.fragment_of(opened.round, trainer.training.fragments)
-        part = self._folder.outgoing(opened.round, result.update, where)
+        part = self._folder.outgoing(opened.round, result.update, part_of(trainer.layout, trainer.training, opened))
         return trainer, result._replace(update=part), version, idle
 
     def _on_round_overlapped(self, opened: RoundOpened) -> None:
@@ -368,6 +368,7 @@ class Node:
         trainer = self._trainer
         assert trainer is not None
         figures = result.metrics
+        where = part_of(trainer.layout, trainer.training, opened)
         meta = UpdateMeta(
             samples=result.samples_seen,
             loss=figures["loss"],
@@ -377,13 +378,13 @@ class Node:
             wall_s=figures["wall_s"],
             idle_s=idle_s,
             version=version,
+            # a link's own fragments name their part; the run's schedule is the round's own
+            part=None if where is None or trainer.training.link_fragments == 1 else (where.start, where.stop),
             **self.uploads.figures(),
         )
-        # one error-feedback residual per fragment: each carries what its own payloads lost
-        where = trainer.layout.fragment_of(opened.round, trainer.training.fragments)
-        encoder = self._encoders.setdefault(0 if where is None else where.start, UpdateEncoder())
-        update = encoder.message(result.update, opened.assignment, meta, opened.round)
-        self.unsettled.encoded(opened.round, 0 if where is None else where.start, encoder.last_delta)
+        update = self._encoder.message(result.update, opened.assignment, meta, opened.round,
+                                       where, trainer.layout.total)
+        self.unsettled.encoded(opened.round, 0, self._encoder.last_delta)
         retries_before = self.report.retries
         began = time.perf_counter()
         self.uploads.began(opened.round, began, sum(a.nbytes for a in update.sections.values()))
@@ -396,3 +397,4 @@ class Node:
                  figures["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
+

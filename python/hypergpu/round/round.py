@@ -20,6 +20,12 @@ held for their cosines and, after the close, handed over for their effect
 scoring (:meth:`Round.take_updates`); the rules other than ``mean`` hold the late
 updates they also aggregate. The module table of :mod:`hypergpu.update.robust`
 says what each rule needs in memory.
+
+With ``training.link_fragments`` an update may cover a run of the round's
+pieces only (its meta's ``part``; :mod:`hypergpu.round.pieces`): every
+update is then held, and when some update is partial each piece is
+aggregated over the updates that sent it, and only the pieces some update
+covered move (:attr:`Round.moved`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 from hypergpu.errors import HyperGPUError, ShapeMismatchError, UpdateError
 from hypergpu.protocol import Ack, Message, UpdateMeta, parse_meta
 from hypergpu.round.book import Decision, RoundBook, Verdict
+from hypergpu.round.pieces import Pieces
 from hypergpu.round.plan import RoundPlan
 from hypergpu.round.records import NodeAnswer, RoundRecord
 from hypergpu.update.aggregate import Accumulator, cosines
@@ -56,7 +63,8 @@ class Round:
     def __init__(self, plan: RoundPlan, params: np.ndarray, book: RoundBook, *, now: float, timeout_s: float,
                  assigned: dict[int, int] | None = None, version: int | None = None,
                  sent: dict[int, tuple[float, int]] | None = None, aggregation: Rule | None = None,
-                 fragments: int = 1, deterministic: bool = False, quorum_grace: float | None = None):
+                 fragments: int = 1, deterministic: bool = False, quorum_grace: float | None = None,
+                 pieces: tuple[slice, ...] | None = None):
         self.plan = plan
         self.id = plan.round
         self.params = params
@@ -70,6 +78,11 @@ class Round:
         self.quorum_grace = quorum_grace
         self._quorum_at: float | None = None
         self.acc = Accumulator(params.shape)
+        # training.link_fragments: the pieces an update may cover a run of (its meta's ``part``)
+        self.pieces = Pieces(pieces) if pieces is not None and len(pieces) > 1 else None
+        self._parts: dict[tuple[int, int], slice] = {}  # the held updates that cover less than the whole
+        # with pieces, after the aggregate: the slices of ``params`` some update covered (only they move)
+        self.moved: tuple[slice, ...] | None = None
         self.answers: dict[int, NodeAnswer] = {}
         self.late: dict[int, NodeAnswer] = {}
         self.mean: np.ndarray | None = None
@@ -131,8 +144,10 @@ class Round:
         # before its round's on-time ones, so it weighs less than they do.
         weight = self.book.decay ** max(decision.staleness, lag)
         try:
-            update = self._decode(msg)
-            norm = self.acc.add(update, weight=meta.samples * weight)
+            part = self._part(meta)
+            update = self._decode(msg, part)
+            w = meta.samples * weight
+            norm = self.pieces.fold(update, part, w) if self.pieces else self.acc.add(update, weight=w)
         except HyperGPUError as exc:
             return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
         self.book.commit(node_id, msg.round)
@@ -158,9 +173,19 @@ class Round:
         )
         late = msg.round != self.id
         (self.late if late else self.answers)[node_id] = answer
-        if not late or not self.rule.streams or self.deterministic:
+        if not late or not self.rule.streams or self.deterministic or self.pieces is not None:
             self._held[(msg.round, node_id)] = (update, meta.samples * weight, norm)
+            if part is not None:
+                self._parts[(msg.round, node_id)] = part
         return Ack(round=msg.round, accepted=True)
+
+    def _part(self, meta: UpdateMeta) -> slice | None:
+        """The run of pieces an update covers (None: all of the round's parameters)."""
+        if meta.part is None or meta.part == (0, self.params.size):
+            return None
+        if self.pieces is None:
+            raise UpdateError(f"update covers {list(meta.part)}: this round takes whole updates only")
+        return self.pieces.part(*meta.part)
 
     def _lag(self, meta: UpdateMeta) -> int:
         """Model versions an update missed before it began, against this round's: 0 for an
@@ -170,11 +195,11 @@ class Round:
             return 0
         return max(0, self.version - meta.version)
 
-    def _decode(self, msg: Message) -> np.ndarray:
+    def _decode(self, msg: Message, part: slice | None) -> np.ndarray:
         raw = msg.sections.get("update")
         if raw is None:
             raise UpdateError("update message has no 'update' section")
-        expected = self.params.shape
+        expected = self.params.shape if part is None else (part.stop - part.start,)
         update = raw if msg.codec == "raw" else decode_update(raw, msg.codec, zstd=msg.zstd, shape=expected)
         if update.shape != expected:
             raise ShapeMismatchError(f"update has shape {update.shape}, the model has {expected}")
@@ -212,14 +237,14 @@ class Round:
     @property
     def applicable(self) -> bool:
         """Whether the round has something to apply: accepted updates and a quorum."""
-        return self.acc.count > 0 and self.book.has_quorum()
+        return (self.pieces or self.acc).count > 0 and self.book.has_quorum()
 
     def close(self, now: float, apply: Callable[[np.ndarray], int], model_version: int) -> RoundRecord:
         """Aggregate the updates by the configured rule and apply the result (through ``apply``,
-        which returns the new model version) if the round has a quorum, score each answer
-        against it, and record the round. A result the kernels refuse (a sum that overflows
-        float32) or ``apply`` refuses (parameters out of bounds) is not applied: the round
-        is recorded as such, with why, and the run goes on."""
+        which returns the new model version; with pieces only :attr:`moved` may move) if the
+        round has a quorum, score each answer against it, and record the round. A result the
+        kernels refuse (a sum that overflows float32) or ``apply`` refuses (parameters out of
+        bounds) is not applied: the round is recorded as such, with why, and the run goes on."""
         self.seal()
         applied = self.applicable
         answers, late = dict(self.answers), dict(self.late)
@@ -235,8 +260,8 @@ class Round:
             self.mean = outcome.value
             self._mark(outcome, answers, late)
         # This round's own updates stay for their effect scoring until the driver takes them.
-        self._own = {n: held[0] for (r, n), held in self._held.items() if r == self.id}
-        self._held = {}
+        self._own = {n: self._whole((r, n)) for (r, n) in self._held if r == self.id}
+        self._held, self._parts = {}, {}
         # An update the rule dropped (Krum) is not in the model: not applied, its samples not trained.
         kept = [a for a in [*answers.values(), *late.values()] if not a.dropped]
         self.book.decided(self.id, applied, [(a.node_id, a.round) for a in kept])
@@ -272,11 +297,26 @@ class Round:
         own, self._own = self._own, {}
         return own
 
+    def _whole(self, key: tuple[int, int]) -> np.ndarray:
+        """A held update over the whole of the round's parameters (zero where it sent nothing)."""
+        update, part = self._held[key][0], self._parts.get(key)
+        if part is None:
+            return update
+        whole = np.zeros(self.params.shape, np.float32)
+        whole[part] = update
+        return whole
+
     def _aggregate(self) -> Aggregate:
-        streamed = self.acc
         if self.deterministic:
-            # float sums depend on their order: fold again in (round, node) order
             self._held = dict(sorted(self._held.items()))
+        if self.pieces is not None and self._parts:
+            parted = [(u, w, self._parts.get(key)) for key, (u, w, _) in self._held.items()]
+            outcome, self.moved = self.pieces.aggregate(self.rule, parted, ordered=self.deterministic)
+            return outcome
+        streamed = self.acc
+        if self.deterministic or self.pieces is not None:
+            # float sums depend on their order: fold again in (round, node) order (with pieces
+            # the running sums are per piece, and every update whole: fold the whole here)
             streamed = Accumulator(self.params.shape)
             for update, weight, _ in self._held.values():
                 streamed.add(update, weight=weight)
@@ -291,9 +331,14 @@ class Round:
         """Each answer with its cosine against the result, and whether the rule clipped or dropped it."""
         keys = list(self._held)
         current = [k for k in keys if k[0] == self.id]
-        if current:
-            scores = cosines([self._held[k][0] for k in current], outcome.value.reshape(-1))
-            for (_, n), c in zip(current, scores):
+        groups: dict[tuple[int, int] | None, list[tuple[int, int]]] = {}
+        for k in current:  # each against the result where it was sent
+            part = self._parts.get(k)
+            groups.setdefault(None if part is None else (part.start, part.stop), []).append(k)
+        for bounds, mine in groups.items():
+            where = slice(None) if bounds is None else slice(*bounds)
+            scores = cosines([self._held[k][0] for k in mine], outcome.value.reshape(-1)[where])
+            for (_, n), c in zip(mine, scores):
                 if math.isfinite(c):
                     answers[n] = replace(answers[n], cosine=float(c))
         for i, (r, n) in enumerate(keys):
