@@ -304,7 +304,9 @@ def test_an_update_larger_than_the_model_can_make_is_refused_unread(tmp_path: Pa
             link, welcome = await _join(join, coord.token, NodeKey.generate(), "big")
             limit = max_node_message(int(welcome.meta["num_params"]))
             assert link.peer_max_message_bytes == limit
-            huge = np.zeros(limit // 4 + 1024, np.float32)
+            # Past the limit, and past the 8 MiB a stream may hold unread: the peer cannot have
+            # acknowledged all of it before reading the header and stopping the stream.
+            huge = np.zeros(max(limit, 16 << 20) // 4 + 1024, np.float32)
             frame = protocol.encode(Message("update", {"samples": 1}, {"update": huge}, round=1))
             with pytest.raises(MessageTooLargeError):
                 await link.send(frame)  # an honest node would stop here

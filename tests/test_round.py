@@ -220,6 +220,10 @@ def test_an_update_covering_no_run_of_pieces_is_refused_by_name(part: tuple[int,
     rnd.close(2.0, lambda mean: applied.append(mean) or 1, model_version=0)
     np.testing.assert_allclose(applied[0], [1, 1, 1, 1, 0, 0, 0, 0])
     assert rnd.moved == (slice(0, 4),)
+    whole = open_round(1, 0)  # no pieces: a part is refused, the whole vector named as a part is not
+    ack = whole.accept(0, partial(1, [1.0] * 4, (0, 4)), 64, now=1.0)
+    assert not ack.accepted and "whole updates only" in ack.detail
+    assert whole.accept(0, partial(1, [1.0] * N, (0, N)), 64, now=1.0).accepted
 
 
 def test_with_a_quorum_grace_a_round_waits_past_its_quorum_a_fraction_of_the_time_it_took() -> None:
