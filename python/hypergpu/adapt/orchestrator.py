@@ -2,10 +2,10 @@
 
 Pre-round: poll the transport's counters for every live link, re-score
 the links, choose the participants (strategy, quarantine, fairness),
-then per participant the codec, the local steps and the batch split
-(with overlap: every node's configured batch, local steps that fill the
-round's period, and codecs as loose as the transfers hiding under that
-compute allow).
+then per participant the codec, the local steps, the batch split and the
+fragments an update goes up in (with overlap: every node's configured
+batch, local steps that fill the round's period, codecs as loose as the
+transfers hiding under that compute allow).
 Post-round: fold the round's exchanges into the monitor, judge who hurt
 the round, and undo a node's latest change when its throughput or loss
 got worse because of it. "Because of it" matters: a change is usually
@@ -18,8 +18,7 @@ work and waiting), since the turnaround also holds the next round's work,
 and the old settings' rate is that of the longer of compute and
 transfers. Every decision is recorded with its reason and published as a
 ``decision`` event; the time spent deciding is measured against the
-round time.
-"""
+round time."""
 
 from __future__ import annotations
 
@@ -191,9 +190,10 @@ class AdaptivePlanner:
         return (link.transfer_s(self.param_bytes * down.size_factor)
                 + link.transfer_s(self.param_bytes * up.size_factor / fragments) + compute_s)
 
-    def _fragments(self, raw_s: float, up: CodecChoice, budget_s: float | None) -> int:
-        """The fragments the update goes up in, in ``up``, within the budget (training.link_fragments)."""
-        return fragments_for(raw_s * up.size_factor, self.codecs.budget_for(budget_s),
+    def _fragments(self, n: int, raw_s: float, up: CodecChoice, budget_s: float | None) -> int:
+        """The fragments the update goes up in, in ``up``, within the budget (training.link_fragments);
+        1 until ``n``'s link is measured (on the loss bound's guess fast links were cut, and loss rose)."""
+        return 1 if self.monitor.link(n).throughput_Bps is None else fragments_for(raw_s * up.size_factor, self.codecs.budget_for(budget_s),
                              self.config.training.link_fragments)
 
     def _prospective_s(self, n: int) -> float:
@@ -207,8 +207,8 @@ class AdaptivePlanner:
     def _lean_exchange_s(self, n: int, compute_s: float) -> float:
         """The exchange with the codecs the plain budget calls for on ``n``'s link (the most it needs)."""
         raw_s = self.monitor.link(n).transfer_s(self.param_bytes)
-        up = self.codecs.ideal(raw_s)
-        return self._exchange_s(n, self.down_codecs.ideal(raw_s), up, compute_s, self._fragments(raw_s, up, None))
+        up, down = self.codecs.ideal(raw_s), self.down_codecs.ideal(raw_s)
+        return self._exchange_s(n, down, up, compute_s, self._fragments(n, raw_s, up, None))
 
     def _expected_s(self, n: int) -> float:
         """The exchange node ``n`` should have with its current settings (raw before any)."""
@@ -271,7 +271,7 @@ class AdaptivePlanner:
                 budget = self._hidden_s(n, steps * split.effective)
             codec = self.codecs.choose(n, raw_s, budget)
             down = self.down_codecs.choose(n, raw_s, budget)
-            fragments = self._fragments(raw_s, codec, budget)
+            fragments = self._fragments(n, raw_s, codec, budget)
             if not self.overlap:  # H amortises the exchange in the codecs chosen
                 comm = self._exchange_s(n, down, codec, 0.0, fragments)
                 steps = self.steps.choose(n, comm, step_s, limit, period_s)
