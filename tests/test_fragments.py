@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,9 @@ from hypergpu.model.layout import ParamLayout
 from hypergpu.model.outer import NesterovOuter
 from hypergpu.node.overlap import Folder
 from hypergpu.node.protocol import UpdateEncoder
-from hypergpu.node.runtime import Node
 from hypergpu.protocol import Assignment, UpdateMeta
-from hypergpu.transport import LinkShape
 from hypergpu.update.codec import decode
-from test_overlap import digits_config
+from test_overlap import digits_config, run_with_a_slow_uplink
 
 from engine_helpers import run_with_nodes
 
@@ -163,16 +160,7 @@ async def test_a_slow_link_sends_its_update_in_fragments_and_the_run_trains(tmp_
     cfg = digits_config(tmp_path, "adapt.enabled=true", "adapt.strategy='all'", "adapt.codecs=['raw']",
                         "adapt.param_codecs=['raw']", "training.link_fragments=4", "training.rounds=10")
     coord = assemble(cfg)  # with the adaptive planner
-    join = await coord.start()
-    shape = LinkShape.asymmetric(LinkShape(bandwidth_bps=1_000_000), LinkShape(), seed=0)  # ~2.7 s a raw update
-    nodes = [Node(join, token=coord.token, name=f"node-{i}", index=i, device="cpu", shape=shape if i == 0 else None)
-             for i in range(2)]
-    running = [asyncio.ensure_future(n.run()) for n in nodes]
-    try:
-        summary = await coord.run(join_timeout_s=60)
-    finally:
-        await coord.close()
-        await asyncio.gather(*running)
+    summary, _ = await run_with_a_slow_uplink(coord, 1_000_000)  # ~2.7 s a raw update
     raw = 4 * coord.model.layout.total
     sizes = {r.round: {n: (r.assignments[n].fragments, a.update_bytes) for n, a in r.answers.items()}
              for r in coord.history}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hypergpu.config import load_config
-from hypergpu.coordinator import Coordinator
+from hypergpu.coordinator import Coordinator, Summary
 from hypergpu.data import load_digits, partition, split_train_test
 from hypergpu.launch import local_run
 from hypergpu.model import ModelManager, build_model
@@ -126,13 +126,10 @@ def digits_config(tmp_path: Path, *extra: str):
     ])
 
 
-@pytest.mark.slow
-async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) -> None:
-    cfg = digits_config(tmp_path)
-    coord = Coordinator(cfg)
+async def run_with_a_slow_uplink(coord: Coordinator, bandwidth_bps: int) -> tuple[Summary, list[Node]]:
+    """Run ``coord`` with two in-process nodes over QUIC, node 0's uplink shaped to ``bandwidth_bps``."""
     join = await coord.start()
-    # ~85k parameters: each raw update takes ~1.4 s up a 2 Mbit/s link.
-    shape = LinkShape.asymmetric(LinkShape(bandwidth_bps=2_000_000), LinkShape(), seed=0)
+    shape = LinkShape.asymmetric(LinkShape(bandwidth_bps=bandwidth_bps), LinkShape(), seed=0)
     nodes = [Node(join, token=coord.token, name=f"node-{i}", index=i, device="cpu", shape=shape if i == 0 else None)
              for i in range(2)]
     running = [asyncio.ensure_future(n.run()) for n in nodes]
@@ -141,6 +138,15 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
     finally:
         await coord.close()
         await asyncio.gather(*running)
+    return summary, nodes
+
+
+@pytest.mark.slow
+async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) -> None:
+    cfg = digits_config(tmp_path)
+    coord = Coordinator(cfg)
+    # ~85k parameters: each raw update takes ~1.4 s up a 2 Mbit/s link.
+    summary, nodes = await run_with_a_slow_uplink(coord, 2_000_000)
     assert summary.rounds == 8 and all(r.applied for r in coord.history)
     assert summary.accuracy is not None and summary.accuracy >= 0.9
     utilisation = {n["name"]: n["utilisation"] for n in summary.nodes}
