@@ -397,4 +397,3 @@ class Node:
                  figures["loss"])
         self.report.rounds += 1
         self.report.samples += result.samples_seen
-

@@ -77,9 +77,10 @@ class Round:
         # With overlap: stop this fraction of the quorum's time after it is in (QUORUM_GRACE_MIN_S at least)
         self.quorum_grace = quorum_grace
         self._quorum_at: float | None = None
-        self.acc = Accumulator(params.shape)
-        # training.link_fragments: the pieces an update may cover a run of (its meta's ``part``)
+        # training.link_fragments: the pieces an update may cover a run of (its meta's ``part``);
+        # each keeps its own running sum, so there is none over the whole
         self.pieces = Pieces(pieces) if pieces is not None and len(pieces) > 1 else None
+        self.acc = Accumulator(params.shape) if self.pieces is None else None
         self._parts: dict[tuple[int, int], slice] = {}  # the held updates that cover less than the whole
         # with pieces, after the aggregate: the slices of ``params`` some update covered (only they move)
         self.moved: tuple[slice, ...] | None = None
@@ -147,7 +148,7 @@ class Round:
             part = self._part(meta)
             update = self._decode(msg, part)
             w = meta.samples * weight
-            norm = self.pieces.fold(update, part, w) if self.pieces else self.acc.add(update, weight=w)
+            norm = self.acc.add(update, weight=w) if self.acc is not None else self._pieces().fold(update, part, w)
         except HyperGPUError as exc:
             return Ack(round=msg.round, accepted=False, reason=INVALID, detail=str(exc))
         self.book.commit(node_id, msg.round)
@@ -178,6 +179,10 @@ class Round:
             if part is not None:
                 self._parts[(msg.round, node_id)] = part
         return Ack(round=msg.round, accepted=True)
+
+    def _pieces(self) -> Pieces:
+        assert self.pieces is not None  # a round without pieces has its running sum (``acc``)
+        return self.pieces
 
     def _part(self, meta: UpdateMeta) -> slice | None:
         """The run of pieces an update covers (None: all of the round's parameters)."""
@@ -237,7 +242,7 @@ class Round:
     @property
     def applicable(self) -> bool:
         """Whether the round has something to apply: accepted updates and a quorum."""
-        return (self.pieces or self.acc).count > 0 and self.book.has_quorum()
+        return (self.acc if self.acc is not None else self._pieces()).count > 0 and self.book.has_quorum()
 
     def close(self, now: float, apply: Callable[[np.ndarray], int], model_version: int) -> RoundRecord:
         """Aggregate the updates by the configured rule and apply the result (through ``apply``,
@@ -314,7 +319,7 @@ class Round:
             outcome, self.moved = self.pieces.aggregate(self.rule, parted, ordered=self.deterministic)
             return outcome
         streamed = self.acc
-        if self.deterministic or self.pieces is not None:
+        if self.deterministic or streamed is None:
             # float sums depend on their order: fold again in (round, node) order (with pieces
             # the running sums are per piece, and every update whole: fold the whole here)
             streamed = Accumulator(self.params.shape)
