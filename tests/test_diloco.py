@@ -34,7 +34,9 @@ def test_nesterov_is_the_default_whenever_nodes_take_local_steps() -> None:
     assert outer_kind(load_config(None, ["training.local_steps=0"]).training) == "nesterov"  # epochs
     assert outer_kind(load_config(None, ["training.local_steps=1"]).training) == "sgd"
     outer = outer_optimizer_for(load_config(None, ["training.local_steps=20"]))
-    assert isinstance(outer, NesterovOuter) and (outer.lr, outer.momentum) == (0.7, 0.9)
+    assert isinstance(outer, NesterovOuter) and (outer.lr, outer.momentum, outer.warmup) == (0.7, 0.9, True)
+    published = outer_optimizer_for(load_config(None, ["training.outer_momentum_warmup=false"]))
+    assert isinstance(published, NesterovOuter) and not published.warmup and published.current_momentum == 0.9
     plain = outer_optimizer_for(load_config(None, ["training.outer_optimizer='sgd'"]))
     assert isinstance(plain, SGDOuter) and plain.lr == 1.0
 
@@ -45,6 +47,29 @@ def test_plain_sgd_at_lr_1_reproduces_averaging() -> None:
     mean = np.linspace(-1, 1, start.size, dtype=np.float32)
     SGDOuter(1.0).step(model, mean)
     np.testing.assert_array_equal(model.flat_parameters(), start + mean)
+
+
+def test_the_outer_momentum_warms_up_from_zero_to_its_configured_value() -> None:
+    # The k-th step uses min(0.9, 1 - 1/k): plain averaging at lr 0.7 first, the full momentum from the tenth.
+    model = ModelManager(nn.Linear(4, 2))
+    outer = NesterovOuter(0.7, 0.9, warmup=True)
+    rng = np.random.default_rng(0)
+    expected, velocity = model.flat_parameters().astype(np.float64), np.zeros(model.layout.total)
+    used = []
+    for k in range(1, 13):
+        used.append(outer.current_momentum)
+        u = rng.standard_normal(model.layout.total).astype(np.float32)
+        mu = min(0.9, 1 - 1 / k)
+        velocity = mu * velocity + u
+        expected += 0.7 * (u + mu * velocity)
+        outer.step(model, u)
+        np.testing.assert_allclose(model.flat_parameters(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(used, [0, 1 / 2, 2 / 3, 3 / 4, 4 / 5, 5 / 6, 6 / 7, 7 / 8, 8 / 9, 0.9, 0.9, 0.9])
+    assert outer.steps == 12
+    # A checkpoint written before the step count was kept resumes past the warm-up.
+    older = NesterovOuter(0.7, 0.9, warmup=True)
+    older.load_state_dict({"velocity": np.zeros(model.layout.total, np.float32)})
+    assert older.current_momentum == 0.9
 
 
 def test_outer_momentum_never_touches_batch_norm_statistics() -> None:
@@ -91,9 +116,10 @@ def test_a_step_the_model_refuses_leaves_the_outer_momentum_as_it_was() -> None:
     assert model.flat_parameters().tobytes() == twin_model.flat_parameters().tobytes()
 
 
-def test_outer_state_survives_a_checkpoint_bit_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("warmup", [True, False])
+def test_outer_state_survives_a_checkpoint_bit_exactly(tmp_path: Path, warmup: bool) -> None:
     model = ModelManager(nn.Linear(16, 8))
-    outer = NesterovOuter(0.7, 0.9)
+    outer = NesterovOuter(0.7, 0.9, warmup=warmup)
     rng = np.random.default_rng(0)
     for _ in range(3):
         outer.step(model, rng.standard_normal(model.layout.total).astype(np.float32))
@@ -103,10 +129,11 @@ def test_outer_state_survives_a_checkpoint_bit_exactly(tmp_path: Path) -> None:
     restored_model = ModelManager(nn.Linear(16, 8))
     found = ckpts.resume(restored_model)
     assert found is not None
-    restored = NesterovOuter(0.7, 0.9)
+    restored = NesterovOuter(0.7, 0.9, warmup=warmup)
     restored.load_state_dict({k[6:]: v for k, v in found.arrays.items() if k.startswith("outer.")})
     assert restored.velocity is not None and outer.velocity is not None
     assert restored.velocity.tobytes() == outer.velocity.tobytes()
+    assert restored.steps == 3 and restored.current_momentum == outer.current_momentum  # mid warm-up: 0.75
     # ... and the next outer step is the same to the bit.
     nxt = rng.standard_normal(model.layout.total).astype(np.float32)
     outer.step(model, nxt)

@@ -114,6 +114,12 @@ class TrainingConfig(_Section):
         None, gt=0, le=10, description="the outer optimizer's learning rate (unset: 0.7 for nesterov, 1 for sgd)"
     )
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
+    outer_momentum_warmup: bool = Field(
+        True, description="the Nesterov momentum warms up: the k-th outer step uses min(outer_momentum, 1 - 1/k) "
+        "(0, 0.5, 0.67, ... the full 0.9 from the tenth step), so the first rounds' large, fast-changing "
+        "pseudo-gradients are not carried on for rounds; false: the full momentum from the first step "
+        "(DiLoCo's published recipe)",
+    )
     fragments: int = Field(
         1, ge=1, le=64, description="Streaming DiLoCo: the parameters cut into this many fragments at tensor "
         "boundaries; round r syncs fragment (r-1) mod fragments, so each link's peak bytes per round drop by ~this "

@@ -3,9 +3,16 @@
 The nodes' update is ``params_after - params_received``, the negative of a
 pseudo-gradient. :class:`SGDOuter` with ``lr = 1`` is plain averaging;
 :class:`NesterovOuter` is DiLoCo's outer step (lr 0.7, momentum 0.9), the
-default whenever nodes take more than one local step. An outer optimizer's
-state (the Nesterov velocity) is part of every coordinator checkpoint, so a
-resumed run steps exactly as an uninterrupted one would.
+default whenever nodes take more than one local step. By default its
+momentum warms up: the k-th outer step uses ``min(momentum, 1 - 1/k)`` (0,
+then 0.5, 0.67, ... up to 0.9 from the tenth step). The first pseudo-gradients
+are large and change fast; at the full momentum from the first round they
+are carried on for rounds after they stopped pointing downhill, and under
+overlap (a one-round-delayed outer step) the second round's updates began
+before the first outer step and push the same way again. An outer
+optimizer's state (the Nesterov velocity and its step count) is part of
+every coordinator checkpoint, so a resumed run steps exactly as an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from hypergpu.model.manager import ModelManager
 
 #: DiLoCo's outer learning rate for Nesterov momentum.
 NESTEROV_LR = 0.7
+
+#: The step count a checkpoint without one resumes at: past any warm-up.
+WARMED_UP = 1_000_000
 
 #: What an outer step covers: the whole model (None), a fragment (its slice) or parts of the whole.
 Where = slice | tuple[slice, ...] | None
@@ -74,15 +84,22 @@ class NesterovOuter:
 
     With velocity ``v = mu*v + u`` the step is ``params += lr * (u + mu*v)``
     (``torch.optim.SGD(nesterov=True)`` on the pseudo-gradient ``-u``).
+    ``warmup``: ``mu`` at the k-th step is ``min(momentum, 1 - 1/k)``.
     """
 
     name = "nesterov"
 
-    def __init__(self, lr: float = NESTEROV_LR, momentum: float = 0.9):
+    def __init__(self, lr: float = NESTEROV_LR, momentum: float = 0.9, *, warmup: bool = False):
         if lr <= 0 or not 0 <= momentum < 1:
             raise ConfigError(f"outer lr must be > 0 and momentum in [0, 1), got {lr}, {momentum}")
-        self.lr, self.momentum = lr, momentum
+        self.lr, self.momentum, self.warmup = lr, momentum, warmup
         self.velocity: np.ndarray | None = None
+        self.steps = 0  # outer steps taken (the model accepted)
+
+    @property
+    def current_momentum(self) -> float:
+        """The momentum the next step uses."""
+        return min(self.momentum, 1.0 - 1.0 / (self.steps + 1)) if self.warmup else self.momentum
 
     def step(self, model: ModelManager, update: np.ndarray, where: Where = None) -> int:
         update = _whole(model, update, where)
@@ -92,26 +109,35 @@ class NesterovOuter:
         velocity = (np.zeros_like(update) if self.velocity is None or self.velocity.shape != update.shape
                     else self.velocity.copy())
         step = np.zeros_like(update)
+        mu = np.float32(self.current_momentum)
         for part in _parts(update, where):
             moved = velocity[part]  # a fragment's momentum moves only when it is synced
-            moved *= np.float32(self.momentum)
+            moved *= mu
             moved += update[part]
-            step[part] = np.float32(self.lr) * (update[part] + np.float32(self.momentum) * moved)
+            step[part] = np.float32(self.lr) * (update[part] + mu * moved)
         for buffers in model.layout.buffer_slices:
             velocity[buffers] = 0.0
         version = model.apply_update(_buffers_averaged(model, step, update))
         self.velocity = velocity
+        self.steps += 1
         return version
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {} if self.velocity is None else {"velocity": self.velocity}
+        if self.velocity is None:
+            return {}
+        return {"velocity": self.velocity, "steps": np.array([self.steps], dtype=np.int64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        unknown = set(state) - {"velocity"}
+        unknown = set(state) - {"velocity", "steps"}
         if unknown:
             raise CheckpointError(f"unknown nesterov outer state {sorted(unknown)}")
         velocity = state.get("velocity")
         self.velocity = None if velocity is None else np.array(velocity, dtype=np.float32, copy=True)
+        steps = state.get("steps")
+        if steps is not None:
+            self.steps = int(np.asarray(steps).reshape(-1)[0])
+        else:  # none taken, or a checkpoint from before the count was kept (its warm-up is taken as done)
+            self.steps = 0 if velocity is None else WARMED_UP
 
 
 def _whole(model: ModelManager, update: np.ndarray, where: Where) -> np.ndarray:
@@ -153,5 +179,6 @@ def outer_optimizer_for(config: HyperGPUConfig) -> OuterOptimizer:
     """The configured outer optimizer (see ``training.outer_optimizer``)."""
     t = config.training
     if outer_kind(t) == "nesterov":
-        return NesterovOuter(NESTEROV_LR if t.outer_lr is None else t.outer_lr, t.outer_momentum)
+        return NesterovOuter(NESTEROV_LR if t.outer_lr is None else t.outer_lr, t.outer_momentum,
+                             warmup=t.outer_momentum_warmup)
     return SGDOuter(1.0 if t.outer_lr is None else t.outer_lr)
