@@ -17,15 +17,12 @@ the other over the same hosts, each from the same seeded initial model:
     a ~0 ms round trip where the others get 100 ms (in its favour).
 (b) ``diloco``: HyperGPU, the plain peer recipe: ``adapt.enabled = false``,
     every node every round with the same H (``local_steps``) and fp16 both
-    ways, no overlap (the round waits for everyone; DiLoCo's published
-    Nesterov outer step, lr 0.7 and momentum 0.9 from the first round:
-    ``training.outer_momentum_warmup = false``).
+    ways, no overlap (the round waits for everyone; Nesterov outer step).
 (c) ``adaptive``: HyperGPU, ``adapt.enabled = true`` (per-node batch, H,
     codec, participation and the fragments an update is sent in, from the
     measured links; update codecs raw, fp16, int8 and int4, no top-k: see
     ``ADAPTIVE_CODECS``; up to 4 fragments per link) and
-    ``training.overlap = true``; HyperGPU's default outer step, whose
-    momentum warms up over the first ten rounds (``model/outer.py``).
+    ``training.overlap = true``.
 
 HyperGPU arms: the coordinator runs in its namespace (this file run as
 ``python bench_diloco_wan.py coordinator SPEC OUT``, binding the
@@ -169,7 +166,7 @@ def overrides(size: dict[str, Any], tmp: Path, coordinator_ip: str) -> list[str]
 ADAPTIVE_CODECS = ["raw", "fp16", "int8", "int4"]
 
 ARMS: dict[str, list[str]] = {
-    "diloco": ["adapt.enabled=false", "training.overlap=false", "training.outer_momentum_warmup=false"],
+    "diloco": ["adapt.enabled=false", "training.overlap=false"],
     "adaptive": ["adapt.enabled=true", "training.overlap=true", f"adapt.codecs={json.dumps(ADAPTIVE_CODECS)}",
                  "training.link_fragments=4"],
 }

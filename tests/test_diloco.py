@@ -34,9 +34,10 @@ def test_nesterov_is_the_default_whenever_nodes_take_local_steps() -> None:
     assert outer_kind(load_config(None, ["training.local_steps=0"]).training) == "nesterov"  # epochs
     assert outer_kind(load_config(None, ["training.local_steps=1"]).training) == "sgd"
     outer = outer_optimizer_for(load_config(None, ["training.local_steps=20"]))
-    assert isinstance(outer, NesterovOuter) and (outer.lr, outer.momentum, outer.warmup) == (0.7, 0.9, True)
-    published = outer_optimizer_for(load_config(None, ["training.outer_momentum_warmup=false"]))
-    assert isinstance(published, NesterovOuter) and not published.warmup and published.current_momentum == 0.9
+    assert isinstance(outer, NesterovOuter) and (outer.lr, outer.momentum, outer.warmup) == (0.7, 0.9, False)
+    assert outer.current_momentum == 0.9  # DiLoCo's published recipe: the full momentum from the first step
+    warmed = outer_optimizer_for(load_config(None, ["training.outer_momentum_warmup=true"]))
+    assert isinstance(warmed, NesterovOuter) and warmed.warmup and warmed.current_momentum == 0.0
     plain = outer_optimizer_for(load_config(None, ["training.outer_optimizer='sgd'"]))
     assert isinstance(plain, SGDOuter) and plain.lr == 1.0
 

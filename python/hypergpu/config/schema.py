@@ -115,8 +115,8 @@ class TrainingConfig(_Section):
     )
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
     outer_momentum_warmup: bool = Field(
-        True, description="the Nesterov momentum warms up: the k-th outer step uses min(outer_momentum, 1 - 1/k) "
-        "(0, 0.5, 0.67, ... the full 0.9 from the tenth step), so the first rounds' large, fast-changing "
+        False, description="the Nesterov momentum warms up: the k-th outer step uses min(outer_momentum, 1 - 1/k) "
+        "(0, 0.5, 0.67, ... the full momentum from the tenth step), so the first rounds' large, fast-changing "
         "pseudo-gradients are not carried on for rounds; false: the full momentum from the first step "
         "(DiLoCo's published recipe)",
     )

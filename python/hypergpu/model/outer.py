@@ -3,13 +3,15 @@
 The nodes' update is ``params_after - params_received``, the negative of a
 pseudo-gradient. :class:`SGDOuter` with ``lr = 1`` is plain averaging;
 :class:`NesterovOuter` is DiLoCo's outer step (lr 0.7, momentum 0.9), the
-default whenever nodes take more than one local step. By default its
-momentum warms up: the k-th outer step uses ``min(momentum, 1 - 1/k)`` (0,
-then 0.5, 0.67, ... up to 0.9 from the tenth step). The first pseudo-gradients
-are large and change fast; at the full momentum from the first round they
-are carried on for rounds after they stopped pointing downhill, and under
+default whenever nodes take more than one local step. Its momentum may
+warm up (``training.outer_momentum_warmup``): the k-th outer step then uses
+``min(momentum, 1 - 1/k)`` (0, then 0.5, 0.67, ... up to 0.9 from the tenth
+step). The first pseudo-gradients are large and change fast, and under
 overlap (a one-round-delayed outer step) the second round's updates began
-before the first outer step and push the same way again. An outer
+before the first outer step, so full momentum pushes them the same way
+twice. On a small GPT in process this gained several rounds; on the issue
+14 benchmark's 6.3M-parameter GPT it did not (the loss stalled in rounds
+3-4 instead of 2), so it is off by default. An outer
 optimizer's state (the Nesterov velocity and its step count) is part of
 every coordinator checkpoint, so a resumed run steps exactly as an
 uninterrupted one would.
