@@ -36,10 +36,13 @@ time budget (the round running then finishes) or the token budget.
 The target held-out loss: the size's ``target`` when both HyperGPU arms
 reach it, else the best loss both reached (the higher of their best
 held-out losses), so time-to-target is defined for both; the rule used is
-reported. An arm's time to the target is interpolated between the
-evaluation before the curve crossed it and the one after (HyperGPU arms
-evaluate once a round, minutes apart; the first evaluation at or below it
-is reported too). Speed-ups are ratios of times to that target within this
+reported. A round's loss counts from the moment the round closed: its
+model exists from then on, and the held-out evaluation that measures it is
+the bench's instrument (under overlap the coordinator runs it beside the
+next round, so it is told seconds later). An arm's time to the target is
+interpolated between the evaluation before the curve crossed it and the
+one after (HyperGPU arms evaluate once a round, minutes apart; the first
+evaluation at or below it is reported too). Speed-ups are ratios of times to that target within this
 run; an arm that never reached it counts with its whole training time (the
 speed-up over it is then a lower bound).
 
@@ -212,7 +215,9 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
     def follow(coord: Coordinator, record: RoundRecord) -> None:
         t = time.perf_counter() - started[0]
         tokens[0] += record.samples * block if record.applied else 0
-        rounds.append({**record.as_dict(), "t_s": t, "tokens": tokens[0]})
+        # A round's model exists from its close; its evaluation (the bench's instrument) is told later.
+        closed = record.closed_at - started[1] if record.closed_at is not None else t
+        rounds.append({**record.as_dict(), "t_s": closed, "told_s": t, "tokens": tokens[0]})
         # Stop at the budget: once half the last round again would pass it (the expected overrun is then
         # about half a round), or at the token budget.
         if t + 0.5 * record.duration_s >= budget or tokens[0] >= token_budget:
@@ -225,7 +230,7 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
         waiter = asyncio.ensure_future(run.train(join_timeout_s=float(spec["join_timeout_s"])))
         while len(coord.registry.alive()) < cfg.nodes.count and not waiter.done() and coord.round == 0:
             await asyncio.sleep(0.01)
-        started.append(time.perf_counter())
+        started.extend((time.perf_counter(), time.time()))
         summary = await waiter
     status = planner.status() if isinstance(planner, AdaptivePlanner) else None
     return {

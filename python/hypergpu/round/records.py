@@ -78,6 +78,8 @@ class RoundRecord:
     dropped: int = 0  # updates left out (Krum)
     trimmed: int = 0  # values cut from each end of every coordinate (trimmed-mean, median)
     not_applied: str | None = None  # why a round with a quorum was not applied (its aggregate was refused)
+    closed_at: float | None = None  # when the round closed (Unix time): its model existed from then on
+    eval_s: float | None = None  # how long its held-out evaluation took
     # each scored update's effect on a held-out loss, filled after the round closed (None: not scored)
     effects: RoundEffects | None = field(default=None, compare=False)
 
@@ -108,6 +110,8 @@ class RoundRecord:
             "dropped": self.dropped,
             "trimmed": self.trimmed,
             **({"not_applied": self.not_applied} if self.not_applied is not None else {}),
+            **({"closed_at": self.closed_at} if self.closed_at is not None else {}),
+            **({"eval_s": self.eval_s} if self.eval_s is not None else {}),
             **({"effects": self.effects.as_dict()} if self.effects is not None else {}),
             **({"test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
                if self.test_loss is not None or self.test_accuracy is not None else {}),
