@@ -471,7 +471,8 @@ def _choices(arm: dict[str, Any]) -> dict[str, Any]:
 
 
 def round_log(arm: dict[str, Any]) -> list[str]:
-    """One line per round: when it closed, how long it took, its held-out loss, and per answering
+    """One line per round: when it closed, how long it took, its held-out loss (and how long
+    that evaluation took), and per answering
     node its batch x H (/ the fragments its update went in), codec, compute and idle seconds and
     weight (late updates marked so)."""
     lines = []
@@ -486,6 +487,7 @@ def round_log(arm: dict[str, Any]) -> list[str]:
                 cells.append(f"{n}{'(late r' + str(a['round']) + ')' if late else ''}:{work} {a['codec']} "
                              f"c{a['compute_s']:.0f} i{a['idle_s']:.0f} w{a['weight']:.2f}")
         out = ", ".join(f"{n} ({why})" for n, why in sorted(r["excluded"].items(), key=lambda kv: int(kv[0])))
+        loss += f" e{r['eval_s']:.1f}" if r.get("eval_s") is not None else ""
         lines.append(f"r{r['round']} t{r['t_s']:.0f} d{r['duration_s']:.0f} loss {loss}"
                      f"{' out ' + out if out else ''} | {'; '.join(cells)}")
     return lines
@@ -593,6 +595,9 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "adaptive_rounds": len(c["rounds"]),
         "diloco_mean_round_s": statistics.fmean(r["duration_s"] for r in b["rounds"]),
         "adaptive_mean_round_s": statistics.fmean(r["duration_s"] for r in c["rounds"]),
+        # the coordinator's held-out evaluation per round (under overlap beside the next round)
+        **{f"{n}_mean_eval_s": statistics.fmean(r["eval_s"] for r in arm["rounds"] if r.get("eval_s") is not None)
+           for n, arm in (("diloco", b), ("adaptive", c)) if any(r.get("eval_s") is not None for r in arm["rounds"])},
         "diloco_H": size["local_steps"],
         "adaptive_choices": _choices(c),
         "adaptive_planner_overhead": c["overhead"],

@@ -76,8 +76,9 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
     # The outer optimizer (Nesterov: nodes take 15 local steps) is checkpointed with the model.
     last = coord.checkpoints.load(tmp_path / "ckpt" / "ckpt-00000004.safetensors")
     # With it: the planner and sampler (run.state), and the book and shard ledger (extra).
-    assert set(last.arrays) == {"outer.velocity", "run.state"}
+    assert set(last.arrays) == {"outer.velocity", "outer.steps", "run.state"}
     assert last.arrays["outer.velocity"].shape == (coord.model.layout.total,)
+    assert last.arrays["outer.steps"].tolist() == [4]  # its step count (the momentum warm-up's clock)
     assert {"book", "shards", "nodes", "closed"} <= set(last.extra)
 
 
