@@ -31,7 +31,6 @@ from hypergpu.coordinator.checkpointing import CheckpointWriter, checkpoint_behi
 from hypergpu.coordinator.crashpoints import crash_point
 from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal, resync
 from hypergpu.coordinator.effects import EffectScorer
-from hypergpu.coordinator.evaluation import Evaluations
 from hypergpu.coordinator.identity import join_strings, kept_identity
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.admission import name_book, transport_config
@@ -124,7 +123,6 @@ class Coordinator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dispatch = Dispatch(self.members, self.downlink, self.events, self._spawn)
         self.effects = EffectScorer(config, self.model, self.data.test, self.task, self.events)  # off the round's path
-        self.evaluations = Evaluations(self)  # under overlap beside the next round
         self._progress, self._stop, self._running = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._running.set()
 
@@ -219,6 +217,7 @@ class Coordinator:
         started = time.perf_counter()
         await self.members.wait_for(self.expected_nodes, join_timeout_s, self._stop)
         self._spawn(self.network.run_timed(lambda: self.round))
+        last: RoundRecord | None = None
         reached = False
         for round_id in range(start_round, t.rounds + 1):
             await self._running.wait()
@@ -226,14 +225,15 @@ class Coordinator:
                 break
             await self.network.at_round(round_id)
             record = await self._run_round(round_id)
-            # What the next round's plan and a resumed run need is kept now, at the round
-            # boundary; the round is told once evaluated (under overlap beside the next round).
-            self.planner.observe(record)
-            if self.checkpoints.due(record.round):
-                checkpoint_behind(self, record.round)
-            if reached := await self.evaluations.after(record):
+            if round_id % t.eval_interval == 0 or round_id == t.rounds:
+                began = time.perf_counter()
+                result = await asyncio.to_thread(self.model.evaluate, self.data.test, task=self.task,
+                                                 indices=self.data.eval_indices)
+                record = last = record.evaluated(result, eval_s=time.perf_counter() - began)
+                reached = self.task.reached(result, t)
+            await self._finish_round(record)
+            if reached:
                 break
-        reached = await self.evaluations.settle() or reached
         if self._stop.is_set() and self.round:
             # Graceful stop: keep the work done so far.
             checkpoint_behind(self, self.round)
@@ -241,15 +241,18 @@ class Coordinator:
         await asyncio.sleep(0)  # the writer's last word reaches the loop
         await self.outcomes.pump()
         await self.effects.settled()
-        summary = run_summary(self, self.evaluations.last, reached, time.perf_counter() - started)
+        summary = run_summary(self, last, reached, time.perf_counter() - started)
         self.events.publish("training", type="finished", **summary.as_dict())
         return summary
 
-    async def tell_round(self, record: RoundRecord) -> None:
-        """Tell everyone who follows rounds (the round's evaluation, when due, is in ``record``)."""
+    async def _finish_round(self, record: RoundRecord) -> None:
+        """Tell everyone who follows rounds, and checkpoint when due."""
         self.history.append(record)
+        self.planner.observe(record)
         await tell_observers(self, record)
         self.events.publish("training", type="round", **record.as_dict())
+        if self.checkpoints.due(record.round):
+            checkpoint_behind(self, record.round)
 
     # --- status ---------------------------------------------------------------
 

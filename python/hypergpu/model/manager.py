@@ -11,7 +11,6 @@ hash check meaningful.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -229,17 +228,11 @@ class ModelManager:
 
     def evaluate(
         self, data: Dataset | SampleSource, *, task: Task | None = None,
-        indices: np.ndarray | None = None, batch_size: int = 1024, module: nn.Module | None = None,
+        indices: np.ndarray | None = None, batch_size: int = 1024,
     ) -> Evaluation:
-        """The task's figures (default: classification) of the current model on ``data``
-        (``module``: of a copy taken earlier by :meth:`copy_module` instead)."""
+        """The task's figures (default: classification) of the current model on ``data``."""
         source = ArraySamples(data.x, data.y) if isinstance(data, Dataset) else data
-        return (task or Classification()).evaluate(module or self.model, source, indices=indices,
-                                                   batch_size=batch_size)
-
-    def copy_module(self) -> nn.Module:
-        """A copy of the model as it is now (parameters and buffers), to evaluate while it moves on."""
-        return copy.deepcopy(self.model)
+        return (task or Classification()).evaluate(self.model, source, indices=indices, batch_size=batch_size)
 
     # --- internals ----------------------------------------------------------
 

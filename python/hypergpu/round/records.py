@@ -83,9 +83,9 @@ class RoundRecord:
     # each scored update's effect on a held-out loss, filled after the round closed (None: not scored)
     effects: RoundEffects | None = field(default=None, compare=False)
 
-    def evaluated(self, result: Evaluation) -> RoundRecord:
-        """This record with the held-out figures of the model it applied."""
-        return replace(self, test_loss=result.loss, test_accuracy=result.accuracy,
+    def evaluated(self, result: Evaluation, eval_s: float | None = None) -> RoundRecord:
+        """This record with the held-out figures of the model it applied (``eval_s``: what they took)."""
+        return replace(self, test_loss=result.loss, test_accuracy=result.accuracy, eval_s=eval_s,
                        test_perplexity=result.perplexity, test_bits_per_byte=result.bits_per_byte)
 
     def as_dict(self) -> dict[str, Any]:
