@@ -36,11 +36,12 @@ time budget (the round running then finishes) or the token budget.
 The target held-out loss: the size's ``target`` when both HyperGPU arms
 reach it, else the best loss both reached (the higher of their best
 held-out losses), so time-to-target is defined for both; the rule used is
-reported. A round's loss counts from the moment the round closed: its
-model exists from then on, and the held-out evaluation that measures it
-(~16 s under (c)'s load, ~3 s under (b)'s) is the bench's instrument, as
-DDP's rank 0 evaluations are left out of (a)'s clock; the next round still
-waits for it, so later rounds pay for it. An arm's time to the target is
+reported. A round's loss counts from the moment the round closed (when it
+was told, less its evaluation's ``eval_s``): its model exists from then
+on, and the held-out evaluation that measures it (~16 s under (c)'s load,
+~3 s under (b)'s) is the bench's instrument, as DDP's rank 0 evaluations
+are left out of (a)'s clock; the next round still waits for it, so later
+rounds pay for it. An arm's time to the target is
 interpolated between the evaluation before the curve crossed it and the
 one after (HyperGPU arms evaluate once a round, minutes apart; the first
 evaluation at or below it is reported too). Speed-ups are ratios of times to that target within this
@@ -216,8 +217,10 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
     def follow(coord: Coordinator, record: RoundRecord) -> None:
         t = time.perf_counter() - started[0]
         tokens[0] += record.samples * block if record.applied else 0
-        # A round's model exists from its close; its evaluation (the bench's instrument) is told later.
-        closed = record.closed_at - started[1] if record.closed_at is not None else t
+        # A round's model exists from its close; its evaluation (the bench's instrument) comes
+        # after it. Dated on this monotonic clock, less the evaluation (not by the record's
+        # wall-clock closed_at: this machine's wall clock was seen to jump ~20 s within an arm).
+        closed = t - record.eval_s if record.eval_s is not None else t
         rounds.append({**record.as_dict(), "t_s": closed, "told_s": t, "tokens": tokens[0]})
         # Stop at the budget: once half the last round again would pass it (the expected overrun is then
         # about half a round), or at the token budget.
@@ -231,7 +234,7 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
         waiter = asyncio.ensure_future(run.train(join_timeout_s=float(spec["join_timeout_s"])))
         while len(coord.registry.alive()) < cfg.nodes.count and not waiter.done() and coord.round == 0:
             await asyncio.sleep(0.01)
-        started.extend((time.perf_counter(), time.time()))
+        started.append(time.perf_counter())
         summary = await waiter
     status = planner.status() if isinstance(planner, AdaptivePlanner) else None
     return {

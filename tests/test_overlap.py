@@ -186,11 +186,8 @@ def test_the_delayed_outer_step_trains_the_gpt_to_its_target(tmp_path: Path) -> 
     print("held-out loss per round with overlap:", [round(x, 3) for x in losses if x is not None])
     assert all(r.applied for r in coord.history)
     assert summary.reached_target and summary.loss is not None and summary.loss <= 3.0
-    # Each record says when its round closed and what its evaluation took, which the next round waited for.
-    history = list(coord.history)
-    assert all(r.closed_at is not None and r.eval_s is not None and r.eval_s > 0 for r in history)
-    for done, nxt in zip(history, history[1:]):
-        assert nxt.closed_at - nxt.duration_s >= done.closed_at + done.eval_s - 1e-3
+    # Each record says when its round closed (wall clock) and what its evaluation took.
+    assert all(r.closed_at is not None and r.eval_s is not None and r.eval_s > 0 for r in coord.history)
     # Every update after the first round began before the last outer step reached its node.
     assert any(a.weight < 1.0 for r in coord.history for a in r.answers.values())
 
