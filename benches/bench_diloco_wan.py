@@ -41,11 +41,11 @@ was told, less its evaluation's ``eval_s``): its model exists from then
 on, and the held-out evaluation that measures it (~16 s under (c)'s load,
 ~3 s under (b)'s) is the bench's instrument, as DDP's rank 0 evaluations
 are left out of (a)'s clock; the next round still waits for it, so later
-rounds pay for it. An arm's time to the target is
-interpolated between the evaluation before the curve crossed it and the
-one after (HyperGPU arms evaluate once a round, minutes apart; the first
-evaluation at or below it is reported too). Speed-ups are ratios of times to that target within this
-run; an arm that never reached it counts with its whole training time (the
+rounds pay for it. An arm's time to the target is interpolated between
+the evaluation before the curve crossed it and the one after (HyperGPU
+arms evaluate once a round, minutes apart; the first evaluation at or
+below it is reported too). Speed-ups are ratios of times to that target
+within this run; an arm that never reached it counts with its whole training time (the
 speed-up over it is then a lower bound).
 
 DDP cannot take more than a step or two of this GPT within the bench's
@@ -474,11 +474,16 @@ def _choices(arm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _mean_eval_s(arm: dict[str, Any]) -> float | None:
+    """The mean seconds an arm's rounds took to evaluate (None: none evaluated)."""
+    took = [r["eval_s"] for r in arm["rounds"] if r.get("eval_s") is not None]
+    return statistics.fmean(took) if took else None
+
+
 def round_log(arm: dict[str, Any]) -> list[str]:
     """One line per round: when it closed, how long it took, its held-out loss (and how long
-    that evaluation took), and per answering
-    node its batch x H (/ the fragments its update went in), codec, compute and idle seconds and
-    weight (late updates marked so)."""
+    that evaluation took), and per answering node its batch x H (/ the fragments its update
+    went in), codec, compute and idle seconds and weight (late updates marked so)."""
     lines = []
     for r in arm["rounds"]:
         loss = f"{r['test_loss']:.4f}" if r.get("test_loss") is not None else "-"
@@ -600,8 +605,8 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "diloco_mean_round_s": statistics.fmean(r["duration_s"] for r in b["rounds"]),
         "adaptive_mean_round_s": statistics.fmean(r["duration_s"] for r in c["rounds"]),
         # the coordinator's held-out evaluation per round (the next round opens after it)
-        **{f"{n}_mean_eval_s": statistics.fmean(r["eval_s"] for r in arm["rounds"] if r.get("eval_s") is not None)
-           for n, arm in (("diloco", b), ("adaptive", c)) if any(r.get("eval_s") is not None for r in arm["rounds"])},
+        "diloco_mean_eval_s": _mean_eval_s(b),
+        "adaptive_mean_eval_s": _mean_eval_s(c),
         "diloco_H": size["local_steps"],
         "adaptive_choices": _choices(c),
         "adaptive_planner_overhead": c["overhead"],
