@@ -36,12 +36,14 @@ time budget (the round running then finishes) or the token budget.
 The target held-out loss: the size's ``target`` when both HyperGPU arms
 reach it, else the best loss both reached (the higher of their best
 held-out losses), so time-to-target is defined for both; the rule used is
-reported. A round's loss counts from the moment the round closed (when it
-was told, less its evaluation's ``eval_s``): its model exists from then
-on, and the held-out evaluation that measures it (~16 s under (c)'s load,
-~3 s under (b)'s) is the bench's instrument, as DDP's rank 0 evaluations
-are left out of (a)'s clock; the next round still waits for it, so later
-rounds pay for it. An arm's time to the target is interpolated between
+reported. Held-out evaluation is the bench's instrument, so it is kept off
+every arm's clock: DDP's rank 0 evaluations are left out of (a)'s, and the
+HyperGPU coordinators do not evaluate in the loop (``training.eval_interval``
+past the last round): each round's model is kept when the round closes and
+evaluated after the arm's clock stopped, its loss dated at that close. (In
+the loop, under (c)'s load, one evaluation took ~16 s of the 2 cores the ten
+nodes share and ~3 s under (b)'s; a coordinator on its own machine would
+not take that from the nodes.) An arm's time to the target is interpolated between
 the evaluation before the curve crossed it and the one after (HyperGPU
 arms evaluate once a round, minutes apart; the first evaluation at or
 below it is reported too). Speed-ups are ratios of times to that target
@@ -68,7 +70,10 @@ Sizes: ``FULL`` (benchmark enabled; estimated at ~26 minutes on an idle
 2-core machine: DDP one step of ~250 s, each HyperGPU arm ~480 s of training, the DDP replay ~3-7 min,
 ~40 s of start-up per arm), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts
 and links, a 1.4M-parameter GPT and shorter budgets; 15-16 minutes measured
-with the machine's load average near 20), and ``SMOKE`` (under
+with the machine's load average near 20), ``DIRECT``
+(``HYPERGPU_WAN_SIZE=direct``: ``FULL`` with (a) run last, for 11 x (c)'s
+time to the target, so (a)'s measured budget alone bounds the speed-up over
+it; over an hour, past the issue's 30 minutes), and ``SMOKE`` (under
 ``--benchmark-disable``: three node hosts of 100, 20 and 2 Mbit/s with 2 %
 loss, a tiny GPT, two rounds per HyperGPU arm and three DDP steps, still in
 real namespaces; skipped with the reason where they cannot be made).
@@ -116,7 +121,12 @@ SMOKE: dict[str, Any] = dict(
     eval_samples=16, ddp_budget_s=2, ddp_min_steps=3, ddp_eval_every=3, arm_budget_s=60, rounds=2,
     token_budget=20_000, target=None,
 )
-SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE}
+#: ``FULL`` with (a) measured directly: it runs after the HyperGPU arms, for ``ddp_factor`` x (c)'s
+#: time to the target (at its first evaluation at or below it; one DDP step over it, since DDP stops
+#: before a step that would pass its budget), so its budget alone bounds (c)'s speed-up over it.
+#: Over an hour in all: past the 30 minutes the issue sizes the bench for, run on demand.
+DIRECT: dict[str, Any] = {**FULL, "name": "direct", "ddp_factor": 11.0}
+SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE, "direct": DIRECT}
 
 ARM_NAMES = ("ddp", "diloco", "adaptive")
 #: The DDP replay runs until the target or this many times (c)'s training time in DDP steps:
@@ -125,7 +135,7 @@ REPLAY_FACTOR = 12.0
 LATENCY_MS = 50.0  # one way, added by each node's transport
 DDP_PORT = 29517
 NODE_LEAVE_S = 30.0
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = pytest.mark.timeout(6000)  # the direct size runs over an hour
 PYTHONPATH = os.pathsep.join(p for p in (str(HERE.parent / "python"), os.environ.get("PYTHONPATH")) if p)
 
 
@@ -143,7 +153,9 @@ def overrides(size: dict[str, Any], tmp: Path, coordinator_ip: str) -> list[str]
         f"training.batch_size={size['batch']}",
         f"training.local_steps={size['local_steps']}",
         f"training.rounds={size['rounds']}",
-        "training.eval_interval=1",
+        # Held-out evaluation is out of the HyperGPU arms' loops (each round's model is kept and
+        # evaluated once the arm's clock stopped: see the module doc); DDP reads its own interval.
+        "training.eval_interval=1000000",
         "data.dataset='stdlib'",
         "data.test_fraction=0.1",
         f"data.eval_samples={size['eval_samples']}",
@@ -209,6 +221,7 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
     from hypergpu.round import RoundRecord
 
     rounds: list[dict[str, Any]] = []
+    models: list[Any] = []
     started: list[float] = []
     tokens = [0]
     block = cfg.training.gpt.block_size
@@ -222,6 +235,7 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
         # wall-clock closed_at: this machine's wall clock was seen to jump ~20 s within an arm).
         closed = t - record.eval_s if record.eval_s is not None else t
         rounds.append({**record.as_dict(), "t_s": closed, "told_s": t, "tokens": tokens[0]})
+        models.append(coord.model.flat_parameters())  # the model this round left, evaluated after the clock
         # Stop at the budget: once half the last round again would pass it (the expected overrun is then
         # about half a round), or at the token budget.
         if t + 0.5 * record.duration_s >= budget or tokens[0] >= token_budget:
@@ -236,6 +250,11 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
             await asyncio.sleep(0.01)
         started.append(time.perf_counter())
         summary = await waiter
+    for r, flat in zip(rounds, models):  # the clock has stopped: nothing trains beside these any more
+        began = time.perf_counter()
+        coord.model.set_flat(flat)
+        result = coord.model.evaluate(coord.data.test, task=coord.task, indices=coord.data.eval_indices)
+        r.update(test_loss=result.loss, eval_s=time.perf_counter() - began)
     status = planner.status() if isinstance(planner, AdaptivePlanner) else None
     return {
         "rounds": rounds,
@@ -343,13 +362,15 @@ def run_hypergpu_arm(arm: str, topo: Topology, size: dict[str, Any], tmp: Path) 
     return out
 
 
-def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step: int) -> dict[str, Any]:
+def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step: int,
+                budget_s: float | None = None) -> dict[str, Any]:
+    budget_s = float(size["ddp_budget_s"]) if budget_s is None else budget_s
     node_hosts = topo.hosts[1:]
     work = tmp / "ddp"
     work.mkdir(parents=True, exist_ok=True)
     spec = {
         "overrides": overrides(size, tmp, topo.hosts[0].ip), "world": len(node_hosts),
-        "master": f"{node_hosts[0].ip}:{DDP_PORT}", "budget_s": size["ddp_budget_s"],
+        "master": f"{node_hosts[0].ip}:{DDP_PORT}", "budget_s": budget_s,
         "min_steps": size["ddp_min_steps"], "max_steps": max(1, size["token_budget"] // tokens_per_step),
         "eval_every": size["ddp_eval_every"], "out_dir": str(work), "threads": 1,
     }
@@ -364,7 +385,7 @@ def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step
                     env=_env(GLOO_SOCKET_IFNAME=host.dev, OMP_NUM_THREADS="1"), stdout=log,
                     stderr=subprocess.STDOUT))
         # The budget binds from the first step on; a step started within it may finish after it.
-        limit = 300 + 3 * size["ddp_budget_s"]
+        limit = 300 + 3 * budget_s
         codes = _stop(procs, limit)
     finally:
         _stop(procs, 0.1)
@@ -373,6 +394,7 @@ def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step
     ranks = [json.loads((work / f"rank-{r}.json").read_text()) for r in range(len(node_hosts))]
     out = dict(ranks[0])
     out["link_bytes"] = [{"received": r["bytes_received"], "sent": r["bytes_sent"]} for r in ranks]
+    out["budget_s"] = budget_s
     out["arm_wall_s"] = time.perf_counter() - t0
     return out
 
@@ -503,9 +525,20 @@ def round_log(arm: dict[str, Any]) -> list[str]:
 
 
 def arm_curves(arms: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
-    ddp = arms["ddp"]
-    start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
+    """Every arm's curve, from the untrained model's loss where DDP's rank 0 has evaluated it."""
+    evals = arms["ddp"]["evals"] if "ddp" in arms else []
+    start = next(((e["tokens"], e["loss"]) for e in evals if e["step"] == 0), None)
     return {name: curve(arm, start) for name, arm in arms.items() if name in ARM_NAMES}
+
+
+def direct_ddp_budget(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> float:
+    """(a)'s budget when it runs after the HyperGPU arms (``ddp_factor``): that many times (c)'s
+    time to the target at its first evaluation at or below it (the target is one of the losses
+    both HyperGPU arms reached, so (c) has reached it)."""
+    curves = arm_curves(arms)
+    t_c = time_to(curves["adaptive"], target_of(size, curves)[0], between=False)
+    assert t_c is not None
+    return float(size["ddp_factor"]) * t_c
 
 
 def target_of(size: dict[str, Any], curves: dict[str, list[tuple[int, float, float]]]) -> tuple[float, str]:
@@ -593,6 +626,8 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "ddp_final_loss_at_its_tokens": ddp_final,
         "adaptive_loss_at_ddp_tokens": at_ddp["adaptive"],
         "adaptive_gap_vs_ddp_at_ddp_tokens": (at_ddp["adaptive"] / ddp_final - 1) if at_ddp["adaptive"] else None,
+        "ddp_budget_s": ddp["budget_s"],
+        "ddp_ran_after_hypergpu_arms": size.get("ddp_factor") is not None,
         "ddp_steps": ddp["steps"],
         "ddp_s_per_step": s_per_step,
         # Not measured: DDP's measured seconds per step times the steps holding the tokens (c)
@@ -604,7 +639,7 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "adaptive_rounds": len(c["rounds"]),
         "diloco_mean_round_s": statistics.fmean(r["duration_s"] for r in b["rounds"]),
         "adaptive_mean_round_s": statistics.fmean(r["duration_s"] for r in c["rounds"]),
-        # the coordinator's held-out evaluation per round (the next round opens after it)
+        # the held-out evaluation of one round's model, after the arm's clock stopped
         "diloco_mean_eval_s": _mean_eval_s(b),
         "adaptive_mean_eval_s": _mean_eval_s(c),
         "diloco_H": size["local_steps"],
@@ -670,9 +705,13 @@ def run_all(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
         prepare_run_data(load_config(None, overrides(size, tmp, topo.hosts[0].ip)))
         tokens_per_step = info_tokens_per_step(size)
         arms: dict[str, dict[str, Any]] = {}
-        arms["ddp"] = run_ddp_arm(topo, size, tmp, tokens_per_step)
+        direct = size.get("ddp_factor") is not None
+        if not direct:
+            arms["ddp"] = run_ddp_arm(topo, size, tmp, tokens_per_step)
         arms["diloco"] = run_hypergpu_arm("diloco", topo, size, tmp)
         arms["adaptive"] = run_hypergpu_arm("adaptive", topo, size, tmp)
+        if direct:
+            arms = {"ddp": run_ddp_arm(topo, size, tmp, tokens_per_step, direct_ddp_budget(size, arms)), **arms}
         drops = topo.dropped()
     replay = run_ddp_replay(size, tmp, arms)  # no network: after the hosts are gone
     if replay is not None:
@@ -714,6 +753,22 @@ def test_overlap_and_diloco_against_ddp_on_kernel_shaped_links(benchmark, tmp_pa
         print(f"  rounds {name}:" + "".join(f"\n    {line}" for line in lines))
     assert out["ddp_steps"] >= 1 and out["diloco_rounds"] >= 1 and out["adaptive_rounds"] >= 1
     assert all(c == 0 for c in out.get("node_exit_codes", []) if c is not None)
+
+
+def test_direct_size_gives_ddp_its_factor_times_adaptive_time_to_target() -> None:
+    """Without DDP's start point: (b) bottoms out at 2.9, so that is the target; (c) first
+    evaluates at or below it at 150 s, and DDP's budget is 11 x that."""
+    arms = {"diloco": {"rounds": [{"test_loss": 3.2, "t_s": 100.0, "tokens": 1},
+                                  {"test_loss": 2.9, "t_s": 400.0, "tokens": 2}]},
+            "adaptive": {"rounds": [{"test_loss": 3.0, "t_s": 50.0, "tokens": 1},
+                                    {"test_loss": 2.95, "t_s": 100.0, "tokens": 2},
+                                    {"test_loss": 2.85, "t_s": 150.0, "tokens": 3}]}}
+    assert direct_ddp_budget(DIRECT, arms) == 11.0 * 150.0
+    arms["adaptive"]["rounds"] = arms["adaptive"]["rounds"][:2]  # (c) short of 2.9: the target is its 2.95
+    assert direct_ddp_budget(DIRECT, arms) == 11.0 * 100.0
+    arms["adaptive"]["rounds"] = []
+    with pytest.raises(ValueError):  # (c) evaluated nothing: there is no target to time
+        direct_ddp_budget(DIRECT, arms)
 
 
 if __name__ == "__main__":
