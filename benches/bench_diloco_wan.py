@@ -60,7 +60,9 @@ step, until the target or ``REPLAY_FACTOR`` x (c)'s training time in DDP
 steps. The steps it needs times DDP's measured seconds per step is DDP's
 estimated time to the target (or, not reached, a lower bound on it). Also reported: each arm's curve,
 held-out loss at equal tokens (interpolated; every curve starts at the
-untrained model's loss, which DDP's rank 0 evaluates), bytes per node (at
+untrained model's loss, which DDP's rank 0 evaluates), (c)'s loss against
+DDP's replayed path at equal tokens (the issue's "within 2 % of (a)" where
+(a) gets there), bytes per node (at
 the interface: headers and retransmissions included; HyperGPU arms also the
 coordinator's payload counts), per-node compute utilisation, H and codecs
 (c) chose. Nothing is asserted on times: the figures go to ``extra_info``
@@ -572,6 +574,17 @@ def _ddp_estimate(arms: dict[str, dict[str, Any]], t_c: float | None) -> dict[st
     }
 
 
+def vs_ddp_replay(size: dict[str, Any], arms: dict[str, dict[str, Any]],
+                  points: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+    """(tokens, this curve's held-out loss, DDP's at the same tokens) at each of the curve's
+    evaluations that DDP's replayed steps reach (interpolated between two of them)."""
+    replay = arms.get("ddp_replay")
+    per = info_tokens_per_step(size)
+    ddp = [(e["step"] * per, e["loss"], 0.0) for e in replay["evals"]] if replay else []
+    return [(tok, loss, round(at, 4)) for tok, loss, _ in points
+            if tok > 0 and (at := loss_at(ddp, tok)) is not None]
+
+
 def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ddp, b, c = arms["ddp"], arms["diloco"], arms["adaptive"]
     start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
@@ -595,6 +608,7 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
     at_equal = {name: loss_at(pts, equal) for name, pts in curves.items()}
     at_ddp = {name: loss_at(pts, tokens["ddp"]) for name, pts in curves.items()}
     ddp_final = ddp["evals"][-1]["loss"]
+    vs_c_ddp = vs_ddp_replay(size, arms, curves["adaptive"])
     links = size["links"]
     info: dict[str, Any] = {
         "size": size["name"],
@@ -623,6 +637,9 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         **{f"{n}_loss_at_equal_tokens": at_equal[n] for n in ARM_NAMES},
         "hypergpu_equal_tokens": equal_hg,
         **{f"{n}_loss_at_hypergpu_equal_tokens": loss_at(curves[n], equal_hg) for n in ("diloco", "adaptive")},
+        # (a)'s final-loss criterion where (a) gets there: at equal tokens, against its replayed path
+        "adaptive_vs_ddp_replay_at_equal_tokens": vs_c_ddp,
+        "adaptive_gap_vs_ddp_replay_max": max((c / a - 1 for _, c, a in vs_c_ddp), default=None),
         "ddp_final_loss_at_its_tokens": ddp_final,
         "adaptive_loss_at_ddp_tokens": at_ddp["adaptive"],
         "adaptive_gap_vs_ddp_at_ddp_tokens": (at_ddp["adaptive"] / ddp_final - 1) if at_ddp["adaptive"] else None,
@@ -769,6 +786,15 @@ def test_direct_size_gives_ddp_its_factor_times_adaptive_time_to_target() -> Non
     arms["adaptive"]["rounds"] = []
     with pytest.raises(ValueError):  # (c) evaluated nothing: there is no target to time
         direct_ddp_budget(DIRECT, arms)
+
+
+def test_adaptive_against_ddp_replay_at_equal_tokens() -> None:
+    """Only evaluations within the replay's steps count, DDP's loss interpolated between steps."""
+    per = info_tokens_per_step(FULL)
+    arms = {"ddp_replay": {"evals": [{"step": 0, "loss": 5.0}, {"step": 1, "loss": 4.0}, {"step": 3, "loss": 3.0}]}}
+    points = [(0, 5.0, 0.0), (2 * per, 3.3, 10.0), (5 * per, 2.9, 20.0)]
+    assert vs_ddp_replay(FULL, arms, points) == [(2 * per, 3.3, 3.5)]
+    assert vs_ddp_replay(FULL, {}, points) == []
 
 
 if __name__ == "__main__":
