@@ -232,9 +232,9 @@ async def _drive(cfg: Any, planner: Any, events: Any, spec: dict[str, Any]) -> d
     def follow(coord: Coordinator, record: RoundRecord) -> None:
         t = time.perf_counter() - started[0]
         tokens[0] += record.samples * block if record.applied else 0
-        # A round's model exists from its close; its evaluation (the bench's instrument) comes
-        # after it. Dated on this monotonic clock, less the evaluation (not by the record's
-        # wall-clock closed_at: this machine's wall clock was seen to jump ~20 s within an arm).
+        # A round's model exists from its close: dated on this monotonic clock (not by the record's
+        # wall-clock closed_at: this machine's wall clock was seen to jump ~20 s within an arm), less
+        # an evaluation in the loop (only the configured last round's, which the smoke size reaches).
         closed = t - record.eval_s if record.eval_s is not None else t
         rounds.append({**record.as_dict(), "t_s": closed, "told_s": t, "tokens": tokens[0]})
         models.append(coord.model.flat_parameters())  # the model this round left, evaluated after the clock
