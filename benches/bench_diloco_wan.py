@@ -75,7 +75,7 @@ and links, a 1.4M-parameter GPT and shorter budgets; 15-16 minutes measured
 with the machine's load average near 20), ``DIRECT``
 (``HYPERGPU_WAN_SIZE=direct``: ``FULL`` with (a) run last, for 11 x (c)'s
 time to the target, so (a)'s measured budget alone bounds the speed-up over
-it; over an hour, past the issue's 30 minutes), and ``SMOKE`` (under
+it; 79 minutes measured, past the issue's 30), and ``SMOKE`` (under
 ``--benchmark-disable``: three node hosts of 100, 20 and 2 Mbit/s with 2 %
 loss, a tiny GPT, two rounds per HyperGPU arm and three DDP steps, still in
 real namespaces; skipped with the reason where they cannot be made).
