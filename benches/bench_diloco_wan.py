@@ -528,9 +528,14 @@ def round_log(arm: dict[str, Any]) -> list[str]:
 
 def arm_curves(arms: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
     """Every arm's curve, from the untrained model's loss where DDP's rank 0 has evaluated it."""
-    evals = arms["ddp"]["evals"] if "ddp" in arms else []
-    start = next(((e["tokens"], e["loss"]) for e in evals if e["step"] == 0), None)
+    start = untrained(arms)
     return {name: curve(arm, start) for name, arm in arms.items() if name in ARM_NAMES}
+
+
+def untrained(arms: dict[str, dict[str, Any]]) -> tuple[int, float] | None:
+    """(tokens, held-out loss) of the untrained model, as DDP's rank 0 evaluated it (None: not yet)."""
+    evals = arms["ddp"]["evals"] if "ddp" in arms else []
+    return next(((e["tokens"], e["loss"]) for e in evals if e["step"] == 0), None)
 
 
 def direct_ddp_budget(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> float:
@@ -587,7 +592,7 @@ def vs_ddp_replay(size: dict[str, Any], arms: dict[str, dict[str, Any]],
 
 def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ddp, b, c = arms["ddp"], arms["diloco"], arms["adaptive"]
-    start = next(((e["tokens"], e["loss"]) for e in ddp["evals"] if e["step"] == 0), None)
+    start = untrained(arms)
     curves = arm_curves(arms)
     best = {name: min(loss for _, loss, _ in pts) for name, pts in curves.items()}
     target, rule = target_of(size, curves)
