@@ -67,6 +67,7 @@ class Steps:
         self.data = data = prepare_run_data(cfg)  # the bench prepared and cached it: this only loads
         assert isinstance(data, CorpusRunData)
         self.cfg = cfg
+        torch.set_flush_denormal(cfg.training.flush_denormal)  # as the HyperGPU nodes train
         self.model = build_model(cfg.training, data.input_shape, data.num_classes)  # seeded: the same everywhere
         self.task = LanguageModel(data.bytes_per_token)
         self.block = data.block_size

@@ -194,3 +194,20 @@ def test_the_inner_optimizer_state_carries_over_rounds(digits):
     trainer.train_round(zero, steps=2)  # new parameters, same optimizer and moments
     assert trainer.optimizer is optimizer
     assert [float(s["step"]) for s in optimizer.state.values()] == [n + 2 for n in steps] == [5.0] * len(steps)
+
+
+def test_the_cpu_trainer_flushes_subnormal_floats_as_configured(digits):
+    """``training.flush_denormal``: a float32 below the smallest normal one (~1.18e-38) counts as
+    zero on a CPU node when set, and as itself when not."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats (torch.set_flush_denormal needs SSE3 or an ARM FPU)")
+    shard = partition(digits[0], 4, seed=0)[0]
+    subnormal = torch.tensor([1e-39], dtype=torch.float32)
+    assert subnormal.item() > 0
+    try:
+        for flush in (True, False):
+            cfg = _mlp(f"training.flush_denormal={str(flush).lower()}")
+            LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+            assert ((subnormal * 1.0).item() == 0.0) is flush
+    finally:
+        torch.set_flush_denormal(False)  # torch's own default, for the tests after this one

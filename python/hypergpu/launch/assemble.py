@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from hypergpu.config.schema import HyperGPUConfig
@@ -42,6 +43,7 @@ def assemble(
     Blocking (loads the data, builds the model): call it off the event loop.
     """
     events = events or EventBus(config.coordinator.event_window)
+    torch.set_flush_denormal(config.training.flush_denormal)  # its evaluations run on this process's CPU
     return Coordinator(
         config,
         planner=planner or planner_for(config, events.publish),

@@ -71,6 +71,10 @@ class LocalTrainer:
             # intra-op threads, or they oversubscribe the cores badly.
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            # Process-wide too. A GPT's steps here grew 2.2x slower over its first 300 steps as its
+            # training made subnormal floats, and stayed flat with them flushed to zero.
+            torch.set_flush_denormal(training.flush_denormal)
         module = model if isinstance(model, nn.Module) else model()
         self.model = module.to(self.device)
         self.layout = ParamLayout.from_model(self.model)
