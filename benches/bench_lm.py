@@ -12,6 +12,11 @@
    whole run (parameters down, training, update up, every round) is compared with a plain torch
    loop training the same model with the same batches in one process with
    the same thread count. Overhead = 1 - node / plain.
+3. Subnormal floats. One process trains the issue-14 WAN bench's GPT
+   (~6.3M parameters) for ``warm`` steps, as a run without
+   ``training.flush_denormal`` would, then times the same ``timed`` steps
+   from that state twice: subnormal floats kept, and flushed to zero (the
+   setting's default). Ratio = kept / flushed seconds per step.
 
 Figures go to ``extra_info`` and are printed. Under ``--benchmark-disable`` a
 tiny GPT and a few steps run as a smoke test.
@@ -20,6 +25,7 @@ tiny GPT and a few steps run as a smoke test.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import Any
 
@@ -40,6 +46,10 @@ pytestmark = pytest.mark.timeout(1800)
 
 FULL = dict(layers=4, embd=256, block=128, steps=400, local_steps=20, evals=10, overhead_rounds=5)
 SMOKE = dict(layers=1, embd=32, block=32, steps=8, local_steps=4, evals=2, overhead_rounds=2)
+#: The subnormal-float timing: the WAN bench's GPT and batch; 160 steps in, its steps had
+#: grown ~1.5x slower (2.2x by 260) with subnormals kept.
+SUBNORMAL_FULL = dict(layers=5, embd=320, block=128, batch=8, warm=160, timed=20)
+SUBNORMAL_SMOKE = dict(layers=1, embd=32, block=32, batch=8, warm=4, timed=2)
 BATCH = 16  # blocks per step in one process (4 per node on four nodes)
 NODES = 4
 
@@ -73,6 +83,7 @@ def _single_process(cfg: HyperGPUConfig, data: CorpusRunData, steps: int, batch:
     points every ``every`` steps, and the training tokens/s."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(cfg.training.flush_denormal)  # as the nodes train
     try:
         model = build_model(cfg.training, data.input_shape, data.num_classes)
         optimizer = make_optimizer(cfg.training, model.parameters())
@@ -103,6 +114,7 @@ def _single_process(cfg: HyperGPUConfig, data: CorpusRunData, steps: int, batch:
         return points, steps * batch * block / train_s
     finally:
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
 
 
 def _node_points(result: TrialResult, block: int) -> list[tuple[int, float]]:
@@ -190,3 +202,55 @@ def test_node_tokens_per_second_against_plain_torch(benchmark, tmp_path) -> None
     _report(benchmark, "node process vs plain torch, tokens/s", info)
     if not benchmark.disabled:
         assert overhead <= 0.10
+
+
+def test_cpu_steps_with_subnormal_floats_flushed_against_kept(benchmark, tmp_path) -> None:
+    size = SUBNORMAL_SMOKE if benchmark.disabled else SUBNORMAL_FULL
+    cfg = _config(size, str(tmp_path))
+    data = prepare_run_data(cfg)
+    assert isinstance(data, CorpusRunData)
+    from hypergpu.data.corpus import TokenWindows
+    windows = [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), data.block_size)
+               for i in data.manager.shards]
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, len(windows[0]), size["batch"]) for _ in range(size["warm"] + size["timed"])]
+    task = LanguageModel()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each node process trains
+    out: dict[str, Any] = {}
+
+    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: np.ndarray) -> None:
+        x, y = windows[0].batch(rows)
+        task.loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def timed(model: torch.nn.Module, optimizer: torch.optim.Optimizer, flush: bool) -> float:
+        torch.set_flush_denormal(flush)
+        t0 = time.perf_counter()
+        for rows in batches[size["warm"]:]:
+            step(model, optimizer, rows)
+        return (time.perf_counter() - t0) / size["timed"]
+
+    def run() -> None:
+        model = build_model(cfg.training, data.input_shape, data.num_classes)
+        optimizer = make_optimizer(cfg.training, model.parameters())
+        torch.set_flush_denormal(False)  # as a run without the setting trains
+        for rows in batches[:size["warm"]]:
+            step(model, optimizer, rows)
+        saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        out["kept_s"] = timed(model, optimizer, flush=False)
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
+        out["flushed_s"] = timed(model, optimizer, flush=True)
+
+    try:
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
+    info = {"full_run": not benchmark.disabled, "warm_steps": size["warm"], "timed_steps": size["timed"],
+            "seconds_per_step_kept": out["kept_s"], "seconds_per_step_flushed": out["flushed_s"],
+            "kept_over_flushed": out["kept_s"] / out["flushed_s"]}
+    _report(benchmark, "GPT steps on the CPU, subnormal floats kept vs flushed", info)
+    assert out["kept_s"] > 0 and out["flushed_s"] > 0

@@ -137,9 +137,9 @@ class TrainingConfig(_Section):
         "parameters in when they arrive (a one-round-delayed outer step): compute never waits on the network",
     )
     eval_interval: int = Field(1, ge=1, le=1_000_000, description="rounds between evaluations")
-    flush_denormal: bool = Field(True, description="CPU: subnormal floats (under ~1.2e-38) count as zero in the nodes' "
-                                 "training and the coordinator's evaluation (a model in training makes ever more, and "
-                                 "a CPU computes on them many times slower)")
+    flush_denormal: bool = Field(True, description="CPU: subnormal floats (under ~1.2e-38) count as zero in the built-in "
+                                 "nodes' training and the coordinator's evaluation (a model in training makes ever more, "
+                                 "and a CPU computes on them many times slower; a loop of one's own sets its own)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(
         None, gt=0, le=1, description="stop once the test accuracy reaches this (classification)"
