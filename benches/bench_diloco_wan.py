@@ -42,8 +42,8 @@ HyperGPU coordinators do not evaluate in the loop (``training.eval_interval``
 past the last round): each round's model is kept when the round closes and
 evaluated after the arm's clock stopped, its loss dated at that close. (In
 the loop, under (c)'s load, one evaluation took ~16 s of the 2 cores the ten
-nodes share and ~3 s under (b)'s; a coordinator on its own machine would
-not take that from the nodes.) An arm's time to the target is interpolated between
+nodes share and ~3 s under (b)'s, with subnormal floats kept; a coordinator
+on its own machine would not take that from the nodes.) An arm's time to the target is interpolated between
 the evaluation before the curve crossed it and the one after (HyperGPU
 arms evaluate once a round, minutes apart; the first evaluation at or
 below it is reported too). Speed-ups are ratios of times to that target

@@ -46,8 +46,8 @@ pytestmark = pytest.mark.timeout(1800)
 
 FULL = dict(layers=4, embd=256, block=128, steps=400, local_steps=20, evals=10, overhead_rounds=5)
 SMOKE = dict(layers=1, embd=32, block=32, steps=8, local_steps=4, evals=2, overhead_rounds=2)
-#: The subnormal-float timing: the WAN bench's GPT and batch; 160 steps in, its steps had
-#: grown ~1.5x slower (2.2x by 260) with subnormals kept.
+#: The subnormal-float timing: the WAN bench's GPT and batch. Its steps from step 160 on were
+#: 1.41x slower with subnormals kept (2.2x by step 260 in a longer run of the same GPT).
 SUBNORMAL_FULL = dict(layers=5, embd=320, block=128, batch=8, warm=160, timed=20)
 SUBNORMAL_SMOKE = dict(layers=1, embd=32, block=32, batch=8, warm=4, timed=2)
 BATCH = 16  # blocks per step in one process (4 per node on four nodes)
