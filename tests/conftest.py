@@ -15,6 +15,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _subnormal_floats_kept_after_each_test():
+    """A node's trainer flushes subnormal floats on the thread that trains (``training.flush_denormal``):
+    tests that train on their own thread leave it so; every test after them starts from torch's default."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _node_keys_off_the_home_directory(tmp_path_factory: pytest.TempPathFactory):
     """Nodes without a key file of their own (the wrapped optimizer, examples) create theirs under

@@ -198,7 +198,7 @@ def test_the_inner_optimizer_state_carries_over_rounds(digits):
 
 def test_the_cpu_trainer_flushes_subnormal_floats_as_configured(digits):
     """``training.flush_denormal``: a float32 below the smallest normal one (~1.18e-38) counts as
-    zero on a CPU node when set, and as itself when not."""
+    zero on the thread a CPU node trains on when set, and as itself when not."""
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats (torch.set_flush_denormal needs SSE3 or an ARM FPU)")
     shard = partition(digits[0], 4, seed=0)[0]
@@ -207,7 +207,9 @@ def test_the_cpu_trainer_flushes_subnormal_floats_as_configured(digits):
     try:
         for flush in (True, False):
             cfg = _mlp(f"training.flush_denormal={str(flush).lower()}")
-            LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+            trainer = LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training,
+                                   device="cpu")
+            trainer.train_round(trainer.layout.flatten(trainer.model), steps=1, batch_size=8)
             assert ((subnormal * 1.0).item() == 0.0) is flush
     finally:
         torch.set_flush_denormal(False)  # torch's own default, for the tests after this one

@@ -43,7 +43,8 @@ def assemble(
     Blocking (loads the data, builds the model): call it off the event loop.
     """
     events = events or EventBus(config.coordinator.event_window)
-    torch.set_flush_denormal(config.training.flush_denormal)  # its evaluations run on this process's CPU
+    # The coordinator evaluates on the CPU, on threads started after this one (they inherit its float mode).
+    torch.set_flush_denormal(config.training.flush_denormal)
     return Coordinator(
         config,
         planner=planner or planner_for(config, events.publish),
