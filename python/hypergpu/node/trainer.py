@@ -134,11 +134,6 @@ class LocalTrainer:
         ``accumulation`` micro-batches whose gradients are summed, so a
         smaller per-step batch can keep the same effective batch.
         """
-        if self.device.type == "cpu":
-            # On the thread that trains (the CPU's float mode is per thread). A GPT's steps here grew
-            # 2.2x slower over its first 300 steps as its training made subnormal floats, and stayed
-            # flat with them flushed to zero.
-            torch.set_flush_denormal(self.training.flush_denormal)
         batch = self.training.batch_size if batch_size is None else batch_size
         steps = self._count_steps(steps, epochs, batch, accumulation, work)
         received = self._start(flat_params, folder)
@@ -229,6 +224,11 @@ class LocalTrainer:
 
     def _start(self, flat_params: np.ndarray | None, folder: Folder | None) -> np.ndarray:
         """Where the round's update is measured from: the parameters loaded, or the model as it is."""
+        if self.device.type == "cpu":
+            # On the thread that trains (the CPU's float mode is per thread). A GPT's steps here grew
+            # 2.2x slower over its first 300 steps as its training made subnormal floats, and stayed
+            # flat with them flushed to zero.
+            torch.set_flush_denormal(self.training.flush_denormal)
         if folder is not None:
             return self.layout.flatten(self.model) + self._fold_in(folder)
         if flat_params is None:
