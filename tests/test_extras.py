@@ -16,7 +16,7 @@ import hypergpu
 from hypergpu.errors import MissingExtraError
 from hypergpu.extras import EXTRAS, require
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(360)
 
 # eth_account, eth_abi and eth_utils are base dependencies (every node signs its hello with its key).
 HIDDEN = sorted({m for _, modules in EXTRAS.values() for m in modules} | {"starlette", "scipy"})
@@ -49,8 +49,9 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
 
 
 def hypergpu_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # A real run in a fresh process: 69 s alone on the 2-core CI machine, and once past 150 s under the suite's load.
     return subprocess.run([sys.executable, "-m", "hypergpu.cli", *args], cwd=tmp_path, env=bare_env(tmp_path),
-                          capture_output=True, text=True, timeout=150)
+                          capture_output=True, text=True, timeout=300)
 
 
 def sets(*overrides: str) -> list[str]:
