@@ -77,6 +77,13 @@ def _config(size: dict[str, int], tmp: str, *extra: str) -> HyperGPUConfig:
     ])
 
 
+def _token_windows(data: CorpusRunData) -> list[Any]:
+    """Each training shard's blocks, as the nodes read them."""
+    from hypergpu.data.corpus import TokenWindows
+    return [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), data.block_size)
+            for i in data.manager.shards]
+
+
 def _single_process(cfg: HyperGPUConfig, data: CorpusRunData, steps: int, batch: int, every: int,
                     threads: int) -> tuple[list[tuple[int, float]], float]:
     """Plain torch: the same model and optimizer, random training blocks; (tokens, held-out loss)
@@ -91,9 +98,7 @@ def _single_process(cfg: HyperGPUConfig, data: CorpusRunData, steps: int, batch:
         # The same training tokens the nodes draw from: every shard's blocks, shuffled.
         blocks = [(s, i) for s, info in enumerate(data.manager.shards) for i in range(len(info))]
         order = np.random.default_rng(cfg.training.seed).permutation(len(blocks))
-        from hypergpu.data.corpus import TokenWindows
-        shards = [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), data.block_size)
-                  for i in data.manager.shards]
+        shards = _token_windows(data)
         points: list[tuple[int, float]] = []
         train_s = 0.0
         block = data.block_size
@@ -209,9 +214,7 @@ def test_cpu_steps_with_subnormal_floats_flushed_against_kept(benchmark, tmp_pat
     cfg = _config(size, str(tmp_path))
     data = prepare_run_data(cfg)
     assert isinstance(data, CorpusRunData)
-    from hypergpu.data.corpus import TokenWindows
-    windows = [TokenWindows(np.asarray(data.corpus.tokens[i.start:i.stop]), data.block_size)
-               for i in data.manager.shards]
+    windows = _token_windows(data)
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, len(windows[0]), size["batch"]) for _ in range(size["warm"] + size["timed"])]
     task = LanguageModel()

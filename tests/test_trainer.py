@@ -204,12 +204,8 @@ def test_the_cpu_trainer_flushes_subnormal_floats_as_configured(digits):
     shard = partition(digits[0], 4, seed=0)[0]
     subnormal = torch.tensor([1e-39], dtype=torch.float32)
     assert subnormal.item() > 0
-    try:
-        for flush in (True, False):
-            cfg = _mlp(f"training.flush_denormal={str(flush).lower()}")
-            trainer = LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training,
-                                   device="cpu")
-            trainer.train_round(trainer.layout.flatten(trainer.model), steps=1, batch_size=8)
-            assert ((subnormal * 1.0).item() == 0.0) is flush
-    finally:
-        torch.set_flush_denormal(False)  # torch's own default, for the tests after this one
+    for flush in (True, False):  # conftest restores torch's default after the test
+        cfg = _mlp(f"training.flush_denormal={str(flush).lower()}")
+        trainer = LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+        trainer.train_round(trainer.layout.flatten(trainer.model), steps=1, batch_size=8)
+        assert ((subnormal * 1.0).item() == 0.0) is flush
