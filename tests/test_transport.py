@@ -261,7 +261,10 @@ def test_transport_config_defaults_and_validation():
     assert (c.idle_timeout, c.segmentation_offload) == (3.0, False)
     assert c.max_message_bytes == TransportConfig().max_message_bytes > 0
     assert "idle_timeout=3.0" in repr(c)
-    bad = {"max_message_bytes": 0, "recv_queue": 0, "ping_interval": -1.0, "handshake_timeout": float("nan")}
+    assert TransportConfig().congestion == "bbr"
+    assert [TransportConfig(congestion=n).congestion for n in ("cubic", "new_reno", "bbr")] == ["cubic", "new_reno", "bbr"]
+    bad = {"max_message_bytes": 0, "recv_queue": 0, "ping_interval": -1.0, "handshake_timeout": float("nan"),
+           "congestion": "vegas"}
     for name, value in bad.items():
         with pytest.raises(errors.InvalidArgumentError, match=name):
             TransportConfig(**{name: value})

@@ -2,7 +2,7 @@
 # Kept honest by `python -m mypy.stubtest hypergpu._core` in `make test`.
 
 from collections.abc import Sequence
-from typing import final
+from typing import Literal, final
 
 from typing_extensions import Buffer
 
@@ -171,6 +171,7 @@ class TransportConfig:
         max_pending: int = ...,
         max_pending_per_address: int = ...,
         retry_above: int = ...,
+        congestion: Literal["cubic", "new_reno", "bbr"] = ...,
     ) -> TransportConfig: ...
     @property
     def max_message_bytes(self) -> int: ...
@@ -192,6 +193,8 @@ class TransportConfig:
     def max_pending_per_address(self) -> int: ...
     @property
     def retry_above(self) -> int: ...
+    @property
+    def congestion(self) -> Literal["cubic", "new_reno", "bbr"]: ...
 
 @final
 class LinkStats:

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use super::convert::positive_seconds;
 use super::frames::py_bytes_frame;
 use crate::error::Result;
-use crate::transport::{AdmissionLimits, FrameAllocator, TransportConfig};
+use crate::transport::{AdmissionLimits, Congestion, FrameAllocator, TransportConfig};
 
 /// Settings shared by `TransportServer.listen` and `transport_connect`;
 /// validated when built.
@@ -30,7 +30,8 @@ impl PyTransportConfig {
         hello_timeout = None,
         max_pending = AdmissionLimits::default().max_pending,
         max_pending_per_address = AdmissionLimits::default().max_pending_per_address,
-        retry_above = AdmissionLimits::default().retry_above))]
+        retry_above = AdmissionLimits::default().retry_above,
+        congestion = TransportConfig::default().congestion.name()))]
     #[allow(clippy::too_many_arguments)] // the Python signature's keyword arguments, one each
     fn new(
         max_message_bytes: u64,
@@ -43,6 +44,7 @@ impl PyTransportConfig {
         max_pending: usize,
         max_pending_per_address: usize,
         retry_above: usize,
+        congestion: &str,
     ) -> Result<Self> {
         let inner = TransportConfig {
             max_message_bytes,
@@ -60,6 +62,7 @@ impl PyTransportConfig {
                 max_pending_per_address,
                 retry_above,
             },
+            congestion: Congestion::parse(congestion)?,
         };
         inner.validate()?;
         Ok(PyTransportConfig { inner })
@@ -128,12 +131,18 @@ impl PyTransportConfig {
         self.inner.admission.retry_above
     }
 
+    /// The congestion controller this end sends with: "cubic", "new_reno" or "bbr".
+    #[getter]
+    fn congestion(&self) -> &'static str {
+        self.inner.congestion.name()
+    }
+
     fn __repr__(&self) -> String {
         let c = &self.inner;
         format!(
             "TransportConfig(max_message_bytes={}, idle_timeout={:?}, handshake_timeout={:?}, \
              ping_interval={:?}, recv_queue={}, segmentation_offload={}, hello_timeout={}, \
-             max_pending={}, max_pending_per_address={}, retry_above={})",
+             max_pending={}, max_pending_per_address={}, retry_above={}, congestion='{}')",
             c.max_message_bytes,
             c.idle_timeout.as_secs_f64(),
             c.handshake_timeout.as_secs_f64(),
@@ -149,6 +158,7 @@ impl PyTransportConfig {
             c.admission.max_pending,
             c.admission.max_pending_per_address,
             c.admission.retry_above,
+            c.congestion.name(),
         )
     }
 }

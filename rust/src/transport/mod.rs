@@ -53,6 +53,62 @@ pub struct TransportConfig {
     pub hello_timeout: Option<Duration>,
     /// Server: the admission limits on joins in flight.
     pub admission: AdmissionLimits,
+    /// How this end paces what it sends (each end governs its own sends).
+    pub congestion: Congestion,
+}
+
+/// The sender's congestion controller (quinn's own implementations).
+///
+/// BBR is the default because the links this transport is for lose packets
+/// that are not congestion: over a kernel-shaped 20 Mbit/s link with 2 %
+/// random loss and 100 ms RTT, 10 MB took 4.6 s with BBR and 80-88 s with
+/// Cubic, which reads every loss as a full queue; without loss both filled
+/// the link (25 MB in 10.7-11.1 s). quinn marks its BBR experimental, so
+/// Cubic stays one setting away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// Loss-based; shrinks its window on every loss episode (quinn's default).
+    Cubic,
+    /// Loss-based, the older and gentler growth curve.
+    NewReno,
+    /// Model-based (bottleneck bandwidth and minimum RTT): loss that is not
+    /// congestion does not lower its rate.
+    #[default]
+    Bbr,
+}
+
+impl Congestion {
+    pub const ALL: [Congestion; 3] = [Congestion::Cubic, Congestion::NewReno, Congestion::Bbr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "new_reno",
+            Congestion::Bbr => "bbr",
+        }
+    }
+
+    pub fn parse(name: &str) -> crate::error::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+                Error::InvalidArgument(format!(
+                    "congestion must be one of {}, got {name:?}",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    fn factory(self) -> std::sync::Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        match self {
+            Congestion::Cubic => std::sync::Arc::new(CubicConfig::default()),
+            Congestion::NewReno => std::sync::Arc::new(NewRenoConfig::default()),
+            Congestion::Bbr => std::sync::Arc::new(BbrConfig::default()),
+        }
+    }
 }
 
 /// Server: how many peers may be between their first packet and an accepted
@@ -132,6 +188,7 @@ impl Default for TransportConfig {
             frame_alloc: None,
             hello_timeout: None,
             admission: AdmissionLimits::default(),
+            congestion: Congestion::default(),
         }
     }
 }
@@ -199,6 +256,7 @@ impl TransportConfig {
         t.send_window(32 << 20);
         t.datagram_receive_buffer_size(Some(64 * 1024));
         t.enable_segmentation_offload(self.segmentation_offload);
+        t.congestion_controller_factory(self.congestion.factory());
         t
     }
 }
