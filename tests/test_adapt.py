@@ -14,6 +14,7 @@ from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.quality import class_of
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
 from hypergpu.config import load_config
+from hypergpu.transport import TransportConfig
 from hypergpu.errors import ConfigError
 from hypergpu.events import EventBus
 from hypergpu.model.manager import ModelManager
@@ -106,7 +107,7 @@ def test_monitor_classes_rtt_and_loss_and_alerts_on_degradation() -> None:
 
 def test_a_clean_long_link_is_estimated_at_what_it_carried() -> None:
     """A 100 Mbit/s link at 100 ms RTT that loses nothing is not capped by a loss it never had."""
-    mon = NetworkMonitor()
+    mon = NetworkMonitor(loss_limited=True)  # a loss-based controller (Cubic) on both ends
     mon.observe_stats(0, stats(100, sent=5000, lost=0))
     prior = mon.link(0).est_throughput_Bps()
     assert prior * 8 < 5e6  # before any exchange: the loss-limited guess
@@ -543,8 +544,18 @@ def test_local_steps_fill_a_period_within_bounds() -> None:
 
 def test_a_link_measured_lossy_is_not_capped_by_the_loss_it_was_measured_with() -> None:
     """A shaped 20 Mbit/s link drops ~9 % of packets whenever a transfer fills its queue: what
-    it carried already holds that loss. Only more loss since scales it down (as 1/sqrt(loss))."""
-    mon = NetworkMonitor()
+    it carried already holds that loss. Only more loss since scales it down (as 1/sqrt(loss)), under a
+    loss-based controller; under BBR (the transport's default) loss bounds nothing: what it carried stands."""
+    mon, bbr = NetworkMonitor(loss_limited=True), NetworkMonitor(loss_limited=False)
+    assert NetworkMonitor().loss_limited is (TransportConfig().congestion != "bbr")
+    for m in (mon, bbr):
+        m.observe_stats(0, stats(100, sent=10_000, lost=900))
+        for r in range(1, 4):
+            m.observe_exchange(0, round_id=r, ok=True, turnaround_s=30.0, wall_s=2.0, bytes_moved=26_000_000,
+                               upload=(5.2 + 0.1, 13_000_000))
+        m.observe_stats(0, stats(100, sent=30_000, lost=12_900))  # 60 % of the next 20,000: smoothed, ~0.24
+    assert bbr.link(0).loss > 0.2 and bbr.link(0).est_throughput_Bps() * 8 == pytest.approx(20e6, rel=0.02)
+    mon = NetworkMonitor(loss_limited=True)
     mon.observe_stats(0, stats(100, sent=10_000, lost=900))
     assert mon.link(0).loss == pytest.approx(0.09)
     for r in range(1, 4):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypergpu._core import LinkStats
+from hypergpu._core import LinkStats, TransportConfig
 from hypergpu.adapt.quality import Quality, QualityTracker, link_score
 
 #: Typical QUIC payload per packet, for the loss-limited throughput estimate.
@@ -30,6 +30,12 @@ RECENT_RTT_SAMPLES = 8
 UNKNOWN_LOSS = 0.005
 #: From this share of packets lost, loss (not the last measurement) bounds what a link can carry.
 LOSSY = 0.005
+#: Whether loss bounds what a link carries: it does under a loss-based congestion controller
+#: (Cubic, NewReno: ~MSS/RTT x 1.22/sqrt(loss)), not under BBR, which paces at its estimate of the
+#: bottleneck through loss — and loses a few percent of packets itself, probing a shallow queue (a
+#: 5 Mbit/s node read 7 % and was estimated at 0.46 Mbit/s by that bound). The coordinator and its
+#: nodes send with the transport's default controller.
+LOSS_LIMITED = TransportConfig().congestion != "bbr"
 Publish = Callable[..., Any]
 
 
@@ -45,6 +51,7 @@ class NodeLink:
     tracker: QualityTracker
     history: deque[dict[str, Any]]
     alpha: float = 0.3
+    loss_limited: bool = LOSS_LIMITED  # see LOSS_LIMITED
     srtt_ms: float | None = None
     rtt_ms: float | None = None  # median of the latest RTT samples: robust to one slow ack
     throughput_rtt_ms: float | None = None  # the RTT when throughput_Bps was measured
@@ -100,15 +107,17 @@ class NodeLink:
         already holds the loss it had then: a bottleneck's queue drops
         packets whenever a transfer fills it (a 100 Mbit/s link under a
         shaper loses several percent this way), and capping the measure by
-        that loss again would count it twice.
+        that loss again would count it twice. Under BBR (``loss_limited``
+        false) loss moves nothing once a measure exists.
         """
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
         if self.throughput_Bps is None:
+            # A guess until an exchange measures the link: loss-based at every controller (cautious).
             return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, UNKNOWN_LOSS))
         measured = self.throughput_Bps
         if self.throughput_rtt_ms and self.rtt_ms:
             measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
-        if self.loss < LOSSY or self.loss <= self.throughput_loss:
+        if not self.loss_limited or self.loss < LOSSY or self.loss <= self.throughput_loss:
             return measured
         if self.throughput_loss < LOSSY:
             # A clean link that turned lossy since its last exchange is capped by its new loss.
@@ -131,8 +140,10 @@ class NetworkMonitor:
         dwell: int = 2,
         publish: Publish | None = None,
         silent_rounds: int = 2,
+        loss_limited: bool = LOSS_LIMITED,
     ):
         self.history = history
+        self.loss_limited = loss_limited
         self.margin = margin
         self.dwell = dwell
         self.publish = publish
@@ -142,7 +153,8 @@ class NetworkMonitor:
     def link(self, node_id: int) -> NodeLink:
         link = self.links.get(node_id)
         if link is None:
-            link = NodeLink(node_id, QualityTracker(self.margin, self.dwell), deque(maxlen=self.history))
+            link = NodeLink(node_id, QualityTracker(self.margin, self.dwell), deque(maxlen=self.history),
+                            loss_limited=self.loss_limited)
             self.links[node_id] = link
         return link
 
