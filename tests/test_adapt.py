@@ -42,10 +42,16 @@ class LinkSource:
         return PlanView([NodeView(n, f"node-{n}", link=s) for n, s in self.links.items()], num_params=PARAMS)
 
 
-def planner_for(links: dict[int, dict[str, object]], *overrides: str) -> tuple[AdaptivePlanner, LinkSource]:
+def planner_for(links: dict[int, dict[str, object]], *overrides: str,
+                loss_limited: bool | None = None) -> tuple[AdaptivePlanner, LinkSource]:
+    """``loss_limited``: whether the links run a loss-based congestion controller (default: as the
+    transport's default does)."""
     cfg = load_config(None, [f"nodes.count={len(links)}", "adapt.enabled=true", *overrides])
     source = LinkSource(links)
-    return AdaptivePlanner(cfg, publish=source.events.publish), source
+    planner = AdaptivePlanner(cfg, publish=source.events.publish)
+    if loss_limited is not None:
+        planner.monitor.loss_limited = loss_limited  # before any link is made
+    return planner, source
 
 
 def record(round_id: int, answers: dict[int, dict[str, float]], asked: list[int], plan: RoundPlan) -> RoundRecord:
@@ -256,7 +262,7 @@ def test_threshold_and_top_n_strategies() -> None:
 
 def test_planner_adapts_per_link_and_records_decisions() -> None:
     links = {0: stats(20, 1000, 0), 1: stats(30, 1000, 1), 2: stats(600, 1000, 80)}
-    planner, source = planner_for(links, "adapt.strategy='all'")
+    planner, source = planner_for(links, "adapt.strategy='all'", loss_limited=True)  # 8 % loss bounds node 2
     plan = planner.plan(1, source.view())
     a = plan.assignments
     assert set(a) == {0, 1, 2}
@@ -491,7 +497,8 @@ def test_with_overlap_h_moves_only_on_a_measured_link() -> None:
     whole until measured."""
     links = {0: stats(100, 1000, 300), 1: stats(100, 1000, 300)}
     planner, source = planner_for(links, "adapt.strategy='all'", "training.local_steps=10", "training.overlap=true",
-                                  "training.link_fragments=8", "adapt.codecs=['raw','fp16','int8','int4']")
+                                  "training.link_fragments=8", "adapt.codecs=['raw','fp16','int8','int4']",
+                                  loss_limited=True)
     plan = planner.plan(1, source.view())
     answers = {n: {"samples": 320, "turnaround_s": 30.0, "compute_s": 2.0, "wall_s": 2.0,
                    "update_bytes": 4 * PARAMS, "loss": 1.0} for n in plan.assignments}
@@ -583,3 +590,27 @@ def test_with_overlap_a_change_is_judged_by_the_nodes_own_work_and_waiting() -> 
         rollbacks = [d for d in planner.decisions if d["knob"] == "rollback"]
         assert bool(rollbacks) == undone, rollbacks
         assert (planner.knobs[1] == before) == undone
+
+
+def test_under_bbr_a_node_whose_updates_come_late_is_judged_by_its_own_uploads() -> None:
+    """Under BBR a 5 Mbit/s link reads several percent loss, mostly its own probing; taken as a
+    loss bound, its guess said 0.44 Mbit/s and, with its first updates late, it stayed excluded for
+    the rest of a WAN bench run. Neither the guess nor a late update's upload measure reads that loss."""
+    links = {0: stats(100, 10_000, 900), 1: stats(100, 10_000, 0)}
+    bbr, source = planner_for(links, "adapt.strategy='all'", loss_limited=False)
+    cubic, _ = planner_for(links, "adapt.strategy='all'", loss_limited=True)
+    plan = bbr.plan(1, source.view())
+    cubic.plan(1, source.view())
+    guess, bounded = bbr.monitor.link(0).est_throughput_Bps(), cubic.monitor.link(0).est_throughput_Bps()
+    assert bbr.monitor.link(0).loss == pytest.approx(0.09) and guess == pytest.approx(bounded * (0.09 / 0.005) ** 0.5)
+    # Node 0 misses round 1; its update arrives late in round 2, uploaded at 5 Mbit/s by its own clock.
+    answers = {1: {"samples": 320, "turnaround_s": 30.0, "compute_s": 20.0, "wall_s": 20.0, "update_bytes": 4 * PARAMS,
+                   "loss": 1.0}}
+    bbr.observe(record(1, answers, [0, 1], plan))
+    plan2 = bbr.plan(2, source.view())
+    late = record(2, answers, sorted(plan2.assignments), plan2)
+    late.late[0] = NodeAnswer(node_id=0, round=1, params_bytes=None, codec="int4", weight=0.5, samples=320,
+                              compute_s=20.0, wall_s=21.0, turnaround_s=None, update_bytes=3_250_000, loss=1.0,
+                              upload_s=0.1 + 3_250_000 * 8 / 5e6, upload_bytes=3_250_000)
+    bbr.observe(late)
+    assert bbr.monitor.link(0).est_throughput_Bps() * 8 == pytest.approx(5e6, rel=0.02)

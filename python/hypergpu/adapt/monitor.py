@@ -43,6 +43,14 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1 - alpha) * old + alpha * new
 
 
+def _carried(link: NodeLink, nbytes: int, seconds: float) -> None:
+    """``nbytes`` crossed the link in ``seconds`` (one RTT of it the ack's way back)."""
+    carried = nbytes / max(seconds - (link.rtt_ms or 0.0) / 1000.0, 1e-3)
+    link.throughput_Bps = _ewma(link.throughput_Bps, carried, 0.5)
+    link.throughput_rtt_ms = link.rtt_ms
+    link.throughput_loss = link.loss
+
+
 @dataclass
 class NodeLink:
     """Everything known about one node's link."""
@@ -108,12 +116,14 @@ class NodeLink:
         packets whenever a transfer fills it (a 100 Mbit/s link under a
         shaper loses several percent this way), and capping the measure by
         that loss again would count it twice. Under BBR (``loss_limited``
-        false) loss moves nothing once a measure exists.
+        false) loss moves neither the guess nor a measure.
         """
         rtt = max((self.rtt_ms or 50.0) / 1000.0, 1e-3)
         if self.throughput_Bps is None:
-            # A guess until an exchange measures the link: loss-based at every controller (cautious).
-            return MSS_BYTES / rtt * 1.22 / math.sqrt(max(self.loss, UNKNOWN_LOSS))
+            # A guess until an upload measures the link; under BBR a loss read now is mostly its
+            # own probing, and bounds nothing.
+            loss = max(self.loss, UNKNOWN_LOSS) if self.loss_limited else UNKNOWN_LOSS
+            return MSS_BYTES / rtt * 1.22 / math.sqrt(loss)
         measured = self.throughput_Bps
         if self.throughput_rtt_ms and self.rtt_ms:
             measured *= min(4.0, max(0.05, self.throughput_rtt_ms / self.rtt_ms))
@@ -189,6 +199,13 @@ class NetworkMonitor:
         link.goodput_bps = stats.goodput_bps
         return link
 
+    def observe_upload(self, node_id: int, seconds: float | None, nbytes: int | None) -> None:
+        """The node's own measure of one upload (send -> ack of its receipt): what its link
+        carries, whether the update came on time or late (a node whose updates all come late
+        would otherwise be judged by the guess alone, and never asked on time again)."""
+        if seconds and nbytes and seconds > 0:
+            _carried(self.link(node_id), nbytes, seconds)
+
     def observe_exchange(
         self, node_id: int, *, round_id: int, ok: bool, turnaround_s: float | None = None,
         compute_s: float | None = None, wall_s: float | None = None, samples: int | None = None,
@@ -216,17 +233,10 @@ class NetworkMonitor:
                 link.wall_s = _ewma(link.wall_s, wall_s, a)
             # A node's first exchange also holds its start-up (imports, building the
             # model, the first batches), which is no measure of its link.
-            rtt_s = (link.rtt_ms or 0.0) / 1000.0
             if upload is not None and upload[1] and upload[0] > 0:
-                carried = upload[1] / max(upload[0] - rtt_s, 1e-3)
+                self.observe_upload(node_id, upload[0], upload[1])
             elif turnaround_s is not None and wall_s is not None and bytes_moved and link.exchanges > 1:
-                carried = bytes_moved / max(turnaround_s - wall_s - rtt_s, 1e-3)
-            else:
-                carried = None
-            if carried is not None:
-                link.throughput_Bps = _ewma(link.throughput_Bps, carried, 0.5)
-                link.throughput_rtt_ms = link.rtt_ms
-                link.throughput_loss = link.loss
+                _carried(link, bytes_moved, turnaround_s - wall_s)
         else:
             link.missed_streak += 1
             if link.missed_streak == self.silent_rounds:
