@@ -27,8 +27,8 @@ average 50-150 ms, 1%, 20 Mbit/s; poor 150-300 ms, 5%, 5 Mbit/s; unstable
 A :class:`TransportConfig` holds the settings both ends take (size limit,
 timeouts, probe interval, receive queue, segmentation offload, the congestion
 controller each end sends with: ``"bbr"`` by default, ``"cubic"`` or
-``"new_reno"``); its defaults are the Rust core's. :meth:`Connection.stats` returns a typed
-:class:`LinkStats` (``as_dict()`` for JSON).
+``"new_reno"``); its defaults are the Rust core's. :meth:`Connection.stats`
+returns a typed :class:`LinkStats` (``as_dict()`` for JSON).
 
 Before a peer is trusted: every connection starts with one bidirectional
 stream and a small receive window, enough for the join. The coordinator's
