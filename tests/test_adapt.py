@@ -10,6 +10,7 @@ import pytest
 from hypergpu.adapt import AdaptivePlanner, NetworkMonitor, Quality, QualityTracker, link_score
 from hypergpu.adapt.batch import BatchBounds, BatchSizer
 from hypergpu.adapt.compression import CodecChoice, CodecChooser
+from hypergpu.adapt.knobs import describe
 from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.quality import class_of
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
@@ -230,6 +231,23 @@ def test_failing_node_is_quarantined_then_returns_through_probation() -> None:
     assert [r for r, inside, _ in timeline if not inside][3:] == [7, 8, 9, 10, 11, 12]
     assert standing[14] is Standing.ACTIVE  # two clean rounds of probation later
     assert sel.state(0).contribution == pytest.approx(0.5)
+
+
+def test_a_pardoned_node_takes_no_strike_and_no_clean_round() -> None:
+    """The planner pardons a node that hurt a round under settings it just made heavier."""
+    sel = NodeSelector(SelectionRules(strategy="all", strikes_to_quarantine=2, probation_rounds=2))
+    cands = [Candidate(n, Quality.GOOD, 70, 1.0) for n in range(4)]
+    for r in (1, 2, 3):
+        chosen, _ = sel.select(r, cands)
+        answers = {n: NodeAnswer(n, r, samples=32, loss=None, compute_s=0.5, wall_s=1.0, turnaround_s=1.0,
+                                 update_bytes=0, params_bytes=None, codec="raw", weight=1.0) for n in chosen if n != 3}
+        assert sel.hurt(chosen, answers) == {3: "did not answer"}
+        changes = sel.judge(r, chosen, answers, pardoned={3} if r < 3 else ())
+        if r < 3:
+            assert "no strike: did not answer" in changes[3]
+            assert sel.state(3).strikes == 0 and sel.state(3).clean_rounds == 0
+    assert changes[3] == "strike 1: did not answer"  # not pardoned: struck as ever
+    assert sel.state(3).standing is Standing.ACTIVE
 
 
 def test_fairness_bound_holds_and_exclusions_are_kept() -> None:
@@ -614,3 +632,52 @@ def test_under_bbr_a_node_whose_updates_come_late_is_judged_by_its_own_uploads()
                               upload_s=0.1 + 3_250_000 * 8 / 5e6, upload_bytes=3_250_000)
     bbr.observe(late)
     assert bbr.monitor.link(0).est_throughput_Bps() * 8 == pytest.approx(5e6, rel=0.02)
+
+
+def test_a_node_late_under_a_looser_codec_has_the_change_undone_not_a_strike() -> None:
+    """In a WAN bench run two 20 Mbit/s hosts moved to raw came late twice and sat four rounds out
+    in quarantine, for lateness the planner's own choice caused. A node that hurts a round under
+    settings the planner just made heavier takes no strike: the change is undone and held. Late
+    again under settings it had, it is struck as before."""
+    links = {n: stats(20, 1000, 0) for n in range(3)}
+    common = ("adapt.strategy='all'", "training.local_steps=10", "training.overlap=true",
+              "adapt.codecs=['raw','fp16','int8','int4']")
+    fast, slow = 100e6 / 8, 0.5e6 / 8
+    planner, source, plan = _after_one_round(links, {0: fast, 1: slow, 2: fast}, 1.0, *common)
+
+    def closed(r: int, plan: RoundPlan, node1: float = fast, missing: int | None = None) -> RoundRecord:
+        answers = {n: {"samples": 320, "turnaround_s": 2.5, "compute_s": 1.0, "wall_s": 1.0, "loss": 1.0,
+                       "update_bytes": 4 * PARAMS, "upload_s": 0.02 + 4 * PARAMS / (node1 if n == 1 else fast),
+                       "upload_bytes": 4 * PARAMS} for n in plan.assignments if n != missing}
+        return record(r, answers, sorted(plan.assignments), plan)
+
+    for r in (2, 3, 4):  # node 1's slow link: its codec tightens
+        plan = planner.plan(r, source.view())
+        planner.observe(closed(r, plan, slow))
+    assert planner.knobs[1].codec.codec != "raw"
+    # node 1's link is now as fast as the others': its codec loosens after the dwell
+    while (trial := planner.trials.get(1)) is None or trial.round != r or not trial.heavier:
+        r += 1
+        plan = planner.plan(r, source.view())
+        if planner.trials.get(1) is None or not planner.trials[1].heavier:
+            planner.observe(closed(r, plan))
+        assert r < 12, "node 1's codec never loosened"
+    looser = planner.knobs[1]
+    assert looser.codec.size_factor > trial.before.codec.size_factor
+    planner.observe(closed(r, plan, missing=1))
+    assert planner.selector.state(1).strikes == 0
+    said = [d for d in planner.decisions if d["node"] == 1 and d["round"] == r]
+    print(f"\nround {r}, node 1 {describe(trial.before)} -> {describe(looser)}: {said}")
+    assert any(d["knob"] == "standing" and d["reason"].startswith("no strike: did not answer") for d in said)
+    assert any(d["knob"] == "rollback" and "did not answer under the new settings" in d["reason"] for d in said)
+    assert planner.knobs[1] == trial.before
+    while 1 not in plan.assignments:  # sits out while it may still be working on round r
+        r += 1
+        plan = planner.plan(r, source.view())
+        assert r < 20
+        if 1 in plan.assignments:
+            break
+        planner.observe(closed(r, plan))
+    assert planner.knobs[1] == trial.before and 1 not in planner.trials  # held, no change to blame
+    planner.observe(closed(r, plan, missing=1))
+    assert planner.selector.state(1).strikes == 1

@@ -35,6 +35,17 @@ class Trial:
     # Stronger compression or more work per exchange should raise throughput;
     # fewer local steps trade throughput for fresher models and are judged on loss only.
     expect_faster: bool = False
+    # The change asked more of the node's round (see :func:`heavier`): if the node then hurt
+    # the round, the planner did, and the change is undone rather than the node struck.
+    heavier: bool = False
+
+
+def heavier(before: Knobs, after: Knobs) -> bool:
+    """Whether ``after`` asks more of a node's link each round than ``before``: more bytes up
+    (a looser codec, fewer fragments) or down. (More work is how the planner amortises a slow
+    link: the node's round is meant to grow with it.)"""
+    return (after.codec.size_factor / after.fragments > before.codec.size_factor / before.fragments
+            or after.down.size_factor > before.down.size_factor)
 
 
 def codec_name(c: CodecChoice) -> str:

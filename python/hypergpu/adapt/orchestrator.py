@@ -1,21 +1,20 @@
 """The adaptive planner: before each round, decide per node from its link.
 
-Pre-round: poll the transport's counters for every live link, re-score
-the links, choose the participants (strategy, quarantine, fairness),
-then per participant the codec, the local steps, the batch split and the
-fragments an update goes up in (with overlap: every node's configured
-batch, local steps that fill the round's period, codecs as loose as the
-transfers hiding under that compute allow).
+Pre-round: poll the transport's counters for every live link, re-score the links, choose the
+participants (strategy, quarantine, fairness), then per participant the codec, the local steps, the
+batch split and the fragments an update goes up in (with overlap: every node's configured batch,
+local steps that fill the round's period, codecs as loose as the transfers hiding under that compute
+allow).
 Post-round: fold the round's exchanges (and late updates' own upload measures) into the monitor,
-judge who hurt the round, and undo a node's latest change when its throughput or loss got worse
-because of it. "Because of it" matters: a change is usually made because the link got worse, and
-then throughput falls whatever the settings. So the throughput a change delivered is compared
-with what the previous settings would give on the link as measured before that round (the same
-model of the link that chose the change), not with the rate before it. With overlap the rate is
-the node's own (samples over its work and waiting), since the turnaround also holds the next
-round's work, and the old settings' rate is that of the longer of compute and transfers. Every
-decision is recorded with its reason and published as a ``decision`` event; the time spent
-deciding is measured against the round time."""
+judge who hurt the round (not a node that did under settings just made heavier: that change is
+undone), and undo a node's latest change when its throughput or loss got worse because of it.
+"Because of it" matters: a change is usually made because the link got worse, and then throughput
+falls whatever the settings. So the throughput a change delivered is compared with what the previous
+settings would give on the link as measured before that round (the model of the link that chose the
+change), not with the rate before it. With overlap the rate is the node's own (samples over its work
+and waiting), since the turnaround also holds the next round's work, and the old settings' rate is
+that of the longer of compute and transfers. Every decision is recorded with its reason and
+published as a ``decision`` event; the time spent deciding is measured against the round time."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from typing import Any
 
 from hypergpu.adapt.batch import BatchBounds, BatchSizer
 from hypergpu.adapt.compression import RAW, CodecChoice, CodecChooser, fragments_for
-from hypergpu.adapt.knobs import Knobs, Trial, codec_name, describe
+from hypergpu.adapt.knobs import Knobs, Trial, codec_name, describe, heavier
 from hypergpu.adapt.local_steps import LocalStepChooser
 from hypergpu.adapt.monitor import NetworkMonitor
 from hypergpu.adapt.policy import POLICIES, Policy
@@ -302,7 +301,8 @@ class AdaptivePlanner:
             self._decide(round_id, n, knob, before, after, reason)
         faster = (knobs.codec != old.codec or knobs.down != old.down or knobs.local_steps > old.local_steps
                   or knobs.effective_batch > old.effective_batch or knobs.fragments > old.fragments)
-        self.trials[n] = Trial(round_id, old, self._loss.get(n), [m[0] for m in moved], faster)
+        self.trials[n] = Trial(round_id, old, self._loss.get(n), [m[0] for m in moved], faster,
+                               heavier(old, knobs))
 
     # --- after the round ---------------------------------------------------------------
 
@@ -343,24 +343,26 @@ class AdaptivePlanner:
                 self._rate[n] = answer.samples / took
             if answer.loss is not None:
                 self._loss[n] = answer.loss
-        for n, what in self.selector.judge(round_id, asked, answers).items():
+        own = {n: why for n, why in self.selector.hurt(asked, answers).items()
+               if (t := self.trials.get(n)) is not None and t.round == round_id and t.heavier}
+        for n, what in self.selector.judge(round_id, asked, answers, own).items():
             self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
-        self._check_trials(round_id, answers, would)
+        self._check_trials(round_id, answers, would, own)
 
-    def _check_trials(
-        self, round_id: int, answers: dict[int, NodeAnswer], predicted: dict[int, float | None]
-    ) -> None:
+    def _check_trials(self, round_id: int, answers: dict[int, NodeAnswer],
+                      predicted: dict[int, float | None], own: dict[int, str]) -> None:
         p = self.policy
         for n, trial in list(self.trials.items()):
             if trial.round != round_id:
                 continue
             del self.trials[n]
-            if answers.get(n) is None:
-                continue
-            rate, loss = self._rate.get(n), self._loss.get(n)
-            would = predicted.get(n)
+            rate, loss, would = self._rate.get(n), self._loss.get(n), predicted.get(n)
             why = None
-            if trial.expect_faster and rate is not None and would and rate < (1 - p.rollback_tolerance) * would:
+            if n in own:
+                why = f"{own[n]} under the new settings"
+            elif answers.get(n) is None:
+                continue
+            elif trial.expect_faster and rate is not None and would and rate < (1 - p.rollback_tolerance) * would:
                 why = f"throughput {rate:.0f} samples/s, below the {would:.0f} the previous settings would give now"
             elif loss is not None and trial.loss is not None and loss > (1 + p.loss_tolerance) * trial.loss + LOSS_NOISE:
                 why = f"loss rose {trial.loss:.3f} -> {loss:.3f}"

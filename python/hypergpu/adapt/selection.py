@@ -10,7 +10,9 @@ only. On top of the strategy:
 
 - quarantine: a node that hurt a round (did not answer, or took far
   longer than the rest) collects a strike; enough strikes sit it out for
-  a number of rounds, doubled on each repeat;
+  a number of rounds, doubled on each repeat; a node that hurt a round
+  only because the planner just asked more of its link (a looser codec,
+  more work) takes no strike: the planner undoes its change instead;
 - probation: after quarantine a node takes part again but on probation;
   a clean run of rounds returns it to full standing, another strike sends
   it back to quarantine;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,29 +155,45 @@ class NodeSelector:
 
     # --- after the round --------------------------------------------------------------
 
-    def judge(self, round_id: int, asked: list[int], answers: dict[int, NodeAnswer]) -> dict[int, str]:
-        """Strikes, quarantines and probation outcomes after a round; returns what changed."""
-        r = self.rules
-        changes: dict[int, str] = {}
+    def hurt(self, asked: list[int], answers: dict[int, NodeAnswer]) -> dict[int, str]:
+        """The round's nodes that hurt it, and how: no answer, or far slower than the median."""
         turnarounds = [a.turnaround_s for a in answers.values() if a.turnaround_s]
         median = sorted(turnarounds)[len(turnarounds) // 2] if turnarounds else None
+        hurt: dict[int, str] = {}
+        for node_id in asked:
+            answer = answers.get(node_id)
+            if answer is None:
+                hurt[node_id] = "did not answer"
+                continue
+            took = answer.turnaround_s or 0.0
+            if median and len(turnarounds) >= 3 and took > self.rules.hurt_factor * median:
+                hurt[node_id] = f"took {took:.1f} s, {took / median:.1f}x the median"
+        return hurt
+
+    def judge(self, round_id: int, asked: list[int], answers: dict[int, NodeAnswer],
+              pardoned: Collection[int] = ()) -> dict[int, str]:
+        """Strikes, quarantines and probation outcomes after a round; returns what changed.
+
+        A node in ``pardoned`` hurt the round through no fault of its own (the planner's
+        latest change asked more of its link than it gave): neither a strike nor a clean round."""
+        r = self.rules
+        changes: dict[int, str] = {}
+        hurts = self.hurt(asked, answers)
         for node_id in asked:
             st = self.state(node_id)
             answer = answers.get(node_id)
-            hurt: str | None = None
-            if answer is None:
-                hurt = "did not answer"
-            else:
-                took = answer.turnaround_s or 0.0
+            if answer is not None:
                 st.useful_s += answer.compute_s
-                st.total_s += took
-                if median and len(turnarounds) >= 3 and took > r.hurt_factor * median:
-                    hurt = f"took {took:.1f} s, {took / median:.1f}x the median"
+                st.total_s += answer.turnaround_s or 0.0
+            hurt = hurts.get(node_id)
             if hurt is None:
                 st.clean_rounds += 1
                 if st.standing is Standing.PROBATION and st.clean_rounds >= r.probation_rounds:
                     st.standing, st.strikes = Standing.ACTIVE, 0
                     changes[node_id] = "probation passed: back to full standing"
+                continue
+            if node_id in pardoned:
+                changes[node_id] = f"no strike: {hurt} under settings the planner just changed"
                 continue
             st.strikes += 1
             st.clean_rounds = 0
