@@ -12,7 +12,7 @@ from hypergpu.adapt.batch import BatchBounds, BatchSizer
 from hypergpu.adapt.compression import CodecChoice, CodecChooser
 from hypergpu.adapt.knobs import describe
 from hypergpu.adapt.local_steps import LocalStepChooser
-from hypergpu.adapt.quality import class_of
+from hypergpu.adapt.quality import ScoreWeights, class_of
 from hypergpu.adapt.selection import Candidate, NodeSelector, SelectionRules, Standing
 from hypergpu.config import load_config
 from hypergpu.transport import TransportConfig
@@ -87,6 +87,27 @@ def test_hysteresis_prevents_flapping_on_a_noisy_link() -> None:
     # A sustained drop does move the class, after the dwell.
     moved = [tracker.update(45) for _ in range(3)]
     assert moved == [Quality.GOOD, Quality.FAIR, Quality.FAIR] and seen[-1] is Quality.GOOD
+
+
+def test_under_bbr_loss_leaves_the_score_to_what_the_link_carried() -> None:
+    """In the WAN bench BBR's own probing read 15-44 % loss on links that carried their full rate:
+    under BBR loss leaves the score (what it costs shows in the throughput); under Cubic it counts."""
+    scores = {}
+    for limited in (True, False):
+        mon = NetworkMonitor(loss_limited=limited, dwell=1)
+        for n, lost in ((0, 0), (1, 300)):
+            mon.observe_stats(n, stats(100, sent=1000, lost=lost))
+            for r in (1, 2):
+                mon.observe_exchange(n, round_id=r, ok=True, turnaround_s=30.0, wall_s=2.0, bytes_moved=26_000_000,
+                                     upload=(5.2 + 0.1, 13_000_000))
+            mon.refresh(n, 3)
+        scores[limited] = (mon.link(0).score, mon.link(1).score)
+        assert mon.link(1).loss == pytest.approx(0.3)
+    clean, lossy = scores[True]
+    assert lossy < clean - 20  # the loss term's 30 points are gone
+    assert scores[False][0] == pytest.approx(scores[False][1])
+    # None: the other terms, reweighted, as if loss had no weight
+    assert link_score(100, None, 0.9, 20e6) == pytest.approx(link_score(100, 0.5, 0.9, 20e6, ScoreWeights(loss=0.0)))
 
 
 def test_collapse_of_two_classes_is_adopted_at_once() -> None:

@@ -89,7 +89,8 @@ def test_the_language_model_demo_trains_a_gpt_on_the_stdlib(tmp_path: Path) -> N
 
 
 def test_coordinator_serves_nodes_that_join_from_elsewhere(tmp_path: Path) -> None:
-    overrides = (*SMALL, "nodes.count=1", "coordinator.port=0", "rewards.enabled=false")
+    # each end sends with its own congestion controller: they need not agree
+    overrides = (*SMALL, "nodes.count=1", "coordinator.port=0", "rewards.enabled=false", "network.congestion='cubic'")
     coord = subprocess.Popen(cli("coordinator", *sets(*overrides)), cwd=tmp_path, env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -103,10 +104,11 @@ def test_coordinator_serves_nodes_that_join_from_elsewhere(tmp_path: Path) -> No
             key, _, value = line.partition(": ")
             lines[key] = value.strip()
         node = subprocess.run(
-            cli("node", "--join", lines["join"], "--token", lines["token"], "--index", "0"),
+            cli("node", "--join", lines["join"], "--token", lines["token"], "--index", "0", "--congestion", "new_reno"),
             cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120,
         )
         assert node.returncode == 0, node.stdout + node.stderr
+        assert "sending with new_reno congestion control" in node.stderr
         out, _ = coord.communicate(timeout=60)
     finally:
         if coord.poll() is None:

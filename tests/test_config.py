@@ -92,6 +92,7 @@ def test_examples_validate(example):
         ("nodes.speed_factors.9=0.5", ["nodes.speed_factors", "node 9 does not exist"]),
         ("network.default_profile=awful", ["network.default_profile", "'perfect'", "'custom'"]),
         ("network.custom.loss=1", ["network.custom.loss", "0 <= value < 1"]),
+        ("network.congestion=vegas", ["network.congestion", "'bbr'", "'new_reno'"]),
         ("data.dataset=mnist", ["data", "path is required", "mnist"]),
         ("data.test_fraction=1", ["data.test_fraction", "0 < value < 1"]),
         ("training.model=custom", ["training", "custom_model is required"]),
@@ -105,6 +106,25 @@ def test_bad_values_name_field_value_and_range(override, expected):
     for fragment in expected:
         assert fragment in message, f"{fragment!r} missing from: {message}"
     assert "pydantic" not in message and "errors.pydantic.dev" not in message
+
+
+def test_the_congestion_controller_reaches_the_coordinator_the_nodes_and_the_planner():
+    """network.congestion: the coordinator's transport, a local run's node command lines and the
+    planner's reading of loss (a bound on throughput only under a loss-based controller) all take it."""
+    from hypergpu.adapt import AdaptivePlanner
+    from hypergpu.cli.run import node_cmd
+    from hypergpu.coordinator.admission import transport_config
+    from hypergpu.launch.local import node_command
+
+    assert load_config(None, []).network.congestion == "bbr"
+    for name in ("bbr", "cubic", "new_reno"):
+        cfg = load_config(None, [f"network.congestion='{name}'", "adapt.enabled=true"])
+        assert transport_config(cfg, 1000).congestion == name
+        cmd = node_command(cfg, "quic://127.0.0.1:1#00", 0)
+        assert cmd[cmd.index("--congestion") + 1] == name
+        assert AdaptivePlanner(cfg).monitor.loss_limited is (name != "bbr")
+    choice = next(p for p in node_cmd.params if p.name == "congestion")
+    assert list(choice.type.choices) == ["bbr", "cubic", "new_reno"] and choice.default == "bbr"
 
 
 def test_several_problems_reported_together():

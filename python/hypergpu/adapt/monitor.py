@@ -33,8 +33,8 @@ LOSSY = 0.005
 #: Whether loss bounds what a link carries: it does under a loss-based congestion controller
 #: (Cubic, NewReno: ~MSS/RTT x 1.22/sqrt(loss)), not under BBR, which paces at its estimate of the
 #: bottleneck through loss — and loses a few percent of packets itself, probing a shallow queue (a
-#: 5 Mbit/s node read 7 % and was estimated at 0.46 Mbit/s by that bound). The coordinator and its
-#: nodes send with the transport's default controller.
+#: 5 Mbit/s node read 7 % and was estimated at 0.46 Mbit/s by that bound). This is the transport's
+#: default; the planner takes the run's ``network.congestion``, which a local run's nodes send with too.
 LOSS_LIMITED = TransportConfig().congestion != "bbr"
 Publish = Callable[..., Any]
 
@@ -290,7 +290,8 @@ class NetworkMonitor:
 
     def _rescore(self, link: NodeLink, round_id: int) -> None:
         rtt = link.rtt_ms if link.rtt_ms is not None else 50.0
-        link.score = link_score(rtt + link.jitter_ms, link.loss, link.reliability, link.est_throughput_Bps() * 8)
+        loss = link.loss if link.loss_limited else None  # under BBR what loss costs shows in the throughput
+        link.score = link_score(rtt + link.jitter_ms, loss, link.reliability, link.est_throughput_Bps() * 8)
         link.tracker.update(link.score)
         link.history.append({
             "t": time.time(), "round": round_id, "score": round(link.score, 2), "quality": link.quality.value,

@@ -60,9 +60,9 @@ class AdaptivePlanner:
         self.config = config
         self.policy: Policy = POLICIES[policy or a.policy]
         p = self.policy
-        self.overlap = config.training.overlap
-        self.publish = publish
-        self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell, publish=publish)
+        self.overlap, self.publish = config.training.overlap, publish
+        self.monitor = NetworkMonitor(history=a.history, margin=p.margin, dwell=p.dwell, publish=publish,
+                                      loss_limited=config.network.congestion != "bbr")
         self.selector = NodeSelector(SelectionRules(
             strategy=a.strategy, threshold=Quality(a.quality_threshold), top_n=a.top_n, slack=p.slack,
             strikes_to_quarantine=p.strikes_to_quarantine, quarantine_rounds=a.quarantine_rounds,

@@ -53,7 +53,7 @@ def _log_scale(value: float, best: float, worst: float) -> float:
 
 def link_score(
     rtt_ms: float,
-    loss: float,
+    loss: float | None,
     reliability: float,
     throughput_bps: float | None,
     weights: ScoreWeights = ScoreWeights(),
@@ -63,13 +63,16 @@ def link_score(
     RTT 10 ms scores 100 and 1 s scores 0; loss 0 scores 100 and 10 %
     scores 0; reliability is the share of exchanges that completed;
     throughput 100 Mbit/s scores 100 and 100 kbit/s scores 0. An unknown
-    throughput leaves its weight to the other terms.
+    throughput, or a loss that says nothing of the link (None: under BBR,
+    whose own probing loses a few percent and whose rate loss does not
+    bound), leaves its weight to the other terms.
     """
     parts = [
         (weights.rtt, _log_scale(max(rtt_ms, 0.0), 10.0, 1000.0)),
-        (weights.loss, 100.0 * max(0.0, 1.0 - loss / 0.10)),
         (weights.reliability, 100.0 * min(max(reliability, 0.0), 1.0)),
     ]
+    if loss is not None:
+        parts.append((weights.loss, 100.0 * max(0.0, 1.0 - loss / 0.10)))
     if throughput_bps is not None and throughput_bps > 0:
         parts.append((weights.throughput, 100.0 - _log_scale(throughput_bps, 1e5, 1e8)))
     total = sum(w for w, _ in parts)

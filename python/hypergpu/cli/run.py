@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 
@@ -24,6 +24,7 @@ from hypergpu.cli.common import (
     print_summary,
     set_option,
 )
+from hypergpu.config.network import Congestion
 from hypergpu.config.schema import HyperGPUConfig
 from hypergpu.errors import HyperGPUError
 
@@ -123,6 +124,8 @@ def coordinator_cmd(file: str | None, overrides: tuple[str, ...], token: str | N
 @click.option("--jitter-ms", type=float, default=0.0, help="custom profile: jitter")
 @click.option("--loss", type=float, default=0.0, help="custom profile: packet loss probability")
 @click.option("--bandwidth-mbps", type=float, default=None, help="custom profile: bandwidth cap")
+@click.option("--congestion", type=click.Choice(get_args(Congestion)), default="bbr", show_default=True,
+              help="the congestion controller this node sends with (network.congestion of a local run)")
 @click.option("--speed", type=float, default=1.0, help="speed factor in (0, 1]; < 1 emulates a slower GPU")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", type=int, default=None)
@@ -148,6 +151,7 @@ def node_cmd(
     jitter_ms: float,
     loss: float,
     bandwidth_mbps: float | None,
+    congestion: Congestion,
     speed: float,
     device: str,
     seed: int | None,
@@ -160,7 +164,7 @@ def node_cmd(
 ) -> None:
     """Join a coordinator and train until it says bye."""
     from hypergpu.node.runtime import Backoff, Node, NodeReport
-    from hypergpu.transport import LinkShape
+    from hypergpu.transport import LinkShape, TransportConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     seed_value = seed if seed is not None else 0
@@ -181,6 +185,7 @@ def node_cmd(
         join, token=token, name=name or f"{os.uname().nodename}-{os.getpid()}", index=index, device=device,
         speed_factor=speed, shape=shape, seed=seed, threads=threads, heartbeat_s=heartbeat,
         backoff=Backoff(give_up_s=give_up_s), state_dir=state_dir, key=key_file, payout=payout,
+        transport=TransportConfig(congestion=congestion),
     )
     async def main() -> NodeReport:
         on_signals(node.leave)  # SIGTERM/SIGINT: say bye once the round in hand is sent, and exit

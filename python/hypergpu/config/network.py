@@ -9,8 +9,10 @@ from pydantic import Field, model_validator
 from hypergpu.config.base import NodeId, Section
 
 ProfileName = Literal["perfect", "good", "average", "poor", "unstable", "custom"]
+#: The transport's congestion controllers (``TransportConfig.congestion``).
+Congestion = Literal["bbr", "cubic", "new_reno"]
 
-__all__ = ["CustomProfile", "NetworkConfig", "NetworkEvent", "ProfileName"]
+__all__ = ["Congestion", "CustomProfile", "NetworkConfig", "NetworkEvent", "ProfileName"]
 
 
 class CustomProfile(Section):
@@ -47,6 +49,11 @@ class NetworkConfig(Section):
     node_profiles: dict[NodeId, ProfileName] = Field(default_factory=dict)
     custom: CustomProfile = Field(default_factory=CustomProfile)
     events: list[NetworkEvent] = Field(default_factory=list)
+    congestion: Congestion = Field(
+        "bbr", description="the congestion controller the coordinator sends with, and the nodes of a local run "
+        "(a node elsewhere: `hypergpu node --congestion`). BBR does not read random loss as congestion: over a "
+        "20 Mbit/s link with 2 % loss it carried 17x Cubic's goodput (benches/bench_congestion.py); the planner "
+        "bounds a link's throughput by its loss only under cubic or new_reno")
 
     def profile_of(self, node: int) -> str:
         """The profile a node starts with."""

@@ -158,4 +158,4 @@ def transport_config(config: HyperGPUConfig, num_params: int) -> TransportConfig
     a = config.coordinator.admission
     return TransportConfig(max_message_bytes=max_node_message(num_params), hello_timeout=a.hello_timeout_s,
                            max_pending=a.max_pending, max_pending_per_address=a.max_pending_per_address,
-                           retry_above=a.retry_above)
+                           retry_above=a.retry_above, congestion=config.network.congestion)

@@ -59,6 +59,7 @@ def node_command(config: HyperGPUConfig, join: str, index: int) -> list[str]:
         "--seed", str(config.training.seed + 1000 * (index + 1)),
         "--heartbeat", str(config.coordinator.heartbeat_interval_s),
         "--key-file", str(node_key_file(config, index)),
+        "--congestion", config.network.congestion,
     ]
     if config.nodes.state_dir is not None:
         cmd += ["--state-dir", str(config.nodes.state_dir)]

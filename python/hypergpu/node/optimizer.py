@@ -87,7 +87,7 @@ from hypergpu.node.losses import loss_value, mean_loss
 from hypergpu.node.protocol import NodeReport, UpdateEncoder, hello
 from hypergpu.node.session import Backoff, Session
 from hypergpu.protocol import Assignment, UpdateMeta
-from hypergpu.transport import LinkShape
+from hypergpu.transport import LinkShape, TransportConfig
 
 __all__ = ["DistributedOptimizer"]
 
@@ -121,6 +121,7 @@ class DistributedOptimizer:
         seed: int | None = None,
         key: NodeKey | str | os.PathLike[str] | None = None,
         payout: str | None = None,
+        transport: TransportConfig | None = None,
     ):
         if local_steps is not None and local_steps < 1:
             raise InvalidArgumentError(f"local_steps must be >= 1, got {local_steps}")
@@ -142,7 +143,7 @@ class DistributedOptimizer:
         # The user's loop trains on its own data: the coordinator must not name samples for it.
         me = hello(name=self.name, index=index, device=device.type, follows_work=False, payout=payout)
         session = Session(join, token=token, name=self.name, hello=me, key=NodeKey.of(key, self.name), shape=shape,
-                          backoff=backoff, heartbeat_s=heartbeat_s, report=self.report)
+                          backoff=backoff, heartbeat_s=heartbeat_s, report=self.report, transport=transport)
         self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
         self._encoder = UpdateEncoder()
         self._closed = False

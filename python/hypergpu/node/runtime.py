@@ -52,7 +52,7 @@ from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
 from hypergpu.node.trainer import LocalTrainer, RoundResult
 from hypergpu.protocol import Message, UpdateMeta
-from hypergpu.transport import LinkShape
+from hypergpu.transport import LinkShape, TransportConfig
 
 __all__ = ["Backoff", "Node", "NodeReport"]
 
@@ -83,6 +83,7 @@ class Node:
         state_dir: str | Path | None = None,
         key: NodeKey | str | Path | None = None,
         payout: str | None = None,
+        transport: TransportConfig | None = None,
     ):
         self.join, self.token, self.name, self.index = join, token, name, index
         self.device, self.speed_factor, self.seed, self.threads = device, speed_factor, seed, threads
@@ -92,15 +93,10 @@ class Node:
         self.protocol = NodeProtocol(self.report)
         self._pending: deque[Message] = deque()
         self.session = Session(
-            join,
-            token=token,
-            name=name,
+            join, token=token, name=name, transport=transport,
             hello=hello(name=name, index=index, device=device, speed_factor=speed_factor, payout=payout),
             key=NodeKey.of(key, name, state_dir),  # who it is (a key file is created on first use)
-            shape=shape,
-            backoff=backoff,
-            heartbeat_s=heartbeat_s,
-            report=self.report,
+            shape=shape, backoff=backoff, heartbeat_s=heartbeat_s, report=self.report,
             # A welcome that a resend had to wait for is handled once the round in hand is done.
             on_message=self._on_reconnect_message,
         )

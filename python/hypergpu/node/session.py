@@ -26,7 +26,7 @@ from hypergpu.identity import NodeKey, join_fingerprint
 from hypergpu.node.liveness import DEAD_AFTER_S, recv_alive
 from hypergpu.node.protocol import NodeReport, signed_hello
 from hypergpu.protocol import Hello, Message
-from hypergpu.transport import Connection, LinkShape, connect
+from hypergpu.transport import Connection, LinkShape, TransportConfig, connect
 
 __all__ = ["Backoff", "Session"]
 
@@ -84,6 +84,7 @@ class Session:
         heartbeat_s: float = 1.0,
         report: NodeReport | None = None,
         on_message: Callable[[Message], object] | None = None,
+        transport: TransportConfig | None = None,
     ):
         self.join = join
         self.token = token
@@ -96,6 +97,7 @@ class Session:
         self.report = report if report is not None else NodeReport(node_id=None)
         self.on_message = on_message
         self.link: Connection | None = None
+        self.transport = transport  # the transport's settings (its congestion controller among them)
 
     async def connect(self) -> Connection:
         """Connect and say hello (signed for this connection: see :mod:`hypergpu.identity`),
@@ -106,11 +108,14 @@ class Session:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                link = await connect(self.join, token=self.token, name=self.name, shape=self.shape)
+                link = await connect(self.join, token=self.token, name=self.name, shape=self.shape,
+                                     config=self.transport)
                 me = signed_hello(self.hello, self.key, link.challenge, fingerprint)
                 await link.send(protocol.encode(Message("hello", me.as_meta())))
                 if attempt:
                     self.report.reconnects += 1
+                log.info("%s: connected, sending with %s congestion control", self.name,
+                         (self.transport or TransportConfig()).congestion)
                 self.link = link
                 return link
             except AuthError:
