@@ -13,7 +13,9 @@ the smallest allowed blockwise codec (int4, or int8 without it) would
 take over ``TOPK_AFTER`` times the budget; that codec may overrun the
 budget up to there. A change needs the new choice to persist for
 ``dwell`` rounds, except a move to stronger compression when the link
-got much worse.
+got much worse, and the first choice on a measured link: the one before
+it was a guess (in a WAN bench run, a guess held 100 Mbit/s hosts on
+int4 for two rounds past their first measure).
 
 A second chooser picks, the same way, how a node's parameters come down:
 whole (raw), or as a delta against what it holds in fp16 or int8
@@ -78,6 +80,7 @@ class CodecChooser:
         self.dwell = dwell
         self.current: dict[int, CodecChoice] = {}
         self._pending: dict[int, tuple[CodecChoice, int]] = {}
+        self._guessed: set[int] = set()  # nodes whose current choice was made on a guess of their link
 
     def budget_for(self, budget_s: float | None) -> float:
         """The budget a call works to: ``budget_s`` may raise the chooser's own, never lower it."""
@@ -98,13 +101,17 @@ class CodecChooser:
         ratio = min(self.max_ratio, max(self.min_ratio, budget / (2.0 * raw_upload_s)))
         return CodecChoice("topk", round(ratio, 4))
 
-    def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None) -> CodecChoice:
+    def choose(self, node_id: int, raw_upload_s: float, budget_s: float | None = None, *,
+               guess: bool = False) -> CodecChoice:
         """The node's codec this round; ``budget_s`` raises the chooser's budget for this node
-        (overlap: the time its upload hides under its next compute)."""
+        (overlap: the time its upload hides under its next compute); ``guess``: ``raw_upload_s``
+        is a guess, not yet measured on the link."""
         budget = self.budget_for(budget_s)
         want = self.ideal(raw_upload_s, budget)
         have = self.current.get(node_id)
-        if have is None or want == have:
+        settled = node_id in self._guessed and not guess  # the first measure replaces a guess at once
+        (self._guessed.add if guess else self._guessed.discard)(node_id)
+        if have is None or want == have or settled:
             self._pending.pop(node_id, None)
             self.current[node_id] = want
             return want

@@ -91,6 +91,7 @@ class AdaptivePlanner:
         self._rate: dict[int, float] = {}  # node -> samples per second of its latest exchange
         self._loss: dict[int, float] = {}
         self._shard: dict[int, int | None] = {}  # node -> samples in the shards it holds
+        self._blind: dict[int, set[int]] = {}  # round -> its nodes whose settings were chosen on no measure
         self.param_bytes = 0
 
     @property
@@ -131,6 +132,7 @@ class AdaptivePlanner:
         period = self._period_s(paced) if self.overlap else 0.0
         for n in chosen:
             plan.assignments[n] = self._assign(round_id, n, targets[n], period)
+        self._blind[round_id] = {n for n in chosen if self.monitor.link(n).throughput_Bps is None}
         if chosen:
             # The round waits for the quorum's slowest expected node (twice its expected
             # exchange, plus a margin), not for the slowest of all: a node slower than
@@ -254,19 +256,18 @@ class AdaptivePlanner:
             # Amortising a slow link with more local steps stops at a few passes
             # over the node's own shard: beyond that it overfits its slice of the data.
             limit = int(self.config.adapt.max_local_epochs * shard / split.effective) if shard else None
-            budget = None
+            budget, guess = None, link.throughput_Bps is None
             if self.overlap:
                 # H follows what the link needs at the plain budget; the codecs then relax within
                 # the compute of the work H gives (following the relaxed ones would feed back).
                 comm = self._lean_exchange_s(n, 0.0)
-                # Until the link carried a measured exchange its figure is the loss bound's guess
-                # (a shaper's queue drops can read as a link 100x slower): H stays as configured.
-                measured = link.throughput_Bps is not None
-                steps = self.steps.choose(n, comm, step_s if measured else None, limit, period_s,
+                # Until the link carried a measured exchange its figure is a guess (by the loss
+                # bound, a shaper's queue drops can read as a link 100x slower): H stays as configured.
+                steps = self.steps.choose(n, comm, None if guess else step_s, limit, period_s,
                                           least=self.steps.initial)
                 budget = self._hidden_s(n, steps * split.effective)
-            codec = self.codecs.choose(n, raw_s, budget)
-            down = self.down_codecs.choose(n, raw_s, budget)
+            codec = self.codecs.choose(n, raw_s, budget, guess=guess)
+            down = self.down_codecs.choose(n, raw_s, budget, guess=guess)
             fragments = self._fragments(n, raw_s, codec, budget)
             if not self.overlap:  # H amortises the exchange in the codecs chosen
                 comm = self._exchange_s(n, down, codec, 0.0, fragments)
@@ -343,9 +344,11 @@ class AdaptivePlanner:
                 self._rate[n] = answer.samples / took
             if answer.loss is not None:
                 self._loss[n] = answer.loss
-        own = {n: why for n, why in self.selector.hurt(asked, answers).items()
-               if (t := self.trials.get(n)) is not None and t.round == round_id and t.heavier}
-        for n, what in self.selector.judge(round_id, asked, answers, own).items():
+        hurt, blind = self.selector.hurt(asked, answers), self._blind.pop(round_id, set())
+        own = {n: w for n, w in hurt.items() if (t := self.trials.get(n)) and t.round == round_id and t.heavier}
+        pardon = {**{n: "on settings chosen before its link was measured" for n in hurt if n in blind},
+                  **{n: "under settings the planner just made heavier" for n in own}}
+        for n, what in self.selector.judge(round_id, asked, answers, pardon).items():
             self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
         self._check_trials(round_id, answers, would, own)
 
@@ -389,12 +392,9 @@ class AdaptivePlanner:
     def status(self) -> dict[str, Any]:
         """Links, standings, current settings and recent decisions, for the dashboard."""
         return {
-            "policy": self.policy.name,
-            "links": self.monitor.snapshot(),
+            "policy": self.policy.name, "links": self.monitor.snapshot(), "overhead": self.overhead,
             "standing": {n: {"standing": s.standing.value, "contribution": s.contribution,
                              "excluded_streak": s.excluded_streak} for n, s in self.selector.standing.items()},
             "knobs": {n: describe(k) for n, k in self.knobs.items()},
-            "decisions": list(self.decisions)[-50:],
-            "exclusions": list(self.selector.exclusions)[-50:],
-            "overhead": self.overhead,
+            "decisions": list(self.decisions)[-50:], "exclusions": list(self.selector.exclusions)[-50:],
         }

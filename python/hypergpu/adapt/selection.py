@@ -11,8 +11,9 @@ only. On top of the strategy:
 - quarantine: a node that hurt a round (did not answer, or took far
   longer than the rest) collects a strike; enough strikes sit it out for
   a number of rounds, doubled on each repeat; a node that hurt a round
-  only because the planner just asked more of its link (a looser codec,
-  more work) takes no strike: the planner undoes its change instead;
+  only because of the planner's settings (a change that asked more of its
+  link, or any before its link was measured: a first download of the whole
+  model on a slow link) takes no strike;
 - probation: after quarantine a node takes part again but on probation;
   a clean run of rounds returns it to full standing, another strike sends
   it back to quarantine;
@@ -25,7 +26,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,11 +172,13 @@ class NodeSelector:
         return hurt
 
     def judge(self, round_id: int, asked: list[int], answers: dict[int, NodeAnswer],
-              pardoned: Collection[int] = ()) -> dict[int, str]:
+              pardoned: Mapping[int, str] | None = None) -> dict[int, str]:
         """Strikes, quarantines and probation outcomes after a round; returns what changed.
 
-        A node in ``pardoned`` hurt the round through no fault of its own (the planner's
-        latest change asked more of its link than it gave): neither a strike nor a clean round."""
+        A node in ``pardoned`` (with why) hurt the round through no fault of its own (the
+        planner's settings for it asked more of its link than it gave, or were chosen before
+        the link was measured): neither a strike nor a clean round."""
+        pardoned = pardoned or {}
         r = self.rules
         changes: dict[int, str] = {}
         hurts = self.hurt(asked, answers)
@@ -193,7 +196,7 @@ class NodeSelector:
                     changes[node_id] = "probation passed: back to full standing"
                 continue
             if node_id in pardoned:
-                changes[node_id] = f"no strike: {hurt} under settings the planner just changed"
+                changes[node_id] = f"no strike: {hurt} {pardoned[node_id]}"
                 continue
             st.strikes += 1
             st.clean_rounds = 0
