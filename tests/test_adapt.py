@@ -740,3 +740,26 @@ def test_a_node_late_on_settings_chosen_before_its_link_was_measured_takes_no_st
         planner.observe(closed(r, plan, missing=1 if r == 3 else -1))
     assert 1 not in planner.trials
     assert planner.selector.state(1).strikes == 1
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_node_that_missed_a_round_sits_out_while_it_is_behind(overlap: bool) -> None:
+    """Without overlap a node that missed round r may still be working on it: it sits the next rounds
+    out until its update comes (at most three). With overlap round r+1 was dealt before r closed and
+    r+2 is dealt as r+1 opens: a node late only in its upload needs that work (left out, hosts idled
+    ~60 s in a WAN bench run); it sits out only once two rounds behind."""
+    links = {n: stats(20, 1000, 0) for n in range(3)}
+    planner, source, plan = _after_one_round(links, {n: 100e6 / 8 for n in links}, 1.0, "adapt.strategy='all'",
+                                             f"training.overlap={str(overlap).lower()}")
+    answer = {"samples": 320, "turnaround_s": 2.5, "compute_s": 1.0, "wall_s": 1.0, "loss": 1.0,
+              "update_bytes": 4 * PARAMS, "upload_s": 0.05, "upload_bytes": 4 * PARAMS}
+    ahead = 1 if overlap else 0  # with overlap round r+1 is planned when round r opens
+    plans = {r: planner.plan(r, source.view()) for r in range(2, 3 + ahead)}
+    for r in range(2, 7):  # node 2 misses round 2 only, and its update for it never comes
+        answers = {n: answer for n in plans[r].assignments if (n, r) != (2, 2)}
+        planner.observe(record(r, answers, sorted(plans[r].assignments), plans[r]))
+        plans[r + 1 + ahead] = planner.plan(r + 1 + ahead, source.view())
+    inside = {r: 2 in plans[r].assignments for r in range(3, 8)}
+    assert all(plans[r].excluded[2] == "still working on round 2" for r, i in inside.items() if not i)
+    assert inside == ({3: False, 4: False, 5: False, 6: True, 7: True} if not overlap else
+                      {3: True, 4: True, 5: False, 6: True, 7: True}), inside

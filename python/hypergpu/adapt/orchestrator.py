@@ -121,12 +121,10 @@ class AdaptivePlanner:
             if self._last_plan is not None and n not in self._last_plan.assignments:
                 why = "fairness bound" if n in self.selector.forced else "link within bounds again"
                 self._decide(round_id, n, "selection", "out", "in", why)
-        if self.overlap:
-            # A node's transfers hide under its work, so a larger batch amortises nothing: it
-            # would only lengthen the round and leave fewer inner steps per second of work.
-            targets = {n: self.config.training.batch_size for n in chosen}
-        else:
-            targets = self.batches.targets({n: self._down_s(n) for n in chosen})
+        # With overlap a node's transfers hide under its work: a larger batch would amortise nothing, only
+        # lengthen the round and leave fewer inner steps per second of work.
+        targets = ({n: self.config.training.batch_size for n in chosen} if self.overlap
+                   else self.batches.targets({n: self._down_s(n) for n in chosen}))
         # Nodes in only for fairness set neither the round's period nor its deadline.
         paced = [n for n in chosen if n not in self.selector.forced] or chosen
         period = self._period_s(paced) if self.overlap else 0.0
@@ -134,17 +132,15 @@ class AdaptivePlanner:
             plan.assignments[n] = self._assign(round_id, n, targets[n], period)
         self._blind[round_id] = {n for n in chosen if self.monitor.link(n).throughput_Bps is None}
         if chosen:
-            # The round waits for the quorum's slowest expected node (twice its expected
-            # exchange, plus a margin), not for the slowest of all: a node slower than
-            # that hurt the round (a strike), and its update still counts, stale-weighted,
-            # when it comes.
+            # The round waits for the quorum's slowest expected node (twice its expected exchange, plus
+            # a margin), not for the slowest of all: a node slower than that hurt the round (a strike),
+            # and its update still counts, stale-weighted, when it comes.
             times = sorted(self._expected_s(n) for n in paced)
             quorum = min(len(times), max(1, math.ceil(self.config.coordinator.quorum * len(times))))
             plan.deadline_s = DEADLINE_FACTOR * times[quorum - 1] + DEADLINE_MARGIN_S
             if period > 0:
-                # With overlap the round after next is dealt when this one closes: past about a
-                # period of waiting on a straggler, the quorum's nodes run out of work. Its update
-                # then counts in the next round, stale-weighted.
+                # With overlap the round after next is dealt when this one closes: past about a period of waiting
+                # on a straggler, the quorum's nodes run out of work. Its update counts in the next round.
                 plan.deadline_s = min(plan.deadline_s, period + DEADLINE_MARGIN_S)
             plan.optional = set(chosen) - set(paced)
         self._last_plan = plan
@@ -157,12 +153,14 @@ class AdaptivePlanner:
         if node.link is not None:
             self.monitor.observe_stats(n, node.link)
         link = self.monitor.refresh(n, round_id)
-        busy = self.outstanding.get(n)
-        if busy is not None:
-            if round_id - busy <= 3:
-                plan.excluded[n] = f"still working on round {busy}"
-                return None
-            del self.outstanding[n]
+        behind = round_id - self.outstanding.get(n, -10)  # since the round it missed, if any
+        # With overlap the round after the miss was dealt already: a node late only in its upload needs this
+        # plan's work (WAN bench run 24: such hosts idled ~60 s). It sits out once two rounds behind.
+        if behind <= 3 and (behind > 2 or not self.overlap):
+            plan.excluded[n] = f"still working on round {round_id - behind}"
+            return None
+        if behind > 3:
+            self.outstanding.pop(n, None)
         return Candidate(n, link.quality, link.score or 0.0, self._prospective_s(n))
 
     def _down_s(self, n: int) -> float:
