@@ -6,15 +6,16 @@ batch split and the fragments an update goes up in (with overlap: every node's c
 local steps that fill the round's period, codecs as loose as the transfers hiding under that compute
 allow).
 Post-round: fold the round's exchanges (and late updates' own upload measures) into the monitor,
-judge who hurt the round (not a node that did under settings just made heavier: that change is
-undone), and undo a node's latest change when its throughput or loss got worse because of it.
-"Because of it" matters: a change is usually made because the link got worse, and then throughput
-falls whatever the settings. So the throughput a change delivered is compared with what the previous
-settings would give on the link as measured before that round (the model of the link that chose the
-change), not with the rate before it. With overlap the rate is the node's own (samples over its work
-and waiting), since the turnaround also holds the next round's work, and the old settings' rate is
-that of the longer of compute and transfers. Every decision is recorded with its reason and
-published as a ``decision`` event; the time spent deciding is measured against the round time."""
+judge who hurt the round (not a node that did on the planner's own settings: chosen before its link
+was measured, or just made heavier, a change then undone), and undo a node's latest change when its
+throughput or loss got worse because of it. "Because of it" matters: a change is usually made
+because the link got worse, and then throughput falls whatever the settings. So the throughput a
+change delivered is compared with what the previous settings would give on the link as measured
+before that round (the model of the link that chose the change), not with the rate before it. With
+overlap the rate is the node's own (samples over its work and waiting), since the turnaround also
+holds the next round's work, and the old settings' rate is that of the longer of compute and
+transfers. Every decision is recorded with its reason and published as a ``decision`` event; the
+time spent deciding is measured against the round time."""
 
 from __future__ import annotations
 
