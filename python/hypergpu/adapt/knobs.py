@@ -7,6 +7,10 @@ from typing import Any
 
 from hypergpu.adapt.batch import BatchChoice
 from hypergpu.adapt.compression import RAW, CodecChoice
+from hypergpu.adapt.policy import Policy
+
+#: A node's training loss moves this much from round to round by itself (its batches differ).
+LOSS_NOISE = 0.02
 
 
 @dataclass
@@ -46,6 +50,22 @@ def heavier(before: Knobs, after: Knobs) -> bool:
     link: the node's round is meant to grow with it.)"""
     return (after.codec.size_factor / after.fragments > before.codec.size_factor / before.fragments
             or after.down.size_factor > before.down.size_factor)
+
+
+def rollback_reason(trial: Trial, policy: Policy, *, answered: bool, rate: float | None, loss: float | None,
+                    would: float | None, own: str | None) -> str | None:
+    """Why ``trial``'s change is undone once its round is in (None: it stays). ``own``: how the
+    node hurt the round under settings the change made heavier; ``rate``: the samples per second
+    it gave, ``would``: what the old settings would give on the link as measured before it."""
+    if own is not None:
+        return f"{own} under the new settings"
+    if not answered:
+        return None
+    if trial.expect_faster and rate is not None and would and rate < (1 - policy.rollback_tolerance) * would:
+        return f"throughput {rate:.0f} samples/s, below the {would:.0f} the previous settings would give now"
+    if loss is not None and trial.loss is not None and loss > (1 + policy.loss_tolerance) * trial.loss + LOSS_NOISE:
+        return f"loss rose {trial.loss:.3f} -> {loss:.3f}"
+    return None
 
 
 def codec_name(c: CodecChoice) -> str:

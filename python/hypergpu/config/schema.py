@@ -231,10 +231,10 @@ class CoordinatorConfig(_Section):
         "versions it missed before it began (with overlap one more); older ones are refused"
     )
     quorum_grace: float = Field(
-        0.25, ge=0, le=100, description="with training.overlap: once a round's quorum has answered, the rest "
+        0.1, ge=0, le=100, description="with training.overlap: once a round's quorum has answered, the rest "
         "are waited for at most this fraction of the time the quorum took (at least 2 s; the plan's deadline "
-        "still caps it), since every node's next work starts from the model this round's close makes; later "
-        "updates count in the next round, stale-weighted",
+        "still caps it), since every node's next work runs from older parameters until this round's close "
+        "reaches it; later updates count in the next round, stale-weighted",
     )
     aggregation: Aggregation = "clipped-mean"  # the rules and what each holds: config/aggregation.py
     clip_factor: ClipFactor = 1.5
