@@ -101,16 +101,13 @@ class SimNode:
     def send(self, round_id: int, progress: np.ndarray, codec: str) -> np.ndarray:
         """What the coordinator gets for the round's progress (the Folder keeps it as pending)."""
         part = self.folder.outgoing(round_id, progress)
-        if codec == "raw":
-            return part + self.residual if self.residual.any() else part
+        if codec == "raw":  # exact: an arm keeps one codec, so there is no residual to flush
+            return part
         return encode(part, codec, residual=self.residual).decode().reshape(-1)
 
 
-def run_arm(cfg: HyperGPUConfig, size: dict[str, Any], codec: str, delay: int) -> list[float]:
-    """Held-out loss before and after each round of one arm."""
-    torch.manual_seed(cfg.training.seed)
-    data = prepare_run_data(cfg)
-    assert isinstance(data, CorpusRunData)
+def run_arm(cfg: HyperGPUConfig, data: CorpusRunData, size: dict[str, Any], codec: str, delay: int) -> list[float]:
+    """Held-out loss before and after each round of one arm (every model built seeded: the same start)."""
     task = LanguageModel(data.bytes_per_token)
     glob = ModelManager(build_model(cfg.training, data.input_shape, data.num_classes))
     outer = outer_optimizer_for(cfg)
@@ -139,7 +136,9 @@ def measure(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     cfg = load_config(None, overrides(size["gpt"], tmp, "127.0.0.1"))
     torch.set_flush_denormal(cfg.training.flush_denormal)
-    curves = {name: run_arm(cfg, size, codec, delay) for name, codec, delay in ARMS}
+    data = prepare_run_data(cfg)
+    assert isinstance(data, CorpusRunData)
+    curves = {name: run_arm(cfg, data, size, codec, delay) for name, codec, delay in ARMS}
     base = curves[ARMS[0][0]]
     info: dict[str, Any] = {"nodes": size["nodes"], "H": size["H"], "rounds": size["rounds"]}
     for name, curve in curves.items():

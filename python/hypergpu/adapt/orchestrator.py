@@ -358,12 +358,11 @@ class AdaptivePlanner:
 
     def _check_trials(self, round_id: int, answers: dict[int, NodeAnswer],
                       predicted: dict[int, float | None], own: dict[int, str]) -> None:
-        p = self.policy
         for n, trial in list(self.trials.items()):
             if trial.round != round_id:
                 continue
             del self.trials[n]
-            why = rollback_reason(trial, p, answered=n in answers, rate=self._rate.get(n), loss=self._loss.get(n),
+            why = rollback_reason(trial, self.policy, answered=n in answers, rate=self._rate.get(n), loss=self._loss.get(n),
                                   would=predicted.get(n), own=own.get(n))
             if why is None:
                 continue
@@ -373,7 +372,7 @@ class AdaptivePlanner:
             self.down_codecs.restore(n, trial.before.down)
             self.steps.restore(n, trial.before.local_steps)
             self.batches.restore(n, trial.before.effective_batch)
-            self.frozen_until[n] = round_id + p.freeze_rounds
+            self.frozen_until[n] = round_id + self.policy.freeze_rounds
             self._decide(round_id, n, "rollback", describe(now), describe(trial.before),
                          f"{', '.join(trial.what)} change undone: {why}")
 
