@@ -24,12 +24,13 @@ held-out loss after each round differs only by the fold and the codec.
 
 Reported per arm: the held-out loss after each round, and its gap to the
 synchronous fp16 arm (the plain recipe) after each round. Nothing is
-asserted on the figures. ``FULL`` (10 nodes, H 20, 4 rounds, ~20 minutes
-estimated) has not been run as this file yet; a one-process script of the
-same design (its own fold arithmetic and outer step) gave: a loss gap after
-round 2 of +0.071 with the fold 10 steps in (half a round of progress),
-+0.011 with it 4 steps in, and +0.008 for int4 against fp16; every gap was
-< 0.011 by round 4. Under ``--benchmark-disable`` a tiny GPT
+asserted on the figures. Measured with ``FULL`` (10 nodes, H 20, 4 rounds;
+26 minutes, beside another job): held-out loss after rounds 1-4 synchronous
+fp16 3.1215, 3.0043, 2.9698, 2.9298; the fold 10 steps in 3.1215, 3.0772,
+2.9826, 2.9397 (+0.073 after round 2: over half a round of progress); 4 steps
+in 3.1215, 3.0166, 2.9653, 2.9309 (+0.012, then even); synchronous int4
+3.1207, 3.0134, 2.9764, 2.9288 (+0.009 after round 2, -0.001 after round 4).
+Under ``--benchmark-disable`` a tiny GPT
 runs two rounds on three nodes as a smoke test.
 """
 
