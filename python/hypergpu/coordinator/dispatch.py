@@ -136,10 +136,7 @@ class Dispatch:
         try:
             if with_work:
                 dealt.mark_sent(node_id, len(frame), time.perf_counter())
-            # Acked: the node reads each message as its stream completes, so a next round's
-            # message sent before this one is all in could overtake it, and the node would train
-            # the rounds out of order (seen under load: round 2's work trained before round 1's).
-            await link.send(frame, acked=True)
+            await link.send(frame)
             self.members.registry.get(node_id).bytes_sent += len(frame)
             crash_point("send", round_id)  # a test's: one node has its parameters, others may not
         except HyperGPUError as exc:
