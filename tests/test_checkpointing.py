@@ -25,7 +25,7 @@ from hypergpu.errors import CheckpointError
 from hypergpu.launch.assemble import assemble
 from hypergpu.model.checkpoint import CheckpointManager, Snapshot
 from hypergpu.model.manager import ModelManager
-from hypergpu.node.protocol import UpdateEncoder
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.node.settle import Settlement, Unsettled
 from hypergpu.protocol import Ack, Assignment, UpdateMeta
 from hypergpu.round import LatePolicy, RoundBook

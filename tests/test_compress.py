@@ -22,7 +22,7 @@ from hypergpu.errors import (
     ShapeMismatchError,
     UnknownCodecError,
 )
-from hypergpu.node.protocol import UpdateEncoder
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.protocol import decode as decode_message
 from hypergpu.protocol import encode as encode_message

@@ -15,7 +15,7 @@ from hypergpu.model import GPT, ModelManager
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.outer import NesterovOuter
 from hypergpu.node.overlap import Folder
-from hypergpu.node.protocol import UpdateEncoder
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.update.codec import decode
 from test_overlap import digits_config, run_with_a_slow_uplink

@@ -24,13 +24,13 @@ from hypergpu.node.protocol import (
     Reshape,
     RoundOpened,
     ShardsChanged,
-    UpdateEncoder,
     Welcomed,
     hello,
 )
 from hypergpu.protocol import Ack, Assignment, Control, Message, UpdateMeta, parse_meta
 from hypergpu.update.codec import Codec
-from hypergpu.update.downlink import ParamsEncoder
+from hypergpu.update.downlink import MAX_HELD, ParamsDecoder, ParamsEncoder
+from hypergpu.node.update_encoder import UpdateEncoder
 
 TRAINING = TrainingConfig(batch_size=24, local_steps=7)
 
@@ -147,11 +147,43 @@ def test_params_that_overtake_the_welcome_wait_for_it_in_order() -> None:
     np.testing.assert_allclose(opened.params, second, atol=1e-2)
 
 
+def test_a_message_that_overtook_the_one_sent_before_it_waits_for_it() -> None:
+    proto = welcomed()
+    encoder = ParamsEncoder()
+    work = Assignment(batch_size=8, local_steps=2, down_codec="int8")
+    sent = [params(r, np.full(8, r / 4, dtype=np.float32), encoder, work) for r in (1, 2, 3)]
+    # Round 3's work comes first, then round 2's: both wait for round 1's.
+    assert proto.handle(sent[2]) == [] and proto.handle(sent[1]) == []
+    opened = proto.handle(sent[0])
+    assert [e.round for e in opened if isinstance(e, RoundOpened)] == [1, 2, 3]
+    # Each delta applied against the state the one before it left: no resync asked.
+    np.testing.assert_allclose(opened[-1].params, np.full(8, 0.75), atol=1e-2)
+    assert proto.report.malformed == 0
+
+
+def test_messages_held_for_one_that_never_comes_go_on_in_order() -> None:
+    encoder = ParamsEncoder()
+    work = Assignment(batch_size=8, local_steps=2)
+    proto = welcomed()
+    encoder.parts(0, np.zeros(8, dtype=np.float32), Codec("raw"))  # framed, then lost on the way
+    later = [params(r, np.full(8, r, dtype=np.float32), encoder, work) for r in range(2, 3 + MAX_HELD)]
+    assert [proto.handle(m) for m in later[:MAX_HELD]] == [[]] * MAX_HELD
+    released = proto.handle(later[MAX_HELD])  # one past the bound: none is held longer
+    assert [e.round for e in released if isinstance(e, RoundOpened)] == list(range(2, 3 + MAX_HELD))
+    # A new sequence (a new link, a resync) does not wait for the old one either.
+    lost = encoder.parts(0, np.zeros(8, dtype=np.float32), Codec("raw"))
+    assert lost and proto.handle(params(9, np.ones(8, dtype=np.float32), encoder, work)) == []
+    encoder.forget(0)
+    fresh = proto.handle(params(10, np.full(8, 2.0, dtype=np.float32), encoder, work))
+    assert [e.round for e in fresh if isinstance(e, RoundOpened)] == [9, 10]
+
+
 def test_a_delta_the_node_cannot_apply_asks_for_the_whole_vector() -> None:
     proto = welcomed()
     encoder = ParamsEncoder()
     work = Assignment(batch_size=8, local_steps=2, down_codec="int8")
-    encoder.parts(0, np.ones(8, dtype=np.float32), Codec("int8"))  # a state this node never got
+    proto.handle(params(4, np.ones(8, dtype=np.float32), encoder, work))
+    proto.held = ParamsDecoder()  # the state it was sent is lost (as if it had restarted)
     (event,) = proto.handle(params(5, np.full(8, 2.0, dtype=np.float32), encoder, work))
     assert isinstance(event, Reply)
     reply = wire(event.message)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from hypergpu import DistributedOptimizer
 from hypergpu.config.schema import TrainingConfig
 from hypergpu.model.nets import build_model
-from hypergpu.node.protocol import UpdateEncoder
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Message
 from hypergpu.update.codec import decode
 

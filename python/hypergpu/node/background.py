@@ -44,11 +44,11 @@ from hypergpu.node.protocol import (
     RoundOpened,
     ShardsChanged,
     Welcome,
-    UpdateEncoder,
     Welcomed,
 )
 from hypergpu.node.session import Session
 from hypergpu.node.settle import Undo, Unsettled
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Assignment, Message, UpdateMeta
 
 __all__ = ["BackgroundLink"]

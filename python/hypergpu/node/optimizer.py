@@ -84,7 +84,8 @@ from hypergpu.model.layout import ParamLayout
 from hypergpu.model.staging import HostStaging, model_device
 from hypergpu.node.background import BackgroundLink
 from hypergpu.node.losses import loss_value, mean_loss
-from hypergpu.node.protocol import NodeReport, UpdateEncoder, hello
+from hypergpu.node.protocol import NodeReport, hello
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.node.session import Backoff, Session
 from hypergpu.protocol import Assignment, UpdateMeta
 from hypergpu.transport import LinkShape, TransportConfig
@@ -137,7 +138,6 @@ class DistributedOptimizer:
         self.idle_timeout_s = idle_timeout_s
         self.seed = seed
         self.report = NodeReport(node_id=None)
-
         device = model_device(model, self.layout)
         self._staging = HostStaging(self.layout, device)
         # The user's loop trains on its own data: the coordinator must not name samples for it.

@@ -10,8 +10,8 @@ request when a parameter delta cannot be applied). It does no I/O and
 knows no clock, so both drivers — the built-in node
 (:mod:`hypergpu.node.runtime`) and the wrapped optimizer's background link
 (:mod:`hypergpu.node.background`) — act on the same decisions, and tests
-feed it messages directly. :class:`UpdateEncoder` builds the node's side:
-the ``update`` message in the codec a round assigned.
+feed it messages directly. The node's own side, the ``update`` message, is
+built by :class:`~hypergpu.node.update_encoder.UpdateEncoder`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 from pydantic import ValidationError
@@ -35,15 +35,12 @@ from hypergpu.protocol import (
     Hello,
     Message,
     Refusal,
-    UpdateMeta,
     WelcomeMeta,
     parse_meta,
     validation_problems,
 )
 from hypergpu.node.settle import Settlement
-from hypergpu.update.codec import Codec
-from hypergpu.update.downlink import ParamsDecoder
-from hypergpu.wire import TensorSpec
+from hypergpu.update.downlink import ParamsDecoder, ParamsOrder
 
 __all__ = [
     "Acked",
@@ -55,7 +52,6 @@ __all__ = [
     "Reshape",
     "RoundOpened",
     "ShardsChanged",
-    "UpdateEncoder",
     "Welcome",
     "Welcomed",
     "hello",
@@ -244,6 +240,7 @@ class NodeProtocol:
         self.welcome: Welcome | None = None
         #: The parameters this node holds, kept current from ``params`` messages (whole or deltas).
         self.held = ParamsDecoder()
+        self.order = ParamsOrder()
         self.finished = False
         self._early: list[Message] = []
 
@@ -253,22 +250,29 @@ class NodeProtocol:
             return self._welcome(msg)
         if msg.kind == "error":  # refused (e.g. the run is full): nothing this node can do about it
             raise RefusedError(f"the coordinator refused this node: {_refusal(msg)}")
+        if msg.kind == "params":
+            return self._params(msg)
+        if msg.kind == "ack":
+            return self._guarded(msg, self._ack)
+        if msg.kind == "control":
+            return self._guarded(msg, self._control)
+        if msg.kind == "bye":
+            return self._end(str(msg.meta.get("reason") or "bye"))
+        return []
+
+    def _guarded(self, msg: Message, handler: Callable[[Message], list[Event]]) -> list[Event]:
+        """``handler``'s events, or none if ``msg`` does not fit: dropped and counted."""
         try:
-            if msg.kind == "params":
-                return self._params(msg)
-            if msg.kind == "ack":
-                ack = parse_meta(Ack, msg)
-                self.report.record_ack(ack)
-                return [Acked(ack)]
-            if msg.kind == "control":
-                return self._control(msg)
+            return handler(msg)
         except HyperGPUError as exc:
             self.report.malformed += 1
             log.warning("node %s: %s message dropped: %s", self.report.node_id, msg.kind, exc)
             return []
-        if msg.kind == "bye":
-            return self._end(str(msg.meta.get("reason") or "bye"))
-        return []
+
+    def _ack(self, msg: Message) -> list[Event]:
+        ack = parse_meta(Ack, msg)
+        self.report.record_ack(ack)
+        return [Acked(ack)]
 
     def _welcome(self, msg: Message) -> list[Event]:
         welcome = Welcome.parse(msg)
@@ -291,6 +295,11 @@ class NodeProtocol:
             # overtake the (larger) welcome: hold them, in order, until it comes.
             self._early = [*self._early[-(MAX_EARLY - 1):], msg]
             return []
+        # A round's message can also overtake the one before it: they are taken in the order sent.
+        return [e for due in self.order.admit(msg) for e in self._guarded(due, self._opened)]
+
+    def _opened(self, msg: Message) -> list[Event]:
+        assert self.welcome is not None
         assignment = Assignment.from_meta(msg.meta, default_batch=self.welcome.training.batch_size)
         version, closed = msg.meta.get("version"), msg.meta.get("closed")
         for name, value in (("version", version), ("closed", closed)):
@@ -325,76 +334,3 @@ class NodeProtocol:
     def _end(self, reason: str) -> list[Event]:
         self.finished = True
         return [Ended(reason)]
-
-
-class UpdateEncoder:
-    """Encodes updates with the codec a round's assignment names.
-
-    The error-feedback residual (what earlier rounds' payloads lost: top-k's
-    unsent coordinates, the other lossy codecs' rounding) lives here, so it
-    carries over from round to round, and across a change of lossy codec.
-    A round sent raw sends it along exactly and clears it. ``last_delta`` is
-    how the last message changed the residual: should that update never be
-    applied, :meth:`unsend` takes the change back (:mod:`hypergpu.node.settle`).
-    A fragment's update (``where`` of ``total``) uses its share of a residual over
-    all the parameters: however fragments are cut from round to round, none is lost.
-    """
-
-    def __init__(self) -> None:
-        self.residual: np.ndarray | None = None
-        self.last_delta: np.ndarray | None = None
-
-    def unsend(self, delta: np.ndarray) -> None:
-        """Take back a message's change to the residual: what its payload carried of the
-        residual (and lost of its update) is owed again."""
-        if self.residual is None or self.residual.shape != delta.shape:
-            self.residual = np.zeros_like(delta)
-        self.residual -= delta
-
-    def message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int,
-                where: slice | None = None, total: int = 0) -> Message:
-        """The ``update`` message for ``update`` (float32, flat) in ``round_id``: the whole
-        parameter vector, or its fragment ``where`` of a vector ``total`` long."""
-        before = None if self.residual is None else self.residual.copy()
-        msg = self._message(update, assignment, meta, round_id, where, total)
-        after = self.residual
-        if before is None:
-            self.last_delta = None if after is None else after.copy()
-        else:
-            self.last_delta = -before if after is None or after.shape != before.shape else after - before
-        return msg
-
-    def _residual(self, update: np.ndarray, where: slice | None, total: int, make: bool) -> np.ndarray | None:
-        """The residual ``update`` carries: all of it, or fragment ``where``'s share of it
-        (None when it holds none of that shape and ``make`` is false)."""
-        shape = update.shape if where is None else (total,)
-        if self.residual is None or self.residual.shape != shape:
-            if not make:
-                return None
-            self.residual = np.zeros(shape, np.float32)
-        return self.residual if where is None else self.residual[where]
-
-    def _message(self, update: np.ndarray, assignment: Assignment, meta: UpdateMeta, round_id: int,
-                 where: slice | None, total: int) -> Message:
-        if assignment.codec == "raw":
-            owed = self._residual(update, where, total, make=False)
-            if owed is not None:
-                update = update + owed
-                owed[:] = 0.0
-            if where is None:
-                self.residual = None
-            if not assignment.zstd:
-                return Message("update", meta.as_meta(), {"update": update}, round=round_id)
-        ratio = assignment.codec_ratio if assignment.codec == "topk" else None
-        codec = Codec(assignment.codec, ratio=ratio, zstd=assignment.zstd)
-        residual = self._residual(update, where, total, make=True) if codec.error_feedback else None
-        encoded = codec.encode(update, residual)
-        return Message(
-            "update",
-            meta.as_meta(),
-            {"update": np.frombuffer(encoded.payload, dtype=np.uint8)},
-            round=round_id,
-            codec=assignment.codec,
-            zstd=codec.zstd,
-            update_spec=TensorSpec("update", "f32", list(update.shape), 0),
-        )

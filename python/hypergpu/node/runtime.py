@@ -40,7 +40,6 @@ from hypergpu.node.protocol import (
     Reshape,
     RoundOpened,
     ShardsChanged,
-    UpdateEncoder,
     Welcome,
     Welcomed,
     hello,
@@ -51,6 +50,7 @@ from hypergpu.node.session import Backoff, Session
 from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
 from hypergpu.node.trainer import LocalTrainer, RoundResult
+from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape, TransportConfig
 

@@ -83,7 +83,7 @@ class Undo:
 
 
 class Unsends(Protocol):
-    """An update encoder (:class:`~hypergpu.node.protocol.UpdateEncoder`) as an undo sees it."""
+    """An update encoder (:class:`~hypergpu.node.update_encoder.UpdateEncoder`) as an undo sees it."""
 
     def unsend(self, delta: np.ndarray) -> None: ...
 

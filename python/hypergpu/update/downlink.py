@@ -18,6 +18,12 @@ delta: its error, too, is carried by the next delta. A node whose state
 does not match a delta's base (it reconnected, or a message went missing)
 refuses the delta with :class:`~hypergpu.errors.ParamsOutOfSyncError`
 and asks for the whole vector again.
+
+Each message to a node travels on its own stream, so a small one can
+overtake a larger one sent before it (a next round's work overtaking
+this round's). Each message therefore also names the one framed for the
+same node before it (``params_after``), and the node takes them in that
+order (:class:`ParamsOrder`).
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from hypergpu.update.codec import Codec, decode
 
 log = logging.getLogger("hypergpu.downlink")
 
-__all__ = ["ParamsDecoder", "ParamsEncoder"]
+__all__ = ["ParamsDecoder", "ParamsEncoder", "ParamsOrder"]
 
 FULL = "params"
 DELTA = "params_delta"
-NOTHING = 0  # the base of a delta taken against zeros
+NOTHING = 0  # the base of a delta taken against zeros; "after" of a first message
+MAX_HELD = 4  # messages a node holds for an earlier one still on its way
 
 
 @dataclass
@@ -53,11 +60,13 @@ class ParamsEncoder:
 
     def __init__(self) -> None:
         self._held: dict[int, _Held] = {}
+        self._last: dict[int, int] = {}  # per node, the seq of the last message framed for it
         self._seq = itertools.count(1)
 
     def forget(self, node_id: int) -> None:
         """The node's state is unknown (new link, resync): send it everything next time."""
         self._held.pop(node_id, None)
+        self._last.pop(node_id, None)  # nor can it wait for what it may never get
 
     def frame(self, node_id: int, params: np.ndarray, codec: str, meta: dict[str, Any],
               extra: dict[str, np.ndarray] | None = None) -> bytes:
@@ -80,16 +89,18 @@ class ParamsEncoder:
         against zeros while the node's state is unknown.
         """
         seq = next(self._seq)
+        order = {"params_seq": seq, "params_after": self._last.get(node_id, NOTHING)}
+        self._last[node_id] = seq
         if codec.name == "raw":
             self._held.pop(node_id, None)
-            return {"params_seq": seq}, {FULL: params}
+            return order, {FULL: params}
         held = self._held.get(node_id)
         if held is None or held.params.shape != params.shape:
             held = self._held[node_id] = _Held(NOTHING, np.zeros(params.shape, dtype=np.float32))
         encoded = codec.encode(params - held.params)
         # Exactly what the node will add: the mirror stays bit-identical to its copy.
         held.params += encoded.decode()
-        meta = {"params_seq": seq, "params_base": held.seq, "params_numel": int(params.size),
+        meta = {**order, "params_base": held.seq, "params_numel": int(params.size),
                 "params_codec": codec.name, "params_zstd": codec.zstd}
         held.seq = seq
         return meta, {DELTA: np.frombuffer(encoded.payload, dtype=np.uint8)}
@@ -130,3 +141,42 @@ class ParamsDecoder:
         held += change
         self.params, self.seq = held, meta.get("params_seq")
         return held.copy()
+
+
+class ParamsOrder:
+    """Node side: ``params`` messages in the order the coordinator framed them.
+
+    A message whose predecessor (``params_after``) has not come yet is held
+    until it does, at most :data:`MAX_HELD` of them: past that, or when a
+    message begins a new sequence (after 0: a new link, a resync, a
+    restarted coordinator), those held go on, oldest first, as a lost
+    predecessor will not come. One that comes after its successor is
+    stale and goes on as it is (what it means is the handler's to judge).
+    """
+
+    def __init__(self) -> None:
+        self.last = NOTHING  # the seq of the last message let through
+        self._held: dict[int, protocol.Message] = {}  # by the seq each waits for
+
+    def admit(self, msg: protocol.Message) -> list[protocol.Message]:
+        """The messages due now, in order: ``msg`` and those held behind it; none while it waits."""
+        seq, after = msg.meta.get("params_seq"), msg.meta.get("params_after")
+        if not isinstance(seq, int) or not isinstance(after, int):
+            return [msg]  # unordered (framed by hand): taken as it comes
+        if after > self.last and len(self._held) < MAX_HELD:
+            self._held[after] = msg
+            return []
+        due = self._flush(seq) if after == NOTHING or after > self.last else []
+        due.append(msg)
+        self.last = seq if after == NOTHING else max(self.last, seq)
+        while (following := self._held.pop(self.last, None)) is not None:
+            due.append(following)
+            self.last = int(following.meta["params_seq"])
+        return due
+
+    def _flush(self, before: int) -> list[protocol.Message]:
+        """Those held that were framed before ``before``, oldest first: their wait is over."""
+        older = sorted((m for m in self._held.values() if m.meta["params_seq"] < before),
+                       key=lambda m: m.meta["params_seq"])
+        self._held = {k: m for k, m in self._held.items() if m.meta["params_seq"] >= before}
+        return older
