@@ -84,17 +84,18 @@ def test_without_overlap_the_fold_is_a_plain_load_and_older_parameters_never_und
 
 
 class FoldAtStep(Folder):
-    """Parameters that arrive while the trainer is between its second and third step."""
+    """Parameters (version and round ``closed``) that arrive while the trainer is between two steps:
+    at its ``at``-th look."""
 
-    def __init__(self, params: np.ndarray, at: int):
+    def __init__(self, params: np.ndarray, at: int, closed: int = 1):
         super().__init__()
-        self._later, self._checks, self._at = params, 0, at
+        self._later, self._checks, self._at, self._closed = params, 0, at, closed
 
     @property
     def ready(self) -> bool:
         self._checks += 1
         if self._checks == self._at:
-            self.arrive(self._later, 1, 1)
+            self.arrive(self._later, self._closed, self._closed)
         return super().ready
 
 
@@ -112,6 +113,26 @@ def test_an_update_is_its_own_steps_however_the_model_moved_under_it() -> None:
     # The model ends where the arrived parameters plus this round's own steps put it.
     np.testing.assert_allclose(trainer.layout.flatten(trainer.model), arriving + result.update, atol=1e-5)
     assert np.abs(result.update).max() < 0.05  # the fold's jump is not part of the update
+
+
+def test_a_work_whose_round_closed_stops_and_its_steps_go_out() -> None:
+    cfg = load_config(None, ["training.model=mlp", "training.hidden_sizes=[16]", "training.lr=0.01"])
+    train, _ = split_train_test(load_digits(), 0.2, seed=0)
+    shard = partition(train, 2, seed=0)[0]
+    start = ModelManager(build_model(cfg.training, (1, 8, 8), 10)).flat_parameters()
+    arriving = start + 0.05 * np.sign(vec(start.size))
+    trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+    folder = FoldAtStep(arriving, at=3, closed=3)  # the third look (the start is the first) sees it
+    folder.arrive(start, 2, 2)
+    result = trainer.train_round(None, steps=10, batch_size=16, folder=folder, late_after=3)
+    # Round 3 closed as the second step began: the work stops after it (the update is late whatever it does).
+    assert result.samples_seen == 2 * 16 and result.metrics["steps"] == 2.0
+    assert folder.version == 3  # what closed it is folded in, and the update is still the steps' own
+    np.testing.assert_allclose(trainer.layout.flatten(trainer.model), arriving + result.update, atol=1e-5)
+    # Work for a round still open runs to its end; so does work whose round closed before it began
+    # for one step at least (the update carries something).
+    assert trainer.train_round(None, steps=4, batch_size=16, folder=folder, late_after=4).samples_seen == 64
+    assert trainer.train_round(None, steps=4, batch_size=16, folder=folder, late_after=3).samples_seen == 16
 
 
 # --- real runs ----------------------------------------------------------------------

@@ -355,7 +355,8 @@ class Node:
         work = opened.assignment
         began = time.perf_counter()
         result = trainer.train_round(None, steps=work.local_steps or None, batch_size=work.batch_size,
-                                     accumulation=work.accumulation, work=opened.work, folder=self._folder)
+                                     accumulation=work.accumulation, work=opened.work, folder=self._folder,
+                                     late_after=opened.round if trainer.training.overlap else None)
         self.timeline.append(("train", opened.round, began, time.perf_counter()))
         return result
 

@@ -120,6 +120,7 @@ class LocalTrainer:
         accumulation: int = 1,
         work: np.ndarray | None = None,
         folder: Folder | None = None,
+        late_after: int | None = None,
     ) -> RoundResult:
         """Load ``flat_params``, train, and return the update and the round's figures. With a
         ``folder`` instead (overlap, :mod:`hypergpu.node.overlap`) the round goes on from the model
@@ -133,6 +134,12 @@ class LocalTrainer:
         Each step sees ``batch_size * accumulation`` samples in
         ``accumulation`` micro-batches whose gradients are summed, so a
         smaller per-step batch can keep the same effective batch.
+
+        ``late_after`` (with a ``folder``): the round this work is for. Once
+        the parameters that close it arrive, the update is late whatever it
+        does, so the work stops there (after a step at least) and the steps
+        taken go out: the node's next work then starts with everyone else's,
+        instead of the node staying a round behind for good.
         """
         batch = self.training.batch_size if batch_size is None else batch_size
         steps = self._count_steps(steps, epochs, batch, accumulation, work)
@@ -142,7 +149,10 @@ class LocalTrainer:
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen, predictions = 0.0, 0, 0, 0
         started = time.perf_counter()
+        done = 0
         for step in range(steps):
+            if folder is not None and step > 0 and late_after is not None and folder.closed_seen >= late_after:
+                break
             if folder is not None and folder.ready:
                 received += self._fold_in(folder)  # the start moves with the fold: the update stays the steps' own
             if work is not None:
@@ -155,13 +165,14 @@ class LocalTrainer:
                 totals[key] += value
             loss_sum, seen = loss_sum + step_loss * len(rows), seen + len(rows)
             correct, predictions = correct + step_correct, predictions + step_predictions
+            done += 1
         self.metrics.record("accuracy", correct / predictions)
         if not np.isfinite(update := self.layout.flatten(self.model) - received).all():
             raise NonFiniteError("the round produced a non-finite update")
         figures = {
             "loss": loss_sum / seen,
             "accuracy": correct / predictions,
-            "steps": float(steps),
+            "steps": float(done),
             "samples": float(seen),
             "batch_size": float(batch),
             "accumulation": float(accumulation),
