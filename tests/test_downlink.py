@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hypergpu import protocol
 from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
@@ -53,6 +54,24 @@ def test_node_copy_matches_the_mirror_bit_for_bit_and_never_drifts(codec: str) -
         assert step <= np.abs(params).max() / 250, step
     # Even the first message (the whole vector, against zeros) is compressed.
     assert max(sizes) < (0.55 if codec == "fp16" else 0.3) * 4 * 10_000
+
+
+def test_a_message_that_keeps_the_parameters_carries_none_and_the_next_delta_still_applies() -> None:
+    encoder, decoder = ParamsEncoder(), ParamsDecoder()
+    first, second = _training_like(2, 1000)
+    assert encoder.kept(1) is None  # nothing framed for node 1 yet: it needs them sent
+    held = decoder.apply(*encoder.parts(1, first, Codec("int8")))
+    frame = encoder.frame(1, first, "int8", {"round": 2}, kept=True)
+    msg = protocol.decode(frame)
+    assert msg.meta["params_kept"] is True and not msg.sections and len(frame) < 1000
+    assert np.array_equal(decoder.apply(msg.meta, msg.sections), held)
+    # The state (and so the next delta's base) is the one the last parameters left.
+    assert np.array_equal(decoder.apply(*encoder.parts(1, second, Codec("int8"))), encoder._held[1].params)
+    # A node whose state was lost is sent the parameters whatever the message asks.
+    encoder.forget(1)
+    assert protocol.decode(encoder.frame(1, second, "int8", {"round": 3}, kept=True)).meta.get("params_kept") is None
+    with pytest.raises(ParamsOutOfSyncError, match="holds none"):
+        ParamsDecoder().apply({"params_kept": True}, {})
 
 
 def test_raw_sends_everything_and_drops_the_mirror() -> None:

@@ -175,6 +175,10 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
     assert all(0 < u <= 1 for u in utilisation.values())
     # A node's clock starts at its first work: joining and waiting for the run are start-up, not waiting.
     assert [a.idle_s for a in coord.history[0].answers.values()] == [0.0, 0.0]
+    # Round 2's work went out with round 1's, and without the same parameters again (raw here).
+    first, second = ([a.params_bytes or 0 for a in coord.history[r].answers.values()] for r in (0, 1))
+    raw = 4 * coord.model.layout.total
+    assert min(first) >= raw > max(second), (raw, first, second)
     # From the shaped node's own clock: its next work began while each upload was still in flight.
     timeline = nodes[0].timeline
     acked = {r: b for kind, r, _, b in timeline if kind == "acked"}

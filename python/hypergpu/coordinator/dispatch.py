@@ -91,16 +91,20 @@ class Dispatch:
         return pending is not None and not pending.done()
 
     def send_all(self, round_id: int, dealt: Dealt, params: np.ndarray, version: int, closed: int, *,
-                 nodes: Iterable[int] | None = None, with_work: bool = True) -> None:
+                 nodes: Iterable[int] | None = None, with_work: bool = True, kept: Iterable[int] = ()) -> None:
         """Send each participant of ``dealt`` (or those of ``nodes``) its message, each on its own task.
 
         ``with_work=False`` sends only the parameters, for a round whose work
         the node already holds (overlap: it folds them in and may then send).
+        ``kept``: nodes whose message just before this one carried ``params``
+        already (this one carries none of them when that one was framed).
         """
         chosen = dealt.plan.participants if nodes is None else [n for n in nodes if n in dealt.plan.assignments]
+        kept = set(kept)
         for node_id in chosen:
-            self._sending[node_id] = self._spawn(
-                self._send(round_id, dealt, node_id, params, version, closed, with_work, self._sending.get(node_id)))
+            self._sending[node_id] = self._spawn(self._send(
+                round_id, dealt, node_id, params, version, closed, with_work, node_id in kept,
+                self._sending.get(node_id)))
 
     def send_ahead(self, round_id: int, dealt: Dealt, ahead: Dealt | None, fresh: bool,
                    params: np.ndarray, version: int, closed: int) -> None:
@@ -109,13 +113,16 @@ class Dispatch:
         participants without next work get the parameters alone (they fold them in,
         and may then send). ``fresh``: this round's own messages just went out."""
         if ahead is not None:
-            self.send_all(round_id + 1, ahead, params, version, closed)
+            # Fresh, the next work goes with the parameters this round's messages carry: not again.
+            self.send_all(round_id + 1, ahead, params, version, closed,
+                          kept=dealt.plan.participants if fresh else ())
         if not fresh:
             rest = [n for n in dealt.plan.participants if ahead is None or n not in ahead.plan.assignments]
             self.send_all(round_id, dealt, params, version, closed, nodes=rest, with_work=False)
 
     async def _send(self, round_id: int, dealt: Dealt, node_id: int, params: np.ndarray,
-                    version: int, closed: int, with_work: bool, before: asyncio.Task[Any] | None) -> None:
+                    version: int, closed: int, with_work: bool, kept: bool,
+                    before: asyncio.Task[Any] | None) -> None:
         if before is not None and not before.done():
             # One node's messages go out in order (a round's work before the next round's),
             # and each parameter delta is framed against what the message before it left.
@@ -132,7 +139,7 @@ class Dispatch:
             lent = [int(s) for s in np.unique(work[:, 0])]
             # Shipped data the work lends this node travels with the work itself.
             sections = {"work": work, **self.members.lend(node_id, lent)}
-        frame = self.downlink.frame(node_id, params, assignment.down_codec, meta, sections)
+        frame = self.downlink.frame(node_id, params, assignment.down_codec, meta, sections, kept=kept)
         try:
             if with_work:
                 dealt.mark_sent(node_id, len(frame), time.perf_counter())

@@ -135,11 +135,9 @@ class LocalTrainer:
         ``accumulation`` micro-batches whose gradients are summed, so a
         smaller per-step batch can keep the same effective batch.
 
-        ``late_after`` (with a ``folder``): the round this work is for. Once
-        the parameters that close it arrive, the update is late whatever it
-        does, so the work stops there (after a step at least) and the steps
-        taken go out: the node's next work then starts with everyone else's,
-        instead of the node staying a round behind for good.
+        ``late_after`` (with a ``folder``): this work's round. Once it has closed the update is
+        late whatever it does: the work stops (after a step at least) and its steps go out, so the
+        node's next work starts with the others' instead of a round behind for good.
         """
         batch = self.training.batch_size if batch_size is None else batch_size
         steps = self._count_steps(steps, epochs, batch, accumulation, work)
@@ -147,18 +145,14 @@ class LocalTrainer:
         optimizer = self.inner_optimizer()
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
-        loss_sum, correct, seen, predictions = 0.0, 0, 0, 0
-        started = time.perf_counter()
-        done = 0
+        loss_sum, correct, seen, predictions, done, started = 0.0, 0, 0, 0, 0, time.perf_counter()
         for step in range(steps):
             if folder is not None and step > 0 and late_after is not None and folder.closed_seen >= late_after:
                 break
             if folder is not None and folder.ready:
                 received += self._fold_in(folder)  # the start moves with the fold: the update stays the steps' own
-            if work is not None:
-                rows = work[step * batch * accumulation : (step + 1) * batch * accumulation]
-            else:
-                rows = self._next_rows(batch * accumulation)
+            n = batch * accumulation
+            rows = work[step * n : (step + 1) * n] if work is not None else self._next_rows(n)
             timings, step_loss, step_correct, step_predictions = self._step(optimizer, rows, accumulation)
             totals["throttle_s"] += self._throttle(timings, step_loss)
             for key, value in timings.items():
@@ -170,15 +164,10 @@ class LocalTrainer:
         if not np.isfinite(update := self.layout.flatten(self.model) - received).all():
             raise NonFiniteError("the round produced a non-finite update")
         figures = {
-            "loss": loss_sum / seen,
-            "accuracy": correct / predictions,
-            "steps": float(done),
-            "samples": float(seen),
-            "batch_size": float(batch),
-            "accumulation": float(accumulation),
+            "loss": loss_sum / seen, "accuracy": correct / predictions, "steps": float(done),
+            "samples": float(seen), "batch_size": float(batch), "accumulation": float(accumulation),
             "compute_s": totals["forward_s"] + totals["backward_s"] + totals["step_s"],
-            "wall_s": time.perf_counter() - started,
-            **totals,
+            "wall_s": time.perf_counter() - started, **totals,
         }
         return RoundResult(update, seen, figures)
 

@@ -69,17 +69,30 @@ class ParamsEncoder:
         self._last.pop(node_id, None)  # nor can it wait for what it may never get
 
     def frame(self, node_id: int, params: np.ndarray, codec: str, meta: dict[str, Any],
-              extra: dict[str, np.ndarray] | None = None) -> bytes:
+              extra: dict[str, np.ndarray] | None = None, *, kept: bool = False) -> bytes:
         """The ``params`` frame (``meta`` plus what it takes) that brings the node to ``params``;
-        ``extra`` sections ride along (e.g. the round's work)."""
+        ``extra`` sections ride along (e.g. the round's work). ``kept``: the message framed for
+        the node just before this one brought it to ``params`` already (see :meth:`kept`)."""
+        kept_meta = self.kept(node_id) if kept else None
         try:
-            held, sections = self.parts(node_id, params, Codec(codec))
+            held, sections = (kept_meta, {}) if kept_meta is not None else self.parts(node_id, params, Codec(codec))
         except CodecError as exc:  # e.g. a value beyond fp16's range: send it whole
             log.info("node %d: parameters go whole this time (%s)", node_id, exc)
             held, sections = self.parts(node_id, params, Codec("raw"))
         msg = protocol.Message("params", {**meta, **held}, {**sections, **(extra or {})},
                                round=int(meta.get("round", 0)), node_id=node_id)
         return protocol.encode(msg)
+
+    def kept(self, node_id: int) -> dict[str, Any] | None:
+        """Meta of a message that carries no parameters: the node keeps those it was sent last
+        (a next round's work dealt with the same parameters as this round's, which would
+        otherwise carry them again, or their first rounding error, on a slow link). None when
+        nothing was framed for the node since its state was lost: it needs them sent."""
+        last = self._last.get(node_id)
+        if last is None:
+            return None
+        seq = self._last[node_id] = next(self._seq)
+        return {"params_seq": seq, "params_after": last, "params_kept": True}
 
     def parts(self, node_id: int, params: np.ndarray, codec: Codec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Meta fields and sections of a ``params`` message that bring the node to ``params``.
@@ -115,6 +128,10 @@ class ParamsDecoder:
 
     def apply(self, meta: dict[str, Any], sections: dict[str, np.ndarray]) -> np.ndarray:
         """Fold one ``params`` message in; returns a copy of the parameters now held."""
+        if meta.get("params_kept") is True:
+            if self.params is None:
+                raise ParamsOutOfSyncError("a message keeps the parameters held, and this node holds none")
+            return self.params.copy()  # the state (and the next delta's base) stays as it is
         full = sections.get(FULL)
         if full is not None:
             self.params = np.array(full, dtype=np.float32, copy=True)
