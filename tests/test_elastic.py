@@ -94,3 +94,26 @@ async def test_a_node_beyond_max_nodes_is_refused_with_a_clear_error_and_a_leave
     history = list(coord.history)
     assert left_after == [2] and all(r.reported == [0, 1] for r in history[2:]), [r.reported for r in history]
     assert summary.rounds == 6 and codes[0] == codes[1] == 0
+
+
+def test_a_node_late_every_round_is_not_retired_one_that_sends_nothing_is() -> None:
+    from hypergpu.coordinator.membership import Membership
+    from hypergpu.coordinator.registry import NodeRegistry
+    from hypergpu.data.shards import ShardManager
+    from hypergpu.events import EventBus
+    from hypergpu.round import NodeAnswer
+
+    registry = NodeRegistry(max_failures=2)
+    members = Membership(registry, ShardManager([0, 1, 2]), EventBus())
+    late, silent = registry.join("late").node_id, registry.join("silent").node_id
+    for r in range(1, 5):
+        # Each round the late node's update for the round before comes in: it misses every round, in time.
+        answers = {late: NodeAnswer(node_id=late, round=r - 1, samples=8, loss=None, compute_s=1.0, wall_s=1.0,
+                                    turnaround_s=None, update_bytes=64, params_bytes=None, codec="raw",
+                                    weight=0.5)} if r > 1 else {}
+        record = RoundRecord(round=r, applied=True, participants=[late, silent], reported=[],
+                             missing=[late, silent], excluded={}, train_loss=None, samples=8, duration_s=1.0,
+                             model_version=r, assignments={}, answers={}, late=answers)
+        asyncio.run(members.after_round(record))
+    assert registry.get(late).status is NodeStatus.ACTIVE and registry.get(late).rounds_missed == 4
+    assert registry.get(silent).status is NodeStatus.DEAD

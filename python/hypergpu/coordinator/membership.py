@@ -266,7 +266,9 @@ class Membership:
         for node_id in record.reported:
             self.registry.succeeded(node_id)
         for node_id in record.missing:
-            if node_id in self.registry and self.registry.failed(node_id):
+            if node_id in record.late:  # its last update came in this round, late: it works, it is not gone
+                self.registry.late(node_id)
+            elif node_id in self.registry and self.registry.failed(node_id):
                 await self.retire(node_id, f"missed {self.registry.max_failures} rounds in a row")
 
     async def retire(self, node_id: int, reason: str) -> None:

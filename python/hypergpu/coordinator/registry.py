@@ -152,6 +152,14 @@ class NodeRegistry:
         if loss is not None:
             node.last_loss = loss
 
+    def late(self, node_id: int) -> None:
+        """Count a round missed by a node whose earlier update came in it, late: no step toward
+        retirement (with overlap a node can deliver every round's update a round late)."""
+        node = self.get(node_id)
+        node.rounds_missed += 1
+        node.consecutive_failures = 0
+        self.seen(node_id)
+
     def failed(self, node_id: int) -> bool:
         """Count a missed round or exchange; True if the node is now dead."""
         node = self.get(node_id)
