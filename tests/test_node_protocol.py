@@ -178,6 +178,20 @@ def test_messages_held_for_one_that_never_comes_go_on_in_order() -> None:
     assert [e.round for e in fresh if isinstance(e, RoundOpened)] == [9, 10]
 
 
+def test_parameters_a_codec_refused_go_whole_in_their_place_in_the_order() -> None:
+    proto, encoder = welcomed(), ParamsEncoder()
+    work = Assignment(batch_size=8, local_steps=2, down_codec="fp16")
+    first, huge = np.ones(8, dtype=np.float32), np.full(8, 1e6, dtype=np.float32)  # past fp16's range
+    frames = [encoder.frame(0, v, "fp16", {"round": r, **work.as_meta()}) for r, v in ((1, first), (2, huge))]
+    refused = protocol.decode(frames[1])
+    assert "params" in refused.sections  # sent whole instead, naming the message before it
+    assert refused.meta["params_after"] == protocol.decode(frames[0]).meta["params_seq"]
+    assert proto.handle(refused) == []  # it overtook the first: it waits for it
+    opened = [e for e in proto.handle(protocol.decode(frames[0])) if isinstance(e, RoundOpened)]
+    assert [e.round for e in opened] == [1, 2]
+    np.testing.assert_array_equal(opened[1].params, huge)
+
+
 def test_a_delta_the_node_cannot_apply_asks_for_the_whole_vector() -> None:
     proto = welcomed()
     encoder = ParamsEncoder()

@@ -88,11 +88,15 @@ class ParamsEncoder:
         (a next round's work dealt with the same parameters as this round's, which would
         otherwise carry them again, or their first rounding error, on a slow link). None when
         nothing was framed for the node since its state was lost: it needs them sent."""
-        last = self._last.get(node_id)
-        if last is None:
+        if node_id not in self._last:
             return None
-        seq = self._last[node_id] = next(self._seq)
-        return {"params_seq": seq, "params_after": last, "params_kept": True}
+        return {**self._order(node_id), "params_kept": True}
+
+    def _order(self, node_id: int) -> dict[str, int]:
+        """A new message's sequence number, and the one framed for the node before it."""
+        seq = next(self._seq)
+        after, self._last[node_id] = self._last.get(node_id, NOTHING), seq
+        return {"params_seq": seq, "params_after": after}
 
     def parts(self, node_id: int, params: np.ndarray, codec: Codec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Meta fields and sections of a ``params`` message that bring the node to ``params``.
@@ -101,18 +105,17 @@ class ParamsEncoder:
         kept on raw costs no memory here); any other codec sends a delta,
         against zeros while the node's state is unknown.
         """
-        seq = next(self._seq)
-        order = {"params_seq": seq, "params_after": self._last.get(node_id, NOTHING)}
-        self._last[node_id] = seq
         if codec.name == "raw":
             self._held.pop(node_id, None)
-            return order, {FULL: params}
+            return self._order(node_id), {FULL: params}
         held = self._held.get(node_id)
         if held is None or held.params.shape != params.shape:
             held = self._held[node_id] = _Held(NOTHING, np.zeros(params.shape, dtype=np.float32))
-        encoded = codec.encode(params - held.params)
+        encoded = codec.encode(params - held.params)  # may refuse (CodecError): then no seq was taken
         # Exactly what the node will add: the mirror stays bit-identical to its copy.
         held.params += encoded.decode()
+        order = self._order(node_id)
+        seq = order["params_seq"]
         meta = {**order, "params_base": held.seq, "params_numel": int(params.size),
                 "params_codec": codec.name, "params_zstd": codec.zstd}
         held.seq = seq
