@@ -99,15 +99,20 @@ class FoldAtStep(Folder):
         return super().ready
 
 
-def test_an_update_is_its_own_steps_however_the_model_moved_under_it() -> None:
+def small_trainer() -> tuple[LocalTrainer, np.ndarray, np.ndarray]:
+    """A digits MLP's trainer, its starting parameters, and parameters a step away from them."""
     cfg = load_config(None, ["training.model=mlp", "training.hidden_sizes=[16]", "training.lr=0.01"])
     train, _ = split_train_test(load_digits(), 0.2, seed=0)
     shard = partition(train, 2, seed=0)[0]
     start = ModelManager(build_model(cfg.training, (1, 8, 8), 10)).flat_parameters()
-    arriving = start + 0.05 * np.sign(vec(start.size))
+    trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+    return trainer, start, start + 0.05 * np.sign(vec(start.size))
+
+
+def test_an_update_is_its_own_steps_however_the_model_moved_under_it() -> None:
+    trainer, start, arriving = small_trainer()
     folder = FoldAtStep(arriving, at=4)  # start, step 1, step 2 check; the 4th check folds
     folder.arrive(start, 0, 0)
-    trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
     result = trainer.train_round(None, steps=5, batch_size=16, folder=folder)
     assert folder.version == 1 and not folder.ready
     # The model ends where the arrived parameters plus this round's own steps put it.
@@ -116,12 +121,7 @@ def test_an_update_is_its_own_steps_however_the_model_moved_under_it() -> None:
 
 
 def test_a_work_whose_round_closed_stops_and_its_steps_go_out() -> None:
-    cfg = load_config(None, ["training.model=mlp", "training.hidden_sizes=[16]", "training.lr=0.01"])
-    train, _ = split_train_test(load_digits(), 0.2, seed=0)
-    shard = partition(train, 2, seed=0)[0]
-    start = ModelManager(build_model(cfg.training, (1, 8, 8), 10)).flat_parameters()
-    arriving = start + 0.05 * np.sign(vec(start.size))
-    trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
+    trainer, start, arriving = small_trainer()
     folder = FoldAtStep(arriving, at=3, closed=3)  # the third look (the start is the first) sees it
     folder.arrive(start, 2, 2)
     result = trainer.train_round(None, steps=10, batch_size=16, folder=folder, late_after=3)
