@@ -44,7 +44,7 @@ def test_adaptive_run_reaches_the_target(tmp_path: Path) -> None:
 
 def test_link_degrading_mid_run_is_handled(tmp_path: Path) -> None:
     cfg = small_run(
-        tmp_path, "nodes.count=3", "training.rounds=10", "coordinator.round_timeout_s=6", "coordinator.quorum=0.6",
+        tmp_path, "nodes.count=3", "training.rounds=12", "coordinator.round_timeout_s=6", "coordinator.quorum=0.6",
         "network.node_profiles={0='perfect', 1='perfect', 2='good'}",
         "network.events=[{node=2, profile='unstable', at_round=4}]",
         "adapt.strategy='all'",  # keep asking node 2, so its link is measured on real traffic
@@ -66,5 +66,7 @@ def test_link_degrading_mid_run_is_handled(tmp_path: Path) -> None:
     reactions = [d for d in planner.decisions if d["node"] == 2 and d["round"] >= 4]
     assert reactions, list(planner.decisions)
     assert any(r["knob"] in ("selection", "standing", "codec", "local_steps") for r in reactions)
+    # 12 rounds, not 10: after 10, 9 runs here read 0.86-0.94 and one CI run 0.84 (the unstable
+    # link's drops differ from run to run); after 12, 6 runs read 0.90-0.95.
     assert result.accuracy is not None and result.accuracy > 0.85
     assert planner.status()["links"][2]["quality"] != "excellent"
