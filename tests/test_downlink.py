@@ -16,12 +16,14 @@ from hypergpu.config import load_config
 from hypergpu.coordinator import Coordinator
 from hypergpu.errors import CodecError, ParamsOutOfSyncError, UpdateError
 from hypergpu.identity import NodeKey
-from hypergpu.node.protocol import NodeProtocol, Reply, RoundOpened
+from hypergpu.model import build_model
+from hypergpu.model.layout import ParamLayout
+from hypergpu.node.protocol import NodeProtocol, Reply, RoundOpened, Welcome
 from hypergpu.node.session import Session
 from hypergpu.protocol import Hello, Message
 from hypergpu.round import StaticPlanner
 from hypergpu.update.codec import Codec
-from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder
+from hypergpu.update.downlink import ParamsDecoder, ParamsEncoder, params_digest
 
 from engine_helpers import run_with_nodes
 
@@ -72,6 +74,43 @@ def test_a_message_that_keeps_the_parameters_carries_none_and_the_next_delta_sti
     assert protocol.decode(encoder.frame(1, second, "int8", {"round": 3}, kept=True)).meta.get("params_kept") is None
     with pytest.raises(ParamsOutOfSyncError, match="holds none"):
         ParamsDecoder().apply({"params_kept": True}, {})
+
+
+@pytest.mark.parametrize("codec", ["int8", "raw"])
+def test_initial_parameters_the_node_built_go_by_digest_and_the_next_delta_applies(codec: str) -> None:
+    first, second, third = _training_like(3, 1000)
+    encoder = ParamsEncoder(initial=first)
+    decoder = ParamsDecoder()
+    decoder.initial = first.copy()  # what the node built from the same config and seed
+    frame = encoder.frame(1, first, codec, {"round": 1})
+    msg = protocol.decode(frame)
+    assert msg.meta["params_init"] == params_digest(first) and not msg.sections and len(frame) < 1000
+    assert np.array_equal(decoder.apply(msg.meta, msg.sections), first)
+    # A second node too, while the coordinator's parameters are still the initial ones.
+    assert "params_init" in protocol.decode(encoder.frame(2, first, codec, {"round": 1})).meta
+    for params in (second, third):  # trained: deltas against what the node holds, or whole
+        msg = protocol.decode(encoder.frame(1, params, codec, {"round": 2}))
+        assert "params_init" not in msg.meta and msg.sections
+        held = decoder.apply(msg.meta, msg.sections)
+        np.testing.assert_allclose(held, params, atol=np.abs(params).max() / 250)
+    # Once past them the initial parameters are not named again, even to a new node.
+    assert "params_init" not in protocol.decode(encoder.frame(3, third, codec, {"round": 3})).meta
+
+
+def test_a_node_whose_initial_parameters_differ_asks_for_them_and_gets_them_whole() -> None:
+    first, other = _training_like(2, 1000)
+    encoder = ParamsEncoder(initial=first)
+    msg = protocol.decode(encoder.frame(1, first, "int8", {"round": 1}))
+    decoder = ParamsDecoder()
+    with pytest.raises(ParamsOutOfSyncError, match="built none"):
+        decoder.apply(msg.meta, msg.sections)
+    decoder.initial = other  # another seed, another model
+    with pytest.raises(ParamsOutOfSyncError, match="digest .* this node built"):
+        decoder.apply(msg.meta, msg.sections)
+    encoder.forget(1, resync=True)  # the node asked for them (a resync)
+    msg = protocol.decode(encoder.frame(1, first, "int8", {"round": 1}))
+    assert "params_init" not in msg.meta and msg.sections
+    np.testing.assert_allclose(decoder.apply(msg.meta, msg.sections), first, atol=np.abs(first).max() / 250)
 
 
 def test_raw_sends_everything_and_drops_the_mirror() -> None:
@@ -129,7 +168,11 @@ async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
     """A node that answers each round, but loses the parameters it holds before round 3."""
     session = Session(join, token=token, name="forgetful", hello=Hello(name="forgetful", index=1),
                       key=NodeKey.generate())
-    proto = NodeProtocol()
+    def initial(welcome: Welcome) -> np.ndarray:  # the model the node builds from the run's config and seed
+        model = build_model(welcome.training, *welcome.model_io())
+        return ParamLayout.from_model(model).flatten(model)
+
+    proto = NodeProtocol(initial=initial)
     await session.connect()
     welcome = await session.recv(timeout=30)
     proto.handle(welcome)
@@ -142,7 +185,8 @@ async def _forgetful(join: str, token: str, seen: dict[str, Any]) -> None:
             break
         if msg.kind != "params":
             continue
-        received.append((msg.round, "delta" if msg.meta.get("params_base") else "whole"))
+        received.append((msg.round, "init" if "params_init" in msg.meta
+                         else "delta" if msg.meta.get("params_base") else "whole"))
         if msg.round == 3 and not any(r == 3 for r, _ in received[:-1]):
             proto.held = ParamsDecoder()  # as if it had restarted
         opened = None
@@ -175,7 +219,8 @@ def test_a_node_that_lost_its_state_gets_the_whole_vector_and_stays_in_the_round
         await _forgetful(join, token, seen)
 
     summary, _ = asyncio.run(run_with_nodes(coord, cfg, tmp_path, [0], forgetful))
-    assert seen["received"] == [(1, "whole"), (2, "delta"), (3, "delta"), (3, "whole"), (4, "delta")]
+    # Round 1's parameters are the initial ones the node built itself: named by their digest.
+    assert seen["received"] == [(1, "init"), (2, "delta"), (3, "delta"), (3, "whole"), (4, "delta")]
     resyncs = [e.data for e in coord.events.since(0) if e.kind == "node" and e.data.get("type") == "resync"]
     assert len(resyncs) == 1 and resyncs[0]["node"] == 1 and "against state" in resyncs[0]["reason"]
     # Every round had both nodes' updates, round 3 included.

@@ -17,7 +17,7 @@ from hypergpu.launch import local_run
 from hypergpu.model import ModelManager, build_model
 from hypergpu.node.overlap import Folder
 from hypergpu.node.runtime import Node
-from hypergpu.node.trainer import LocalTrainer
+from hypergpu.node.trainer import LocalTrainer, catch_up_steps
 from hypergpu.transport import LinkShape
 from test_lm import lm_config
 
@@ -135,6 +135,27 @@ def test_a_work_whose_round_closed_stops_and_its_steps_go_out() -> None:
     assert trainer.train_round(None, steps=4, batch_size=16, folder=folder, late_after=3).samples_seen == 16
 
 
+def test_a_node_whose_update_came_late_cuts_its_work_by_that_much() -> None:
+    # At 2 s a step, 5 s late: four steps fewer (2.5 rounded up, and one of margin).
+    assert catch_up_steps(20, 20, done=1, elapsed_s=2.0, late_s=5.0) == 16
+    assert catch_up_steps(20, 20, done=1, elapsed_s=2.0, late_s=0.0) == 20
+    # Half the planned work stays, however late; what is done stays done; nothing grows back.
+    assert catch_up_steps(20, 20, done=4, elapsed_s=8.0, late_s=100.0) == 10
+    assert catch_up_steps(20, 20, done=12, elapsed_s=24.0, late_s=100.0) == 12
+    assert catch_up_steps(12, 20, done=2, elapsed_s=4.0, late_s=1.0) == 10  # down to its floor: no more
+    assert catch_up_steps(14, 20, done=2, elapsed_s=4.0, late_s=1.0) == 12
+    # In a work: the cut the folder asks for (an ack said an update came late) is taken once.
+    trainer, start, _ = small_trainer()
+    folder = Folder()
+    folder.arrive(start, 1, 0)
+    folder.catch_up(3.0)
+    folder.catch_up(1000.0)  # acks for two late rounds: the larger cut, not the sum
+    result = trainer.train_round(None, steps=10, batch_size=16, folder=folder, late_after=5)
+    assert result.metrics["steps"] == 5.0 and result.samples_seen == 5 * 16
+    assert folder.take_catch_up() == 0.0
+    assert trainer.train_round(None, steps=10, batch_size=16, folder=folder, late_after=5).metrics["steps"] == 10.0
+
+
 # --- real runs ----------------------------------------------------------------------
 
 
@@ -175,10 +196,12 @@ async def test_a_node_keeps_training_while_its_update_uploads(tmp_path: Path) ->
     assert all(0 < u <= 1 for u in utilisation.values())
     # A node's clock starts at its first work: joining and waiting for the run are start-up, not waiting.
     assert [a.idle_s for a in coord.history[0].answers.values()] == [0.0, 0.0]
-    # Round 2's work went out with round 1's, and without the same parameters again (raw here).
-    first, second = ([a.params_bytes or 0 for a in coord.history[r].answers.values()] for r in (0, 1))
+    # Round 1's parameters are the initial ones each node built itself (named by digest, not sent);
+    # round 2's work went out with round 1's, and without them again; round 3's brings round 1's
+    # outer step (raw here).
+    first, second, third = ([a.params_bytes or 0 for a in coord.history[r].answers.values()] for r in (0, 1, 2))
     raw = 4 * coord.model.layout.total
-    assert min(first) >= raw > max(second), (raw, first, second)
+    assert max(first + second) < raw <= min(third), (raw, first, second, third)
     # From the shaped node's own clock: its next work began while each upload was still in flight.
     timeline = nodes[0].timeline
     acked = {r: b for kind, r, _, b in timeline if kind == "acked"}

@@ -134,8 +134,10 @@ def test_a_late_update_counts_stale_weighted_in_the_next_round() -> None:
                    aggregation=Rule("mean"))
     late = second.accept(1, update(1, 5.0), 64, now=3.0)
     assert late.accepted and second.late[1].round == 1 and second.late[1].weight == 0.5
+    assert late.late_s == 3.0  # the node hears how long after its round closed (round 2 opened) it came
     assert second.owes(0) and second.owes(1)  # a late update for round 1 pays nothing of round 2
-    assert second.accept(0, update(2, 1.0), 64, now=3.5).accepted
+    on_time = second.accept(0, update(2, 1.0), 64, now=3.5)
+    assert on_time.accepted and on_time.late_s is None
     means: list[np.ndarray] = []
     record = second.close(4.0, lambda m: means.append(m) or 1, model_version=0)
     # 10 samples at weight 1 (value 1) and 10 at weight 0.5 (value 5): (10 + 25) / 15

@@ -330,6 +330,9 @@ class Ack(_Meta):
     # None: the answer on receipt ("received": folded into the open round, not applied yet);
     # True/False: sent again when the round closed, whether the update went into the model
     applied: bool | None = None
+    # a late update's receipt: seconds from its round's close to its arrival (with overlap the
+    # node cuts its work in hand by that much, so its next update comes in on time)
+    late_s: float | None = Field(default=None, ge=0)
 
 
 class Refusal(_Meta):

@@ -164,7 +164,7 @@ async def resync(coord: Coordinator, node: NodeInfo, msg: Message) -> None:
         node.refusals["unexpected"] += 1
         coord.refusals["unexpected"] += 1
         return
-    coord.downlink.forget(node.node_id)
+    coord.downlink.forget(node.node_id, resync=True)
     reason = control.reason
     coord.events.publish("node", type="resync", node=node.node_id, round=msg.round, reason=reason)
     rnd, dealt = coord._open, coord._ahead.get(msg.round)

@@ -56,6 +56,7 @@ class Folder:
         #: goes out only once k-1 is closed, i.e. its round is open on the coordinator
         self.closed_seen = 0
         self._restart = False
+        self._behind_s = 0.0  # how late the node's last late update came (catch_up)
 
     # --- the event loop's side ---------------------------------------------------
 
@@ -66,6 +67,20 @@ class Folder:
         with self._lock:
             self._arrived.append((params, version, closed, replace))
             self.closed_seen = max(self.closed_seen, closed)
+
+    def catch_up(self, late_s: float) -> None:
+        """An update of this node's came ``late_s`` after its round closed: its work in hand
+        (or the next) should end that much sooner, so the update after comes in on time.
+        The node's phase is what is late, so acks for several rounds ask for the largest cut,
+        not their sum."""
+        with self._lock:
+            self._behind_s = max(self._behind_s, late_s)
+
+    def take_catch_up(self) -> float:
+        """The cut :meth:`catch_up` asked for (0 when none), taken once."""
+        with self._lock:
+            behind, self._behind_s = self._behind_s, 0.0
+        return behind
 
     def rejoined(self) -> None:
         """The node was welcomed again: the coordinator may have restarted from a checkpoint,

@@ -235,11 +235,15 @@ class NodeProtocol:
     ``report.malformed``, so one bad message never stops the node.
     """
 
-    def __init__(self, report: NodeReport | None = None):
+    def __init__(self, report: NodeReport | None = None,
+                 initial: Callable[[Welcome], np.ndarray | None] | None = None):
+        """``initial``: the node's model's parameters as the welcome's config and seed build
+        them (asked at the first welcome): the coordinator may name them by digest."""
         self.report = report if report is not None else NodeReport(node_id=None)
         self.welcome: Welcome | None = None
         #: The parameters this node holds, kept current from ``params`` messages (whole or deltas).
         self.held = ParamsDecoder()
+        self._initial = initial
         self.order = ParamsOrder()
         self.finished = False
         self._early: list[Message] = []
@@ -278,6 +282,8 @@ class NodeProtocol:
         welcome = Welcome.parse(msg)
         first = self.welcome is None
         self.welcome = welcome
+        if first and self._initial is not None:
+            self.held.initial = self._initial(welcome)
         self.report.node_id = welcome.node_id
         events: list[Event] = [Welcomed(welcome, first)]
         early, self._early = self._early, []

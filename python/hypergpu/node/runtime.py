@@ -27,6 +27,7 @@ from torch import nn
 from hypergpu import protocol
 from hypergpu.errors import HyperGPUError, TransportError
 from hypergpu.identity import NodeKey
+from hypergpu.model.layout import ParamLayout
 from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
@@ -90,7 +91,8 @@ class Node:
         self.model_factory = model_factory
         self.idle_timeout_s = idle_timeout_s
         self.report = NodeReport(node_id=None)
-        self.protocol = NodeProtocol(self.report)
+        self._model: nn.Module | None = None  # built at the first welcome, then the trainer's
+        self.protocol = NodeProtocol(self.report, initial=self._initial_params)
         self._pending: deque[Message] = deque()
         self.session = Session(
             join, token=token, name=name, transport=transport,
@@ -200,6 +202,9 @@ class Node:
             if event.ack.applied is None:
                 self.timeline.append(("acked", event.ack.round, now, now))
                 self.uploads.acked(event.ack.round, now)
+            if event.ack.late_s and self._trainer is not None and self._trainer.training.overlap:
+                # Late by its phase, not its pace: one shorter work puts the next update on time.
+                self._folder.catch_up(event.ack.late_s)
             self._undo(self.unsettled.acked(event.ack))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
@@ -238,17 +243,8 @@ class Node:
         if welcome.data_source is not None and self._reader is None:
             self._reader = reader_for(welcome.data_source, self.name)
         if self._trainer is None:
-            if self.seed is not None:
-                # Dropout draws from torch's global generator, which a fresh process seeds at
-                # random: without this, two runs with the same seeds train differently.
-                torch.manual_seed(self.seed)
-            input_shape, num_classes = welcome.model_io()
-            if self.model_factory is not None:
-                model = self.model_factory(input_shape, num_classes)
-            else:
-                model = build_model(welcome.training, input_shape, num_classes)
             self._trainer = LocalTrainer(
-                model,
+                self._model_for(welcome),
                 welcome.shards or None,
                 welcome.training,
                 task=task_for(welcome.task),  # type: ignore[arg-type]
@@ -262,6 +258,27 @@ class Node:
                 self.state.restore(self._trainer)
         elif welcome.shards:
             self._trainer.set_shard(welcome.shards)
+
+    def _model_for(self, welcome: Welcome) -> nn.Module:
+        """The node's model as the run's config and seed build it, built once."""
+        if self._model is None:
+            if self.seed is not None:
+                # Dropout draws from torch's global generator, which a fresh process seeds at
+                # random: without this, two runs with the same seeds train differently.
+                torch.manual_seed(self.seed)
+            input_shape, num_classes = welcome.model_io()
+            if self.model_factory is not None:
+                self._model = self.model_factory(input_shape, num_classes)
+            else:
+                self._model = build_model(welcome.training, input_shape, num_classes)
+        return self._model
+
+    def _initial_params(self, welcome: Welcome) -> np.ndarray | None:
+        """The parameters the node starts from before any come (untrained, or None once trained)."""
+        if self._trainer is not None:
+            return None
+        model = self._model_for(welcome)
+        return ParamLayout.from_model(model).flatten(model)
 
     async def _train(self, opened: RoundOpened) -> None:
         """Without overlap: fold the round's parameters in, train, send, then wait for the next."""

@@ -137,7 +137,9 @@ class LocalTrainer:
 
         ``late_after`` (with a ``folder``): this work's round. Once it has closed the update is
         late whatever it does: the work stops (after a step at least) and its steps go out, so the
-        node's next work starts with the others' instead of a round behind for good.
+        node's next work starts with the others' instead of a round behind for good. A cut the
+        folder asks for (:meth:`Folder.catch_up`: an earlier update came late) ends the work that
+        much sooner (see :func:`catch_up_steps`).
         """
         batch = self.training.batch_size if batch_size is None else batch_size
         steps = self._count_steps(steps, epochs, batch, accumulation, work)
@@ -146,13 +148,16 @@ class LocalTrainer:
         self.model.train()
         totals: dict[str, float] = dict.fromkeys(("forward_s", "backward_s", "step_s", "throttle_s"), 0.0)
         loss_sum, correct, seen, predictions, done, started = 0.0, 0, 0, 0, 0, time.perf_counter()
-        for step in range(steps):
-            if folder is not None and step > 0 and late_after is not None and folder.closed_seen >= late_after:
-                break
+        planned = steps
+        while done < steps:
+            if folder is not None and done > 0:
+                if late_after is not None and folder.closed_seen >= late_after:
+                    break
+                steps = catch_up_steps(steps, planned, done, time.perf_counter() - started, folder.take_catch_up())
             if folder is not None and folder.ready:
                 received += self._fold_in(folder)  # the start moves with the fold: the update stays the steps' own
             n = batch * accumulation
-            rows = work[step * n : (step + 1) * n] if work is not None else self._next_rows(n)
+            rows = work[done * n : (done + 1) * n] if work is not None else self._next_rows(n)
             timings, step_loss, step_correct, step_predictions = self._step(optimizer, rows, accumulation)
             totals["throttle_s"] += self._throttle(timings, step_loss)
             for key, value in timings.items():
@@ -313,6 +318,20 @@ class LocalTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+#: A catch-up cut takes one step more than the lateness it makes up: a margin for jitter.
+CATCH_UP_MARGIN_STEPS = 1
+
+
+def catch_up_steps(steps: int, planned: int, done: int, elapsed_s: float, late_s: float) -> int:
+    """The work's step count after a catch-up cut of ``late_s`` seconds, at the pace of the
+    ``done`` steps so far. It keeps half the ``planned`` work at least: a node whose link
+    cannot keep up at all is for the planner to slow down, not for its work to vanish."""
+    if late_s <= 0 or done <= 0:
+        return steps
+    cut = math.ceil(late_s / (elapsed_s / done)) + CATCH_UP_MARGIN_STEPS
+    return min(steps, max(steps - cut, math.ceil(planned / 2), done))
 
 
 def make_optimizer(training: TrainingConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:

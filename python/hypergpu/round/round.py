@@ -178,7 +178,8 @@ class Round:
             self._held[(msg.round, node_id)] = (update, meta.samples * weight, norm)
             if part is not None:
                 self._parts[(msg.round, node_id)] = part
-        return Ack(round=msg.round, accepted=True)
+        # This round opened as the late update's round closed: the time since is how late it is.
+        return Ack(round=msg.round, accepted=True, late_s=max(0.0, now - self.opened_at) if late else None)
 
     def _pieces(self) -> Pieces:
         assert self.pieces is not None  # a round without pieces has its running sum (``acc``)
