@@ -179,6 +179,9 @@ def overrides(size: dict[str, Any], tmp: Path, coordinator_ip: str) -> list[str]
         "coordinator.heartbeat_interval_s=2.0",
         f"adapt.min_batch={min(8, size['batch'])}",
         "rewards.enabled=false",
+        # Nor are updates scored for rewards by their held-out effect (11 forward passes of 32 blocks a
+        # round): like evaluation it is the coordinator's work, which here shares the nodes' 2 cores.
+        "rewards.effect_batch=0",
     ]
 
 

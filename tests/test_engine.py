@@ -64,7 +64,9 @@ def test_training_converges_and_accounts_for_every_node(tmp_path):
     assert sorted(by_id) == [0, 1, 2]
     for n in by_id.values():
         assert n["rounds_ok"] == 5 and n["updates_accepted"] == 5 and not n["refusals"]
-        assert n["bytes_sent"] > 5 * coord.model.layout.total * 4  # five parameter broadcasts
+        # Four parameter broadcasts: round 1's are the initial ones, which each node built itself.
+        raw = coord.model.layout.total * 4
+        assert 4 * raw < n["bytes_sent"] < 5 * raw
     assert summary.samples == sum(n["samples"] for n in by_id.values())
     assert [r.round for r in coord.history] == [1, 2, 3, 4, 5]
     assert all(r.applied for r in coord.history)

@@ -144,7 +144,10 @@ class DistributedOptimizer:
         me = hello(name=self.name, index=index, device=device.type, follows_work=False, payout=payout)
         session = Session(join, token=token, name=self.name, hello=me, key=NodeKey.of(key, self.name), shape=shape,
                           backoff=backoff, heartbeat_s=heartbeat_s, report=self.report, transport=transport)
-        self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0)
+        # The model as the user built it: when it is the coordinator's initial one (the same seed),
+        # round 1 names it by digest instead of sending it (read at the welcome, before any step).
+        self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0,
+                                    initial=lambda: self.layout.flatten(model))
         self._encoder = UpdateEncoder()
         self._closed = False
         self.round = 0
