@@ -88,18 +88,16 @@ class Coordinator:
         #: which samples each node trains on per round: shards follow the work
         self.work = WorkDealer(self.shards, config.training.seed, config.training.epochs,
                                mix=self.data.node_meta() is not None)
-        built = model is None
-        if model is None:
-            model = build_model(config.training, self.data.input_shape, self.data.num_classes)
-        self.model = ModelManager(model)
+        self.model = ModelManager(model if model is not None
+                                  else build_model(config.training, self.data.input_shape, self.data.num_classes))
         self.checkpoints = CheckpointManager.from_config(config)
         self.outcomes = Outcomes(self)  # what became of each update, told once a checkpoint holds it
         self.saver = CheckpointWriter(self.checkpoints, self.outcomes.written, self.events)  # behind the rounds
         self.life = secrets.token_hex(8)  # a node welcomed by another life knows its unapplied updates are lost
         self.registry = NodeRegistry(c.max_consecutive_failures)
-        #: What each node holds, so parameters can go down as compressed deltas.
-        # Built from the config and seed, the initial parameters are what nodes build too: named, not sent.
-        self.downlink = ParamsEncoder(self.model.flat_parameters() if built else None)
+        #: What each node holds, so parameters can go down as compressed deltas; the initial ones, built
+        #: from the config and seed, are what nodes build too: named by digest, not sent.
+        self.downlink = ParamsEncoder(self.model.flat_parameters() if model is None else None)
         self.members = Membership(self.registry, self.shards, self.events, on_new_link=self.downlink.forget,
                                   sections_for=self.data.shard_sections)
         self.members.max_nodes, self.members.settlement = c.max_nodes, functools.partial(settlement, self)

@@ -14,16 +14,14 @@
                 break
     opt.close()
 
-The wrapper keeps the node's link on a background thread running its own
-asyncio loop, so the user's loop stays synchronous. Construction connects,
-says hello, checks that the model's flat layout matches the coordinator's
-(:class:`~hypergpu.errors.ShapeMismatchError` otherwise) and waits for the
-first round's parameters, which it loads into the model. Each
-:meth:`DistributedOptimizer.step` runs the wrapped optimizer's step; after
-the round's ``local_steps`` of them it sends ``params_after -
-params_received`` (encoded with the codec the round assigned) and blocks
-until the next round's parameters arrive and are loaded: ``step()`` is where
-the round boundary happens.
+The wrapper keeps the node's link on a background thread running its own asyncio loop, so
+the user's loop stays synchronous. Construction connects, says hello, checks that the model's
+flat layout matches the coordinator's (:class:`~hypergpu.errors.ShapeMismatchError` otherwise)
+and waits for the first round's parameters (named by digest if the model holds them already),
+which it loads into the model. Each :meth:`DistributedOptimizer.step` runs the wrapped
+optimizer's step; after the round's ``local_steps`` of them it sends ``params_after -
+params_received`` (encoded with the codec the round assigned) and blocks until the next
+round's parameters arrive and are loaded: ``step()`` is where the round boundary happens.
 
 Data: the loop brings its own (the hello says ``follows_work=False``, so the
 coordinator names no samples for it). For an array dataset the welcome still
@@ -144,10 +142,8 @@ class DistributedOptimizer:
         me = hello(name=self.name, index=index, device=device.type, follows_work=False, payout=payout)
         session = Session(join, token=token, name=self.name, hello=me, key=NodeKey.of(key, self.name), shape=shape,
                           backoff=backoff, heartbeat_s=heartbeat_s, report=self.report, transport=transport)
-        # The model as the user built it: when it is the coordinator's initial one (the same seed),
-        # round 1 names it by digest instead of sending it (read at the welcome, before any step).
         self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0,
-                                    initial=lambda: self.layout.flatten(model))
+                                    initial=lambda: self.layout.flatten(model))  # round 1 may name it by digest
         self._encoder = UpdateEncoder()
         self._closed = False
         self.round = 0

@@ -21,14 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from hypergpu import protocol
 from hypergpu.errors import HyperGPUError, TransportError
 from hypergpu.identity import NodeKey
 from hypergpu.model.layout import ParamLayout
-from hypergpu.model.nets import build_model
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
 from hypergpu.node.protocol import (
@@ -50,7 +48,7 @@ from hypergpu.node.overlap import Folder, part_of
 from hypergpu.node.session import Backoff, Session
 from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
-from hypergpu.node.trainer import LocalTrainer, RoundResult
+from hypergpu.node.trainer import LocalTrainer, RoundResult, build_node_model
 from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape, TransportConfig
@@ -203,8 +201,7 @@ class Node:
                 self.timeline.append(("acked", event.ack.round, now, now))
                 self.uploads.acked(event.ack.round, now)
             if event.ack.late_s and self._trainer is not None and self._trainer.training.overlap:
-                # Late by its phase, not its pace: one shorter work puts the next update on time.
-                self._folder.catch_up(event.ack.late_s)
+                self._folder.catch_up(event.ack.late_s)  # late by its phase: one shorter work realigns it
             self._undo(self.unsettled.acked(event.ack))
         elif isinstance(event, ShardsChanged) and self._trainer is not None:
             self._trainer.set_shard(event.shards)
@@ -262,23 +259,13 @@ class Node:
     def _model_for(self, welcome: Welcome) -> nn.Module:
         """The node's model as the run's config and seed build it, built once."""
         if self._model is None:
-            if self.seed is not None:
-                # Dropout draws from torch's global generator, which a fresh process seeds at
-                # random: without this, two runs with the same seeds train differently.
-                torch.manual_seed(self.seed)
-            input_shape, num_classes = welcome.model_io()
-            if self.model_factory is not None:
-                self._model = self.model_factory(input_shape, num_classes)
-            else:
-                self._model = build_model(welcome.training, input_shape, num_classes)
+            self._model = build_node_model(welcome.training, *welcome.model_io(), self.model_factory, self.seed)
         return self._model
 
     def _initial_params(self, welcome: Welcome) -> np.ndarray | None:
-        """The parameters the node starts from before any come (untrained, or None once trained)."""
-        if self._trainer is not None:
-            return None
-        model = self._model_for(welcome)
-        return ParamLayout.from_model(model).flatten(model)
+        """Its parameters before any training (None once it trained): round 1 may name them by digest."""
+        model = None if self._trainer is not None else self._model_for(welcome)
+        return None if model is None else ParamLayout.from_model(model).flatten(model)
 
     async def _train(self, opened: RoundOpened) -> None:
         """Without overlap: fold the round's parameters in, train, send, then wait for the next."""

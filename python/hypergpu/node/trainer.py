@@ -27,6 +27,7 @@ from hypergpu.data.samples import ArraySamples, ShardSet
 from hypergpu.data.shards import Shard
 from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError
 from hypergpu.model.layout import ParamLayout
+from hypergpu.model.nets import build_model
 from hypergpu.model.task import Classification, Task
 from hypergpu.node.metrics import RollingMetrics
 from hypergpu.node.overlap import Folder
@@ -126,20 +127,15 @@ class LocalTrainer:
         ``folder`` instead (overlap, :mod:`hypergpu.node.overlap`) the round goes on from the model
         as it is, folding global parameters in between steps; the update is the steps' own.
 
-        ``work`` (rows of ``(shard, index)``) names the round's samples in
-        training order and sets the step count to cover them once. Else
-        ``steps`` optimizer steps, or ``epochs`` passes over the shard
-        (default: the config's ``local_steps``, or its ``epochs`` when that
-        is 0; an epoch is ``ceil(len(shard) / effective batch)`` steps).
-        Each step sees ``batch_size * accumulation`` samples in
-        ``accumulation`` micro-batches whose gradients are summed, so a
-        smaller per-step batch can keep the same effective batch.
+        ``work`` (rows of ``(shard, index)``) names the round's samples in training order and sets
+        the step count to cover them once. Else ``steps`` optimizer steps, or ``epochs`` passes over
+        the shard (default: the config's ``local_steps``, or its ``epochs`` when that is 0; an epoch
+        is ``ceil(len(shard) / effective batch)`` steps). Each step sees ``batch_size * accumulation``
+        samples in ``accumulation`` micro-batches whose gradients are summed.
 
-        ``late_after`` (with a ``folder``): this work's round. Once it has closed the update is
-        late whatever it does: the work stops (after a step at least) and its steps go out, so the
-        node's next work starts with the others' instead of a round behind for good. A cut the
-        folder asks for (:meth:`Folder.catch_up`: an earlier update came late) ends the work that
-        much sooner (see :func:`catch_up_steps`).
+        ``late_after`` (with a ``folder``): this work's round. Once it closed the update is late
+        whatever it does: the work stops (after a step) and its steps go out. A catch-up the folder
+        asks for (an earlier update came late) ends it sooner (:func:`catch_up_steps`).
         """
         batch = self.training.batch_size if batch_size is None else batch_size
         steps = self._count_steps(steps, epochs, batch, accumulation, work)
@@ -318,6 +314,19 @@ class LocalTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+def build_node_model(training: TrainingConfig, input_shape: Sequence[int], num_classes: int,
+                     factory: Callable[[tuple[int, ...], int], nn.Module] | None = None,
+                     seed: int | None = None) -> nn.Module:
+    """The model a node trains, as the run's config and seed build it (``factory``: the user's own)."""
+    if seed is not None:
+        # Dropout draws from torch's global generator, which a fresh process seeds at
+        # random: without this, two runs with the same seeds train differently.
+        torch.manual_seed(seed)
+    if factory is not None:
+        return factory(tuple(input_shape), num_classes)
+    return build_model(training, input_shape, num_classes)
 
 
 #: A catch-up cut takes one step more than the lateness it makes up: a margin for jitter.
