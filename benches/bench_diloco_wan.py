@@ -47,7 +47,9 @@ past the last round): each round's model is kept when the round closes and
 evaluated after the arm's clock stopped, its loss dated at that close. (In
 the loop, under (c)'s load, one evaluation took ~16 s of the 2 cores the ten
 nodes share and ~3 s under (b)'s, with subnormal floats kept; a coordinator
-on its own machine would not take that from the nodes.) An arm's time to the target is interpolated between
+on its own machine would not take that from the nodes.) Scoring each
+update's held-out effect, which serves rewards (off here), is off too
+(``rewards.effect_batch = 0``) for the same reason. An arm's time to the target is interpolated between
 the evaluation before the curve crossed it and the one after (HyperGPU
 arms evaluate once a round, minutes apart; the first evaluation at or
 below it is reported too). Speed-ups are ratios of times to that target

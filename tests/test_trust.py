@@ -239,8 +239,9 @@ async def _poisoner(join: str, token: str, index: int) -> None:
             return
         if msg.kind != "params":
             continue
-        params = np.array(msg.sections["params"], dtype=np.float32)  # the view dies with the frame
-        poison = np.full(size, 5.0, np.float32) if previous is None else -100.0 * (params - previous)
+        # Round 1 names the initial parameters by digest (it needs none to poison); then whole (raw).
+        params = None if "params_init" in msg.meta else np.array(msg.sections["params"], dtype=np.float32)
+        poison = np.full(size, 5.0, np.float32) if previous is None or params is None else -100.0 * (params - previous)
         previous = params
         a = Assignment.from_meta(msg.meta, 32)
         for claim in (10**15, a.local_steps * a.batch_size * a.accumulation):

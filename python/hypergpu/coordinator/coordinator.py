@@ -32,6 +32,7 @@ from hypergpu.coordinator.crashpoints import crash_point
 from hypergpu.coordinator.dispatch import Dealt, Dispatch, deal, resync
 from hypergpu.coordinator.effects import EffectScorer
 from hypergpu.coordinator.identity import join_strings, kept_identity
+from hypergpu.coordinator.intake import UpdateIntake
 from hypergpu.coordinator.membership import Membership
 from hypergpu.coordinator.admission import name_book, transport_config
 from hypergpu.coordinator.network_script import NetworkScript
@@ -48,7 +49,7 @@ from hypergpu.model.manager import ModelManager
 from hypergpu.model.nets import build_model
 from hypergpu.model.outer import OuterOptimizer, outer_optimizer_for
 from hypergpu.model.task import task_for
-from hypergpu.protocol import Ack, Message, WelcomeMeta
+from hypergpu.protocol import WelcomeMeta
 from hypergpu.round import LatePolicy, Planner, Round, RoundBook, RoundRecord
 from hypergpu.round import StaticPlanner
 from hypergpu.transport import Connection, Server
@@ -122,6 +123,7 @@ class Coordinator:
         self._ahead: dict[int, Dealt] = {}  # with overlap: the next round, dealt and sent before it opens
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dispatch = Dispatch(self.members, self.downlink, self.events, self._spawn)
+        self.intake = UpdateIntake(self)
         self.effects = EffectScorer(config, self.model, self.data.test, self.task, self.events)  # off the round's path
         self._progress, self._stop, self._running = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._running.set()
@@ -293,6 +295,7 @@ class Coordinator:
             self.dispatch.send_all(round_id, dealt, params, version, self.closed)
         if self.config.training.overlap:
             self.dispatch.send_ahead(round_id, dealt, ahead, fresh, params, version, self.closed)
+        await self.intake.round_opened()  # updates that came while the last round closed
         self._progress.clear()
         while not rnd.expire(now := time.perf_counter()) and not self._stop.is_set():
             self._progress.clear()
@@ -316,24 +319,6 @@ class Coordinator:
         self.outcomes.closed(record)
         await self.members.after_round(record)
         return record
-
-    async def _on_update(self, node: NodeInfo, msg: Message, size: int) -> None:
-        node.bytes_received += size
-        rnd = self._open
-        if rnd is None:  # before the first round
-            verdict = self.book.check(node.node_id, msg.round).verdict.value
-            ack = Ack(round=msg.round, accepted=False, reason=verdict)
-        else:
-            ack = rnd.accept(node.node_id, msg, size, time.perf_counter())
-        if ack.accepted:
-            self._progress.set()
-        elif ack.reason is not None:
-            node.refusals[ack.reason] += 1
-            self.refusals[ack.reason] += 1
-            if ack.detail:
-                self.events.publish("alert", level="warning", node=node.node_id, message=f"update refused: {ack.detail}")
-                log.warning("node %d: update for round %d refused: %s", node.node_id, msg.round, ack.detail)
-        await self.members.send(node.node_id, Message("ack", ack.as_meta(), round=msg.round))
 
     # --- connections ------------------------------------------------------------
 
@@ -378,7 +363,7 @@ class Coordinator:
                 continue
             self.registry.seen(node.node_id)
             if msg.kind == "update":
-                await self._on_update(node, msg, len(frame))
+                await self.intake.arrived(node, msg, len(frame))
             elif msg.kind == "heartbeat":
                 node.bytes_received += len(frame)
             elif msg.kind == "control":

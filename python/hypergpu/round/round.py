@@ -234,6 +234,11 @@ class Round:
 
     # --- closing ------------------------------------------------------------------
 
+    @property
+    def sealed(self) -> bool:
+        """Whether the round takes no more updates (it is closing, or closed)."""
+        return self._sealed
+
     def seal(self) -> None:
         """Take no more updates (the driver calls this on its own thread before :meth:`close`)."""
         if not self._sealed:
