@@ -61,14 +61,14 @@ class BackgroundLink:
     """Keeps ``session`` up on a background thread; hands rounds to the caller's thread."""
 
     def __init__(self, session: Session, layout: ParamLayout, *, idle_timeout_s: float = 600.0, seed: int = 0,
-                 initial: Callable[[], np.ndarray] | None = None):
+                 initial: Callable[[Welcome], np.ndarray | None] | None = None):
         """``initial``: the caller's model's parameters before any training (asked at the first welcome,
         while the caller waits for it): round 1 may name them by digest."""
         self.session = session
         self.layout = layout
         self.idle_timeout_s = idle_timeout_s
         self.seed = seed
-        self.protocol = NodeProtocol(session.report, initial=None if initial is None else lambda _welcome: initial())
+        self.protocol = NodeProtocol(session.report, initial=initial)
         session.on_message = self._handle
         self.welcome: Welcome | None = None
         self.shard_version = 0

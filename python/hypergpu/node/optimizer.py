@@ -143,7 +143,7 @@ class DistributedOptimizer:
         session = Session(join, token=token, name=self.name, hello=me, key=NodeKey.of(key, self.name), shape=shape,
                           backoff=backoff, heartbeat_s=heartbeat_s, report=self.report, transport=transport)
         self._link = BackgroundLink(session, self.layout, idle_timeout_s=idle_timeout_s, seed=seed or 0,
-                                    initial=lambda: self.layout.flatten(model))  # round 1 may name it by digest
+                                    initial=lambda _welcome: self.layout.flatten(model))  # round 1 may name it by digest
         self._encoder = UpdateEncoder()
         self._closed = False
         self.round = 0

@@ -263,9 +263,9 @@ class Node:
         return self._model
 
     def _initial_params(self, welcome: Welcome) -> np.ndarray | None:
-        """Its parameters before any training (None once it trained): round 1 may name them by digest."""
-        model = None if self._trainer is not None else self._model_for(welcome)
-        return None if model is None else ParamLayout.from_model(model).flatten(model)
+        """Its parameters before any training (asked at the first welcome): round 1 may name them by digest."""
+        model = self._model_for(welcome)
+        return ParamLayout.from_model(model).flatten(model)
 
     async def _train(self, opened: RoundOpened) -> None:
         """Without overlap: fold the round's parameters in, train, send, then wait for the next."""

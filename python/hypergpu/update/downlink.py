@@ -157,7 +157,6 @@ class ParamsEncoder:
         held.seq = seq
         return meta, {DELTA: np.frombuffer(encoded.payload, dtype=np.uint8)}
 
-
     def _is_initial(self, node_id: int, params: np.ndarray) -> bool:
         """Whether ``params`` are still the initial ones (the node can name them by digest)."""
         if self._initial is None or node_id in self._whole:
@@ -184,7 +183,7 @@ class ParamsDecoder:
                 raise ParamsOutOfSyncError("a message keeps the parameters held, and this node holds none")
             return self.params.copy()  # the state (and the next delta's base) stays as it is
         if INIT in meta:
-            return self._initial(meta)
+            return self._named_initial(meta)
         full = sections.get(FULL)
         if full is not None:
             self.params = np.array(full, dtype=np.float32, copy=True)
@@ -212,8 +211,8 @@ class ParamsDecoder:
         self.params, self.seq = held, meta.get("params_seq")
         return held.copy()
 
-
-    def _initial(self, meta: dict[str, Any]) -> np.ndarray:
+    def _named_initial(self, meta: dict[str, Any]) -> np.ndarray:
+        """The initial parameters a message names by digest: this node's own, if they match."""
         digest = meta[INIT]
         if self.initial is None:
             raise ParamsOutOfSyncError("the parameters are named by the initial ones' digest, and this node built none")
@@ -224,6 +223,7 @@ class ParamsDecoder:
             )
         self.params, self.seq, self.initial = self.initial, meta.get("params_seq"), None
         return self.params.copy()
+
 
 class ParamsOrder:
     """Node side: ``params`` messages in the order the coordinator framed them.
