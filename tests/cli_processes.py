@@ -43,13 +43,34 @@ def spawn(cmd: list[str], log: Path, *, token: str | None = None, key: Path | No
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_for(what: str, check: Callable[[], object], timeout_s: float = 300.0, poll_s: float = 0.05) -> None:
-    """Polls ``check`` until it is true; an ``AssertionError`` naming ``what`` after ``timeout_s``."""
+def wait_for(what: str, check: Callable[[], object], timeout_s: float = 300.0, poll_s: float = 0.05,
+             logs: Path | None = None) -> None:
+    """Polls ``check`` until it is true; an ``AssertionError`` naming ``what`` after ``timeout_s``
+    (with the last lines of each log in the folder ``logs``: what the processes were doing)."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + ("" if logs is None else log_tails(logs)))
         time.sleep(poll_s)
+
+
+def log_tails(folder: Path, lines: int = 12) -> str:
+    """The last ``lines`` lines of each ``*.log`` in ``folder``, each under its name."""
+    parts = []
+    for log in sorted(folder.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "".join(parts)
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """Kills those of ``procs`` still running and reaps each, so none outlives its test
+    (an unreaped child is a ``ResourceWarning`` in whichever test runs next)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait(timeout=60)
 
 
 def log_field(log: Path, prefix: str) -> str | None:

@@ -23,7 +23,7 @@ import pytest
 
 from hypergpu.model.checkpoint import CheckpointManager
 
-from cli_processes import free_port, hypergpu_cli, log_field, spawn, wait_for
+from cli_processes import free_port, hypergpu_cli, log_field, spawn, stop, wait_for
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -106,9 +106,7 @@ def _run(tmp: Path, crashes: list[str]) -> dict[str, object]:
         assert coordinator.wait(timeout=900) == 0
         codes = [n.wait(timeout=120) for n in nodes]
     finally:
-        for proc in (coordinator, *nodes):
-            if proc.poll() is None:
-                proc.kill()
+        stop(coordinator, *nodes)
     final = CheckpointManager(ckpt).latest()
     assert final is not None and final.round == ROUNDS
     reconnects = [(logs / f"node-{i}.log").read_text().count("link lost") for i in range(NODES)]

@@ -25,7 +25,7 @@ import pytest
 
 from hypergpu.model.checkpoint import CheckpointManager
 
-from cli_processes import free_port, log_field, spawn, wait_for
+from cli_processes import free_port, log_field, spawn, stop, wait_for
 from test_crash_exact import _hypergpu
 
 pytestmark = pytest.mark.timeout(900)
@@ -99,9 +99,7 @@ def test_a_user_loop_node_folds_back_what_a_killed_coordinator_lost(tmp_path: Pa
         assert coordinator.wait(timeout=600) == 0
         assert [n.wait(timeout=120) for n in nodes] == [0] * NODES  # the same processes, through both kills
     finally:
-        for proc in (coordinator, *nodes):
-            if proc.poll() is None:
-                proc.kill()
+        stop(coordinator, *nodes)
     final = CheckpointManager(ckpt).latest()
     assert final is not None and final.round == ROUNDS
     ledger = [tuple(e) for e in final.extra["book"]["ledger"]]

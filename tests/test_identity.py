@@ -89,6 +89,31 @@ def test_a_key_file_is_created_private_and_read_back(tmp_path: Path) -> None:
         NodeKey.load_or_create(bad)
 
 
+def test_nodes_starting_at_once_each_get_a_key_in_a_folder_none_had(tmp_path: Path) -> None:
+    # Nodes launched together share a key folder that does not exist yet: each creates it.
+    import threading
+
+    for trial in range(10):
+        folder = tmp_path / f"keys-{trial}"
+        start = threading.Barrier(8)
+        keys: dict[int, NodeKey | BaseException] = {}
+
+        def create(i: int) -> None:
+            start.wait()
+            try:
+                keys[i] = NodeKey.load_or_create(folder / f"node-{i}.key")
+            except BaseException as exc:  # noqa: BLE001 - what each thread met is checked below
+                keys[i] = exc
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(k, NodeKey) for k in keys.values()), keys
+        assert len({k.address for k in keys.values() if isinstance(k, NodeKey)}) == 8
+
+
 def test_the_default_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HYPERGPU_KEY_FILE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))

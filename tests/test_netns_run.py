@@ -24,7 +24,7 @@ from hypergpu.model.checkpoint import CheckpointManager
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benches"))
-from cli_processes import hypergpu_cli, log_field, spawn, wait_for  # noqa: E402
+from cli_processes import hypergpu_cli, log_field, spawn, stop, wait_for  # noqa: E402
 from netns_hosts import Host, Link, NetnsUnavailable, Topology, hosts, why_unavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.netns, pytest.mark.slow]
@@ -103,9 +103,7 @@ def test_a_run_across_five_namespaces_joins_by_the_advertised_address(topology: 
         assert coordinator.wait(timeout=600) == 0
         codes = [n.wait(timeout=120) for n in nodes]
     finally:
-        for proc in (coordinator, *nodes):
-            if proc.poll() is None:
-                proc.kill()
+        stop(coordinator, *nodes)
     # bound to 0.0.0.0, the join string names the advertised address, which the nodes used
     assert join.startswith(f"quic://{topology.hosts[0].ip}:{PORT}#")
     assert codes == [0, 0, 0, 0]
@@ -129,24 +127,23 @@ def test_a_node_partitioned_for_30_s_rejoins_and_trains(topology: Topology, tmp_
     # Rounds close at their deadline without the cut-off node (quorum: one of two).
     coordinator, nodes, _ = _start(topology, tmp_path, rounds=100_000,
                                    extra="quorum = 0.5\nround_timeout_s = 4.0\nmax_consecutive_failures = 1000")
-    ckpt, cut = tmp_path / "ckpt", topology.hosts[2]  # node 1's host
+    ckpt, logs, cut = tmp_path / "ckpt", tmp_path / "logs", topology.hosts[2]  # node 1's host
     try:
-        wait_for("round 3", lambda: any(r >= 3 for r, _, _ in _ledger(ckpt)), 300)
+        wait_for("round 3", lambda: any(r >= 3 for r, _, _ in _ledger(ckpt)), 300, logs=logs)
         _partition(cut, True)
         cut_at = max(r for r, _, _ in _ledger(ckpt))
         time.sleep(30.0)
         _partition(cut, False)
         healed = time.monotonic()
         healed_at = max(r for r, _, _ in _ledger(ckpt))
-        wait_for("node 1 to train again", lambda: any(n == 1 and r > healed_at for r, n, _ in _ledger(ckpt)), 300)
+        wait_for("node 1 to train again", lambda: any(n == 1 and r > healed_at for r, n, _ in _ledger(ckpt)), 300,
+                 logs=logs)
         rejoin_s = time.monotonic() - healed
         coordinator.send_signal(signal.SIGTERM)  # finish the round, checkpoint, say bye
         assert coordinator.wait(timeout=120) == 0
         codes = [n.wait(timeout=120) for n in nodes]
     finally:
-        for proc in (coordinator, *nodes):
-            if proc.poll() is None:
-                proc.kill()
+        stop(coordinator, *nodes)
     ledger = _ledger(ckpt)
     during = {r for r, n, _ in ledger if n == 1 and cut_at + 1 < r <= healed_at}
     assert not during, f"node 1 was applied while cut off: rounds {sorted(during)}"

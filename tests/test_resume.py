@@ -13,7 +13,7 @@ import pytest
 
 from hypergpu.coordinator.identity import join_strings, kept_identity
 
-from cli_processes import free_port, hypergpu_cli, log_field, spawn, wait_for
+from cli_processes import free_port, hypergpu_cli, log_field, spawn, stop, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,9 +91,7 @@ enabled = false
         assert coordinator.wait(timeout=240) == 0
         codes = [n.wait(timeout=60) for n in nodes]
     finally:
-        for proc in (coordinator, *nodes):
-            if proc.poll() is None:
-                proc.kill()
+        stop(coordinator, *nodes)
     out = (logs / "coordinator-2.log").read_text()
     print(f"killed after round >= 4, resumed from round {resumed_from}; first round after the restart "
           f"{rejoin_s:.1f} s after the kill")

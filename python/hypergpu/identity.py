@@ -141,8 +141,8 @@ class NodeKey:
     def _create(path: Path) -> None:
         """Writes a new key to ``path``: whole (written aside, then linked into place) and never
         over another one (two nodes starting at once end up with the same key, the first one)."""
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True, mode=0o700)
+        # exist_ok: two nodes sharing a key folder may both find it missing and create it at once
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
