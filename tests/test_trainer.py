@@ -209,3 +209,23 @@ def test_the_cpu_trainer_flushes_subnormal_floats_as_configured(digits):
         trainer = LocalTrainer(lambda: build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu")
         trainer.train_round(trainer.layout.flatten(trainer.model), steps=1, batch_size=8)
         assert ((subnormal * 1.0).item() == 0.0) is flush
+
+
+def test_the_warm_up_pays_for_what_the_first_optimizer_imports() -> None:
+    # In a fresh process: once warmed up, building the run's optimizer (inside the first
+    # round's clock) loads no module it had not loaded before joining.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from hypergpu.config.schema import TrainingConfig\n"
+            "from hypergpu.node.trainer import make_optimizer, warm_up_torch\n"
+            "before = set(sys.modules)\n"
+            "warm_up_torch()\n"
+            "warmed = set(sys.modules)\n"
+            "for name in ('adamw', 'adam', 'sgd'):\n"
+            "    make_optimizer(TrainingConfig(optimizer=name), [torch.nn.Parameter(torch.zeros(2))])\n"
+            "print(len(warmed - before), len(set(sys.modules) - warmed))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    loaded_by_warm_up, loaded_after = map(int, out.stdout.split())
+    assert loaded_by_warm_up > 0 and loaded_after == 0, out.stdout

@@ -29,26 +29,14 @@ from hypergpu.identity import NodeKey
 from hypergpu.model.layout import ParamLayout
 from hypergpu.model.task import task_for
 from hypergpu.node.data import ShardReader, ensure_shards, reader_for
-from hypergpu.node.protocol import (
-    Acked,
-    Ended,
-    Event,
-    NodeProtocol,
-    NodeReport,
-    Reply,
-    Reshape,
-    RoundOpened,
-    ShardsChanged,
-    Welcome,
-    Welcomed,
-    hello,
-)
+from hypergpu.node.protocol import (Acked, Ended, Event, NodeProtocol, NodeReport, Reply, Reshape, RoundOpened,
+                                    ShardsChanged, Welcome, Welcomed, hello)
 from hypergpu.node.metrics import UploadMeter
 from hypergpu.node.overlap import Folder, part_of
 from hypergpu.node.session import Backoff, Session
 from hypergpu.node.settle import Undo, Unsettled
 from hypergpu.node.state import NodeState
-from hypergpu.node.trainer import LocalTrainer, RoundResult, build_node_model
+from hypergpu.node.trainer import LocalTrainer, RoundResult, build_node_model, warm_up_torch
 from hypergpu.node.update_encoder import UpdateEncoder
 from hypergpu.protocol import Message, UpdateMeta
 from hypergpu.transport import LinkShape, TransportConfig
@@ -126,6 +114,7 @@ class Node:
 
     async def run(self) -> NodeReport:
         session = self.session
+        await asyncio.to_thread(warm_up_torch)  # before joining: its first round starts on time
         await session.connect()
         heartbeat = asyncio.ensure_future(session.heartbeats())
         try:

@@ -343,6 +343,17 @@ def catch_up_steps(steps: int, planned: int, done: int, elapsed_s: float, late_s
     return min(steps, max(steps - cut, math.ceil(planned / 2), done))
 
 
+def warm_up_torch() -> None:
+    """Pays torch's one-time costs before a node joins a run: the first optimizer a process
+    builds imports torch's compiler stack (over a second on one core; seen as 7.5 s of a
+    node's first round when ten nodes shared two cores), which would otherwise hold up the
+    node's first round."""
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param])
+    param.grad = torch.ones(1)
+    optimizer.step()
+
+
 def make_optimizer(training: TrainingConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer the config names."""
     if training.optimizer == "sgd":
