@@ -58,6 +58,34 @@ def test_node_copy_matches_the_mirror_bit_for_bit_and_never_drifts(codec: str) -
     assert max(sizes) < (0.55 if codec == "fp16" else 0.3) * 4 * 10_000
 
 
+def test_nodes_that_hold_the_same_share_one_encoding_and_each_still_matches_bit_for_bit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Encoding a delta is the coordinator's per-round work for every node: nodes that hold the
+    # same parameters and are sent the same ones with the same codec cost one encoding.
+    encoded: list[str] = []
+    real = Codec.encode
+    monkeypatch.setattr(Codec, "encode", lambda self, x: encoded.append(self.name) or real(self, x))
+    encoder = ParamsEncoder()
+    decoders = {n: ParamsDecoder() for n in range(5)}
+    codecs = {0: "int8", 1: "int8", 2: "int8", 3: "fp16", 4: "int8"}
+    for r, params in enumerate(_training_like(6, 5_000)):
+        encoded.clear()
+        if r == 3:
+            encoder.forget(4)  # node 4 lost its state: it goes its own way from zeros
+        for n, decoder in decoders.items():
+            held = decoder.apply(*encoder.parts(n, params, Codec(codecs[n])))
+            assert np.array_equal(held, encoder._held[n].params)
+        # nodes 0-2 share each round's int8 delta; fp16 node 3 has its own; node 4 shares
+        # until it is forgotten, then encodes on its own
+        assert sorted(encoded) == (["fp16", "int8"] if r < 3 else ["fp16", "int8", "int8"]), (r, encoded)
+        assert encoder._held[0].mirror is encoder._held[2].mirror is not encoder._held[3].mirror
+    # parameters that are a new array (even if equal) are encoded anew: only the same object is shared
+    encoded.clear()
+    encoder.parts(0, params.copy(), Codec("int8"))
+    encoder.parts(1, params.copy(), Codec("int8"))
+    assert encoded == ["int8", "int8"]
+
+
 def test_a_message_that_keeps_the_parameters_carries_none_and_the_next_delta_still_applies() -> None:
     encoder, decoder = ParamsEncoder(), ParamsDecoder()
     first, second = _training_like(2, 1000)

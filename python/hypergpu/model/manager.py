@@ -102,13 +102,16 @@ class ModelManager:
         self._history: OrderedDict[int, np.ndarray] = OrderedDict()
         self._history_len = max(1, history)
         self._flat = self.layout.flatten(model)
-        self._hash = params_hash(self._flat)
+        self._hash: str | None = None  # of _flat, hashed when first asked for (not on every outer step)
         self._remember()
 
     # --- parameters ---------------------------------------------------------
 
     @property
     def hash(self) -> str:
+        """sha256 of the parameters (:func:`params_hash`)."""
+        if self._hash is None:
+            self._hash = params_hash(self._flat)
         return self._hash
 
     def flat_parameters(self) -> np.ndarray:
@@ -239,7 +242,7 @@ class ModelManager:
     def _install(self, flat: np.ndarray, version: int) -> None:
         self.layout.load_into(self.model, flat)
         self._flat = flat.copy()
-        self._hash = params_hash(self._flat)
+        self._hash = None
         self.version = int(version)
         self._remember()
 
@@ -250,7 +253,7 @@ class ModelManager:
             self._history.popitem(last=False)
 
     def _meta(self, kind: PackageKind) -> dict[str, str]:
-        return {"kind": kind, "version": str(self.version), "hash": self._hash, "layout": self.layout.digest}
+        return {"kind": kind, "version": str(self.version), "hash": self.hash, "layout": self.layout.digest}
 
     def _as_vector(self, x: np.ndarray, what: str) -> np.ndarray:
         if isinstance(x, torch.Tensor):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,10 +59,39 @@ NOTHING = 0  # the base of a delta taken against zeros; "after" of a first messa
 MAX_HELD = 4  # messages a node holds for an earlier one still on its way
 
 
+class _Mirror:
+    """Parameters exactly as a node holds them (float32, bit for bit), shared by every node that
+    holds the same: nodes sent the same parameters with the same codec from the same mirror
+    reach the same next one, so its delta is encoded once a round, not once a node."""
+
+    def __init__(self, params: np.ndarray):
+        self.params = params  # never changed in place: other nodes may hold it
+        #: per codec, the step last taken from here: toward which parameters (weakly: a past
+        #: round's are not kept alive by this), the mirror it reached and the delta's payload
+        self._next: dict[tuple[str, bool], tuple[weakref.ref[np.ndarray], _Mirror, bytes]] = {}
+
+    def step(self, params: np.ndarray, codec: Codec) -> tuple[_Mirror, bytes]:
+        """The mirror ``codec``'s delta toward ``params`` leads to, and that delta's payload."""
+        key = (codec.name, codec.zstd)
+        taken = self._next.get(key)
+        if taken is not None and taken[0]() is params:
+            return taken[1], taken[2]
+        encoded = codec.encode(params - self.params)  # may refuse (CodecError)
+        # Exactly what the node will add: the mirror stays bit-identical to its copy.
+        reached = _Mirror(self.params + encoded.decode())
+        self._next[key] = (weakref.ref(params), reached, encoded.payload)
+        return reached, encoded.payload
+
+
 @dataclass
 class _Held:
-    seq: int
-    params: np.ndarray  # float32, bit for bit what the node holds
+    seq: int  # of the message that brought the node to ``mirror``
+    mirror: _Mirror
+
+    @property
+    def params(self) -> np.ndarray:
+        """What the node holds (read only: the mirror may be shared)."""
+        return self.mirror.params
 
 
 def params_digest(params: np.ndarray) -> str:
@@ -80,11 +110,12 @@ class ParamsEncoder:
         self._held: dict[int, _Held] = {}
         self._last: dict[int, int] = {}  # per node, the seq of the last message framed for it
         self._seq = itertools.count(1)
-        self._initial: np.ndarray | None = None
+        self._initial: _Mirror | None = None
         self._digest: str | None = None
         if initial is not None:
-            self._initial = np.array(initial, dtype=np.float32, copy=True)
-            self._digest = params_digest(self._initial)
+            self._initial = _Mirror(np.array(initial, dtype=np.float32, copy=True))
+            self._digest = params_digest(self._initial.params)
+        self._nothing: _Mirror | None = None  # zeros: what a node whose state is unknown holds
         self._whole: set[int] = set()  # nodes whose own initial parameters did not match
 
     def forget(self, node_id: int, *, resync: bool = False) -> None:
@@ -139,29 +170,32 @@ class ParamsEncoder:
             if codec.name == "raw":
                 self._held.pop(node_id, None)
             else:
-                self._held[node_id] = _Held(order["params_seq"], self._initial.copy())
+                self._held[node_id] = _Held(order["params_seq"], self._initial)
             return {**order, INIT: self._digest}, {}
         if codec.name == "raw":
             self._held.pop(node_id, None)
             return self._order(node_id), {FULL: params}
         held = self._held.get(node_id)
         if held is None or held.params.shape != params.shape:
-            held = self._held[node_id] = _Held(NOTHING, np.zeros(params.shape, dtype=np.float32))
-        encoded = codec.encode(params - held.params)  # may refuse (CodecError): then no seq was taken
-        # Exactly what the node will add: the mirror stays bit-identical to its copy.
-        held.params += encoded.decode()
+            held = self._held[node_id] = _Held(NOTHING, self._zeros(params.shape))
+        held.mirror, payload = held.mirror.step(params, codec)  # may refuse (CodecError): then no seq was taken
         order = self._order(node_id)
-        seq = order["params_seq"]
         meta = {**order, "params_base": held.seq, "params_numel": int(params.size),
                 "params_codec": codec.name, "params_zstd": codec.zstd}
-        held.seq = seq
-        return meta, {DELTA: np.frombuffer(encoded.payload, dtype=np.uint8)}
+        held.seq = order["params_seq"]
+        return meta, {DELTA: np.frombuffer(payload, dtype=np.uint8)}
+
+    def _zeros(self, shape: tuple[int, ...]) -> _Mirror:
+        """The mirror of a node that holds nothing (one, shared, per shape)."""
+        if self._nothing is None or self._nothing.params.shape != shape:
+            self._nothing = _Mirror(np.zeros(shape, dtype=np.float32))
+        return self._nothing
 
     def _is_initial(self, node_id: int, params: np.ndarray) -> bool:
         """Whether ``params`` are still the initial ones (the node can name them by digest)."""
         if self._initial is None or node_id in self._whole:
             return False
-        if params.shape != self._initial.shape or not np.array_equal(params, self._initial):
+        if params.shape != self._initial.params.shape or not np.array_equal(params, self._initial.params):
             self._initial = self._digest = None  # trained past them: they never come back
             return False
         return True
