@@ -5,6 +5,8 @@ whole vector again (over the real transport, with a real coordinator)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,15 @@ def test_nodes_that_hold_the_same_share_one_encoding_and_each_still_matches_bit_
     encoder = ParamsEncoder()
     decoders = {n: ParamsDecoder() for n in range(5)}
     codecs = {0: "int8", 1: "int8", 2: "int8", 3: "fp16", 4: "int8"}
+    first_mirror = None
     for r, params in enumerate(_training_like(6, 5_000)):
+        if r == 1:
+            first_mirror = weakref.ref(encoder._held[0].mirror)
         encoded.clear()
         if r == 3:
+            # a mirror no node holds any more is freed: the steps between them keep no chain alive
+            gc.collect()
+            assert first_mirror is not None and first_mirror() is None
             encoder.forget(4)  # node 4 lost its state: it goes its own way from zeros
         for n, decoder in decoders.items():
             held = decoder.apply(*encoder.parts(n, params, Codec(codecs[n])))

@@ -66,20 +66,21 @@ class _Mirror:
 
     def __init__(self, params: np.ndarray):
         self.params = params  # never changed in place: other nodes may hold it
-        #: per codec, the step last taken from here: toward which parameters (weakly: a past
-        #: round's are not kept alive by this), the mirror it reached and the delta's payload
-        self._next: dict[tuple[str, bool], tuple[weakref.ref[np.ndarray], _Mirror, bytes]] = {}
+        #: per codec, the step last taken from here: toward which parameters, the mirror it
+        #: reached and the delta's payload. Both weakly: a past round's parameters are not kept
+        #: alive by this, nor mirrors no node holds any more (a chain of them would never end).
+        self._next: dict[tuple[str, bool], tuple[weakref.ref[np.ndarray], weakref.ref[_Mirror], bytes]] = {}
 
     def step(self, params: np.ndarray, codec: Codec) -> tuple[_Mirror, bytes]:
         """The mirror ``codec``'s delta toward ``params`` leads to, and that delta's payload."""
         key = (codec.name, codec.zstd)
         taken = self._next.get(key)
-        if taken is not None and taken[0]() is params:
-            return taken[1], taken[2]
+        if taken is not None and taken[0]() is params and (reached := taken[1]()) is not None:
+            return reached, taken[2]
         encoded = codec.encode(params - self.params)  # may refuse (CodecError)
         # Exactly what the node will add: the mirror stays bit-identical to its copy.
         reached = _Mirror(self.params + encoded.decode())
-        self._next[key] = (weakref.ref(params), reached, encoded.payload)
+        self._next[key] = (weakref.ref(params), weakref.ref(reached), encoded.payload)
         return reached, encoded.payload
 
 
