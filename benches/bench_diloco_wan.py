@@ -146,9 +146,9 @@ NODE_LEAVE_S = 30.0
 #: Every process on a node host (HyperGPU nodes, DDP ranks) runs at this lower CPU priority
 #: than the coordinator: its host is its own machine in the setting the issue names, but here
 #: it shares the 2 cores with ten training processes. At equal priority it got ~a sixth of a
-#: core, and (c)'s round close (aggregating ten updates, the outer step, encoding the next
-#: parameters), ~2 s of CPU, took ~10 s while the nodes trained on. (b)'s nodes sit idle while
-#: its rounds close, and DDP has no coordinator: their figures do not depend on it.
+#: core, and (c)'s round close and next sends (aggregating ten updates, the outer step, encoding
+#: the next parameters: ~2 s of CPU a round) ran at that share while the nodes trained on.
+#: (b)'s nodes sit idle while its rounds close, and DDP has no coordinator.
 NODE_NICE = ("nice", "-n", "10")
 pytestmark = pytest.mark.timeout(6000)  # the direct size runs over an hour
 PYTHONPATH = os.pathsep.join(p for p in (str(HERE.parent / "python"), os.environ.get("PYTHONPATH")) if p)
