@@ -58,7 +58,7 @@ from hypergpu.model.nets import build_model  # noqa: E402
 from hypergpu.model.outer import outer_optimizer_for  # noqa: E402
 from hypergpu.model.task import LanguageModel  # noqa: E402
 from hypergpu.node.overlap import Folder  # noqa: E402
-from hypergpu.node.trainer import make_optimizer  # noqa: E402
+from hypergpu.node.trainer import autocast, make_optimizer  # noqa: E402
 from hypergpu.update.codec import encode  # noqa: E402
 
 pytestmark = pytest.mark.timeout(3600)
@@ -81,7 +81,7 @@ class SimNode:
         info = data.manager.shards[index % len(data.manager.shards)]
         self.windows = TokenWindows(np.asarray(data.corpus.tokens[info.start:info.stop]), data.block_size)
         self.rng = np.random.default_rng(1000 + index)  # the same batches in every arm
-        self.batch, self.task = cfg.training.batch_size, task
+        self.batch, self.task, self.training = cfg.training.batch_size, task, cfg.training
         self.folder = Folder()
         self.folder.arrive(start, 0, 0)
         self.local = self.folder.fold(start)
@@ -93,7 +93,9 @@ class SimNode:
         self.manager.layout.load_into(self.model, before)
         for _ in range(k):
             x, y = self.windows.batch(self.rng.integers(0, len(self.windows), size=self.batch))
-            self.task.loss(self.model(x), y).backward()
+            with autocast(self.training, torch.device("cpu")):
+                out = self.model(x)
+            self.task.loss(out.float(), y).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.local = self.manager.layout.flatten(self.model)

@@ -10,7 +10,7 @@ import torch
 
 from hypergpu.config import load_config
 from hypergpu.data import load_digits, partition, split_train_test
-from hypergpu.errors import DataError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+from hypergpu.errors import ConfigError, DataError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
 from hypergpu.model import ModelManager, build_model
 from hypergpu.node.metrics import RollingMetrics
 from hypergpu.node.trainer import LocalTrainer
@@ -229,3 +229,39 @@ def test_the_warm_up_pays_for_what_the_first_optimizer_imports() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     loaded_by_warm_up, loaded_after = map(int, out.stdout.split())
     assert loaded_by_warm_up > 0 and loaded_after == 0, out.stdout
+
+
+def test_bf16_precision_runs_the_forward_in_bf16_and_keeps_every_update_float32(digits):
+    """``training.precision = "bf16"``: the layers compute in bfloat16 under autocast, while the
+    parameters, the optimizer's moments and the update stay float32, and it learns as fp32 does."""
+    train, _ = digits
+    shard = partition(train, 4, seed=0)[0]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _mlp(f"training.precision={precision}")
+        torch.manual_seed(0)
+        trainer = LocalTrainer(build_model(cfg.training, (1, 8, 8), 10), shard, cfg.training, device="cpu", seed=0)
+        seen: list[torch.dtype] = []
+        first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+        first.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        start = trainer.layout.flatten(trainer.model)
+        update, _, _ = trainer.train_round(start, steps=40, batch_size=16)
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert update.dtype == np.float32 and np.isfinite(update).all() and np.abs(update).max() > 0
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert trainer.optimizer is not None
+        moments = [t for s in trainer.optimizer.state.values() for t in s.values() if t.dim() > 0]
+        assert moments and all(t.dtype == torch.float32 for t in moments)
+        manager = ModelManager(build_model(cfg.training, (1, 8, 8), 10))
+        losses[precision] = []
+        for flat in (start, start + update):
+            manager.set_flat(flat)
+            losses[precision].append(manager.evaluate(shard.as_dataset()).loss)
+    print("loss on the shard before and after 40 steps, fp32 and bf16:", losses)
+    (before, fp32), (_, bf16) = losses["fp32"], losses["bf16"]
+    assert bf16 < 0.5 * before and abs(bf16 - fp32) < 0.1 * fp32
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ConfigError, match="precision"):
+        _mlp("training.precision=fp8")

@@ -28,6 +28,7 @@ from hypergpu.config.tracking import TrackingConfig
 ModelKind = Literal["mlp", "cnn", "resnet", "gpt", "custom"]
 TaskKind = Literal["auto", "classification", "lm"]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
+Precision = Literal["fp32", "bf16"]
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "stdlib", "text", "tokens"]
 LatePolicy = Literal["drop", "stale-weighted"]
 
@@ -93,6 +94,8 @@ class TrainingConfig(_Section):
         default_factory=lambda: [128, 64], min_length=1, description="MLP hidden layer widths"
     )
     optimizer: OptimizerKind = "adam"
+    precision: Precision = Field("fp32", description="the built-in nodes' forward pass: bf16 runs it under "
+                                 "torch.autocast (parameters, gradients, optimizer state, updates stay float32)")
     lr: float = Field(1e-3, gt=0, le=10, description="learning rate of the local optimizer")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, le=1)
@@ -115,11 +118,8 @@ class TrainingConfig(_Section):
     )
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="the Nesterov outer optimizer's momentum")
     outer_momentum_warmup: bool = Field(
-        False, description="the Nesterov momentum warms up: the k-th outer step uses min(outer_momentum, 1 - 1/k) "
-        "(0, 0.5, 0.67, ... the full momentum from the tenth step), so the first rounds' large, fast-changing "
-        "pseudo-gradients are not carried on for rounds; false: the full momentum from the first step "
-        "(DiLoCo's published recipe)",
-    )
+        False, description="the k-th outer step's momentum is min(outer_momentum, 1 - 1/k) (0, 0.5, 0.67, ...); "
+        "false: the full momentum from the first step (DiLoCo's published recipe)")
     fragments: int = Field(
         1, ge=1, le=64, description="Streaming DiLoCo: the parameters cut into this many fragments at tensor "
         "boundaries; round r syncs fragment (r-1) mod fragments, so each link's peak bytes per round drop by ~this "
