@@ -325,6 +325,7 @@ class AdaptivePlanner:
         asked = record.participants
         for n, late in record.late.items():  # a node that missed a round delivered after all
             self.outstanding.pop(n, None)
+            self.selector.delivered(n, late.round)
             self.monitor.observe_upload(n, late.upload_s, late.upload_bytes)
         # What the old settings would give, from the link as measured before this
         # round: the exchange under judgement must not vouch for itself.
@@ -352,7 +353,7 @@ class AdaptivePlanner:
         own = {n: w for n, w in hurt.items() if (t := self.trials.get(n)) and t.round == round_id and t.heavier}
         pardon = {**{n: "on settings chosen before its link was measured" for n in hurt if n in blind},
                   **{n: "under settings the planner just made heavier" for n in own}}
-        for n, what in self.selector.judge(round_id, asked, answers, pardon).items():
+        for n, what in self.selector.judge(round_id, asked, answers, pardon, late_counts=self.overlap).items():
             self._decide(round_id, n, "standing", None, self.selector.state(n).standing.value, what)
         self._check_trials(round_id, answers, would, own)
 

@@ -13,7 +13,10 @@ only. On top of the strategy:
   a number of rounds, doubled on each repeat; a node that hurt a round
   only because of the planner's settings (a change that asked more of its
   link, or any before its link was measured: a first download of the whole
-  model on a slow link) takes no strike;
+  model on a slow link) takes no strike; with overlap (``late_counts``) a
+  node that missed a round is judged a round later, on whether its update
+  came late after all (it then counts, stale-weighted, and the round did not
+  wait past its grace for it): only one that never came is struck;
 - probation: after quarantine a node takes part again but on probation;
   a clean run of rounds returns it to full standing, another strike sends
   it back to quarantine;
@@ -92,6 +95,8 @@ class NodeSelector:
         self.exclusions: deque[dict[str, Any]] = deque(maxlen=history)
         #: Nodes in the last round only because of the fairness bound.
         self.forced: set[int] = set()
+        #: With late updates counting: node -> the round it missed, judged once the next round closes.
+        self.owed: dict[int, int] = {}
 
     def state(self, node_id: int) -> NodeStanding:
         return self.standing.setdefault(node_id, NodeStanding())
@@ -171,16 +176,25 @@ class NodeSelector:
                 hurt[node_id] = f"took {took:.1f} s, {took / median:.1f}x the median"
         return hurt
 
+    def delivered(self, node_id: int, round_id: int) -> None:
+        """``node_id``'s update for ``round_id`` came after that round closed, and counted."""
+        if self.owed.get(node_id) == round_id:
+            del self.owed[node_id]
+
     def judge(self, round_id: int, asked: list[int], answers: dict[int, NodeAnswer],
-              pardoned: Mapping[int, str] | None = None) -> dict[int, str]:
+              pardoned: Mapping[int, str] | None = None, *, late_counts: bool = False) -> dict[int, str]:
         """Strikes, quarantines and probation outcomes after a round; returns what changed.
 
         A node in ``pardoned`` (with why) hurt the round through no fault of its own (the
         planner's settings for it asked more of its link than it gave, or were chosen before
-        the link was measured): neither a strike nor a clean round."""
+        the link was measured): neither a strike nor a clean round. ``late_counts`` (overlap):
+        a node that did not answer is owed a verdict, given when the next round closes unless
+        its update came late in between (:meth:`delivered`)."""
         pardoned = pardoned or {}
-        r = self.rules
         changes: dict[int, str] = {}
+        for node_id, missed in [(n, m) for n, m in self.owed.items() if m < round_id]:
+            del self.owed[node_id]
+            changes[node_id] = self._strike(round_id, node_id, f"did not answer round {missed}, nor late")
         hurts = self.hurt(asked, answers)
         for node_id in asked:
             st = self.state(node_id)
@@ -191,20 +205,28 @@ class NodeSelector:
             hurt = hurts.get(node_id)
             if hurt is None:
                 st.clean_rounds += 1
-                if st.standing is Standing.PROBATION and st.clean_rounds >= r.probation_rounds:
+                if st.standing is Standing.PROBATION and st.clean_rounds >= self.rules.probation_rounds:
                     st.standing, st.strikes = Standing.ACTIVE, 0
                     changes[node_id] = "probation passed: back to full standing"
                 continue
             if node_id in pardoned:
-                changes[node_id] = f"no strike: {hurt} {pardoned[node_id]}"
-                continue
-            st.strikes += 1
-            st.clean_rounds = 0
-            if st.standing is Standing.PROBATION or st.strikes >= r.strikes_to_quarantine:
-                length = r.quarantine_rounds * 2**st.quarantines
-                st.quarantines += 1
-                st.standing, st.strikes, st.until_round = Standing.QUARANTINED, 0, round_id + length
-                changes[node_id] = f"quarantined for {length} rounds: {hurt}"
+                said = f"no strike: {hurt} {pardoned[node_id]}"
+            elif late_counts and answer is None:
+                self.owed[node_id] = round_id
+                said = f"no strike yet: {hurt} (its update still counts if it comes late)"
             else:
-                changes[node_id] = f"strike {st.strikes}: {hurt}"
+                said = self._strike(round_id, node_id, hurt)
+            changes[node_id] = f"{changes[node_id]}; {said}" if node_id in changes else said
         return changes
+
+    def _strike(self, round_id: int, node_id: int, hurt: str) -> str:
+        """One strike for ``node_id``; enough of them (or one on probation) quarantine it."""
+        r, st = self.rules, self.state(node_id)
+        st.strikes += 1
+        st.clean_rounds = 0
+        if st.standing is Standing.PROBATION or st.strikes >= r.strikes_to_quarantine:
+            length = r.quarantine_rounds * 2**st.quarantines
+            st.quarantines += 1
+            st.standing, st.strikes, st.until_round = Standing.QUARANTINED, 0, round_id + length
+            return f"quarantined for {length} rounds: {hurt}"
+        return f"strike {st.strikes}: {hurt}"
