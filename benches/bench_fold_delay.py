@@ -25,7 +25,7 @@ held-out loss after each round differs only by the fold and the codec.
 Reported per arm: the held-out loss after each round, and its gap to the
 synchronous fp16 arm (the plain recipe) after each round. Nothing is
 asserted on the figures. Measured with ``FULL`` (10 nodes, H 20, 4 rounds;
-26 minutes, beside another job): held-out loss after rounds 1-4 synchronous
+26 minutes, beside another job; in fp32, before the WAN config trained in bf16): held-out loss after rounds 1-4 synchronous
 fp16 3.1215, 3.0043, 2.9698, 2.9298; the fold 10 steps in 3.1215, 3.0772,
 2.9826, 2.9397 (+0.073 after round 2: over half a round of progress); 4 steps
 in 3.1215, 3.0166, 2.9653, 2.9309 (+0.012, then even); synchronous int4
