@@ -58,7 +58,7 @@ from hypergpu.model.nets import build_model  # noqa: E402
 from hypergpu.model.outer import outer_optimizer_for  # noqa: E402
 from hypergpu.model.task import LanguageModel  # noqa: E402
 from hypergpu.node.overlap import Folder  # noqa: E402
-from hypergpu.node.trainer import autocast, make_optimizer  # noqa: E402
+from hypergpu.node.trainer import forward, make_optimizer  # noqa: E402
 from hypergpu.update.codec import encode  # noqa: E402
 
 pytestmark = pytest.mark.timeout(3600)
@@ -93,9 +93,7 @@ class SimNode:
         self.manager.layout.load_into(self.model, before)
         for _ in range(k):
             x, y = self.windows.batch(self.rng.integers(0, len(self.windows), size=self.batch))
-            with autocast(self.training, torch.device("cpu")):
-                out = self.model(x)
-            self.task.loss(out.float(), y).backward()
+            self.task.loss(forward(self.model, x, self.training), y).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.local = self.manager.layout.flatten(self.model)

@@ -46,7 +46,7 @@ from hypergpu.data.run_data import CorpusRunData, prepare_run_data
 from hypergpu.data.token_shards import TokenWindows
 from hypergpu.model.nets import build_model
 from hypergpu.model.task import LanguageModel
-from hypergpu.node.trainer import autocast, make_optimizer
+from hypergpu.node.trainer import forward, make_optimizer
 
 
 def _dev_bytes(dev: str) -> tuple[int, int]:
@@ -102,9 +102,7 @@ def replay(spec_path: str) -> None:
     step = 0
     while step < int(spec["max_steps"]) and evals[-1]["loss"] > target:
         x, y = st.batch(step, 0, st.global_batch)
-        with autocast(st.cfg.training, torch.device("cpu")):  # the precision the nodes train in
-            out = st.model(x)
-        st.task.loss(out.float(), y).backward()
+        st.task.loss(forward(st.model, x, st.cfg.training), y).backward()  # in the nodes' precision
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -159,9 +157,7 @@ def main(spec_path: str, rank: int) -> None:
             break
         t0 = time.perf_counter()
         x, y = st.batch(step, rank * per_rank, (rank + 1) * per_rank)
-        with autocast(st.cfg.training, torch.device("cpu")):
-            out = ddp(x)
-        loss = task.loss(out.float(), y)
+        loss = task.loss(forward(ddp, x, st.cfg.training), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -83,7 +83,7 @@ def test_the_base_package_trains_without_any_extra(tmp_path: Path) -> None:
     assert done.returncode == 0, out
     assert "rounds 2" in out
     # The blocker did hide them (web3 is installed here): the same process cannot see it.
-    probe = subprocess.run([sys.executable, "-c", "import importlib.util, web3"], env=bare_env(tmp_path),
+    probe = subprocess.run([sys.executable, "-c", "import web3"], env=bare_env(tmp_path),
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'web3'" in probe.stderr, probe.stderr
 
