@@ -1,23 +1,32 @@
 """Overlap and DiLoCo on a language model over kernel-shaped links (issue 14, benchmark).
 
 Hosts are network namespaces this bench creates (``netns_hosts``): the
-coordinator's host unshaped, ten node hosts whose links the kernel shapes
-(tc tbf for bandwidth both ways, nftables random drop for loss) at
-3 x 100 Mbit/s, 4 x 20, 2 x 5 and 1 x 2 Mbit/s with 2 % loss. The same GPT
-(6.29M parameters in ``FULL``: one raw float32 update is 25.2 MB, 10.1 s at
-20 Mbit/s) trains on the standard library's source in three arms, one after
-the other over the same hosts, each from the same seeded initial model and
+coordinator's host unshaped and, twice over, ten node hosts whose links the
+kernel shapes (tc tbf for bandwidth both ways, nftables random drop for loss)
+at 3 x 100 Mbit/s, 4 x 20, 2 x 5 and 1 x 2 Mbit/s with 2 % loss: one set for
+the HyperGPU arms, which run one after the other over it, and one for DDP,
+which runs alongside them. The same GPT (6.29M parameters in ``FULL``: one
+raw float32 update is 25.2 MB, 10.1 s at 20 Mbit/s) trains on the standard
+library's source in three arms, each from the same seeded initial model and
 in the same precision (``training.precision = "bf16"``: the forward pass
 under bf16 autocast, float32 parameters, optimizer state and updates; on
 this machine's CPU a step of ``FULL``'s GPT takes 0.31 s against fp32's 0.49 s):
 
-(a) ``ddp``: synchronous data parallel, torch DDP over gloo, one rank per node
-    host (``benches/ddp_worker.py``; the TCP store on rank 0, node host 0,
-    100 Mbit/s), the same global batch per step (``batch`` blocks per node),
-    AdamW at the same rate; stopped at a time budget (at least
-    ``ddp_min_steps`` steps) or the token budget. No added latency: the
-    kernel here has no netem and gloo runs over plain TCP, so this arm gets
-    a ~0 ms round trip where the others get 100 ms (in its favour).
+(a) ``ddp``: synchronous data parallel, torch DDP over gloo, one rank per
+    host of its own set (``benches/ddp_worker.py``; the TCP store on rank
+    0's host, 100 Mbit/s), the same global batch per step (``batch`` blocks
+    per node), AdamW at the same rate. It starts with the bench and trains
+    until its clock passes ``DDP_FACTOR`` x (c)'s time to the target (at
+    (c)'s first evaluation at or below it), which the bench tells it once
+    (c) is done (at least ``ddp_min_steps`` steps; at most the token
+    budget): if it has not reached the target by then, its clock alone
+    bounds (c)'s speed-up over it from below. A step in flight when the
+    clock passes the budget is cut off (it would have ended later). No added
+    latency: the kernel here has no netem and gloo runs over plain TCP, so
+    this arm gets a ~0 ms round trip where the others get 100 ms (in its
+    favour). Its ranks spend their steps waiting on the 2 Mbit/s link; the
+    CPU they take from the HyperGPU arms is measured and reported
+    (``ddp_cpu_s``, ``ddp_mean_cores_used``).
 (b) ``diloco``: HyperGPU, the plain peer recipe: ``adapt.enabled = false``,
     every node every round with the same H (``local_steps``) and fp16 both
     ways, no overlap (the round waits for everyone; Nesterov outer step).
@@ -59,9 +68,9 @@ below it is reported too). Speed-ups are ratios of times to that target
 within this run; an arm that never reached it counts with its whole training time (the
 speed-up over it is then a lower bound).
 
-DDP cannot take more than a step or two of this GPT within the bench's
-time (each step all-reduces the whole gradient over the 2 Mbit/s link):
-after the three arms, its steps are replayed in one process without the
+DDP takes only a few steps of this GPT within its budget (each step
+all-reduces the whole gradient over the 2 Mbit/s link): once (c) is done,
+while DDP finishes, its steps are replayed in one process without the
 links (``ddp_worker.py SPEC replay``: the same initial model, the same
 global batches in the same order, the same AdamW; the mean of the ranks'
 gradients is the gradient of the global batch), evaluating after every
@@ -77,17 +86,15 @@ coordinator's payload counts), per-node compute utilisation, H and codecs
 (c) chose. Nothing is asserted on times: the figures go to ``extra_info``
 and a table is printed.
 
-Sizes: ``FULL`` (benchmark enabled; estimated at ~26 minutes on an idle
-2-core machine: DDP one step of ~250 s, each HyperGPU arm ~480 s of training, the DDP replay ~3-7 min,
-~40 s of start-up per arm), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts
-and links, a 1.4M-parameter GPT and shorter budgets; 15-16 minutes measured
-with the machine's load average near 20), ``DIRECT``
-(``HYPERGPU_WAN_SIZE=direct``: ``FULL`` with (a) run last, for 11 x (c)'s
-time to the target, so (a)'s measured budget alone bounds the speed-up over
-it; 79 minutes measured, past the issue's 30), and ``SMOKE`` (under
+Sizes: ``FULL`` (benchmark enabled; ~25 minutes on an idle 2-core machine:
+each HyperGPU arm ~480 s of training and ~40 s of start-up, DDP ~10 x
+(c)'s ~130 s to the target in steps of ~230 s, the replay within DDP's
+last minutes), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts and
+links, a 1.4M-parameter GPT and shorter budgets), and ``SMOKE`` (under
 ``--benchmark-disable``: three node hosts of 100, 20 and 2 Mbit/s with 2 %
-loss, a tiny GPT, two rounds per HyperGPU arm and three DDP steps, still in
-real namespaces; skipped with the reason where they cannot be made).
+loss, twice, a tiny GPT, two rounds per HyperGPU arm and DDP's token
+budget of steps, still in real namespaces; skipped with the reason where
+they cannot be made).
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,7 +118,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import netns_hosts  # noqa: E402
-from netns_hosts import Host, Link, Topology  # noqa: E402
+from netns_hosts import Host, Link  # noqa: E402
 
 MBIT = 1_000_000
 WAN_LINKS = ([Link(100 * MBIT)] * 3 + [Link(20 * MBIT)] * 4 + [Link(5 * MBIT)] * 2
@@ -119,27 +127,25 @@ SMOKE_LINKS = [Link(100 * MBIT), Link(20 * MBIT), Link(2 * MBIT, loss=0.02)]
 
 FULL: dict[str, Any] = dict(
     name="full", links=WAN_LINKS, layers=5, embd=320, heads=4, block=128, batch=8, local_steps=20,
-    eval_samples=128, ddp_budget_s=300, ddp_min_steps=1, ddp_eval_every=1, arm_budget_s=480, rounds=1000,
+    eval_samples=128, ddp_min_steps=1, ddp_eval_every=1, arm_budget_s=480, rounds=1000,
     token_budget=12_000_000, target=2.95,
 )
 MID: dict[str, Any] = dict(
     name="mid", links=WAN_LINKS, layers=3, embd=192, heads=4, block=128, batch=8, local_steps=20,
-    eval_samples=128, ddp_budget_s=100, ddp_min_steps=2, ddp_eval_every=1, arm_budget_s=240, rounds=1000,
+    eval_samples=128, ddp_min_steps=2, ddp_eval_every=1, arm_budget_s=240, rounds=1000,
     token_budget=6_000_000, target=None,
 )
 SMOKE: dict[str, Any] = dict(
     name="smoke", links=SMOKE_LINKS, layers=1, embd=32, heads=2, block=32, batch=8, local_steps=3,
-    eval_samples=16, ddp_budget_s=2, ddp_min_steps=3, ddp_eval_every=3, arm_budget_s=60, rounds=2,
+    eval_samples=16, ddp_min_steps=3, ddp_eval_every=3, arm_budget_s=60, rounds=2,
     token_budget=20_000, target=None,
 )
-#: ``FULL`` with (a) measured directly: it runs after the HyperGPU arms, for ``ddp_factor`` x (c)'s
-#: time to the target (at its first evaluation at or below it; one DDP step over it, since DDP stops
-#: before a step that would pass its budget), so its budget alone bounds (c)'s speed-up over it.
-#: Over an hour in all: past the 30 minutes the issue sizes the bench for, run on demand.
-DIRECT: dict[str, Any] = {**FULL, "name": "direct", "ddp_factor": 11.0}
-SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE, "direct": DIRECT}
+SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE}
 
 ARM_NAMES = ("ddp", "diloco", "adaptive")
+#: (a) trains for this many times (c)'s time to the target (at its first evaluation at or below
+#: it): if it has not got there by then, its clock alone shows (c) this many times faster.
+DDP_FACTOR = 10.0
 #: The DDP replay runs until the target or this many times (c)'s training time in DDP steps:
 #: enough to tell whether (c) is 10x faster (the issue's target).
 REPLAY_FACTOR = 12.0
@@ -153,7 +159,7 @@ NODE_LEAVE_S = 30.0
 #: the next parameters: ~2 s of CPU a round) ran at that share while the nodes trained on.
 #: (b)'s nodes sit idle while its rounds close, and DDP has no coordinator.
 NODE_NICE = ("nice", "-n", "10")
-pytestmark = pytest.mark.timeout(6000)  # the direct size runs over an hour
+pytestmark = pytest.mark.timeout(3600)
 PYTHONPATH = os.pathsep.join(p for p in (str(HERE.parent / "python"), os.environ.get("PYTHONPATH")) if p)
 
 
@@ -329,8 +335,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], wait_s: float) -> list[int | Non
     return codes
 
 
-def run_hypergpu_arm(arm: str, topo: Topology, size: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    coord_host, node_hosts = topo.hosts[0], topo.hosts[1:]
+def run_hypergpu_arm(arm: str, coord_host: Host, node_hosts: list[Host], size: dict[str, Any],
+                     tmp: Path) -> dict[str, Any]:
     work = tmp / arm
     work.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(18)
@@ -386,57 +392,115 @@ def run_hypergpu_arm(arm: str, topo: Topology, size: dict[str, Any], tmp: Path) 
     return out
 
 
-def run_ddp_arm(topo: Topology, size: dict[str, Any], tmp: Path, tokens_per_step: int,
-                budget_s: float | None = None) -> dict[str, Any]:
-    budget_s = float(size["ddp_budget_s"]) if budget_s is None else budget_s
-    node_hosts = topo.hosts[1:]
-    work = tmp / "ddp"
-    work.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "overrides": overrides(size, tmp, topo.hosts[0].ip), "world": len(node_hosts),
-        "master": f"{node_hosts[0].ip}:{DDP_PORT}", "budget_s": budget_s,
-        "min_steps": size["ddp_min_steps"], "max_steps": max(1, size["token_budget"] // tokens_per_step),
-        "eval_every": size["ddp_eval_every"], "out_dir": str(work), "threads": 1,
-    }
-    (work / "spec.json").write_text(json.dumps(spec))
-    t0 = time.perf_counter()
-    procs = []
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) the live process ``pid`` has used."""
     try:
-        for r, host in enumerate(node_hosts):
-            with open(work / f"rank-{r}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    host.exec(*NODE_NICE, sys.executable, str(HERE / "ddp_worker.py"), str(work / "spec.json"), str(r)),
-                    env=_env(GLOO_SOCKET_IFNAME=host.dev, OMP_NUM_THREADS="1"), stdout=log,
-                    stderr=subprocess.STDOUT))
-        # The budget binds from the first step on; a step started within it may finish after it.
-        limit = 300 + 3 * budget_s
-        codes = _stop(procs, limit)
-    finally:
-        _stop(procs, 0.1)
-    if any(c != 0 for c in codes):
-        raise RuntimeError(f"ddp: ranks exited {codes}:\n{_tail(work / 'rank-0.log')}")
-    ranks = [json.loads((work / f"rank-{r}.json").read_text()) for r in range(len(node_hosts))]
-    out = dict(ranks[0])
-    out["link_bytes"] = [{"received": r["bytes_received"], "sent": r["bytes_sent"]} for r in ranks]
-    out["budget_s"] = budget_s
-    out["arm_wall_s"] = time.perf_counter() - t0
-    return out
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+class DdpArm:
+    """(a) on its own ten hosts, shaped as the HyperGPU arms' are, alongside them: started first,
+    told its budget once (c)'s time to the target is known (``ddp_budget``), stopped when its
+    clock passes it. Its ranks mostly wait on the links; the CPU they use is sampled each second
+    (``cpu_s``) and reported."""
+
+    def __init__(self, hosts: list[Host], size: dict[str, Any], tmp: Path, tokens_per_step: int) -> None:
+        self.hosts, self.work = hosts, tmp / "ddp"
+        self.work.mkdir(parents=True, exist_ok=True)
+        for stale in ("budget", "rank-0.json"):
+            (self.work / stale).unlink(missing_ok=True)
+        spec = {
+            "overrides": overrides(size, tmp, hosts[0].ip), "world": len(hosts),
+            "master": f"{hosts[0].ip}:{DDP_PORT}", "budget_file": str(self.work / "budget"), "timeout_s": 7200,
+            "min_steps": size["ddp_min_steps"], "max_steps": max(1, size["token_budget"] // tokens_per_step),
+            "eval_every": size["ddp_eval_every"], "out_dir": str(self.work), "threads": 1,
+        }
+        (self.work / "spec.json").write_text(json.dumps(spec))
+        self.before = [_ns_bytes(h) for h in hosts]
+        self.t0 = time.perf_counter()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for r, host in enumerate(hosts):
+            with open(self.work / f"rank-{r}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    host.exec(*NODE_NICE, sys.executable, str(HERE / "ddp_worker.py"), str(self.work / "spec.json"),
+                              str(r)),
+                    env=_env(GLOO_SOCKET_IFNAME=host.dev, OMP_NUM_THREADS="1"), stdout=log, stderr=subprocess.STDOUT))
+        self.cpu = [0.0] * len(hosts)
+        self.done = threading.Event()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(1.0):
+            for r, p in enumerate(self.procs):
+                used = _cpu_s(p.pid) if p.poll() is None else None
+                self.cpu[r] = max(self.cpu[r], used or 0.0)
+
+    def progress(self) -> dict[str, Any] | None:
+        """Rank 0's figures so far (None: none written yet)."""
+        path = self.work / "rank-0.json"
+        return dict(json.loads(path.read_text())) if path.exists() else None
+
+    def _check(self) -> None:
+        failed = [(r, c) for r, p in enumerate(self.procs) if (c := p.poll()) is not None and c != 0]
+        if failed:
+            r = failed[0][0]
+            raise RuntimeError(f"ddp: ranks exited {failed}:\n{_tail(self.work / f'rank-{r}.log')}")
+
+    def s_per_step(self) -> float:
+        """DDP's mean seconds per step so far, once it has taken one."""
+        while not (p := self.progress()) or not p["step_s"]:
+            self._check()
+            if time.perf_counter() - self.t0 > 3600:
+                raise RuntimeError(f"ddp: no step in an hour:\n{_tail(self.work / 'rank-0.log')}")
+            time.sleep(1.0)
+        return statistics.fmean(p["step_s"])
+
+    def set_budget(self, budget_s: float) -> None:
+        """Rank 0 reads it before each step and while one runs."""
+        self.budget_s = budget_s
+        (self.work / "budget").write_text(str(budget_s))
+
+    def finish(self) -> dict[str, Any]:
+        """Waits for rank 0 to stop at its budget (or the token budget), then stops the others."""
+        budget_s, rank0 = self.budget_s, self.procs[0]
+        deadline = time.perf_counter() + budget_s + 1800  # past the budget: a step's length at most, and more
+        while rank0.poll() is None:
+            self._check()
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"ddp: not done {budget_s + 1800:.0f} s on:\n{_tail(self.work / 'rank-0.log')}")
+            time.sleep(0.5)
+        out = self.progress()
+        if rank0.returncode != 0 or out is None:
+            raise RuntimeError(f"ddp: rank 0 exited {rank0.returncode}:\n{_tail(self.work / 'rank-0.log')}")
+        after = [_ns_bytes(h) for h in self.hosts]
+        time.sleep(1.5)  # a last CPU sample of the ranks still waiting on rank 0
+        self.stop()
+        out["exit_codes"] = [p.returncode for p in self.procs]
+        out["link_bytes"] = [{"received": a[0] - b[0], "sent": a[1] - b[1]} for a, b in zip(after, self.before)]
+        out["budget_s"] = budget_s
+        out["arm_wall_s"] = time.perf_counter() - self.t0
+        out["cpu_s"] = sum(self.cpu[1:]) + max(self.cpu[0], out["cpu_s"])
+        return out
+
+    def stop(self) -> None:
+        self.done.set()
+        _stop(self.procs, 0.1)
+
+
+def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, Any]],
+                   s_per_step: float) -> dict[str, Any]:
     """DDP's steps taken again in one process without the links (``ddp_worker.py SPEC replay``),
     from the same initial model on the same batches, until the target loss or ``REPLAY_FACTOR``
-    times (c)'s training time in DDP's measured steps: how many steps DDP needs."""
-    ddp = arms["ddp"]
-    if not ddp["step_s"]:
-        return None
+    times (c)'s training time in DDP's measured steps (``s_per_step``): how many steps DDP needs."""
     target, _ = target_of(size, arm_curves(arms))
-    s_per_step = statistics.fmean(ddp["step_s"])
     budget = REPLAY_FACTOR * arms["adaptive"]["rounds"][-1]["t_s"]
     work = tmp / "ddp"
     spec = json.loads((work / "spec.json").read_text())
-    spec.update(target=target, max_steps=max(ddp["steps"], math.ceil(budget / s_per_step)),
-                eval_every=1, threads=os.cpu_count() or 1)
+    spec.update(target=target, max_steps=math.ceil(budget / s_per_step), eval_every=1, threads=os.cpu_count() or 1)
     (work / "replay-spec.json").write_text(json.dumps(spec))
     with open(work / "replay.log", "wb") as log:
         code = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(work / "replay-spec.json"), "replay"],
@@ -560,14 +624,13 @@ def untrained(arms: dict[str, dict[str, Any]]) -> tuple[int, float] | None:
     return next(((e["tokens"], e["loss"]) for e in evals if e["step"] == 0), None)
 
 
-def direct_ddp_budget(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> float:
-    """(a)'s budget when it runs after the HyperGPU arms (``ddp_factor``): that many times (c)'s
-    time to the target at its first evaluation at or below it (the target is one of the losses
-    both HyperGPU arms reached, so (c) has reached it)."""
+def ddp_budget(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> float:
+    """(a)'s budget: ``DDP_FACTOR`` times (c)'s time to the target at its first evaluation at or
+    below it (the target is one of the losses both HyperGPU arms reached, so (c) has reached it)."""
     curves = arm_curves(arms)
     t_c = time_to(curves["adaptive"], target_of(size, curves)[0], between=False)
     assert t_c is not None
-    return float(size["ddp_factor"]) * t_c
+    return DDP_FACTOR * t_c
 
 
 def target_of(size: dict[str, Any], curves: dict[str, list[tuple[int, float, float]]]) -> tuple[float, str]:
@@ -673,7 +736,10 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         "adaptive_loss_at_ddp_tokens": at_ddp["adaptive"],
         "adaptive_gap_vs_ddp_at_ddp_tokens": (at_ddp["adaptive"] / ddp_final - 1) if at_ddp["adaptive"] else None,
         "ddp_budget_s": ddp["budget_s"],
-        "ddp_ran_after_hypergpu_arms": size.get("ddp_factor") is not None,
+        "ddp_stopped_by_budget": ddp["stopped_by_budget"],
+        # (a) ran alongside (b) and (c) on hosts of its own: the CPU its ranks took from the 2 cores
+        "ddp_cpu_s": ddp["cpu_s"],
+        "ddp_mean_cores_used": ddp["cpu_s"] / ddp["arm_wall_s"],
         "ddp_steps": ddp["steps"],
         "ddp_s_per_step": s_per_step,
         # Not measured: DDP's measured seconds per step times the steps holding the tokens (c)
@@ -748,26 +814,29 @@ def run_all(size: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from hypergpu.config import load_config
     from hypergpu.data.run_data import prepare_run_data
 
-    links = [Link(), *size["links"]]  # host 0: the coordinator, unshaped
+    n = len(size["links"])
+    # Host 0: the coordinator's, unshaped; then the HyperGPU arms' node hosts; then DDP's, shaped alike.
+    links = [Link(), *size["links"], *size["links"]]
     with netns_hosts.hosts(links) as topo:
         missing = netns_hosts.reachable(topo)
         if missing:
             raise RuntimeError(f"hosts unreachable from the coordinator's: {missing}")
+        coord, node_hosts, ddp_hosts = topo.hosts[0], topo.hosts[1:n + 1], topo.hosts[n + 1:]
         # Prepare (and cache) the corpus once, off every arm's clock.
-        prepare_run_data(load_config(None, overrides(size, tmp, topo.hosts[0].ip)))
-        tokens_per_step = info_tokens_per_step(size)
-        arms: dict[str, dict[str, Any]] = {}
-        direct = size.get("ddp_factor") is not None
-        if not direct:
-            arms["ddp"] = run_ddp_arm(topo, size, tmp, tokens_per_step)
-        arms["diloco"] = run_hypergpu_arm("diloco", topo, size, tmp)
-        arms["adaptive"] = run_hypergpu_arm("adaptive", topo, size, tmp)
-        if direct:
-            arms = {"ddp": run_ddp_arm(topo, size, tmp, tokens_per_step, direct_ddp_budget(size, arms)), **arms}
+        prepare_run_data(load_config(None, overrides(size, tmp, coord.ip)))
+        ddp = DdpArm(ddp_hosts, size, tmp, info_tokens_per_step(size))
+        try:
+            arms: dict[str, dict[str, Any]] = {}
+            arms["diloco"] = run_hypergpu_arm("diloco", coord, node_hosts, size, tmp)
+            arms["adaptive"] = run_hypergpu_arm("adaptive", coord, node_hosts, size, tmp)
+            ddp.set_budget(ddp_budget(size, arms))
+            # Off the links, while DDP finishes: the replay's CPU only slows DDP's compute, which
+            # is a sliver of its steps.
+            arms["ddp_replay"] = run_ddp_replay(size, tmp, arms, ddp.s_per_step())
+            arms["ddp"] = ddp.finish()
+        finally:
+            ddp.stop()
         drops = topo.dropped()
-    replay = run_ddp_replay(size, tmp, arms)  # no network: after the hosts are gone
-    if replay is not None:
-        arms["ddp_replay"] = replay
     info = figures(size, arms)
     info["kernel_loss_drops"] = sum(drops.values())
     info["round_log"] = {name: round_log(arms[name]) for name in ("diloco", "adaptive")}
@@ -807,22 +876,23 @@ def test_overlap_and_diloco_against_ddp_on_kernel_shaped_links(benchmark, tmp_pa
     assert all(c == 0 for c in out.get("node_exit_codes", []) if c is not None)
 
 
-def test_direct_size_gives_ddp_its_factor_times_adaptive_time_to_target() -> None:
-    """Without DDP's start point: with no target fixed, (b) bottoms out at 2.9, so that is the target;
-    (c) first evaluates at or below it at 150 s, and DDP's budget is 11 x that. With the size's fixed
-    2.95, which both reached, (c) got there at 100 s."""
+def test_ddp_budget_is_its_factor_times_adaptive_time_to_target() -> None:
+    """With no target fixed, (b) bottoms out at 2.9, so that is the target; (c) first evaluates
+    at or below it at 150 s, and DDP's budget is DDP_FACTOR x that. With FULL's fixed 2.95, which
+    both reached, (c) got there at 100 s."""
     arms = {"diloco": {"rounds": [{"test_loss": 3.2, "t_s": 100.0, "tokens": 1},
                                   {"test_loss": 2.9, "t_s": 400.0, "tokens": 2}]},
             "adaptive": {"rounds": [{"test_loss": 3.0, "t_s": 50.0, "tokens": 1},
                                     {"test_loss": 2.95, "t_s": 100.0, "tokens": 2},
                                     {"test_loss": 2.85, "t_s": 150.0, "tokens": 3}]}}
-    assert direct_ddp_budget({**DIRECT, "target": None}, arms) == 11.0 * 150.0
-    assert DIRECT["target"] == 2.95 and direct_ddp_budget(DIRECT, arms) == 11.0 * 100.0
+    assert DDP_FACTOR == 10.0
+    assert ddp_budget({**FULL, "target": None}, arms) == 10.0 * 150.0
+    assert FULL["target"] == 2.95 and ddp_budget(FULL, arms) == 10.0 * 100.0
     arms["adaptive"]["rounds"] = arms["adaptive"]["rounds"][:2]  # (c) short of 2.9: the target is its 2.95
-    assert direct_ddp_budget(DIRECT, arms) == 11.0 * 100.0
+    assert ddp_budget(FULL, arms) == 10.0 * 100.0
     arms["adaptive"]["rounds"] = []
     with pytest.raises(ValueError):  # (c) evaluated nothing: there is no target to time
-        direct_ddp_budget(DIRECT, arms)
+        ddp_budget(FULL, arms)
 
 
 def test_adaptive_against_ddp_replay_at_equal_tokens() -> None:

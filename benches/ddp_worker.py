@@ -4,19 +4,25 @@ Run by the bench as ``ip netns exec <host> python benches/ddp_worker.py SPEC RAN
 with ``GLOO_SOCKET_IFNAME`` set to the host's interface. ``SPEC`` (JSON) holds
 the HyperGPU config overrides (the same GPT, optimizer, data and held-out
 blocks as the HyperGPU arms), the world size, the store's address (rank 0's
-host), the time budget, the fewest and most steps, how often rank 0
-evaluates, and where each rank writes its figures (``out_dir/rank-<r>.json``).
+host), the fewest and most steps, how often rank 0 evaluates, where rank 0
+writes its figures (``out_dir/rank-0.json``, after every step and at the
+end) and the file the bench writes the time budget to once it knows it
+(``budget_file``: seconds of DDP's clock).
 
 Every step trains the global batch (``training.batch_size`` blocks per rank,
 world x that in all) drawn from one seeded permutation of the training blocks,
 rank r taking its slice; DDP averages the gradients (its buckets all-reduce
-during the backward pass) and each rank takes the same AdamW step. Rank 0
-decides before each step whether another one starts: always below
-``min_steps``; else only while ``elapsed + the last step's time`` stays within
-the budget, and never beyond ``max_steps`` (the token budget). The decision is
-broadcast, so every rank stops at the same step. Rank 0's evaluations are off
-the clock (the other ranks wait for it, and that wait is not counted):
-``elapsed`` is training time only, which favours this arm.
+during the backward pass) and each rank takes the same AdamW step. DDP's clock
+runs from the first barrier, less rank 0's evaluations (the other ranks wait
+for them, and that wait is not counted, which favours this arm). Rank 0 starts
+another step always below ``min_steps``, else while the clock is short of the
+budget (none yet: no limit), and never beyond ``max_steps`` (the token budget).
+The decision is broadcast, so every rank stops at the same step. Once the
+clock passes the budget within a step (and ``min_steps`` are done), rank 0
+writes its figures with ``train_s`` the clock then and exits: the step in
+flight would have ended later, so DDP's time to any loss its last evaluated
+step did not reach is more than ``train_s``. The bench then stops the other
+ranks.
 
 ``python benches/ddp_worker.py SPEC replay`` takes the same steps in one
 process with no network: the whole global batch (every rank's slice) per
@@ -33,6 +39,7 @@ import datetime
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,14 +56,25 @@ from hypergpu.model.task import LanguageModel
 from hypergpu.node.trainer import forward, make_optimizer
 
 
-def _dev_bytes(dev: str) -> tuple[int, int]:
-    """(received, sent) bytes of ``dev`` in this process's network namespace."""
-    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
-        name, _, rest = line.partition(":")
-        if name.strip() == dev:
-            f = rest.split()
-            return int(f[0]), int(f[8])
-    return 0, 0
+class Clock:
+    """DDP's training clock: seconds since it started, less the evaluations (paused during them)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.off = 0.0
+        self.paused: float | None = None
+
+    def now(self) -> float:
+        at = self.paused if self.paused is not None else time.perf_counter()
+        return at - self.started - self.off
+
+    def pause(self) -> None:
+        self.paused = time.perf_counter()
+
+    def resume(self) -> None:
+        assert self.paused is not None
+        self.off += time.perf_counter() - self.paused
+        self.paused = None
 
 
 class Steps:
@@ -114,44 +132,67 @@ def replay(spec_path: str) -> None:
     Path(spec["out_dir"], "replay.json").write_text(json.dumps(out))
 
 
+def _budget(spec: dict) -> float | None:
+    """The time budget the bench wrote (None: not yet)."""
+    try:
+        return float(Path(spec["budget_file"]).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def main(spec_path: str, rank: int) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec.get("threads", 1)))
-    world = int(spec["world"])
-    dev = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+    world, min_steps, max_steps = int(spec["world"]), int(spec["min_steps"]), int(spec["max_steps"])
     st = Steps(spec)
     model, task, block = st.model, st.task, st.block
     per_rank, global_batch = st.per_rank, st.global_batch
 
     dist.init_process_group("gloo", init_method=f"tcp://{spec['master']}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=float(spec["budget_s"]) * 3 + 600))
+                            timeout=datetime.timedelta(seconds=float(spec["timeout_s"])))
     # Every rank built the same seeded model: no initial broadcast of the parameters over the slow links.
     ddp = DistributedDataParallel(model, init_sync=False)
     optimizer = make_optimizer(st.cfg.training, ddp.parameters())
-    rx0, tx0 = _dev_bytes(dev)
     dist.barrier()
-    elapsed, eval_s = 0.0, 0.0
-    step_s: list[float] = []
-    evals: list[dict[str, float]] = []
+    clock = Clock()
+    out = {"steps": 0, "step_s": [], "train_losses": [], "evals": [], "global_batch": global_batch,
+           "params": int(sum(p.numel() for p in model.parameters())), "stopped_by_budget": False}
+    lock = threading.Lock()
 
-    def evaluate(step: int) -> None:
-        nonlocal eval_s
-        t0 = time.perf_counter()
-        loss = st.evaluate()
-        eval_s += time.perf_counter() - t0
-        evals.append({"step": step, "tokens": step * global_batch * block, "t_s": elapsed, "loss": loss})
+    def write(**final: object) -> None:
+        """Rank 0's figures so far (the bench reads them mid-run too), replaced whole."""
+        with lock:
+            out.update(train_s=clock.now(), tokens=out["steps"] * global_batch * block,
+                       cpu_s=time.process_time(), **final)
+            tmp = Path(spec["out_dir"], "rank-0.json.tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(Path(spec["out_dir"], "rank-0.json"))
+
+    def evaluate() -> None:
+        clock.pause()
+        out["evals"].append({"step": out["steps"], "tokens": out["steps"] * global_batch * block,
+                             "t_s": clock.now(), "loss": st.evaluate()})
+        clock.resume()
+
+    def watch() -> None:
+        """Stops the run once the clock passes the budget within a step (see the module doc)."""
+        while True:
+            time.sleep(0.2)
+            budget = _budget(spec)
+            if budget is not None and out["steps"] >= min_steps and clock.now() >= budget and clock.paused is None:
+                write(stopped_by_budget=True)
+                os._exit(0)
 
     if rank == 0:
-        evaluate(0)  # the untrained model: where every arm's curve starts
-    step = 0
+        evaluate()  # the untrained model: where every arm's curve starts
+        write()
+        threading.Thread(target=watch, daemon=True).start()
     go = torch.zeros(1, dtype=torch.int64)
-    train_losses: list[float] = []
+    step = 0
     while True:
         if rank == 0:
-            last = step_s[-1] if step_s else 0.0
-            more = step < int(spec["max_steps"]) and (
-                step < int(spec["min_steps"]) or elapsed + last <= float(spec["budget_s"]))
-            go.fill_(1 if more else 0)
+            budget = _budget(spec)
+            go.fill_(int(step < max_steps and (step < min_steps or budget is None or clock.now() < budget)))
         dist.broadcast(go, 0)
         if not int(go.item()):
             break
@@ -161,22 +202,19 @@ def main(spec_path: str, rank: int) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step_s.append(time.perf_counter() - t0)
-        elapsed += step_s[-1]
-        train_losses.append(float(loss.item()))
         step += 1
-        if rank == 0 and step % int(spec["eval_every"]) == 0:
-            evaluate(step)
-    if rank == 0 and (not evals or evals[-1]["step"] != step):
-        evaluate(step)
-    rx1, tx1 = _dev_bytes(dev)
-    out = {
-        "rank": rank, "steps": step, "step_s": step_s, "train_s": elapsed, "eval_s": eval_s,
-        "tokens": step * global_batch * block, "global_batch": global_batch,
-        "bytes_received": rx1 - rx0, "bytes_sent": tx1 - tx0, "train_losses": train_losses,
-        "evals": evals, "params": int(sum(p.numel() for p in model.parameters())),
-    }
-    Path(spec["out_dir"], f"rank-{rank}.json").write_text(json.dumps(out))
+        if rank == 0:
+            with lock:
+                out["step_s"].append(time.perf_counter() - t0)
+                out["train_losses"].append(float(loss.item()))
+                out["steps"] = step
+            if step % int(spec["eval_every"]) == 0 or step == max_steps:
+                evaluate()
+            write()
+    if rank == 0:
+        if out["evals"][-1]["step"] != step:
+            evaluate()
+        write()
     dist.destroy_process_group()
 
 
