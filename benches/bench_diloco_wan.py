@@ -74,8 +74,9 @@ while DDP finishes, its steps are replayed in one process without the
 links (``ddp_worker.py SPEC replay``: the same initial model, the same
 global batches in the same order, the same AdamW; the mean of the ranks'
 gradients is the gradient of the global batch), evaluating after every
-step, until the target or ``REPLAY_FACTOR`` x (c)'s training time in DDP
-steps. The steps it needs times DDP's measured seconds per step is DDP's
+step, over the tokens (c) trained to its first evaluation at or below the
+target, then on until the target or ``REPLAY_FACTOR`` x (c)'s training
+time in DDP steps. The steps it needs times DDP's measured seconds per step is DDP's
 estimated time to the target (or, not reached, a lower bound on it). Also reported: each arm's curve,
 held-out loss at equal tokens (interpolated; every curve starts at the
 untrained model's loss, which DDP's rank 0 evaluates), (c)'s loss against
@@ -146,7 +147,7 @@ ARM_NAMES = ("ddp", "diloco", "adaptive")
 #: (a) trains for this many times (c)'s time to the target (at its first evaluation at or below
 #: it): if it has not got there by then, its clock alone shows (c) this many times faster.
 DDP_FACTOR = 10.0
-#: The DDP replay runs until the target or this many times (c)'s training time in DDP steps:
+#: Past the tokens it covers, the DDP replay looks for the target up to this many times (c)'s training time in DDP steps:
 #: enough to tell whether (c) is 10x faster (the issue's target).
 REPLAY_FACTOR = 12.0
 LATENCY_MS = 50.0  # one way, added by each node's transport
@@ -494,13 +495,18 @@ class DdpArm:
 def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, Any]],
                    s_per_step: float) -> dict[str, Any]:
     """DDP's steps taken again in one process without the links (``ddp_worker.py SPEC replay``),
-    from the same initial model on the same batches, until the target loss or ``REPLAY_FACTOR``
-    times (c)'s training time in DDP's measured steps (``s_per_step``): how many steps DDP needs."""
-    target, _ = target_of(size, arm_curves(arms))
-    budget = REPLAY_FACTOR * arms["adaptive"]["rounds"][-1]["t_s"]
+    from the same initial model on the same batches: the steps holding the tokens (c) trained
+    to its first evaluation at or below the target (its loss against DDP's at equal tokens up
+    to there), then on to the target, up to ``REPLAY_FACTOR`` times (c)'s training time in
+    DDP's measured steps (``s_per_step``): how many steps DDP needs."""
+    curves = arm_curves(arms)
+    target, _ = target_of(size, curves)
+    tokens_c = next(tok for tok, loss, _ in curves["adaptive"] if loss <= target)
     work = tmp / "ddp"
     spec = json.loads((work / "spec.json").read_text())
-    spec.update(target=target, max_steps=math.ceil(budget / s_per_step), eval_every=1, threads=os.cpu_count() or 1)
+    spec.update(target=target, cover_steps=math.ceil(tokens_c / info_tokens_per_step(size)),
+                max_steps=math.ceil(REPLAY_FACTOR * arms["adaptive"]["rounds"][-1]["t_s"] / s_per_step),
+                eval_every=1, threads=os.cpu_count() or 1)
     (work / "replay-spec.json").write_text(json.dumps(spec))
     with open(work / "replay.log", "wb") as log:
         code = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(work / "replay-spec.json"), "replay"],

@@ -28,9 +28,10 @@ ranks.
 process with no network: the whole global batch (every rank's slice) per
 step, the mean loss, the same AdamW step: the gradient DDP all-reduces is
 the mean of the ranks' gradients, so the parameters follow the same path
-(up to float rounding). It stops at ``max_steps`` or once the held-out loss
-(evaluated every ``eval_every`` steps) reaches ``target``: how many steps
-DDP needs to reach a loss, learned without paying its links for each step.
+(up to float rounding). It takes ``cover_steps`` steps and goes on while the
+held-out loss (evaluated every ``eval_every`` steps) is above ``target``, up
+to ``max_steps``: DDP's loss at the tokens another arm trained, and how many
+steps DDP needs to reach a loss, learned without paying its links for each.
 """
 
 from __future__ import annotations
@@ -118,13 +119,14 @@ def replay(spec_path: str) -> None:
     evals = [{"step": 0, "loss": st.evaluate()}]
     t0 = time.perf_counter()
     step = 0
-    while step < int(spec["max_steps"]) and evals[-1]["loss"] > target:
+    cover, limit = int(spec["cover_steps"]), int(spec["max_steps"])
+    while step < cover or (step < limit and evals[-1]["loss"] > target):
         x, y = st.batch(step, 0, st.global_batch)
         st.task.loss(forward(st.model, x, st.cfg.training), y).backward()  # in the nodes' precision
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if step % every == 0 or step == int(spec["max_steps"]):
+        if step % every == 0:
             evals.append({"step": step, "loss": st.evaluate()})
     reached = next((e["step"] for e in evals if e["loss"] <= target), None)
     out = {"steps": step, "steps_to_target": reached, "evals": evals, "target": target,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import click
 from hypergpu.cli.common import (
     announce_recorder,
     config_or_exit,
+    exit_without_teardown,
     fail,
     on_signals,
     open_api,
@@ -196,10 +196,7 @@ def node_cmd(
     except HyperGPUError as exc:
         fail(str(exc))
     click.echo(f"node {report.node_id}: {report.rounds} rounds, {report.samples} samples, acks {dict(report.acks)}")
-    # The run is over and the link closed: all that is left is the interpreter's teardown, whose
-    # full collection over torch's objects made ten nodes on two cores take 13-23 s to exit after
-    # a stop (issue 17). Frozen, they are skipped; the OS takes the memory back at exit anyway.
-    gc.freeze()
+    exit_without_teardown()  # the run is over and the link closed
 
 
 @click.command("node-key")
