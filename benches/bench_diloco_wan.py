@@ -74,9 +74,8 @@ while DDP finishes, its steps are replayed in one process without the
 links (``ddp_worker.py SPEC replay``: the same initial model, the same
 global batches in the same order, the same AdamW; the mean of the ranks'
 gradients is the gradient of the global batch), evaluating after every
-step, over the tokens (c) trained to its first evaluation at or below the
-target, then on until the target or ``REPLAY_FACTOR`` x (c)'s training
-time in DDP steps. The steps it needs times DDP's measured seconds per step is DDP's
+step, over the tokens (c) trained, then on until the target or
+``REPLAY_FACTOR`` x (c)'s training time in DDP steps. The steps it needs times DDP's measured seconds per step is DDP's
 estimated time to the target (or, not reached, a lower bound on it). Also reported: each arm's curve,
 held-out loss at equal tokens (interpolated; every curve starts at the
 untrained model's loss, which DDP's rank 0 evaluates), (c)'s loss against
@@ -87,10 +86,10 @@ coordinator's payload counts), per-node compute utilisation, H and codecs
 (c) chose. Nothing is asserted on times: the figures go to ``extra_info``
 and a table is printed.
 
-Sizes: ``FULL`` (benchmark enabled; ~25 minutes on an idle 2-core machine:
-each HyperGPU arm ~480 s of training and ~40 s of start-up, DDP ~10 x
-(c)'s ~130 s to the target in steps of ~230 s, the replay within DDP's
-last minutes), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts and
+Sizes: ``FULL`` (benchmark enabled; ~26 minutes on an idle 2-core machine:
+DDP ~10 x (c)'s ~135 s to the target in steps of ~230 s, and within it
+(b) ~480 s of training, (c) ~300 s, each with ~40 s of start-up, and the
+replay's ~140 steps), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts and
 links, a 1.4M-parameter GPT and shorter budgets), and ``SMOKE`` (under
 ``--benchmark-disable``: three node hosts of 100, 20 and 2 Mbit/s with 2 %
 loss, twice, a tiny GPT, two rounds per HyperGPU arm and DDP's token
@@ -128,17 +127,21 @@ SMOKE_LINKS = [Link(100 * MBIT), Link(20 * MBIT), Link(2 * MBIT, loss=0.02)]
 
 FULL: dict[str, Any] = dict(
     name="full", links=WAN_LINKS, layers=5, embd=320, heads=4, block=128, batch=8, local_steps=20,
-    eval_samples=128, ddp_min_steps=1, ddp_eval_every=1, arm_budget_s=480, rounds=1000,
+    eval_samples=128, ddp_min_steps=1, ddp_eval_every=1, rounds=1000,
+    # (c) trains less: far past the target already, and the DDP replay covers its tokens while DDP finishes
+    budget_s=dict(diloco=480, adaptive=300),
     token_budget=12_000_000, target=2.95,
 )
 MID: dict[str, Any] = dict(
     name="mid", links=WAN_LINKS, layers=3, embd=192, heads=4, block=128, batch=8, local_steps=20,
-    eval_samples=128, ddp_min_steps=2, ddp_eval_every=1, arm_budget_s=240, rounds=1000,
+    eval_samples=128, ddp_min_steps=2, ddp_eval_every=1, rounds=1000,
+    budget_s=dict(diloco=240, adaptive=240),
     token_budget=6_000_000, target=None,
 )
 SMOKE: dict[str, Any] = dict(
     name="smoke", links=SMOKE_LINKS, layers=1, embd=32, heads=2, block=32, batch=8, local_steps=3,
-    eval_samples=16, ddp_min_steps=3, ddp_eval_every=3, arm_budget_s=60, rounds=2,
+    eval_samples=16, ddp_min_steps=3, ddp_eval_every=3, rounds=2,
+    budget_s=dict(diloco=60, adaptive=60),
     token_budget=20_000, target=None,
 )
 SIZES = {"full": FULL, "mid": MID, "smoke": SMOKE}
@@ -343,7 +346,7 @@ def run_hypergpu_arm(arm: str, coord_host: Host, node_hosts: list[Host], size: d
     token = secrets.token_urlsafe(18)
     spec = {
         "overrides": [*overrides(size, tmp, coord_host.ip), *ARMS[arm]],
-        "codec": "fp16", "token": token, "budget_s": size["arm_budget_s"], "token_budget": size["token_budget"],
+        "codec": "fp16", "token": token, "budget_s": size["budget_s"][arm], "token_budget": size["token_budget"],
         "join_file": str(work / "join"), "join_timeout_s": 300,
     }
     (work / "spec.json").write_text(json.dumps(spec))
@@ -374,7 +377,7 @@ def run_hypergpu_arm(arm: str, coord_host: Host, node_hosts: list[Host], size: d
             with open(work / f"node-{i}.log", "wb") as log:
                 nodes.append(subprocess.Popen(cmd, env=_env(HYPERGPU_TOKEN=token), stdout=log,
                                               stderr=subprocess.STDOUT))
-        limit = 300 + 2.5 * size["arm_budget_s"]
+        limit = 300 + 2.5 * size["budget_s"][arm]
         try:
             code = driver.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -496,12 +499,11 @@ def run_ddp_replay(size: dict[str, Any], tmp: Path, arms: dict[str, dict[str, An
                    s_per_step: float) -> dict[str, Any]:
     """DDP's steps taken again in one process without the links (``ddp_worker.py SPEC replay``),
     from the same initial model on the same batches: the steps holding the tokens (c) trained
-    to its first evaluation at or below the target (its loss against DDP's at equal tokens up
-    to there), then on to the target, up to ``REPLAY_FACTOR`` times (c)'s training time in
-    DDP's measured steps (``s_per_step``): how many steps DDP needs."""
-    curves = arm_curves(arms)
-    target, _ = target_of(size, curves)
-    tokens_c = next(tok for tok, loss, _ in curves["adaptive"] if loss <= target)
+    (its loss against DDP's at equal tokens at each of its evaluations), then on to the target,
+    up to ``REPLAY_FACTOR`` times (c)'s training time in DDP's measured steps (``s_per_step``):
+    how many steps DDP needs."""
+    target, _ = target_of(size, arm_curves(arms))
+    tokens_c = arms["adaptive"]["rounds"][-1]["tokens"]
     work = tmp / "ddp"
     spec = json.loads((work / "spec.json").read_text())
     spec.update(target=target, cover_steps=math.ceil(tokens_c / info_tokens_per_step(size)),
@@ -738,6 +740,9 @@ def figures(size: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, 
         # (a)'s final-loss criterion where (a) gets there: at equal tokens, against its replayed path
         "adaptive_vs_ddp_replay_at_equal_tokens": vs_c_ddp,
         "adaptive_gap_vs_ddp_replay_max": max((c / a - 1 for _, c, a in vs_c_ddp), default=None),
+        # (c)'s final loss against DDP's at the same tokens (None: the replay fell short of them)
+        "adaptive_gap_vs_ddp_replay_final": next(
+            (c / a - 1 for tok, c, a in vs_c_ddp if tok == tokens["adaptive"]), None),
         "ddp_final_loss_at_its_tokens": ddp_final,
         "adaptive_loss_at_ddp_tokens": at_ddp["adaptive"],
         "adaptive_gap_vs_ddp_at_ddp_tokens": (at_ddp["adaptive"] / ddp_final - 1) if at_ddp["adaptive"] else None,

@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def main(spec_path: str, rank: int) -> None:
     optimizer = make_optimizer(st.cfg.training, ddp.parameters())
     dist.barrier()
     clock = Clock()
-    out = {"steps": 0, "step_s": [], "train_losses": [], "evals": [], "global_batch": global_batch,
+    out: dict[str, Any] = {"steps": 0, "step_s": [], "train_losses": [], "evals": [], "global_batch": global_batch,
            "params": int(sum(p.numel() for p in model.parameters())), "stopped_by_budget": False}
     lock = threading.Lock()
 
