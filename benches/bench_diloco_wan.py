@@ -86,9 +86,10 @@ coordinator's payload counts), per-node compute utilisation, H and codecs
 (c) chose. Nothing is asserted on times: the figures go to ``extra_info``
 and a table is printed.
 
-Sizes: ``FULL`` (benchmark enabled; ~26 minutes on an idle 2-core machine:
-DDP ~10 x (c)'s ~135 s to the target in steps of ~230 s, and within it
-(b) ~480 s of training, (c) ~300 s, each with ~40 s of start-up, and the
+Sizes: ``FULL`` (benchmark enabled; 28 minutes measured on this 2-core
+machine: DDP 10 x (c)'s time to its first evaluation at or below the
+target, 137-151 s in three runs, in steps of ~235 s, and alongside it (b)
+~480 s of training, (c) ~300 s, each with ~40 s of start-up, and the
 replay's ~140 steps), ``MID`` (``HYPERGPU_WAN_SIZE=mid``: the same hosts and
 links, a 1.4M-parameter GPT and shorter budgets), and ``SMOKE`` (under
 ``--benchmark-disable``: three node hosts of 100, 20 and 2 Mbit/s with 2 %
@@ -150,8 +151,8 @@ ARM_NAMES = ("ddp", "diloco", "adaptive")
 #: (a) trains for this many times (c)'s time to the target (at its first evaluation at or below
 #: it): if it has not got there by then, its clock alone shows (c) this many times faster.
 DDP_FACTOR = 10.0
-#: Past the tokens it covers, the DDP replay looks for the target up to this many times (c)'s training time in DDP steps:
-#: enough to tell whether (c) is 10x faster (the issue's target).
+#: Past the tokens it covers, the DDP replay looks for the target up to this many times (c)'s
+#: training time in DDP steps.
 REPLAY_FACTOR = 12.0
 LATENCY_MS = 50.0  # one way, added by each node's transport
 DDP_PORT = 29517

@@ -158,8 +158,10 @@ def main(spec_path: str, rank: int) -> None:
     optimizer = make_optimizer(st.cfg.training, ddp.parameters())
     dist.barrier()
     clock = Clock()
-    out: dict[str, Any] = {"steps": 0, "step_s": [], "train_losses": [], "evals": [], "global_batch": global_batch,
-           "params": int(sum(p.numel() for p in model.parameters())), "stopped_by_budget": False}
+    out: dict[str, Any] = {
+        "steps": 0, "step_s": [], "train_losses": [], "evals": [], "global_batch": global_batch,
+        "params": int(sum(p.numel() for p in model.parameters())), "stopped_by_budget": False,
+    }
     lock = threading.Lock()
 
     def write(**final: object) -> None:
