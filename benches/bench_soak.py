@@ -372,9 +372,24 @@ def traced_heap() -> tuple[int, int]:
 
 def objects_by_type() -> Counter[str]:
     """Live objects the garbage collector tracks (containers, instances), by type, after a collection:
-    cheap enough for an untraced run, and it names what piles up by kind."""
+    cheap enough for an untraced run, and it names what piles up by kind.
+
+    ``gc.get_objects`` also lists a tuple another thread is still building; were that thread to run
+    while the list holds it, its resize would fail (a SystemError that killed the settlement thread
+    in a soak run). So this thread keeps the interpreter until the list is gone."""
     gc.collect()
-    return Counter(type(o).__qualname__ for o in gc.get_objects())
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    try:
+        objects = gc.get_objects()
+        by_type = Counter(map(type, objects))
+        del objects
+    finally:
+        sys.setswitchinterval(interval)
+    out: Counter[str] = Counter()
+    for kind, n in by_type.items():
+        out[kind.__qualname__] += n
+    return out
 
 
 def growth_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int) -> list[str]:

@@ -91,6 +91,28 @@ def test_refused_operation_fails_without_blocking(coord: ChainClient, tmp_path) 
     assert by_key["session:104"].status == "done" and coord.session_status(104) == "active"
 
 
+def test_an_unexpected_error_in_a_send_does_not_stop_the_queue(coord: ChainClient, tmp_path, monkeypatch) -> None:
+    """Seen in a soak run: a SystemError out of the embedded chain's C extensions killed the
+    settlement thread, and nothing settled after it. The worker outlives such an error: the
+    operation is counted as tried, stays due, and lands on the next try."""
+    real, calls = coord.create_session, []
+
+    def flaky(*args, **kwargs):  # the CPython-internal error cannot be caused on demand
+        calls.append(args)
+        if len(calls) == 1:
+            raise SystemError("Objects/tupleobject.c:927: bad argument to internal function")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coord, "create_session", flaky)
+    with SettlementQueue(tmp_path / "q.sqlite3", coord, retry_s=0.05) as q:
+        q.enqueue_session(105, b"\x05" * 32)
+        q.start()
+        assert q.drain(60), q.last_error
+        (op,) = q.ops()
+    assert len(calls) == 2 and op.status == "done" and op.attempts == 2, (calls, op)
+    assert coord.session_status(105) == "active"
+
+
 def test_unreachable_rpc_retries_then_raises() -> None:
     config = ChainConfig(kind="anvil", anvil_port=1, retries=2, backoff_s=0.01)
     calls = []

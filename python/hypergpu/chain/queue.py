@@ -294,6 +294,9 @@ class SettlementQueue:
                 raise
             self._mark(op.id, "failed", error=f"{type(exc).__name__}: {exc}")
             return
+        except Exception as exc:  # not the operation's fault: counted, and it is tried again
+            self._note_attempt(op.id, f"{type(exc).__name__}: {exc}")
+            raise
         self._mark(op.id, "done", tx=tx)
         if op.status == "waiting":
             self.last_alert = None
@@ -305,9 +308,16 @@ class SettlementQueue:
                 worked = self.process_one()
                 delay = self._retry_s
                 self.last_error = None
-            except (ChainUnavailableError, OSError) as exc:
-                self.last_error = str(exc)
-                log.warning("settlement queue waiting for the chain: %s", exc)
+            except Exception as exc:
+                # The chain unreachable, or anything else a send raised (e.g. a SystemError out of
+                # the embedded chain's C extensions): the worker outlives it, the operation stays
+                # due, and it is tried again after a back-off.
+                if isinstance(exc, (ChainUnavailableError, OSError)):
+                    self.last_error = str(exc)
+                    log.warning("settlement queue waiting for the chain: %s", exc)
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("settlement queue: sending an operation raised; retrying")
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.client.config.backoff_max_s)
                 continue
