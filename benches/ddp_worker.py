@@ -213,7 +213,7 @@ def main(spec_path: str, rank: int) -> None:
                 out["step_s"].append(time.perf_counter() - t0)
                 out["train_losses"].append(float(loss.item()))
                 out["steps"] = step
-            if step % int(spec["eval_every"]) == 0 or step == max_steps:
+            if step % int(spec["eval_every"]) == 0:  # the last step is evaluated after the loop
                 evaluate()
             write()
     if rank == 0:
